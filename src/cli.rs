@@ -1,0 +1,243 @@
+//! Command line (SPEC §2). Parsing and dispatch only; each command lives in its own module.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::{CommonArgs, Settings, parse_duration};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "service-proxy-agent",
+    version,
+    about = "Watches the Envoy sidecar of a Cloud Service Mesh VM, names its faults, publishes them and keeps interception in step",
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The daemon: observe, diagnose, publish and (in enforce mode) intercept, continuously
+    Run,
+    /// One observation, all checks, a report; exit 1 if any error finding
+    Doctor {
+        /// Print the report as JSON
+        #[arg(long, env = "SPA_JSON")]
+        json: bool,
+        /// Keep observing up to DURATION so log-based findings can appear
+        #[arg(long, env = "SPA_WAIT", value_name = "DURATION", value_parser = parse_duration)]
+        wait: Option<Duration>,
+    },
+    /// Read the gce-service-proxy guest attributes back and show the heartbeat's age
+    Status {
+        /// Print as JSON
+        #[arg(long, env = "SPA_JSON")]
+        json: bool,
+    },
+    /// Traffic interception: plan, apply once, or clear the SERVICE_PROXY_* chains
+    Intercept {
+        #[command(subcommand)]
+        action: InterceptAction,
+    },
+    /// Write bootstrap-status (and bootstrap-last-failure) for install scripts
+    ReportBootstrap {
+        #[arg(value_enum)]
+        status: BootstrapStatus,
+        /// What failed (with `failed`)
+        #[arg(long, env = "SPA_REASON", value_name = "TEXT")]
+        reason: Option<String>,
+    },
+    /// Write Envoy's Cloud Service Mesh bootstrap for this VM
+    EnvoyBootstrap {
+        /// Write to FILE instead of stdout
+        #[arg(long, env = "SPA_OUT", value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Print the agent's version
+    Version,
+}
+
+#[derive(Debug, Clone, Copy, Subcommand)]
+pub enum InterceptAction {
+    /// Print the iptables-restore input the agent wants; change nothing
+    Plan,
+    /// Apply it once
+    Apply,
+    /// Remove every SERVICE_PROXY_* chain and jump, nothing else
+    Clear,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BootstrapStatus {
+    InProgress,
+    Finished,
+    Failed,
+}
+
+impl BootstrapStatus {
+    /// The guest-attribute value (SPEC §3).
+    pub fn attribute_value(self) -> &'static str {
+        match self {
+            BootstrapStatus::InProgress => "IN PROGRESS",
+            BootstrapStatus::Finished => "FINISHED",
+            BootstrapStatus::Failed => "FAILED",
+        }
+    }
+}
+
+/// Exit status 2: the command itself could not run (bad flags, unreadable config...).
+pub const EXIT_USAGE: u8 = 2;
+
+/// One line, naming the flag and what it accepts (clap's own message spans several lines).
+fn one_line_clap_error(err: &clap::Error) -> String {
+    let get = |kind| match err.get(kind) {
+        Some(ContextValue::String(s)) => Some(s.clone()),
+        Some(ContextValue::Strings(v)) => Some(v.join(", ")),
+        _ => None,
+    };
+    let arg = get(ContextKind::InvalidArg)
+        .map(|a| a.split_whitespace().next().unwrap_or_default().to_owned());
+    match err.kind() {
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation => {
+            let value = get(ContextKind::InvalidValue).unwrap_or_default();
+            let expected = match (err.kind(), get(ContextKind::ValidValue)) {
+                (ErrorKind::InvalidValue, Some(valid)) => format!("expected one of {valid}"),
+                _ => std::error::Error::source(err)
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| "invalid value".into()),
+            };
+            format!(
+                "invalid value '{value}' for {}: {expected}",
+                arg.unwrap_or_else(|| "an argument".into())
+            )
+        }
+        _ => {
+            // Keep clap's first line ("error: unexpected argument ...") without the prefix.
+            let rendered = err.to_string();
+            let first = rendered.lines().next().unwrap_or("invalid arguments");
+            first.trim_start_matches("error: ").to_owned()
+        }
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            if matches!(
+                err.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                let _ = err.print();
+                return if err.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                    ExitCode::from(EXIT_USAGE)
+                } else {
+                    ExitCode::SUCCESS
+                };
+            }
+            eprintln!("service-proxy-agent: {}", one_line_clap_error(&err));
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    if let Command::Version = cli.command {
+        println!("service-proxy-agent {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
+    let settings = match Settings::resolve(&cli.common, |k| std::env::var(k).ok()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("service-proxy-agent: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("service-proxy-agent: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    runtime.block_on(dispatch(cli, settings))
+}
+
+async fn dispatch(cli: Cli, settings: Settings) -> ExitCode {
+    let result: anyhow::Result<u8> = match cli.command {
+        Command::Doctor { json, wait } => crate::doctor::run(&settings, json, wait).await,
+        Command::Run => not_yet("run"),
+        Command::Status { .. } => not_yet("status"),
+        Command::Intercept { .. } => not_yet("intercept"),
+        Command::ReportBootstrap { .. } => not_yet("report-bootstrap"),
+        Command::EnvoyBootstrap { .. } => not_yet("envoy-bootstrap"),
+        Command::Version => Ok(0),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("service-proxy-agent: {e:#}");
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
+}
+
+fn not_yet(command: &str) -> anyhow::Result<u8> {
+    anyhow::bail!("`{command}` is not implemented in this build yet")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn bad_value_is_one_line_naming_the_flag() {
+        let err = Cli::try_parse_from(["spa", "doctor", "--poll-interval", "abc"]).unwrap_err();
+        let line = one_line_clap_error(&err);
+        assert_eq!(
+            line,
+            "invalid value 'abc' for --poll-interval: expected a duration such as 10s, 1m30s or 500ms"
+        );
+        let err = Cli::try_parse_from(["spa", "run", "--interception", "maybe"]).unwrap_err();
+        let line = one_line_clap_error(&err);
+        assert!(
+            line.starts_with("invalid value 'maybe' for --interception"),
+            "{line}"
+        );
+        assert!(line.contains("off, verify, enforce"), "{line}");
+        assert!(!line.contains('\n'));
+    }
+
+    #[test]
+    fn global_flags_after_subcommand() {
+        let cli =
+            Cli::try_parse_from(["spa", "doctor", "--json", "--proxy-port", "15002"]).unwrap();
+        assert_eq!(cli.common.proxy_port, Some(15002));
+        assert!(matches!(cli.command, Command::Doctor { json: true, .. }));
+        let cli =
+            Cli::try_parse_from(["spa", "report-bootstrap", "failed", "--reason", "x"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::ReportBootstrap {
+                status: BootstrapStatus::Failed,
+                ..
+            }
+        ));
+    }
+}

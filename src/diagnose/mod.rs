@@ -1,0 +1,1 @@
+//! Diagnosis: pure functions from an observation snapshot to findings, one file per check group.

@@ -1,0 +1,342 @@
+//! The findings catalogue (SPEC §4.1): stable IDs, their severity, the guide section they come
+//! from and the default wording. Checks build [`Finding`]s from here so that the contract (IDs,
+//! severities, doc references) lives in one place.
+
+use serde::Serialize;
+use std::fmt;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Error,
+    Warning,
+    Info,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+            Severity::Info => "info",
+        }
+    }
+
+    /// The Cloud Logging severity name used when this finding is logged.
+    pub fn log_severity(self) -> &'static str {
+        match self {
+            Severity::Error => "ERROR",
+            Severity::Warning => "WARNING",
+            Severity::Info => "INFO",
+        }
+    }
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Sections of the troubleshooting guide ("Troubleshooting Envoy deployments", the page in
+/// `seeds/`), used as the `doc` field so an SRE can find the manual procedure we automate.
+pub mod doc {
+    pub const ENVOY_VERSION: &str =
+        "Troubleshooting Envoy deployments › Check the Envoy version installed on the VM";
+    pub const PROXY_NOT_CONNECTING: &str =
+        "Troubleshooting Envoy deployments › Proxy does not connect to Cloud Service Mesh";
+    pub const SERVICES_UNREACHABLE: &str = "Troubleshooting Envoy deployments › Services configured with Cloud Service Mesh are not reachable";
+    pub const ACCESS_LOG: &str = "Troubleshooting Envoy deployments › Services are not reachable when Envoy access logging is configured";
+    pub const CONFIG_ERRORS_IN_LOG: &str = "Troubleshooting Envoy deployments › Error messages in the Envoy logs indicate a configuration problem";
+    pub const GUEST_ATTRIBUTES: &str = "Troubleshooting Compute Engine › Communication channels for troubleshooting › VM guest attributes";
+    pub const TEMPLATE_VMS_UNREACHABLE: &str = "Troubleshooting Compute Engine › VMs created from a service-proxy instance template cannot reach Cloud Service Mesh services";
+    pub const INBOUND_UNREACHABLE: &str = "Troubleshooting Compute Engine › Inbound traffic interception is configured on a workload port, but the port cannot be reached from outside the VM";
+    pub const SERVER_FIRST: &str =
+        "Troubleshooting Compute Engine › Issues when connections use server-first protocols";
+    pub const MOST_ENDPOINTS_UNHEALTHY: &str = "Troubleshooting service mesh health › Cloud Service Mesh behavior when most endpoints are unhealthy";
+    pub const SUBOPTIMAL_DISTRIBUTION: &str = "Troubleshooting service mesh health › Suboptimal traffic distribution because of unhealthy backends";
+}
+
+macro_rules! catalogue {
+    ($( $variant:ident => $sev:ident, $doc:expr, $summary:expr, $remediation:expr; )*) => {
+        /// Stable finding IDs. The serialized form (`ENVOY_NOT_RUNNING`, ...) is the contract.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+        #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+        pub enum FindingId { $( $variant, )* }
+
+        impl FindingId {
+            pub const ALL: &'static [FindingId] = &[ $( FindingId::$variant, )* ];
+
+            pub fn severity(self) -> Severity {
+                match self { $( FindingId::$variant => Severity::$sev, )* }
+            }
+
+            pub fn doc(self) -> &'static str {
+                match self { $( FindingId::$variant => $doc, )* }
+            }
+
+            /// One line of what is wrong, used when a check has nothing more specific to say.
+            pub fn default_summary(self) -> &'static str {
+                match self { $( FindingId::$variant => $summary, )* }
+            }
+
+            /// What to do, in the words of the troubleshooting guide.
+            pub fn default_remediation(self) -> &'static str {
+                match self { $( FindingId::$variant => $remediation, )* }
+            }
+        }
+    };
+}
+
+catalogue! {
+    EnvoyNotRunning => Error, doc::SERVICES_UNREACHABLE,
+        "No Envoy process is running",
+        "Start the sidecar (`systemctl start envoy`) and check why it stopped in /var/log/envoy/envoy.err.log; if the VM came from a service-proxy instance template, check the bootstrap-status guest attribute.";
+    EnvoyAdminUnreachable => Error, doc::SERVICES_UNREACHABLE,
+        "Envoy is running but its admin interface does not answer",
+        "Check that Envoy's admin listener is on the address the agent uses (--envoy-admin, default http://127.0.0.1:15000) and that Envoy is not stuck; restart it if it stays unresponsive.";
+    EnvoyNotLive => Warning, doc::SERVICES_UNREACHABLE,
+        "Envoy is not LIVE",
+        "Envoy is still initializing or is draining. If it stays that way, look in the Envoy log for initial-fetch timeouts and control-plane errors.";
+    EnvoyVersionUnsupported => Error, doc::ENVOY_VERSION,
+        "Envoy is older than 1.24.9, the minimum supported for sidecars",
+        "Upgrade Envoy to 1.24.9 or later (recreate the VM from an up-to-date instance template, or install a newer Envoy binary).";
+    EnvoyRestarting => Warning, doc::SERVICES_UNREACHABLE,
+        "Envoy keeps restarting",
+        "Envoy restarted more than twice in 10 minutes: read the last [critical] lines of /var/log/envoy/envoy.err.log and `journalctl -u envoy` for the reason.";
+    ControlPlaneDisconnected => Error, doc::PROXY_NOT_CONNECTING,
+        "Envoy is not connected to the Cloud Service Mesh control plane",
+        "Check that the VM can reach trafficdirector.googleapis.com:443 (firewall, DNS, proxy), that the Cloud Service Mesh API is enabled, and look in the Envoy log for errors about trafficdirector.googleapis.com.";
+    ControlPlaneUnreachable => Error, doc::PROXY_NOT_CONNECTING,
+        "The Cloud Service Mesh control plane cannot be reached from this VM",
+        "Make sure the VM can resolve trafficdirector.googleapis.com and open TCP port 443 to it: check firewall egress rules, DNS and any forward proxy.";
+    MeshConfigNotFound => Error, doc::CONFIG_ERRORS_IN_LOG,
+        "Cloud Service Mesh has no configuration for the network and project Envoy asked with",
+        "Check that a forwarding rule with load-balancing scheme INTERNAL_SELF_MANAGED exists in the VPC network; make the network in --service-proxy:network (or TRAFFICDIRECTOR_NETWORK_NAME in the bootstrap) match that forwarding rule's network, and TRAFFICDIRECTOR_GCP_PROJECT_NUMBER the project number.";
+    MeshEntityNotFound => Error, doc::CONFIG_ERRORS_IN_LOG,
+        "Cloud Service Mesh did not find the entity Envoy asked for",
+        "Check that the mesh or scope named in the bootstrap (node id and TRAFFICDIRECTOR_* metadata) exists in this project, and that the project number is right.";
+    ControlPlanePermissionDenied => Error, doc::PROXY_NOT_CONNECTING,
+        "The control plane refused Envoy: permission denied",
+        "Enable the Cloud Service Mesh API (trafficdirector.googleapis.com) in the project and give the VM's service account the permission to use it (roles/trafficdirector.client).";
+    ControlPlaneUnauthenticated => Error, doc::PROXY_NOT_CONNECTING,
+        "The control plane refused Envoy's credentials",
+        "Check that the VM has a service account and that Envoy uses Google default credentials; recreate the VM with --scopes=https://www.googleapis.com/auth/cloud-platform if its token cannot be issued.";
+    ScopesInsufficient => Error, doc::PROXY_NOT_CONNECTING,
+        "The VM's service account scopes do not include cloud-platform",
+        "Recreate the VM (or its instance template) with --scopes=https://www.googleapis.com/auth/cloud-platform.";
+    NodeMetadataMismatch => Error, doc::CONFIG_ERRORS_IN_LOG,
+        "Envoy's bootstrap node metadata does not match this VM",
+        "Set TRAFFICDIRECTOR_NETWORK_NAME to the VPC network of the forwarding rule and TRAFFICDIRECTOR_GCP_PROJECT_NUMBER to this project's number in the Envoy bootstrap (or rerun the bootstrap with `service-proxy-agent envoy-bootstrap`), then restart Envoy.";
+    NoMeshConfig => Warning, doc::TEMPLATE_VMS_UNREACHABLE,
+        "Envoy is connected but received no listener from Cloud Service Mesh",
+        "Check that the services you expect have a forwarding rule, target proxy and URL map in this network; inspect `curl localhost:15000/config_dump` for dynamic listeners.";
+    ConfigRejected => Error, doc::CONFIG_ERRORS_IN_LOG,
+        "Envoy rejected configuration it received",
+        "Read Envoy's reason in the detail; fix the offending resource (URL map, backend service, bootstrap) so that Envoy accepts it.";
+    AccessLogNotWritable => Error, doc::ACCESS_LOG,
+        "Envoy cannot write its access log, so its listeners are not programmed",
+        "Change the permissions of the access log file (TRAFFICDIRECTOR_ACCESS_LOG_PATH) so that the user running Envoy can write it, or choose a path that user can write.";
+    InterceptionMissing => Error, doc::TEMPLATE_VMS_UNREACHABLE,
+        "Envoy has an interception listener but no traffic is redirected to it",
+        "Run the agent with --interception=enforce (the shipped unit does), or set up the redirect rules; check with `sudo iptables -t nat -S`.";
+    InterceptionLoop => Error, doc::PROXY_NOT_CONNECTING,
+        "Outbound redirection does not exclude the Envoy user, so Envoy's own traffic loops back to it",
+        "Add `-m owner --uid-owner <envoy uid> -j RETURN` before the redirect rules (the agent's enforce mode does).";
+    ServiceNotIntercepted => Error, doc::TEMPLATE_VMS_UNREACHABLE,
+        "Some service VIPs are not redirected to Envoy",
+        "Traffic to these VIPs bypasses Envoy. Run the agent in enforce mode, or add the VIPs to the redirect chain (SERVICE_PROXY_SERVICE_CIDRS or ISTIO_OUTPUT).";
+    InboundPortNotIntercepted => Error, doc::INBOUND_UNREACHABLE,
+        "A serving port is not redirected to Envoy",
+        "Inbound traffic to this port bypasses Envoy. Run the agent in enforce mode, or add the port to SERVICE_PROXY_INBOUND.";
+    InboundPortBlocked => Warning, doc::INBOUND_UNREACHABLE,
+        "A DROP or REJECT rule matches a serving port before its redirect",
+        "Remove or reorder the rule that drops traffic to the serving port.";
+    IptablesUnavailable => Error, doc::SERVICES_UNREACHABLE,
+        "iptables is missing or failing",
+        "Install iptables; if ip6tables fails because IPv6 modules are missing, reboot the VM and rerun the setup (VMs created from the Google Cloud console can lack them until reboot).";
+    ServerFirstProtocol => Warning, doc::SERVER_FIRST,
+        "A serving port carries a server-speaks-first protocol, which the mesh does not support",
+        "Do not route server-first protocols (MySQL, SMTP, ...) through the mesh; remove the port from serving-ports.";
+    EndpointsUnhealthy => Warning, doc::SUBOPTIMAL_DISTRIBUTION,
+        "Some endpoints of a cluster are unhealthy",
+        "Traffic still flows, but may go to farther backends. Check the backend service's health check and the unhealthy backends.";
+    EndpointsPanic => Error, doc::MOST_ENDPOINTS_UNHEALTHY,
+        "99% or more of a cluster's endpoints are unhealthy, so health is ignored",
+        "The data plane now spreads traffic over all endpoints, healthy or not. Fix the backends or their health check.";
+    GuestAttributesDisabled => Warning, doc::GUEST_ATTRIBUTES,
+        "Guest attributes are disabled on this VM",
+        "Set the metadata key enable-guest-attributes=TRUE on the VM or its instance template (`gcloud compute instances add-metadata VM --metadata=enable-guest-attributes=TRUE`).";
+    MetadataUnreachable => Error, doc::GUEST_ATTRIBUTES,
+        "The metadata server does not answer",
+        "The agent must run on Compute Engine, where metadata.google.internal answers; check the VM's network configuration and DNS.";
+}
+
+impl FindingId {
+    pub fn as_str(self) -> &'static str {
+        // Kept by hand next to the macro so the names are greppable.
+        match self {
+            FindingId::EnvoyNotRunning => "ENVOY_NOT_RUNNING",
+            FindingId::EnvoyAdminUnreachable => "ENVOY_ADMIN_UNREACHABLE",
+            FindingId::EnvoyNotLive => "ENVOY_NOT_LIVE",
+            FindingId::EnvoyVersionUnsupported => "ENVOY_VERSION_UNSUPPORTED",
+            FindingId::EnvoyRestarting => "ENVOY_RESTARTING",
+            FindingId::ControlPlaneDisconnected => "CONTROL_PLANE_DISCONNECTED",
+            FindingId::ControlPlaneUnreachable => "CONTROL_PLANE_UNREACHABLE",
+            FindingId::MeshConfigNotFound => "MESH_CONFIG_NOT_FOUND",
+            FindingId::MeshEntityNotFound => "MESH_ENTITY_NOT_FOUND",
+            FindingId::ControlPlanePermissionDenied => "CONTROL_PLANE_PERMISSION_DENIED",
+            FindingId::ControlPlaneUnauthenticated => "CONTROL_PLANE_UNAUTHENTICATED",
+            FindingId::ScopesInsufficient => "SCOPES_INSUFFICIENT",
+            FindingId::NodeMetadataMismatch => "NODE_METADATA_MISMATCH",
+            FindingId::NoMeshConfig => "NO_MESH_CONFIG",
+            FindingId::ConfigRejected => "CONFIG_REJECTED",
+            FindingId::AccessLogNotWritable => "ACCESS_LOG_NOT_WRITABLE",
+            FindingId::InterceptionMissing => "INTERCEPTION_MISSING",
+            FindingId::InterceptionLoop => "INTERCEPTION_LOOP",
+            FindingId::ServiceNotIntercepted => "SERVICE_NOT_INTERCEPTED",
+            FindingId::InboundPortNotIntercepted => "INBOUND_PORT_NOT_INTERCEPTED",
+            FindingId::InboundPortBlocked => "INBOUND_PORT_BLOCKED",
+            FindingId::IptablesUnavailable => "IPTABLES_UNAVAILABLE",
+            FindingId::ServerFirstProtocol => "SERVER_FIRST_PROTOCOL",
+            FindingId::EndpointsUnhealthy => "ENDPOINTS_UNHEALTHY",
+            FindingId::EndpointsPanic => "ENDPOINTS_PANIC",
+            FindingId::GuestAttributesDisabled => "GUEST_ATTRIBUTES_DISABLED",
+            FindingId::MetadataUnreachable => "METADATA_UNREACHABLE",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<FindingId> {
+        FindingId::ALL
+            .iter()
+            .copied()
+            .find(|id| id.as_str() == name)
+    }
+}
+
+impl fmt::Display for FindingId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One diagnosed fault: SPEC §4's `{id, severity, summary, detail, remediation, doc}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    pub id: FindingId,
+    pub severity: Severity,
+    pub summary: String,
+    pub detail: String,
+    pub remediation: String,
+    pub doc: String,
+}
+
+impl Finding {
+    /// A finding with the catalogue's severity, summary, remediation and doc, and this evidence.
+    pub fn new(id: FindingId, detail: impl Into<String>) -> Self {
+        Finding {
+            id,
+            severity: id.severity(),
+            summary: id.default_summary().to_owned(),
+            detail: detail.into(),
+            remediation: id.default_remediation().to_owned(),
+            doc: id.doc().to_owned(),
+        }
+    }
+
+    pub fn with_summary(mut self, summary: impl Into<String>) -> Self {
+        self.summary = summary.into();
+        self
+    }
+
+    pub fn with_remediation(mut self, remediation: impl Into<String>) -> Self {
+        self.remediation = remediation.into();
+        self
+    }
+}
+
+/// SPEC §4.2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Health {
+    Ok,
+    Degraded,
+    Failing,
+}
+
+impl Health {
+    pub fn of<'a>(findings: impl IntoIterator<Item = &'a Finding>) -> Health {
+        let mut health = Health::Ok;
+        for f in findings {
+            match f.severity {
+                Severity::Error => return Health::Failing,
+                Severity::Warning => health = Health::Degraded,
+                Severity::Info => {}
+            }
+        }
+        health
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Ok => "OK",
+            Health::Degraded => "DEGRADED",
+            Health::Failing => "FAILING",
+        }
+    }
+}
+
+impl fmt::Display for Health {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Errors first, then warnings, then info; by ID within a severity. Used for the `findings`
+/// attribute and for reports, so the order is stable.
+pub fn sort_findings(findings: &mut [Finding]) {
+    findings.sort_by_key(|a| (a.severity, a.id));
+}
+
+/// The `findings` guest-attribute value: IDs, errors first, comma-separated, each once.
+pub fn findings_attribute(findings: &[Finding]) -> String {
+    let mut ids: Vec<(Severity, FindingId)> = findings.iter().map(|f| (f.severity, f.id)).collect();
+    ids.sort();
+    ids.dedup_by_key(|(_, id)| *id);
+    ids.iter()
+        .map(|(_, id)| id.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serialized_ids_match_names() {
+        for id in FindingId::ALL {
+            let json = serde_json::to_string(id).unwrap();
+            assert_eq!(json, format!("\"{}\"", id.as_str()));
+            assert_eq!(FindingId::from_name(id.as_str()), Some(*id));
+        }
+        assert_eq!(FindingId::ALL.len(), 27);
+    }
+
+    #[test]
+    fn health_and_attribute_order() {
+        let w = Finding::new(FindingId::EndpointsUnhealthy, "c1: 1 of 3");
+        let e = Finding::new(FindingId::EnvoyNotRunning, "");
+        let e2 = Finding::new(FindingId::EnvoyNotRunning, "again");
+        assert_eq!(Health::of([&w]), Health::Degraded);
+        assert_eq!(Health::of([&w, &e]), Health::Failing);
+        assert_eq!(Health::of([]), Health::Ok);
+        assert_eq!(
+            findings_attribute(&[w.clone(), e.clone(), e2]),
+            "ENVOY_NOT_RUNNING,ENDPOINTS_UNHEALTHY"
+        );
+        let mut v = vec![w, e];
+        sort_findings(&mut v);
+        assert_eq!(v[0].id, FindingId::EnvoyNotRunning);
+    }
+}

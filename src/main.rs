@@ -1,0 +1,4 @@
+//! Thin entry point: everything lives in the library so tests and benches can reach it.
+fn main() -> std::process::ExitCode {
+    service_proxy_agent::cli::main()
+}

@@ -1,0 +1,9 @@
+//! Observation: everything the agent reads from the VM, each source behind its own module with
+//! typed results and its own error type. No diagnosis here.
+
+pub mod envoy_admin;
+pub mod envoy_log;
+pub mod http;
+pub mod iptables;
+pub mod metadata;
+pub mod procfs;

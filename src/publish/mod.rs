@@ -1,0 +1,1 @@
+//! Publishing: guest attributes, structured logs (stdout, serial port, Cloud Logging), metrics.

@@ -1,0 +1,2 @@
+//! Real parts for the tests of service-proxy-agent: the metadata-server emulator, an xDS control
+//! plane over real gRPC, a runner for the real Envoy binary, and private network namespaces.
