@@ -1,2 +1,7 @@
 //! Real parts for the tests of service-proxy-agent: the metadata-server emulator, an xDS control
 //! plane over real gRPC, a runner for the real Envoy binary, and private network namespaces.
+
+pub mod envoy;
+pub mod metadata_emulator;
+pub mod netns;
+pub mod xds;
