@@ -1,1 +1,240 @@
-//! (in progress)
+//! A small HTTP/1.1 client on hyper for the two local HTTP peers the agent reads (Envoy's admin
+//! and the metadata server): one connection per request, a deadline on the whole exchange, and a
+//! cap on the body so a hostile or broken peer cannot make us hang or balloon.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use thiserror::Error;
+use tokio::net::TcpStream;
+
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum HttpError {
+    #[error("cannot connect to {authority}: {reason}")]
+    Connect { authority: String, reason: String },
+    #[error("no answer from {authority} within {timeout:?}")]
+    Timeout {
+        authority: String,
+        timeout: Duration,
+    },
+    #[error("response from {authority} is larger than {limit} bytes")]
+    TooLarge { authority: String, limit: usize },
+    #[error("HTTP exchange with {authority} failed: {reason}")]
+    Protocol { authority: String, reason: String },
+}
+
+/// What came back: status, headers, body (at most the cap).
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: StatusCode,
+    pub headers: hyper::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The body as text, invalid UTF-8 replaced.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// One request to `authority` (`host:port`). `timeout` bounds connect, headers and body.
+pub async fn request(
+    method: Method,
+    authority: &str,
+    path_and_query: &str,
+    headers: &[(&str, &str)],
+    body: Option<Bytes>,
+    timeout: Duration,
+    max_body: usize,
+) -> Result<Response, HttpError> {
+    let exchange = exchange(method, authority, path_and_query, headers, body, max_body);
+    match tokio::time::timeout(timeout, exchange).await {
+        Ok(r) => r,
+        Err(_) => Err(HttpError::Timeout {
+            authority: authority.to_owned(),
+            timeout,
+        }),
+    }
+}
+
+/// `GET` shorthand.
+pub async fn get(
+    authority: &str,
+    path_and_query: &str,
+    headers: &[(&str, &str)],
+    timeout: Duration,
+    max_body: usize,
+) -> Result<Response, HttpError> {
+    request(
+        Method::GET,
+        authority,
+        path_and_query,
+        headers,
+        None,
+        timeout,
+        max_body,
+    )
+    .await
+}
+
+async fn exchange(
+    method: Method,
+    authority: &str,
+    path_and_query: &str,
+    headers: &[(&str, &str)],
+    body: Option<Bytes>,
+    max_body: usize,
+) -> Result<Response, HttpError> {
+    let protocol = |reason: String| HttpError::Protocol {
+        authority: authority.to_owned(),
+        reason,
+    };
+    let stream = TcpStream::connect(authority)
+        .await
+        .map_err(|e| HttpError::Connect {
+            authority: authority.to_owned(),
+            reason: e.to_string(),
+        })?;
+    let _ = stream.set_nodelay(true);
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| protocol(e.to_string()))?;
+    // The connection task ends with the exchange: it is dropped with this future on timeout.
+    let conn_task = async move {
+        let _ = conn.await;
+    };
+    let mut builder = Request::builder()
+        .method(method)
+        .uri(path_and_query)
+        .header(hyper::header::HOST, authority);
+    for (k, v) in headers {
+        builder = builder.header(*k, *v);
+    }
+    let req = builder
+        .body(Full::new(body.unwrap_or_default()))
+        .map_err(|e| protocol(e.to_string()))?;
+
+    let work = async {
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| protocol(e.to_string()))?;
+        let (parts, incoming) = resp.into_parts();
+        let body = read_capped(incoming, max_body).await.map_err(|e| match e {
+            ReadError::TooLarge => HttpError::TooLarge {
+                authority: authority.to_owned(),
+                limit: max_body,
+            },
+            ReadError::Body(reason) => protocol(reason),
+        })?;
+        Ok(Response {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
+    };
+    tokio::select! {
+        r = work => r,
+        () = conn_task => Err(protocol("connection closed before the response".into())),
+    }
+}
+
+enum ReadError {
+    TooLarge,
+    Body(String),
+}
+
+/// Reads frames until the end or until more than `max` bytes arrived (then stops reading).
+async fn read_capped(mut body: Incoming, max: usize) -> Result<Bytes, ReadError> {
+    let mut buf = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ReadError::Body(e.to_string()))?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > max {
+                return Err(ReadError::TooLarge);
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(buf.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    async fn serve_once(response: &'static [u8]) -> String {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let _ = s.write_all(response).await;
+            // Keep the socket open to exercise timeouts where the response is incomplete.
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn reads_a_body() {
+        let addr = serve_once(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: b\r\n\r\nhello").await;
+        let r = get(&addr, "/x", &[], Duration::from_secs(2), 100)
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(&r.body[..], b"hello");
+        assert_eq!(r.header("x-a"), Some("b"));
+    }
+
+    #[tokio::test]
+    async fn caps_the_body() {
+        let addr =
+            serve_once(b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n01234567890123456789").await;
+        let e = get(&addr, "/x", &[], Duration::from_secs(2), 10)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, HttpError::TooLarge { limit: 10, .. }), "{e}");
+    }
+
+    #[tokio::test]
+    async fn times_out_on_a_silent_peer() {
+        let addr = serve_once(b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n0123").await;
+        let e = get(&addr, "/x", &[], Duration::from_millis(300), 100)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, HttpError::Timeout { .. }), "{e}");
+    }
+
+    #[tokio::test]
+    async fn refused_connection() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        drop(l);
+        let e = get(&addr, "/x", &[], Duration::from_secs(2), 100)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, HttpError::Connect { .. }), "{e}");
+    }
+
+    #[tokio::test]
+    async fn garbage_is_a_protocol_error() {
+        let addr = serve_once(b"\x00\x01garbage\r\n\r\n").await;
+        let e = get(&addr, "/x", &[], Duration::from_secs(2), 100)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, HttpError::Protocol { .. }), "{e}");
+    }
+}
