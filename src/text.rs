@@ -40,9 +40,61 @@ pub fn lossy_bounded(bytes: &[u8], max_bytes: usize) -> String {
     truncate_with_ellipsis(&String::from_utf8_lossy(bytes), max_bytes)
 }
 
+/// Removes anything that looks like a credential (OAuth access tokens, bearer headers, JWTs,
+/// private keys) before text reaches a log, an attribute or a metric. The agent never logs
+/// tokens on purpose; this is the net under errors from libraries that might echo them.
+pub fn redact_secrets(s: &str) -> String {
+    const TRIGGERS: [&str; 7] = [
+        "ya29.",
+        "earer",
+        "EARER",
+        "access_token",
+        "PRIVATE KEY",
+        "private_key",
+        "eyJ",
+    ];
+    if !TRIGGERS.iter().any(|t| s.contains(t)) {
+        return s.to_owned();
+    }
+    static PATTERNS: std::sync::LazyLock<Option<regex::Regex>> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(concat!(
+            r"ya29\.[0-9A-Za-z_\-.]+",
+            r"|(?i:bearer)\s+[A-Za-z0-9_\-.=+/]+",
+            r#"|"(?:access_token|private_key|id_token|refresh_token)"\s*:\s*"[^"]*""#,
+            r"|-----BEGIN[^-]*PRIVATE KEY-----[\s\S]*?(?:-----END[^-]*PRIVATE KEY-----|$)",
+            r"|eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]*",
+        ))
+        .ok()
+    });
+    match PATTERNS.as_ref() {
+        Some(re) => re.replace_all(s, "[redacted]").into_owned(),
+        // Cannot happen with a constant pattern; refuse to pass the text on rather than leak.
+        None => "[redacted]".to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redacts_credentials() {
+        let cases = [
+            "token ya29.a0AfH6SMB-x_y.z here",
+            "Authorization: Bearer abc.def-ghi",
+            r#"{"access_token":"secret","expires_in":3599}"#,
+            "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----",
+            "assertion=eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJ4eHh4eHgifQ.c2lnbmF0dXJl",
+        ];
+        for c in cases {
+            let r = redact_secrets(c);
+            assert!(r.contains("[redacted]"), "{c} -> {r}");
+            for secret in ["a0AfH6SMB", "abc.def", "secret", "MIIE", "c2lnbmF0dXJl"] {
+                assert!(!r.contains(secret), "{c} -> {r}");
+            }
+        }
+        assert_eq!(redact_secrets("plain text"), "plain text");
+    }
 
     #[test]
     fn truncates_at_char_boundary() {

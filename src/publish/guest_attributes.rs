@@ -1,0 +1,512 @@
+//! Publishing the `gce-service-proxy` guest attributes (SPEC §3) within the metadata server's
+//! budget: at most 10 writes a minute and 3 a second per VM, above which Compute Engine may drop
+//! values. The scheduler is pure (time is passed in); [`spawn_writer`] drives it against a sink.
+//!
+//! Policy: only a value that differs from what was last written is written; bursts coalesce
+//! (the latest value per key wins); changes go before the heartbeat, unless the heartbeat is
+//! overdue by a whole interval (so churn cannot make a live agent look dead). A 403 "disabled"
+//! is reported once and probed every [`DISABLED_RETRY`]; other failures back off with jitter.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+use tokio::sync::Notify;
+
+use crate::text::{attribute_value, redact_secrets};
+
+pub const NAMESPACE: &str = "gce-service-proxy";
+
+pub mod keys {
+    pub const BOOTSTRAP_STATUS: &str = "bootstrap-status";
+    pub const BOOTSTRAP_LAST_FAILURE: &str = "bootstrap-last-failure";
+    pub const PROXY_VERSION: &str = "proxy-version";
+    pub const PROXY_STATE: &str = "proxy-state";
+    pub const HEARTBEAT: &str = "agent-heartbeat";
+    pub const LAST_FAILURE: &str = "agent-last-failure";
+    pub const HEALTH: &str = "health";
+    pub const FINDINGS: &str = "findings";
+}
+
+/// The order pending changes are written in: what an SRE looks at first goes first.
+const PRIORITY: [&str; 5] = [
+    keys::HEALTH,
+    keys::FINDINGS,
+    keys::PROXY_STATE,
+    keys::LAST_FAILURE,
+    keys::PROXY_VERSION,
+];
+
+/// Windows are a little longer than the server's so network delay cannot squeeze two of our
+/// windows into one of its.
+const MINUTE_WINDOW: Duration = Duration::from_millis(61_000);
+const SECOND_WINDOW: Duration = Duration::from_millis(1_100);
+pub const WRITES_PER_MINUTE: usize = 10;
+pub const WRITES_PER_SECOND: usize = 3;
+pub const DISABLED_RETRY: Duration = Duration::from_secs(300);
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+/// Sliding-window limiter over the instants of past writes.
+#[derive(Debug, Clone)]
+pub struct WriteBudget {
+    writes: VecDeque<Instant>,
+}
+
+impl Default for WriteBudget {
+    fn default() -> Self {
+        WriteBudget {
+            writes: VecDeque::with_capacity(WRITES_PER_MINUTE),
+        }
+    }
+}
+
+impl WriteBudget {
+    /// The earliest instant at or after `now` when one more write stays within both windows.
+    pub fn next_allowed(&self, now: Instant) -> Instant {
+        let mut at = now;
+        if self.writes.len() >= WRITES_PER_MINUTE
+            && let Some(oldest) = self.writes.get(self.writes.len() - WRITES_PER_MINUTE)
+        {
+            at = at.max(*oldest + MINUTE_WINDOW);
+        }
+        if self.writes.len() >= WRITES_PER_SECOND
+            && let Some(third_last) = self.writes.get(self.writes.len() - WRITES_PER_SECOND)
+        {
+            at = at.max(*third_last + SECOND_WINDOW);
+        }
+        at
+    }
+
+    pub fn record(&mut self, at: Instant) {
+        self.writes.push_back(at);
+        while self.writes.len() > WRITES_PER_MINUTE {
+            self.writes.pop_front();
+        }
+    }
+}
+
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum PutError {
+    /// 403 `Guest attributes endpoint access is disabled.`
+    #[error("guest attributes are disabled on this VM")]
+    Disabled,
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// What happened to a write, for logs and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublishEvent {
+    Written { key: &'static str },
+    /// First 403 after success (or start): report once.
+    Disabled,
+    /// A write succeeded after guest attributes had been disabled.
+    Reenabled,
+    Failed { key: &'static str, error: String },
+}
+
+#[derive(Debug)]
+pub struct Publisher {
+    heartbeat_interval: Duration,
+    desired: BTreeMap<&'static str, String>,
+    published: BTreeMap<&'static str, String>,
+    heartbeat: Option<String>,
+    last_heartbeat_write: Option<Instant>,
+    budget: WriteBudget,
+    retry_at: Option<Instant>,
+    failures: u32,
+    disabled: bool,
+}
+
+impl Publisher {
+    pub fn new(heartbeat_interval: Duration) -> Self {
+        Publisher {
+            heartbeat_interval,
+            desired: BTreeMap::new(),
+            published: BTreeMap::new(),
+            heartbeat: None,
+            last_heartbeat_write: None,
+            budget: WriteBudget::default(),
+            retry_at: None,
+            failures: 0,
+            disabled: false,
+        }
+    }
+
+    pub fn set_heartbeat_interval(&mut self, interval: Duration) {
+        self.heartbeat_interval = interval;
+    }
+
+    /// The value `key` should have. Sanitised here: one line, ≤ 1024 bytes, no credentials.
+    pub fn set(&mut self, key: &'static str, value: &str) {
+        self.desired
+            .insert(key, attribute_value(&redact_secrets(value)));
+    }
+
+    /// The time of the agent's last completed cycle (RFC 3339).
+    pub fn set_heartbeat(&mut self, value: String) {
+        self.heartbeat = Some(value);
+    }
+
+    pub fn is_disabled(&self) -> bool {
+        self.disabled
+    }
+
+    fn heartbeat_due(&self, now: Instant) -> bool {
+        self.heartbeat.is_some()
+            && self
+                .last_heartbeat_write
+                .is_none_or(|t| now.saturating_duration_since(t) >= self.heartbeat_interval)
+    }
+
+    fn heartbeat_overdue(&self, now: Instant) -> bool {
+        self.heartbeat.is_some()
+            && self
+                .last_heartbeat_write
+                .is_none_or(|t| now.saturating_duration_since(t) >= self.heartbeat_interval * 2)
+    }
+
+    fn pending_change(&self) -> Option<&'static str> {
+        let changed = |k: &&'static str| self.desired.get(*k) != self.published.get(*k);
+        PRIORITY
+            .iter()
+            .copied()
+            .find(|k| self.desired.contains_key(k) && changed(k))
+            .or_else(|| self.desired.keys().copied().find(|k| changed(k)))
+    }
+
+    /// The most important write wanted now, budget aside.
+    pub fn wanted(&self, now: Instant) -> Option<(&'static str, String)> {
+        let heartbeat = || {
+            self.heartbeat
+                .clone()
+                .map(|v| (keys::HEARTBEAT, attribute_value(&v)))
+        };
+        if self.heartbeat_overdue(now) {
+            return heartbeat();
+        }
+        if let Some(key) = self.pending_change() {
+            return self.desired.get(key).map(|v| (key, v.clone()));
+        }
+        if self.heartbeat_due(now) {
+            return heartbeat();
+        }
+        None
+    }
+
+    /// When the writer should look again (None: only when something is set).
+    pub fn next_wake(&self, now: Instant) -> Option<Instant> {
+        let blocked_until = self
+            .retry_at
+            .unwrap_or(now)
+            .max(self.budget.next_allowed(now));
+        if self.wanted(now).is_some() {
+            return Some(blocked_until);
+        }
+        // Nothing now: the heartbeat becomes due later.
+        let due = match (self.heartbeat.as_ref(), self.last_heartbeat_write) {
+            (Some(_), Some(t)) => t + self.heartbeat_interval,
+            _ => return None,
+        };
+        Some(due.max(blocked_until))
+    }
+
+    /// The write to perform now, if the budget and backoff allow; it is counted in the budget.
+    pub fn poll(&mut self, now: Instant) -> Option<(&'static str, String)> {
+        if self.retry_at.is_some_and(|t| now < t) || self.budget.next_allowed(now) > now {
+            return None;
+        }
+        let write = self.wanted(now)?;
+        self.budget.record(now);
+        Some(write)
+    }
+
+    /// Records the outcome of a write handed out by [`Publisher::poll`].
+    pub fn complete(
+        &mut self,
+        key: &'static str,
+        value: String,
+        result: Result<(), PutError>,
+        now: Instant,
+    ) -> PublishEvent {
+        match result {
+            Ok(()) => {
+                let was_disabled = std::mem::take(&mut self.disabled);
+                self.failures = 0;
+                self.retry_at = None;
+                if key == keys::HEARTBEAT {
+                    self.last_heartbeat_write = Some(now);
+                } else {
+                    self.published.insert(key, value);
+                }
+                if was_disabled {
+                    PublishEvent::Reenabled
+                } else {
+                    PublishEvent::Written { key }
+                }
+            }
+            Err(PutError::Disabled) => {
+                self.retry_at = Some(now + DISABLED_RETRY);
+                if std::mem::replace(&mut self.disabled, true) {
+                    PublishEvent::Failed {
+                        key,
+                        error: PutError::Disabled.to_string(),
+                    }
+                } else {
+                    PublishEvent::Disabled
+                }
+            }
+            Err(PutError::Failed(error)) => {
+                self.failures = self.failures.saturating_add(1);
+                self.retry_at = Some(now + backoff(self.failures));
+                PublishEvent::Failed { key, error }
+            }
+        }
+    }
+}
+
+/// 1 s, 2 s, 4 s ... up to 5 minutes, each scaled by a random factor in [0.5, 1).
+pub fn backoff(failures: u32) -> Duration {
+    let base = Duration::from_secs(1u64 << failures.saturating_sub(1).min(9)).min(MAX_BACKOFF);
+    base.mul_f64(0.5 + fastrand::f64() / 2.0)
+}
+
+/// Where attribute writes go (the metadata server in production).
+pub trait AttributeSink: Send + Sync + 'static {
+    fn put(
+        &self,
+        key: &'static str,
+        value: &str,
+    ) -> impl std::future::Future<Output = Result<(), PutError>> + Send;
+}
+
+/// Counters for metrics.
+#[derive(Debug, Default)]
+pub struct PublishCounters {
+    pub writes: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+/// Shared between the agent loop (which sets values) and the writer task.
+#[derive(Clone)]
+pub struct PublisherHandle {
+    inner: Arc<Mutex<Publisher>>,
+    wake: Arc<Notify>,
+    pub counters: Arc<PublishCounters>,
+}
+
+impl PublisherHandle {
+    pub fn new(heartbeat_interval: Duration) -> Self {
+        PublisherHandle {
+            inner: Arc::new(Mutex::new(Publisher::new(heartbeat_interval))),
+            wake: Arc::new(Notify::new()),
+            counters: Arc::new(PublishCounters::default()),
+        }
+    }
+
+    /// Applies `f` to the publisher and wakes the writer.
+    pub fn update(&self, f: impl FnOnce(&mut Publisher)) {
+        if let Ok(mut p) = self.inner.lock() {
+            f(&mut p);
+        }
+        self.wake.notify_one();
+    }
+
+    pub fn is_disabled(&self) -> bool {
+        self.inner.lock().map(|p| p.is_disabled()).unwrap_or(false)
+    }
+}
+
+/// Runs the writer until the task is dropped. `on_event` sees every outcome (for logging).
+pub fn spawn_writer<S: AttributeSink>(
+    handle: PublisherHandle,
+    sink: S,
+    on_event: impl Fn(&PublishEvent) + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let now = tokio::time::Instant::now().into_std();
+            let (write, wake) = match handle.inner.lock() {
+                Ok(mut p) => (p.poll(now), p.next_wake(now)),
+                Err(_) => return,
+            };
+            if let Some((key, value)) = write {
+                let result = sink.put(key, &value).await;
+                let counter = if result.is_ok() {
+                    &handle.counters.writes
+                } else {
+                    &handle.counters.errors
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                let done = tokio::time::Instant::now().into_std();
+                let event = match handle.inner.lock() {
+                    Ok(mut p) => p.complete(key, value, result, done),
+                    Err(_) => return,
+                };
+                on_event(&event);
+                continue;
+            }
+            match wake {
+                Some(at) => {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(tokio::time::Instant::from_std(at)) => {}
+                        () = handle.wake.notified() => {}
+                    }
+                }
+                None => handle.wake.notified().await,
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secs(s: f64) -> Duration {
+        Duration::from_secs_f64(s)
+    }
+
+    /// Simulates a writer that writes whenever allowed, for `total` of simulated time, with
+    /// values changing every `churn`; returns the write instants (offsets) and keys.
+    fn simulate(heartbeat: Duration, churn: Duration, total: Duration) -> Vec<(Duration, &'static str)> {
+        let t0 = Instant::now();
+        let mut p = Publisher::new(heartbeat);
+        let mut writes = Vec::new();
+        let mut next_change = Duration::ZERO;
+        let mut counter = 0u64;
+        let mut t = Duration::ZERO;
+        let step = secs(0.05);
+        while t < total {
+            let now = t0 + t;
+            p.set_heartbeat(format!("hb {}", t.as_secs()));
+            if t >= next_change {
+                counter += 1;
+                p.set(keys::FINDINGS, &format!("F{counter}"));
+                p.set(keys::HEALTH, if counter % 2 == 0 { "OK" } else { "FAILING" });
+                next_change += churn;
+            }
+            while let Some((k, v)) = p.poll(now) {
+                writes.push((t, k));
+                p.complete(k, v, Ok(()), now);
+            }
+            t += step;
+        }
+        writes
+    }
+
+    fn assert_within_budget(writes: &[(Duration, &'static str)]) {
+        for (i, (t, _)) in writes.iter().enumerate() {
+            let in_minute = writes[i..].iter().take_while(|(u, _)| *u < *t + secs(60.0)).count();
+            let in_second = writes[i..].iter().take_while(|(u, _)| *u < *t + secs(1.0)).count();
+            assert!(in_minute <= WRITES_PER_MINUTE, "{in_minute} writes in a minute from {t:?}");
+            assert!(in_second <= WRITES_PER_SECOND, "{in_second} writes in a second from {t:?}");
+        }
+    }
+
+    #[test]
+    fn churn_and_fast_heartbeat_stay_within_budget() {
+        for (hb, churn) in [(0.5, 0.1), (60.0, 0.2), (1.0, 5.0), (10.0, 1.0)] {
+            let w = simulate(secs(hb), secs(churn), secs(600.0));
+            assert_within_budget(&w);
+            assert!(w.len() > 50, "writes still happen: {}", w.len());
+        }
+    }
+
+    #[test]
+    fn heartbeat_is_not_starved_by_churn() {
+        let w = simulate(secs(60.0), secs(0.1), secs(900.0));
+        let beats: Vec<Duration> = w.iter().filter(|(_, k)| *k == keys::HEARTBEAT).map(|(t, _)| *t).collect();
+        assert!(beats.len() >= 6, "{beats:?}");
+        for pair in beats.windows(2) {
+            assert!(pair[1] - pair[0] <= secs(125.0), "{beats:?}");
+        }
+    }
+
+    #[test]
+    fn unchanged_values_are_not_rewritten() {
+        let t0 = Instant::now();
+        let mut p = Publisher::new(secs(60.0));
+        p.set(keys::HEALTH, "OK");
+        let (k, v) = p.poll(t0).unwrap();
+        p.complete(k, v, Ok(()), t0);
+        p.set(keys::HEALTH, "OK");
+        assert_eq!(p.poll(t0 + secs(2.0)), None);
+        // A flip and back before the write coalesces to nothing.
+        p.set(keys::HEALTH, "FAILING");
+        p.set(keys::HEALTH, "OK");
+        assert_eq!(p.poll(t0 + secs(3.0)), None);
+    }
+
+    #[test]
+    fn changes_go_first_in_priority_order() {
+        let t0 = Instant::now();
+        let mut p = Publisher::new(secs(60.0));
+        p.set_heartbeat("t".into());
+        let (k, v) = p.poll(t0).unwrap();
+        assert_eq!(k, keys::HEARTBEAT); // never written: overdue
+        p.complete(k, v, Ok(()), t0);
+        p.set(keys::PROXY_VERSION, "v");
+        p.set(keys::FINDINGS, "A");
+        p.set(keys::HEALTH, "FAILING");
+        let order: Vec<&str> = (0..3)
+            .map(|i| {
+                let now = t0 + secs(2.0 * (i as f64 + 1.0));
+                let (k, v) = p.poll(now).unwrap();
+                p.complete(k, v, Ok(()), now);
+                k
+            })
+            .collect();
+        assert_eq!(order, [keys::HEALTH, keys::FINDINGS, keys::PROXY_VERSION]);
+    }
+
+    #[test]
+    fn values_are_sanitised() {
+        let mut p = Publisher::new(secs(60.0));
+        p.set(keys::LAST_FAILURE, &format!("boom\nBearer ya29.secret {}", "x".repeat(3000)));
+        let (_, v) = p.poll(Instant::now()).unwrap();
+        assert!(v.len() <= 1024 && !v.contains('\n') && !v.contains("ya29.secret"), "{v}");
+    }
+
+    #[test]
+    fn disabled_is_reported_once_and_retried_slowly() {
+        let t0 = Instant::now();
+        let mut p = Publisher::new(secs(1.0));
+        p.set(keys::HEALTH, "OK");
+        let (k, v) = p.poll(t0).unwrap();
+        assert_eq!(p.complete(k, v, Err(PutError::Disabled), t0), PublishEvent::Disabled);
+        assert!(p.is_disabled());
+        // Nothing for almost five minutes, whatever changes.
+        for s in 1..299 {
+            p.set(keys::HEALTH, if s % 2 == 0 { "OK" } else { "FAILING" });
+            assert_eq!(p.poll(t0 + secs(s as f64)), None, "at {s}s");
+        }
+        let now = t0 + DISABLED_RETRY;
+        let (k, v) = p.poll(now).unwrap();
+        assert!(matches!(p.complete(k, v, Err(PutError::Disabled), now), PublishEvent::Failed { .. }));
+        let now = now + DISABLED_RETRY;
+        let (k, v) = p.poll(now).unwrap();
+        assert_eq!(p.complete(k, v, Ok(()), now), PublishEvent::Reenabled);
+        assert!(!p.is_disabled());
+    }
+
+    #[test]
+    fn failures_back_off() {
+        let t0 = Instant::now();
+        let mut p = Publisher::new(secs(60.0));
+        p.set(keys::HEALTH, "OK");
+        let mut now = t0;
+        let mut gaps = Vec::new();
+        for _ in 0..8 {
+            let wake = p.next_wake(now).unwrap();
+            gaps.push(wake.saturating_duration_since(now));
+            now = wake.max(now);
+            let (k, v) = p.poll(now).unwrap();
+            p.complete(k, v, Err(PutError::Failed("503".into())), now);
+        }
+        assert!(gaps[7] >= secs(30.0), "{gaps:?}");
+        assert!(p.next_wake(now).unwrap() - now <= MAX_BACKOFF);
+    }
+}

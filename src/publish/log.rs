@@ -1,0 +1,397 @@
+//! The agent's own log (SPEC §6): one JSON line per event on stdout with Cloud Logging's
+//! structured keys (`severity`, `message`, `time`, plus `finding` / `detail`), mirrored to the
+//! serial port, and handed to the Cloud Logging sink through a bounded queue.
+//!
+//! It is a `tracing` layer, so the rest of the code logs with `tracing::info!(finding = .., "..")`
+//! and never thinks about sinks. Nothing here blocks the caller for long: the serial port is
+//! opened non-blocking and the Cloud Logging queue drops (and counts) when full.
+
+use std::fmt::Write as _;
+use std::fs::File;
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use serde_json::{Map, Value};
+use tokio::sync::mpsc;
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::layer::Context;
+use tracing_subscriber::prelude::*;
+use tracing_subscriber::{EnvFilter, Layer};
+
+use crate::config::LogFormat;
+use crate::text::redact_secrets;
+
+/// Field marking events about the Cloud Logging sink itself: they are not sent to Cloud Logging,
+/// so a failing sink cannot feed itself.
+pub const SINK_FIELD: &str = "sink";
+
+/// One log event as Cloud Logging will receive it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogRecord {
+    pub time: SystemTime,
+    /// Cloud Logging severity name (`INFO`, `WARNING`, ...).
+    pub severity: &'static str,
+    pub message: String,
+    /// Structured fields (`finding`, `detail`, `version`, ...), in the order they were given.
+    pub fields: Vec<(String, Value)>,
+}
+
+impl LogRecord {
+    /// The JSON line for stdout and the serial port.
+    pub fn to_json_line(&self) -> String {
+        let mut obj = Map::new();
+        obj.insert("severity".into(), Value::from(self.severity));
+        obj.insert("message".into(), Value::from(self.message.clone()));
+        obj.insert("time".into(), Value::from(rfc3339_micros(self.time)));
+        for (k, v) in &self.fields {
+            if !obj.contains_key(k) {
+                obj.insert(k.clone(), v.clone());
+            }
+        }
+        Value::Object(obj).to_string()
+    }
+
+    /// A line for a human at a terminal.
+    pub fn to_text_line(&self) -> String {
+        let mut line = format!(
+            "{} {:<7} {}",
+            humantime::format_rfc3339_seconds(self.time),
+            self.severity,
+            self.message
+        );
+        for (k, v) in &self.fields {
+            match v {
+                Value::String(s) => {
+                    let _ = write!(line, " {k}={s:?}");
+                }
+                other => {
+                    let _ = write!(line, " {k}={other}");
+                }
+            }
+        }
+        line
+    }
+}
+
+pub fn rfc3339_micros(t: SystemTime) -> String {
+    humantime::format_rfc3339_micros(t).to_string()
+}
+
+/// Counters the metrics endpoint reports.
+#[derive(Debug, Default)]
+pub struct LogCounters {
+    pub lines: AtomicU64,
+    pub serial_errors: AtomicU64,
+    pub cloud_dropped: AtomicU64,
+}
+
+/// Where records go. Shared by the layer; cheap to clone.
+#[derive(Clone)]
+pub struct LogOutput {
+    inner: Arc<OutputInner>,
+}
+
+struct OutputInner {
+    format: LogFormat,
+    stdout: bool,
+    serial: Option<Mutex<File>>,
+    cloud: Mutex<Option<mpsc::Sender<LogRecord>>>,
+    counters: Arc<LogCounters>,
+    /// Records also kept in memory (tests and `doctor` use it); `None` in the daemon.
+    capture: Option<Mutex<Vec<LogRecord>>>,
+}
+
+impl LogOutput {
+    pub fn new(format: LogFormat, serial_port: Option<&Path>) -> (LogOutput, Option<String>) {
+        let (serial, serial_error) = match serial_port.map(open_serial) {
+            Some(Ok(f)) => (Some(Mutex::new(f)), None),
+            Some(Err(e)) => (None, Some(e)),
+            None => (None, None),
+        };
+        let out = LogOutput {
+            inner: Arc::new(OutputInner {
+                format,
+                stdout: true,
+                serial,
+                cloud: Mutex::new(None),
+                counters: Arc::new(LogCounters::default()),
+                capture: None,
+            }),
+        };
+        (out, serial_error)
+    }
+
+    /// An output that only keeps records in memory (for tests).
+    pub fn capturing() -> LogOutput {
+        LogOutput {
+            inner: Arc::new(OutputInner {
+                format: LogFormat::Json,
+                stdout: false,
+                serial: None,
+                cloud: Mutex::new(None),
+                counters: Arc::new(LogCounters::default()),
+                capture: Some(Mutex::new(Vec::new())),
+            }),
+        }
+    }
+
+    pub fn captured(&self) -> Vec<LogRecord> {
+        self.inner
+            .capture
+            .as_ref()
+            .and_then(|c| c.lock().ok().map(|v| v.clone()))
+            .unwrap_or_default()
+    }
+
+    pub fn counters(&self) -> Arc<LogCounters> {
+        self.inner.counters.clone()
+    }
+
+    /// From now on, records also go to this queue (the Cloud Logging sink).
+    pub fn attach_cloud(&self, tx: mpsc::Sender<LogRecord>) {
+        if let Ok(mut c) = self.inner.cloud.lock() {
+            *c = Some(tx);
+        }
+    }
+
+    pub fn write(&self, record: LogRecord, to_cloud: bool) {
+        let inner = &self.inner;
+        inner.counters.lines.fetch_add(1, Ordering::Relaxed);
+        let json = record.to_json_line();
+        if inner.stdout {
+            let line = match inner.format {
+                LogFormat::Json => json.clone(),
+                LogFormat::Text => record.to_text_line(),
+            };
+            let mut stdout = std::io::stdout().lock();
+            let _ = writeln!(stdout, "{line}");
+            let _ = stdout.flush();
+        }
+        if let Some(serial) = &inner.serial
+            && let Ok(mut f) = serial.lock()
+            && f.write_all(format!("{json}\n").as_bytes()).is_err()
+        {
+            inner.counters.serial_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        if to_cloud
+            && let Ok(cloud) = inner.cloud.lock()
+            && let Some(tx) = cloud.as_ref()
+            && tx.try_send(record.clone()).is_err()
+        {
+            inner.counters.cloud_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(capture) = &inner.capture
+            && let Ok(mut v) = capture.lock()
+        {
+            v.push(record);
+        }
+    }
+}
+
+/// Non-blocking, append, no controlling terminal: a stuck serial line must not stall the agent.
+fn open_serial(path: &Path) -> Result<File, String> {
+    use nix::fcntl::OFlag;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(!path.starts_with("/dev"))
+        .custom_flags((OFlag::O_NONBLOCK | OFlag::O_NOCTTY).bits())
+        .open(path)
+        .map_err(|e| format!("cannot open serial port {}: {e}", path.display()))
+}
+
+/// The tracing layer that turns events into [`LogRecord`]s.
+pub struct AgentLogLayer {
+    out: LogOutput,
+}
+
+impl AgentLogLayer {
+    pub fn new(out: LogOutput) -> Self {
+        AgentLogLayer { out }
+    }
+}
+
+fn severity(level: &Level) -> &'static str {
+    match *level {
+        Level::ERROR => "ERROR",
+        Level::WARN => "WARNING",
+        Level::INFO => "INFO",
+        _ => "DEBUG",
+    }
+}
+
+#[derive(Default)]
+struct Collector {
+    message: String,
+    fields: Vec<(String, Value)>,
+    to_cloud: bool,
+}
+
+impl Collector {
+    fn push(&mut self, field: &Field, value: Value) {
+        if field.name() == SINK_FIELD {
+            self.to_cloud = false;
+        }
+        self.fields.push((field.name().to_owned(), value));
+    }
+}
+
+impl Visit for Collector {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        let value = redact_secrets(value);
+        if field.name() == "message" {
+            self.message = value;
+        } else {
+            self.push(field, Value::from(value));
+        }
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.push(field, Value::from(value));
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.push(field, Value::from(value));
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.push(field, Value::from(value));
+    }
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.push(field, Value::from(value));
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        let text = redact_secrets(&format!("{value:?}"));
+        if field.name() == "message" {
+            self.message = text;
+        } else {
+            self.push(field, Value::from(text));
+        }
+    }
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.record_str(field, &value.to_string());
+    }
+}
+
+impl<S: Subscriber> Layer<S> for AgentLogLayer {
+    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+        let mut c = Collector {
+            to_cloud: true,
+            ..Collector::default()
+        };
+        event.record(&mut c);
+        let record = LogRecord {
+            time: SystemTime::now(),
+            severity: severity(event.metadata().level()),
+            message: c.message,
+            fields: c.fields,
+        };
+        self.out.write(record, c.to_cloud);
+    }
+}
+
+/// The default filter: our own events at info and above, libraries' warnings only (their debug
+/// output can carry request details). `SPA_LOG` overrides it with an `EnvFilter` directive.
+pub fn default_filter() -> EnvFilter {
+    let directive = std::env::var("SPA_LOG").unwrap_or_else(|_| {
+        "warn,service_proxy_agent=info,gcp_auth=error,hyper=warn,notify=warn".into()
+    });
+    EnvFilter::try_new(&directive).unwrap_or_else(|_| EnvFilter::new("info"))
+}
+
+/// Installs the agent's logger as the global subscriber. Returns the output handle (to attach
+/// Cloud Logging later and read counters) and an error about the serial port, if any.
+pub fn init(format: LogFormat, serial_port: Option<&Path>) -> (LogOutput, Option<String>) {
+    let (out, serial_error) = LogOutput::new(format, serial_port);
+    let layer = AgentLogLayer::new(out.clone()).with_filter(default_filter());
+    let _ = tracing_subscriber::registry().with(layer).try_init();
+    (out, serial_error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_capture(f: impl FnOnce()) -> Vec<LogRecord> {
+        let out = LogOutput::capturing();
+        let subscriber = tracing_subscriber::registry().with(AgentLogLayer::new(out.clone()));
+        tracing::subscriber::with_default(subscriber, f);
+        out.captured()
+    }
+
+    #[test]
+    fn records_have_cloud_logging_keys() {
+        let recs = with_capture(|| {
+            tracing::warn!(finding = "ENVOY_NOT_RUNNING", detail = "no envoy process", "finding raised");
+        });
+        assert_eq!(recs.len(), 1);
+        let v: Value = serde_json::from_str(&recs[0].to_json_line()).unwrap();
+        assert_eq!(v["severity"], "WARNING");
+        assert_eq!(v["message"], "finding raised");
+        assert_eq!(v["finding"], "ENVOY_NOT_RUNNING");
+        assert_eq!(v["detail"], "no envoy process");
+        let t = v["time"].as_str().unwrap();
+        assert!(humantime::parse_rfc3339(t).is_ok(), "{t}");
+    }
+
+    #[test]
+    fn secrets_are_redacted_and_lines_stay_single() {
+        let recs = with_capture(|| {
+            tracing::error!(detail = "Authorization: Bearer ya29.a0AfH6SMBx", "got ya29.secretToken\nnext");
+        });
+        let line = recs[0].to_json_line();
+        assert!(!line.contains("ya29.a0AfH6SMBx") && !line.contains("secretToken"), "{line}");
+        assert!(!line.contains('\n'));
+    }
+
+    #[test]
+    fn sink_events_do_not_go_to_cloud() {
+        let out = LogOutput::capturing();
+        let (tx, mut rx) = mpsc::channel(4);
+        out.attach_cloud(tx);
+        let subscriber = tracing_subscriber::registry().with(AgentLogLayer::new(out.clone()));
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!(sink = "cloud-logging", "post failed");
+            tracing::info!("hello");
+        });
+        assert_eq!(rx.try_recv().unwrap().message, "hello");
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn full_cloud_queue_drops_and_counts() {
+        let out = LogOutput::capturing();
+        let (tx, _rx) = mpsc::channel(1);
+        out.attach_cloud(tx);
+        let subscriber = tracing_subscriber::registry().with(AgentLogLayer::new(out.clone()));
+        tracing::subscriber::with_default(subscriber, || {
+            for i in 0..5 {
+                tracing::info!(i, "line");
+            }
+        });
+        assert_eq!(out.counters().cloud_dropped.load(Ordering::Relaxed), 4);
+        assert_eq!(out.captured().len(), 5);
+    }
+
+    #[test]
+    fn serial_mirror_gets_json_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ttyS0");
+        let (out, err) = LogOutput::new(LogFormat::Json, Some(&path));
+        assert!(err.is_none());
+        out.write(
+            LogRecord {
+                time: SystemTime::now(),
+                severity: "INFO",
+                message: "Envoy Version: x/1.40.0".into(),
+                fields: vec![],
+            },
+            false,
+        );
+        let text = std::fs::read_to_string(&path).unwrap();
+        let v: Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(v["message"], "Envoy Version: x/1.40.0");
+    }
+}
