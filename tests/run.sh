@@ -9,7 +9,7 @@ say() { printf '\n=== %s\n' "$*"; }
 
 say "system packages"
 need=()
-for pair in iptables:iptables ip:iproute2 curl:curl jq:jq rg:ripgrep shellcheck:shellcheck \
+for pair in iptables:iptables ip:iproute2 curl:curl jq:jq rg:ripgrep shellcheck:shellcheck openssl:openssl \
             unshare:util-linux python3:python3; do
   cmd=${pair%%:*} pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")

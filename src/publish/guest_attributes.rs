@@ -99,12 +99,17 @@ pub enum PutError {
 /// What happened to a write, for logs and metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PublishEvent {
-    Written { key: &'static str },
+    Written {
+        key: &'static str,
+    },
     /// First 403 after success (or start): report once.
     Disabled,
     /// A write succeeded after guest attributes had been disabled.
     Reenabled,
-    Failed { key: &'static str, error: String },
+    Failed {
+        key: &'static str,
+        error: String,
+    },
 }
 
 #[derive(Debug)]
@@ -371,7 +376,11 @@ mod tests {
 
     /// Simulates a writer that writes whenever allowed, for `total` of simulated time, with
     /// values changing every `churn`; returns the write instants (offsets) and keys.
-    fn simulate(heartbeat: Duration, churn: Duration, total: Duration) -> Vec<(Duration, &'static str)> {
+    fn simulate(
+        heartbeat: Duration,
+        churn: Duration,
+        total: Duration,
+    ) -> Vec<(Duration, &'static str)> {
         let t0 = Instant::now();
         let mut p = Publisher::new(heartbeat);
         let mut writes = Vec::new();
@@ -385,7 +394,10 @@ mod tests {
             if t >= next_change {
                 counter += 1;
                 p.set(keys::FINDINGS, &format!("F{counter}"));
-                p.set(keys::HEALTH, if counter % 2 == 0 { "OK" } else { "FAILING" });
+                p.set(
+                    keys::HEALTH,
+                    if counter % 2 == 0 { "OK" } else { "FAILING" },
+                );
                 next_change += churn;
             }
             while let Some((k, v)) = p.poll(now) {
@@ -399,10 +411,22 @@ mod tests {
 
     fn assert_within_budget(writes: &[(Duration, &'static str)]) {
         for (i, (t, _)) in writes.iter().enumerate() {
-            let in_minute = writes[i..].iter().take_while(|(u, _)| *u < *t + secs(60.0)).count();
-            let in_second = writes[i..].iter().take_while(|(u, _)| *u < *t + secs(1.0)).count();
-            assert!(in_minute <= WRITES_PER_MINUTE, "{in_minute} writes in a minute from {t:?}");
-            assert!(in_second <= WRITES_PER_SECOND, "{in_second} writes in a second from {t:?}");
+            let in_minute = writes[i..]
+                .iter()
+                .take_while(|(u, _)| *u < *t + secs(60.0))
+                .count();
+            let in_second = writes[i..]
+                .iter()
+                .take_while(|(u, _)| *u < *t + secs(1.0))
+                .count();
+            assert!(
+                in_minute <= WRITES_PER_MINUTE,
+                "{in_minute} writes in a minute from {t:?}"
+            );
+            assert!(
+                in_second <= WRITES_PER_SECOND,
+                "{in_second} writes in a second from {t:?}"
+            );
         }
     }
 
@@ -418,7 +442,11 @@ mod tests {
     #[test]
     fn heartbeat_is_not_starved_by_churn() {
         let w = simulate(secs(60.0), secs(0.1), secs(900.0));
-        let beats: Vec<Duration> = w.iter().filter(|(_, k)| *k == keys::HEARTBEAT).map(|(t, _)| *t).collect();
+        let beats: Vec<Duration> = w
+            .iter()
+            .filter(|(_, k)| *k == keys::HEARTBEAT)
+            .map(|(t, _)| *t)
+            .collect();
         assert!(beats.len() >= 6, "{beats:?}");
         for pair in beats.windows(2) {
             assert!(pair[1] - pair[0] <= secs(125.0), "{beats:?}");
@@ -465,9 +493,15 @@ mod tests {
     #[test]
     fn values_are_sanitised() {
         let mut p = Publisher::new(secs(60.0));
-        p.set(keys::LAST_FAILURE, &format!("boom\nBearer ya29.secret {}", "x".repeat(3000)));
+        p.set(
+            keys::LAST_FAILURE,
+            &format!("boom\nBearer ya29.secret {}", "x".repeat(3000)),
+        );
         let (_, v) = p.poll(Instant::now()).unwrap();
-        assert!(v.len() <= 1024 && !v.contains('\n') && !v.contains("ya29.secret"), "{v}");
+        assert!(
+            v.len() <= 1024 && !v.contains('\n') && !v.contains("ya29.secret"),
+            "{v}"
+        );
     }
 
     #[test]
@@ -476,7 +510,10 @@ mod tests {
         let mut p = Publisher::new(secs(1.0));
         p.set(keys::HEALTH, "OK");
         let (k, v) = p.poll(t0).unwrap();
-        assert_eq!(p.complete(k, v, Err(PutError::Disabled), t0), PublishEvent::Disabled);
+        assert_eq!(
+            p.complete(k, v, Err(PutError::Disabled), t0),
+            PublishEvent::Disabled
+        );
         assert!(p.is_disabled());
         // Nothing for almost five minutes, whatever changes.
         for s in 1..299 {
@@ -485,7 +522,10 @@ mod tests {
         }
         let now = t0 + DISABLED_RETRY;
         let (k, v) = p.poll(now).unwrap();
-        assert!(matches!(p.complete(k, v, Err(PutError::Disabled), now), PublishEvent::Failed { .. }));
+        assert!(matches!(
+            p.complete(k, v, Err(PutError::Disabled), now),
+            PublishEvent::Failed { .. }
+        ));
         let now = now + DISABLED_RETRY;
         let (k, v) = p.poll(now).unwrap();
         assert_eq!(p.complete(k, v, Ok(()), now), PublishEvent::Reenabled);

@@ -324,7 +324,11 @@ mod tests {
     #[test]
     fn records_have_cloud_logging_keys() {
         let recs = with_capture(|| {
-            tracing::warn!(finding = "ENVOY_NOT_RUNNING", detail = "no envoy process", "finding raised");
+            tracing::warn!(
+                finding = "ENVOY_NOT_RUNNING",
+                detail = "no envoy process",
+                "finding raised"
+            );
         });
         assert_eq!(recs.len(), 1);
         let v: Value = serde_json::from_str(&recs[0].to_json_line()).unwrap();
@@ -339,10 +343,16 @@ mod tests {
     #[test]
     fn secrets_are_redacted_and_lines_stay_single() {
         let recs = with_capture(|| {
-            tracing::error!(detail = "Authorization: Bearer ya29.a0AfH6SMBx", "got ya29.secretToken\nnext");
+            tracing::error!(
+                detail = "Authorization: Bearer ya29.a0AfH6SMBx",
+                "got ya29.secretToken\nnext"
+            );
         });
         let line = recs[0].to_json_line();
-        assert!(!line.contains("ya29.a0AfH6SMBx") && !line.contains("secretToken"), "{line}");
+        assert!(
+            !line.contains("ya29.a0AfH6SMBx") && !line.contains("secretToken"),
+            "{line}"
+        );
         assert!(!line.contains('\n'));
     }
 

@@ -1,4 +1,5 @@
 //! Publishing: guest attributes, structured logs (stdout, serial port, Cloud Logging), metrics.
 
+pub mod cloud_logging;
 pub mod guest_attributes;
 pub mod log;
