@@ -3,3 +3,4 @@
 pub mod cloud_logging;
 pub mod guest_attributes;
 pub mod log;
+pub mod metrics;
