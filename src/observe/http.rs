@@ -108,10 +108,12 @@ async fn exchange(
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| protocol(e.to_string()))?;
-    // The connection task ends with the exchange: it is dropped with this future on timeout.
-    let conn_task = async move {
+    // The connection runs beside the exchange and is aborted with it (also on timeout). It is
+    // not raced against the response: a peer that sends `Connection: close` ends the
+    // connection future before we have read the body.
+    let conn_task = AbortOnDrop(tokio::spawn(async move {
         let _ = conn.await;
-    };
+    }));
     let mut builder = Request::builder()
         .method(method)
         .uri(path_and_query)
@@ -142,9 +144,17 @@ async fn exchange(
             body,
         })
     };
-    tokio::select! {
-        r = work => r,
-        () = conn_task => Err(protocol("connection closed before the response".into())),
+    let result = work.await;
+    drop(conn_task);
+    result
+}
+
+/// Aborts the connection task when the request is done or abandoned.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -227,6 +237,17 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(e, HttpError::Connect { .. }), "{e}");
+    }
+
+    #[tokio::test]
+    async fn connection_close_responses_are_read() {
+        let addr =
+            serve_once(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok")
+                .await;
+        let r = get(&addr, "/x", &[], Duration::from_secs(2), 100)
+            .await
+            .unwrap();
+        assert_eq!(&r.body[..], b"ok");
     }
 
     #[tokio::test]

@@ -5,5 +5,6 @@ pub mod envoy_admin;
 pub mod envoy_log;
 pub mod http;
 pub mod iptables;
+pub mod log_follower;
 pub mod metadata;
 pub mod procfs;

