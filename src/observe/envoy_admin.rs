@@ -237,6 +237,10 @@ fn from_json<'a, T: Deserialize<'a>>(
 ) -> Result<T, AdminError> {
     // Checked up front: serde_json does not validate UTF-8 inside strings it skips.
     let text = std::str::from_utf8(body).map_err(|e| malformed(endpoint, e))?;
+    // serde would also build a struct from an array: every admin answer we read is an object.
+    if !text.trim_start().starts_with('{') {
+        return Err(malformed(endpoint, "not a JSON object"));
+    }
     serde_json::from_str(text).map_err(|e| malformed(endpoint, e))
 }
 
