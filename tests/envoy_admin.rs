@@ -22,6 +22,7 @@ use service_proxy_agent::observe::envoy_admin::*;
 use testkit::envoy::{Envoy, EnvoyConfig, envoy_version, minimal_bootstrap};
 
 #[path = "support/unprivileged_envoy.rs"]
+#[allow(dead_code)]
 mod unprivileged_envoy;
 use unprivileged_envoy::UnprivilegedEnvoy;
 
@@ -82,7 +83,10 @@ fn fixtures(name: &str) -> Vec<(String, Vec<u8>)> {
             out.push((version.to_owned(), std::fs::read(e.path()).unwrap()));
         }
     }
-    assert!(!out.is_empty(), "no fixture *-{name} in tests/fixtures/envoy");
+    assert!(
+        !out.is_empty(),
+        "no fixture *-{name} in tests/fixtures/envoy"
+    );
     out.sort();
     out
 }
@@ -354,7 +358,11 @@ fn check_server_info(info: &ServerInfo) {
         Some("15001")
     );
     assert!(info.uptime_current_epoch.is_some());
-    assert!(info.command_line_options.config_path.ends_with("bootstrap.json"));
+    assert!(
+        info.command_line_options
+            .config_path
+            .ends_with("bootstrap.json")
+    );
     assert!(info.command_line_options.log_path.ends_with("envoy.log"));
     assert!(info.command_line_options.log_format.contains("%v"));
     assert_eq!(
@@ -367,7 +375,11 @@ fn check_server_info(info: &ServerInfo) {
 /// the interception listener and the inbound port found.
 fn check_vips(listeners: &[DynamicListener], interception_port: Option<u16>) {
     let l = find(listeners, INTERCEPTION_LISTENER_NAME);
-    let active = &l.active.as_ref().expect("interception listener is active").listener;
+    let active = &l
+        .active
+        .as_ref()
+        .expect("interception listener is active")
+        .listener;
     assert!(active.use_original_dst);
     assert_eq!(active.filter_chains.len(), 7);
     let first = &active.filter_chains[0];
@@ -385,7 +397,11 @@ fn check_vips(listeners: &[DynamicListener], interception_port: Option<u16>) {
     assert!(vips.contains(&"10.0.0.2/32".to_owned()), "{vips:?}");
     assert!(vips.contains(&"fd00::5/128".to_owned()), "{vips:?}");
     assert!(vips.contains(&"10.1.2.0/24".to_owned()), "{vips:?}");
-    assert!(!vips.iter().any(|v| v.starts_with("10.0.0.9") || v.starts_with("10.7.")));
+    assert!(
+        !vips
+            .iter()
+            .any(|v| v.starts_with("10.0.0.9") || v.starts_with("10.7."))
+    );
     let rejected: Vec<(&str, &str)> = s
         .rejected
         .iter()
@@ -428,7 +444,8 @@ fn check_rejected(listeners: &[DynamicListener]) {
         Some(INTERCEPTION_LISTENER_NAME)
     );
     assert!(
-        err.details.contains("malformed IP address: 10.0.0.1 -j ACCEPT"),
+        err.details
+            .contains("malformed IP address: 10.0.0.1 -j ACCEPT"),
         "{}",
         err.details
     );
@@ -453,8 +470,16 @@ fn check_access_log_denied(listeners: &[DynamicListener], path: Option<&str>) {
     assert!(l.active.is_none() && l.warming.is_none());
     let err = l.error.as_ref().expect("error_state");
     assert_eq!(err.failed_listener.as_deref(), Some("with-access-log"));
-    assert!(err.details.contains("unable to open file '"), "{}", err.details);
-    assert!(err.details.ends_with("': Permission denied"), "{}", err.details);
+    assert!(
+        err.details.contains("unable to open file '"),
+        "{}",
+        err.details
+    );
+    assert!(
+        err.details.ends_with("': Permission denied"),
+        "{}",
+        err.details
+    );
     if let Some(p) = path {
         assert!(err.details.contains(p), "{}", err.details);
     }
@@ -474,7 +499,11 @@ fn check_clusters(clusters: &[ClusterStatus]) {
     let dead = get("hc_dead");
     assert_eq!(dead.hosts.len(), 2);
     assert_eq!(dead.healthy_hosts(), 0);
-    assert!(dead.hosts.iter().all(|h| h.health.failed_active_health_check));
+    assert!(
+        dead.hosts
+            .iter()
+            .all(|h| h.health.failed_active_health_check)
+    );
     assert!(
         dead.hosts
             .iter()
@@ -483,10 +512,13 @@ fn check_clusters(clusters: &[ClusterStatus]) {
     assert!(dead.hosts[0].address.starts_with("127.0.0.1:"));
     let alive = get("hc_alive");
     assert_eq!(alive.healthy_hosts(), 1);
-    assert_eq!(alive.hosts[0].health, HostHealth {
-        eds_health_status: Some("HEALTHY".into()),
-        ..HostHealth::default()
-    });
+    assert_eq!(
+        alive.hosts[0].health,
+        HostHealth {
+            eds_health_status: Some("HEALTHY".into()),
+            ..HostHealth::default()
+        }
+    );
     let eds = get("eds_status");
     assert_eq!(eds.hosts.len(), 3);
     assert_eq!(eds.unhealthy_hosts(), 1);
@@ -506,24 +538,37 @@ fn check_clusters(clusters: &[ClusterStatus]) {
 
 #[tokio::test]
 async fn live_server_info_ready_draining() {
-    let envoy = Envoy::start(EnvoyConfig::new(minimal_bootstrap(NODE_ID, node_metadata())))
-        .expect("start real Envoy");
+    let envoy = Envoy::start(EnvoyConfig::new(minimal_bootstrap(
+        NODE_ID,
+        node_metadata(),
+    )))
+    .expect("start real Envoy");
     let c = client(&envoy);
-    let ready = eventually(&|| envoy.log_text(), "LIVE", Duration::from_secs(20), || async {
-        c.ready().await.ok().filter(|r| r.ready)
-    })
+    let ready = eventually(
+        &|| envoy.log_text(),
+        "LIVE",
+        Duration::from_secs(20),
+        || async { c.ready().await.ok().filter(|r| r.ready) },
+    )
     .await;
     assert_eq!(ready.state, ServerState::Live);
 
     let info = c.server_info().await.unwrap();
-    assert_eq!(info.version, envoy_version().unwrap(), "exact version string");
+    assert_eq!(
+        info.version,
+        envoy_version().unwrap(),
+        "exact version string"
+    );
     assert_eq!(info.state, ServerState::Live);
     check_server_info(&info);
     assert_eq!(
         info.command_line_options.log_path,
         envoy.log_path().to_str().unwrap()
     );
-    capture("server_info.json", admin_body(envoy.admin_addr(), PATH_SERVER_INFO).as_bytes());
+    capture(
+        "server_info.json",
+        admin_body(envoy.admin_addr(), PATH_SERVER_INFO).as_bytes(),
+    );
 
     // /healthcheck/fail turns Envoy DRAINING: /ready answers 503 with the state.
     assert_eq!(admin_post(envoy.admin_addr(), "/healthcheck/fail"), 200);
@@ -560,7 +605,10 @@ async fn live_control_plane_down_initializing_then_live_with_timeouts() {
     let c = client(&envoy);
 
     let early = c.ready().await.unwrap();
-    assert!(!early.ready, "not ready while waiting for the control plane");
+    assert!(
+        !early.ready,
+        "not ready while waiting for the control plane"
+    );
     assert!(
         matches!(
             early.state,
@@ -572,9 +620,12 @@ async fn live_control_plane_down_initializing_then_live_with_timeouts() {
     assert_eq!(info.state, early.state);
 
     // After the initial-fetch timeouts Envoy turns LIVE with nothing: /ready alone is not enough.
-    eventually(&|| envoy.log_text(), "LIVE", Duration::from_secs(30), || async {
-        c.ready().await.ok().filter(|r| r.ready)
-    })
+    eventually(
+        &|| envoy.log_text(),
+        "LIVE",
+        Duration::from_secs(30),
+        || async { c.ready().await.ok().filter(|r| r.ready) },
+    )
     .await;
     let stats = c.stats().await.unwrap();
     assert_eq!(stats.control_plane_connected_state, Some(0));
@@ -620,7 +671,11 @@ async fn live_dynamic_listeners_vips_then_rejected_update() {
     let rds = xds_dir();
     let port = closed_port();
     let old_port = closed_port();
-    write_resources(rds.path(), "rds.json", vec![route_resource("URL_MAP/123.via-rds")]);
+    write_resources(
+        rds.path(),
+        "rds.json",
+        vec![route_resource("URL_MAP/123.via-rds")],
+    );
     write_resources(
         lds.path(),
         "lds.json",
@@ -638,15 +693,25 @@ async fn live_dynamic_listeners_vips_then_rejected_update() {
     b["static_resources"] = json!({ "clusters": [xds_down_cluster()] });
     let envoy = Envoy::start(EnvoyConfig::new(b)).expect("start real Envoy");
     let c = client(&envoy);
-    let listeners = eventually(&|| envoy.log_text(), "two active listeners", Duration::from_secs(20), || async {
-        c.dynamic_listeners()
-            .await
-            .ok()
-            .filter(|l| l.iter().filter(|l| l.active.is_some()).count() == 2)
-    })
+    let listeners = eventually(
+        &|| envoy.log_text(),
+        "two active listeners",
+        Duration::from_secs(20),
+        || async {
+            c.dynamic_listeners()
+                .await
+                .ok()
+                .filter(|l| l.iter().filter(|l| l.active.is_some()).count() == 2)
+        },
+    )
     .await;
     check_vips(&listeners, Some(port));
-    assert!(summarize_listeners(&listeners).vips.iter().any(|v| v.to_string() == "10.9.0.1/32"));
+    assert!(
+        summarize_listeners(&listeners)
+            .vips
+            .iter()
+            .any(|v| v.to_string() == "10.9.0.1/32")
+    );
     capture(
         "config_dump-dynamic_listeners-vips.json",
         admin_body(envoy.admin_addr(), PATH_DYNAMIC_LISTENERS).as_bytes(),
@@ -673,14 +738,19 @@ async fn live_dynamic_listeners_vips_then_rejected_update() {
             ),
         ],
     );
-    let listeners = eventually(&|| envoy.log_text(), "old draining", Duration::from_secs(20), || async {
-        c.dynamic_listeners().await.ok().filter(|l| {
-            l.iter()
-                .any(|l| l.name.as_deref() == Some("old") && l.draining.is_some())
-                && l.iter()
-                    .any(|l| l.name.as_deref() == Some("via-rds") && l.active.is_some())
-        })
-    })
+    let listeners = eventually(
+        &|| envoy.log_text(),
+        "old draining",
+        Duration::from_secs(20),
+        || async {
+            c.dynamic_listeners().await.ok().filter(|l| {
+                l.iter()
+                    .any(|l| l.name.as_deref() == Some("old") && l.draining.is_some())
+                    && l.iter()
+                        .any(|l| l.name.as_deref() == Some("via-rds") && l.active.is_some())
+            })
+        },
+    )
     .await;
     check_states(&listeners);
     capture(
@@ -693,12 +763,17 @@ async fn live_dynamic_listeners_vips_then_rejected_update() {
     bad["filter_chains"][0]["filter_chain_match"]["prefix_ranges"][0]["address_prefix"] =
         json!("10.0.0.1 -j ACCEPT");
     write_resources(lds.path(), "lds.json", vec![bad]);
-    let listeners = eventually(&|| envoy.log_text(), "error_state", Duration::from_secs(20), || async {
-        c.dynamic_listeners()
-            .await
-            .ok()
-            .filter(|l| l.iter().any(|l| l.error.is_some()))
-    })
+    let listeners = eventually(
+        &|| envoy.log_text(),
+        "error_state",
+        Duration::from_secs(20),
+        || async {
+            c.dynamic_listeners()
+                .await
+                .ok()
+                .filter(|l| l.iter().any(|l| l.error.is_some()))
+        },
+    )
     .await;
     check_rejected(&listeners);
     capture(
@@ -710,7 +785,10 @@ async fn live_dynamic_listeners_vips_then_rejected_update() {
     assert_eq!(stats.lds_update_success, Some(2));
     assert_eq!(stats.control_plane_connected_state, None, "no ADS here");
     let path = format!("/stats?filter={}", urlencode(STATS_FILTER));
-    capture("stats-lds-rejected.txt", admin_body(envoy.admin_addr(), &path).as_bytes());
+    capture(
+        "stats-lds-rejected.txt",
+        admin_body(envoy.admin_addr(), &path).as_bytes(),
+    );
 }
 
 /// The second update of the listener scenario: active, warming and draining states.
@@ -786,12 +864,16 @@ async fn live_access_log_not_writable_by_the_envoy_user() {
     );
     let url = parse_admin_url(&envoy.admin_url()).unwrap();
     let c = AdminClient::new(&url, Duration::from_secs(5), MAX_BODY);
-    let listeners = eventually(&|| envoy.log_text(), "error_state", Duration::from_secs(20), || async {
-        c.dynamic_listeners()
-            .await
-            .ok()
-            .filter(|l| l.iter().any(|l| l.error.is_some()) && l.iter().any(|l| l.active.is_some()))
-    })
+    let listeners = eventually(
+        &|| envoy.log_text(),
+        "error_state",
+        Duration::from_secs(20),
+        || async {
+            c.dynamic_listeners().await.ok().filter(|l| {
+                l.iter().any(|l| l.error.is_some()) && l.iter().any(|l| l.active.is_some())
+            })
+        },
+    )
     .await;
     check_access_log_denied(&listeners, access_log.to_str());
     assert!(!access_log.exists());
@@ -810,9 +892,7 @@ async fn live_clusters_health() {
     // Accepts connections (the kernel completes them; nothing needs to accept()).
     let alive = TcpListener::bind("127.0.0.1:0").unwrap();
     let alive_port = alive.local_addr().unwrap().port();
-    let endpoint = |ip: &str, port: u16| {
-        json!({"endpoint": {"address": {"socket_address": {"address": ip, "port_value": port}}}})
-    };
+    let endpoint = |ip: &str, port: u16| json!({"endpoint": {"address": {"socket_address": {"address": ip, "port_value": port}}}});
     let hc = json!([{
         "timeout": "0.2s", "interval": "0.3s", "unhealthy_threshold": 1, "healthy_threshold": 1,
         "tcp_health_check": {}
@@ -843,19 +923,24 @@ async fn live_clusters_health() {
     b["static_resources"] = json!({"clusters": [hc_dead, hc_alive, eds_status, v6]});
     let envoy = Envoy::start(EnvoyConfig::new(b)).expect("start real Envoy");
     let c = client(&envoy);
-    let clusters = eventually(&|| envoy.log_text(), "health checks settled", Duration::from_secs(20), || async {
-        c.clusters().await.ok().filter(|cs| {
-            let settled = |n: &str, want: bool| {
-                cs.iter().any(|c| {
-                    c.name == n
-                        && c.hosts
-                            .iter()
-                            .all(|h| h.health.failed_active_health_check == want)
-                })
-            };
-            settled("hc_dead", true) && settled("hc_alive", false)
-        })
-    })
+    let clusters = eventually(
+        &|| envoy.log_text(),
+        "health checks settled",
+        Duration::from_secs(20),
+        || async {
+            c.clusters().await.ok().filter(|cs| {
+                let settled = |n: &str, want: bool| {
+                    cs.iter().any(|c| {
+                        c.name == n
+                            && c.hosts
+                                .iter()
+                                .all(|h| h.health.failed_active_health_check == want)
+                    })
+                };
+                settled("hc_dead", true) && settled("hc_alive", false)
+            })
+        },
+    )
     .await;
     check_clusters(&clusters);
     capture(
@@ -877,8 +962,11 @@ async fn live_errors_unreachable_too_large_and_status() {
     assert!(e.is_unreachable());
 
     // The real /server_info is ~125 KB: a small cap refuses it.
-    let envoy = Envoy::start(EnvoyConfig::new(minimal_bootstrap(NODE_ID, node_metadata())))
-        .expect("start real Envoy");
+    let envoy = Envoy::start(EnvoyConfig::new(minimal_bootstrap(
+        NODE_ID,
+        node_metadata(),
+    )))
+    .expect("start real Envoy");
     let url = parse_admin_url(&envoy.admin_url()).unwrap();
     let small = AdminClient::new(&url, Duration::from_secs(5), 10_000);
     let e = small.server_info().await.unwrap_err();
@@ -891,9 +979,12 @@ async fn live_errors_unreachable_too_large_and_status() {
     );
     assert!(!e.is_unreachable());
     // ... while the small answers fit.
-    let ready = eventually(&|| envoy.log_text(), "LIVE", Duration::from_secs(20), || async {
-        small.ready().await.ok().filter(|r| r.ready)
-    })
+    let ready = eventually(
+        &|| envoy.log_text(),
+        "LIVE",
+        Duration::from_secs(20),
+        || async { small.ready().await.ok().filter(|r| r.ready) },
+    )
     .await;
     assert_eq!(ready.state, ServerState::Live);
     small.stats().await.unwrap();
@@ -947,13 +1038,20 @@ async fn hostile_peers() {
     let e = c.ready().await.unwrap_err();
     assert!(matches!(e, AdminError::Status { status: 404, .. }), "{e}");
 
-    let c = serve(http_response("200 OK", br#"{"cluster_statuses": [{"name": "a", "host_st"#)).await;
+    let c = serve(http_response(
+        "200 OK",
+        br#"{"cluster_statuses": [{"name": "a", "host_st"#,
+    ))
+    .await;
     let e = c.clusters().await.unwrap_err();
     assert!(matches!(e, AdminError::Malformed { .. }), "{e}");
 
     let c = serve(http_response("200 OK", &vec![b'x'; 100_000])).await;
     let e = c.dynamic_listeners().await.unwrap_err();
-    assert!(matches!(e, AdminError::TooLarge { limit: 65536, .. }), "{e}");
+    assert!(
+        matches!(e, AdminError::TooLarge { limit: 65536, .. }),
+        "{e}"
+    );
 
     let c = serve(http_response("200 OK", b"\xff\xfe\x00junk")).await;
     let e = c.stats().await.unwrap_err();
@@ -1120,7 +1218,10 @@ fn binary_junk_and_bad_utf8() {
         junk.push(x as u8);
     }
     assert_eq!(all_parsers(&junk)[..3], [false, false, false]);
-    assert_eq!(parse_stats(&String::from_utf8_lossy(&junk)), EnvoyStats::default());
+    assert_eq!(
+        parse_stats(&String::from_utf8_lossy(&junk)),
+        EnvoyStats::default()
+    );
     // Invalid UTF-8 inside a string that would otherwise be skipped.
     let body = b"{\"configs\": [], \"x\": \"\xff\xfe\"}";
     let e = parse_listeners(body).unwrap_err();

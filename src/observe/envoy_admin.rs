@@ -24,8 +24,8 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use ipnet::IpNet;
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use thiserror::Error;
 
 use crate::config::AdminUrl;
@@ -85,7 +85,10 @@ pub enum AdminError {
         body: String,
     },
     #[error("Envoy admin {endpoint}: answer larger than {limit} bytes")]
-    TooLarge { endpoint: &'static str, limit: usize },
+    TooLarge {
+        endpoint: &'static str,
+        limit: usize,
+    },
     #[error("Envoy admin {endpoint}: malformed answer: {reason}")]
     Malformed {
         endpoint: &'static str,
@@ -99,7 +102,9 @@ impl AdminError {
     pub fn is_unreachable(&self) -> bool {
         matches!(
             self,
-            AdminError::Unreachable { .. } | AdminError::Timeout { .. } | AdminError::Protocol { .. }
+            AdminError::Unreachable { .. }
+                | AdminError::Timeout { .. }
+                | AdminError::Protocol { .. }
         )
     }
 
@@ -848,10 +853,7 @@ fn convert_chain(raw: FilterChainRaw) -> FilterChain {
         if !tc.is_type(HCM_TYPE) {
             continue;
         }
-        let names = [
-            tc.rds.and_then(|p| p.0),
-            tc.route_config.and_then(|p| p.0),
-        ];
+        let names = [tc.rds.and_then(|p| p.0), tc.route_config.and_then(|p| p.0)];
         for n in names.into_iter().flatten() {
             if !route_config_names.contains(&n) {
                 route_config_names.push(n);
@@ -972,9 +974,7 @@ pub fn parse_prefix(range: &PrefixRange) -> Result<IpNet, String> {
     let max: u8 = if ip.is_ipv4() { 32 } else { 128 };
     let len = match &range.prefix_len {
         None => {
-            return Err(
-                "prefix_len is missing (0 in Envoy), /0 would intercept everything".into(),
-            );
+            return Err("prefix_len is missing (0 in Envoy), /0 would intercept everything".into());
         }
         Some(JsonLeaf::Number(n)) => *n,
         Some(JsonLeaf::Text(_)) => return Err("prefix_len is text".into()),
@@ -1257,10 +1257,7 @@ pub fn parse_stats(text: &str) -> EnvoyStats {
             continue;
         }
         if name == "listener_manager.lds.version_text" {
-            if let Some(v) = value
-                .strip_prefix('"')
-                .and_then(|v| v.strip_suffix('"'))
-            {
+            if let Some(v) = value.strip_prefix('"').and_then(|v| v.strip_suffix('"')) {
                 s.lds_version_text = Some(crate::text::truncate_with_ellipsis(
                     &crate::text::strip_control(v),
                     256,
@@ -1355,7 +1352,16 @@ mod tests {
             parse_proto_duration("1.000000001s"),
             Some(Duration::new(1, 1))
         );
-        for bad in ["", "s", "12", "-1s", "1.s.s", "1.0000000001s", "1e3s", "99999999999999999999s"] {
+        for bad in [
+            "",
+            "s",
+            "12",
+            "-1s",
+            "1.s.s",
+            "1.0000000001s",
+            "1e3s",
+            "99999999999999999999s",
+        ] {
             assert_eq!(parse_proto_duration(bad), None, "{bad}");
         }
     }
@@ -1368,7 +1374,13 @@ mod tests {
             "dc78069b10cc94fa07bb974b7101dd1b42e2e7bf/1.15.1-dev/Clean/RELEASE/BoringSSL",
         )
         .unwrap();
-        assert!(old < EnvoyVersion { major: 1, minor: 24, patch: 9 });
+        assert!(
+            old < EnvoyVersion {
+                major: 1,
+                minor: 24,
+                patch: 9
+            }
+        );
         assert_eq!(parse_version_number("1.40.0"), None);
         assert_eq!(parse_version_number("x/1.40/y"), None);
     }
@@ -1377,11 +1389,17 @@ mod tests {
     fn ready_answers() {
         assert_eq!(
             parse_ready(200, b"LIVE\n"),
-            Some(Readiness { ready: true, state: ServerState::Live })
+            Some(Readiness {
+                ready: true,
+                state: ServerState::Live
+            })
         );
         assert_eq!(
             parse_ready(503, b"DRAINING\n"),
-            Some(Readiness { ready: false, state: ServerState::Draining })
+            Some(Readiness {
+                ready: false,
+                state: ServerState::Draining
+            })
         );
         let odd = parse_ready(503, b"WEIRD\x1b[31m\n").unwrap();
         assert_eq!(odd.state, ServerState::Other("WEIRD [31m".into()));

@@ -55,7 +55,11 @@ pub fn envoy_processes(proc_root: &Path) -> Result<Vec<EnvoyProcess>, ProcError>
     let hz = clock_ticks_per_second();
     let mut out = Vec::new();
     for entry in entries.take(MAX_PROCESSES).flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
             continue;
         };
         if let Some(p) = read_envoy_process(&entry.path(), pid, btime, hz) {
@@ -66,12 +70,7 @@ pub fn envoy_processes(proc_root: &Path) -> Result<Vec<EnvoyProcess>, ProcError>
     Ok(out)
 }
 
-fn read_envoy_process(
-    dir: &Path,
-    pid: u32,
-    btime: Option<u64>,
-    hz: u64,
-) -> Option<EnvoyProcess> {
+fn read_envoy_process(dir: &Path, pid: u32, btime: Option<u64>, hz: u64) -> Option<EnvoyProcess> {
     let comm = read_small(&dir.join("comm"), 256)?;
     let comm = String::from_utf8_lossy(&comm);
     let cmdline_raw = read_small(&dir.join("cmdline"), CMDLINE_MAX)?;
@@ -101,8 +100,9 @@ fn read_envoy_process(
 
 /// `btime` + ticks; `None` rather than a panic if hostile numbers overflow.
 fn start_time(btime: u64, ticks: u64, hz: u64) -> Option<SystemTime> {
-    let since_boot = Duration::from_secs(ticks / hz)
-        .checked_add(Duration::from_nanos((ticks % hz).checked_mul(1_000_000_000)? / hz))?;
+    let since_boot = Duration::from_secs(ticks / hz).checked_add(Duration::from_nanos(
+        (ticks % hz).checked_mul(1_000_000_000)? / hz,
+    ))?;
     SystemTime::UNIX_EPOCH
         .checked_add(Duration::from_secs(btime))?
         .checked_add(since_boot)

