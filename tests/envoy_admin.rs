@@ -1249,6 +1249,18 @@ fn wrong_types() {
     ] {
         assert!(parse_server_info(body.as_bytes()).is_err(), "{body}");
     }
+    // A field we barely need does not cost us the version and state.
+    let info = parse_server_info(
+        br#"{"version": "a/1.2.3/b", "state": "LIVE", "uptime_current_epoch": 7,
+             "command_line_options": {"log_path": 5, "restart_epoch": "1", "log_format_escaped": "yes",
+                                      "config_path": "/etc/envoy.yaml", "concurrency": "x"}}"#,
+    )
+    .unwrap();
+    assert_eq!(info.uptime_current_epoch, None);
+    assert_eq!(info.command_line_options.log_path, "");
+    assert_eq!(info.command_line_options.config_path, "/etc/envoy.yaml");
+    assert_eq!(info.command_line_options.restart_epoch, 0);
+    assert!(!info.command_line_options.log_format_escaped);
     assert!(
         parse_clusters(br#"{"cluster_statuses": [{"host_statuses": [{"health_status": {"failed_outlier_check": "true"}}]}]}"#)
             .is_err()

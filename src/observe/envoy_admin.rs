@@ -7,14 +7,16 @@
 //! body is capped by [`crate::observe::http`]. The pure `parse_*` functions are the fuzzing
 //! surface: they never panic, whatever the bytes.
 //!
-//! Facts measured on Envoy 1.40.0 that shape the queries:
+//! Facts measured on Envoy 1.40.0 (and 1.36.4) that shape the queries:
 //! - `/server_info` carries the bootstrap `node` (id, cluster, metadata), so one call gives
 //!   version, state, uptime, command line and node. It is ~125 KB because the node lists every
 //!   compiled-in extension; callers size `max_body` accordingly (1 MiB is comfortable).
 //! - `/config_dump?resource=dynamic_listeners` gives the dynamic listeners. A `mask=` cannot
 //!   reach inside `active_state.listener` (an `Any`): `mask=active_state.listener.filter_chains`
 //!   answers 400, so the whole listener is fetched and the filters we do not need are skipped
-//!   while parsing. With no dynamic listener the answer is `{}`.
+//!   while parsing. With no dynamic listener the answer is `{}`. (`mask=` does work without
+//!   `resource=`: it then applies to each config, e.g. `/config_dump?mask=bootstrap.node.id,
+//!   bootstrap.node.metadata` returns only those ~400 bytes.)
 //! - `/stats?filter=<regex>` keeps the text answer to the handful of lines the checks read.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -260,6 +262,7 @@ fn from_json<'a, T: Deserialize<'a>>(
 pub enum JsonLeaf {
     Text(String),
     Number(u64),
+    Bool(bool),
     /// Anything else, named by its JSON type (`"a negative number"`, `"an object"`, ...).
     Other(&'static str),
 }
@@ -278,6 +281,16 @@ impl JsonLeaf {
             _ => None,
         }
     }
+
+    /// What kind of JSON value this is, for error messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            JsonLeaf::Text(_) => "text",
+            JsonLeaf::Number(_) => "a number",
+            JsonLeaf::Bool(_) => "a boolean",
+            JsonLeaf::Other(what) => what,
+        }
+    }
 }
 
 impl fmt::Display for JsonLeaf {
@@ -285,6 +298,7 @@ impl fmt::Display for JsonLeaf {
         match self {
             JsonLeaf::Text(s) => f.write_str(s),
             JsonLeaf::Number(n) => write!(f, "{n}"),
+            JsonLeaf::Bool(b) => write!(f, "{b}"),
             JsonLeaf::Other(what) => write!(f, "<{what}>"),
         }
     }
@@ -319,8 +333,8 @@ impl<'de> Visitor<'de> for LeafVisitor {
     fn visit_f64<E: de::Error>(self, _: f64) -> Result<JsonLeaf, E> {
         Ok(JsonLeaf::Other("a fractional number"))
     }
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<JsonLeaf, E> {
-        Ok(JsonLeaf::Other("a boolean"))
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<JsonLeaf, E> {
+        Ok(JsonLeaf::Bool(v))
     }
     fn visit_unit<E: de::Error>(self) -> Result<JsonLeaf, E> {
         Ok(JsonLeaf::Other("null"))
@@ -523,20 +537,47 @@ impl ServerInfo {
     }
 }
 
-/// The part of Envoy's command line the checks use (where its config and log are).
+/// The part of Envoy's command line the checks use (where its config and log are). Each field
+/// tolerates an unexpected type (left at its default) so that a change in a field we barely
+/// need cannot cost us the version and state.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
 #[serde(default)]
 pub struct CommandLineOptions {
+    #[serde(deserialize_with = "lenient_string")]
     pub config_path: String,
+    #[serde(deserialize_with = "lenient_string")]
     pub log_path: String,
+    #[serde(deserialize_with = "lenient_string")]
     pub log_format: String,
+    #[serde(deserialize_with = "lenient_string")]
     pub log_level: String,
+    #[serde(deserialize_with = "lenient_bool")]
     pub log_format_escaped: bool,
     /// Protobuf duration text, e.g. `"10s"`; see [`parse_proto_duration`].
+    #[serde(deserialize_with = "lenient_string")]
     pub file_flush_interval: String,
+    #[serde(deserialize_with = "lenient_string")]
     pub mode: String,
+    #[serde(deserialize_with = "lenient_u32")]
     pub restart_epoch: u32,
-    pub concurrency: u32,
+}
+
+fn lenient_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(leaf_text(d)?.unwrap_or_default())
+}
+
+fn lenient_bool<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    Ok(matches!(
+        Option::<JsonLeaf>::deserialize(d)?,
+        Some(JsonLeaf::Bool(true))
+    ))
+}
+
+fn lenient_u32<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    Ok(Option::<JsonLeaf>::deserialize(d)?
+        .and_then(|l| l.as_u64())
+        .and_then(|n| u32::try_from(n).ok())
+        .unwrap_or(0))
 }
 
 /// The bootstrap node as Envoy runs it.
@@ -559,7 +600,9 @@ impl Node {
 struct ServerInfoRaw {
     version: Option<String>,
     state: Option<String>,
+    #[serde(default, deserialize_with = "leaf_text")]
     uptime_current_epoch: Option<String>,
+    #[serde(default, deserialize_with = "leaf_text")]
     uptime_all_epochs: Option<String>,
     #[serde(default)]
     command_line_options: CommandLineOptions,
@@ -933,7 +976,7 @@ pub fn parse_listeners(body: &[u8]) -> Result<Vec<DynamicListener>, AdminError> 
 // ---------------------------------------------------------------------------------------------
 
 /// A `prefix_ranges` entry that is not a usable IP network: never passed on, always reported.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct RejectedPrefix {
     pub listener: String,
     /// What Envoy had, as `address/len` text, sanitised and bounded.
@@ -953,6 +996,7 @@ pub struct ListenerSummary {
     /// Service VIPs/CIDRs of the active listeners' outbound filter chains, normalised
     /// (host bits cleared), sorted, deduplicated.
     pub vips: Vec<IpNet>,
+    /// Sorted, deduplicated.
     pub rejected: Vec<RejectedPrefix>,
     pub interception: Option<InterceptionListener>,
     /// Ports of the inbound filter chains (route configuration `inbound|...`), sorted.
@@ -967,8 +1011,7 @@ pub fn parse_prefix(range: &PrefixRange) -> Result<IpNet, String> {
         Some(JsonLeaf::Text(t)) => t
             .parse()
             .map_err(|_| "address_prefix is not an IP address".to_owned())?,
-        Some(JsonLeaf::Number(_)) => return Err("address_prefix is a number".into()),
-        Some(JsonLeaf::Other(what)) => return Err(format!("address_prefix is {what}")),
+        Some(other) => return Err(format!("address_prefix is {}", other.kind())),
         None => return Err("address_prefix is missing".into()),
     };
     let max: u8 = if ip.is_ipv4() { 32 } else { 128 };
@@ -977,8 +1020,7 @@ pub fn parse_prefix(range: &PrefixRange) -> Result<IpNet, String> {
             return Err("prefix_len is missing (0 in Envoy), /0 would intercept everything".into());
         }
         Some(JsonLeaf::Number(n)) => *n,
-        Some(JsonLeaf::Text(_)) => return Err("prefix_len is text".into()),
-        Some(JsonLeaf::Other(what)) => return Err(format!("prefix_len is {what}")),
+        Some(other) => return Err(format!("prefix_len is {}", other.kind())),
     };
     if len == 0 {
         return Err("prefix_len is 0, /0 would intercept everything".into());
@@ -1016,7 +1058,7 @@ fn inbound_route_port(name: &str) -> Option<u16> {
 /// no longer takes new connections.
 pub fn summarize_listeners(listeners: &[DynamicListener]) -> ListenerSummary {
     let mut vips = BTreeSet::new();
-    let mut rejected: Vec<RejectedPrefix> = Vec::new();
+    let mut rejected = BTreeSet::new();
     let mut inbound = BTreeSet::new();
     let mut interception: Option<InterceptionListener> = None;
 
@@ -1063,14 +1105,11 @@ pub fn summarize_listeners(listeners: &[DynamicListener]) -> ListenerSummary {
                         vips.insert(net);
                     }
                     Err(reason) => {
-                        let r = RejectedPrefix {
+                        rejected.insert(RejectedPrefix {
                             listener: name.to_owned(),
                             raw: raw_prefix_text(range),
                             reason,
-                        };
-                        if !rejected.contains(&r) {
-                            rejected.push(r);
-                        }
+                        });
                     }
                 }
             }
@@ -1078,7 +1117,7 @@ pub fn summarize_listeners(listeners: &[DynamicListener]) -> ListenerSummary {
     }
     ListenerSummary {
         vips: vips.into_iter().collect(),
-        rejected,
+        rejected: rejected.into_iter().collect(),
         interception,
         inbound_ports: inbound.into_iter().collect(),
     }
