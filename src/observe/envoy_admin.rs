@@ -1165,12 +1165,20 @@ pub struct HostHealth {
     /// The text admin output's `/failed_eds_health` flag, accepted should JSON ever carry it.
     pub failed_eds_health: bool,
     /// `HEALTHY`, `UNHEALTHY`, `DRAINING`, `TIMEOUT`, `DEGRADED`, `UNKNOWN`; `None` if absent.
-    #[serde(deserialize_with = "leaf_text")]
+    /// A value that is not text is kept as its JSON rendering (and so counts as unhealthy).
+    #[serde(deserialize_with = "leaf_rendered")]
     pub eds_health_status: Option<String>,
 }
 
 fn leaf_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     Ok(Option::<JsonLeaf>::deserialize(d)?.and_then(JsonLeaf::into_text))
+}
+
+fn leaf_rendered<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(Option::<JsonLeaf>::deserialize(d)?.map(|l| match l {
+        JsonLeaf::Text(t) => t,
+        other => other.to_string(),
+    }))
 }
 
 impl HostHealth {
@@ -1187,6 +1195,13 @@ impl HostHealth {
             None | Some("HEALTHY" | "UNKNOWN" | "DEGRADED")
         );
         !failed && eds_ok
+    }
+
+    /// Takes traffic only when too few hosts are healthy.
+    pub fn is_degraded(&self) -> bool {
+        self.is_healthy()
+            && (self.failed_active_degraded_check
+                || self.eds_health_status.as_deref() == Some("DEGRADED"))
     }
 }
 
@@ -1468,6 +1483,40 @@ mod tests {
         assert_eq!(s.init_fetch_timeout_total, 3);
         assert_eq!(s.init_fetch_timeouts.len(), 2);
         assert_eq!(s.init_fetch_timeouts["cluster.a.init_fetch_timeout"], 2);
+    }
+
+    #[test]
+    fn host_health() {
+        let h = |json: &str| serde_json::from_str::<HostHealth>(json).unwrap();
+        assert!(h("{}").is_healthy());
+        assert!(h(r#"{"eds_health_status": "HEALTHY"}"#).is_healthy());
+        assert!(h(r#"{"eds_health_status": "UNKNOWN"}"#).is_healthy());
+        let degraded = h(r#"{"eds_health_status": "DEGRADED"}"#);
+        assert!(degraded.is_healthy() && degraded.is_degraded());
+        assert!(h(r#"{"failed_active_degraded_check": true}"#).is_degraded());
+        assert!(h(r#"{"pending_dynamic_removal": true, "pending_active_hc": true}"#).is_healthy());
+        for bad in [
+            r#"{"eds_health_status": "UNHEALTHY"}"#,
+            r#"{"eds_health_status": "DRAINING"}"#,
+            r#"{"eds_health_status": "TIMEOUT"}"#,
+            r#"{"eds_health_status": "SOMETHING_NEW"}"#,
+            r#"{"failed_active_health_check": true, "eds_health_status": "HEALTHY"}"#,
+            r#"{"failed_outlier_check": true}"#,
+            r#"{"failed_eds_health": true}"#,
+            r#"{"active_hc_timeout": true}"#,
+            r#"{"excluded_via_immediate_hc_fail": true}"#,
+        ] {
+            assert!(!h(bad).is_healthy(), "{bad}");
+            assert!(!h(bad).is_degraded(), "{bad}");
+        }
+        // A non-text status is not trusted as healthy.
+        assert!(!h(r#"{"eds_health_status": 1}"#).is_healthy());
+        assert_eq!(
+            h(r#"{"eds_health_status": {"x": 1}}"#)
+                .eds_health_status
+                .as_deref(),
+            Some("<an object>")
+        );
     }
 
     #[test]
