@@ -330,8 +330,8 @@ impl MetadataEmulator {
 
     /// Starts on `addr` (port 0 picks a free port).
     pub fn start_on(addr: SocketAddr, vm: VmIdentity) -> anyhow::Result<Self> {
-        let listener =
-            StdTcpListener::bind(addr).with_context(|| format!("metadata emulator: bind {addr}"))?;
+        let listener = StdTcpListener::bind(addr)
+            .with_context(|| format!("metadata emulator: bind {addr}"))?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let (changed, _) = watch::channel(0u64);
@@ -463,7 +463,8 @@ impl MetadataEmulator {
     /// `instance/guest-attributes/`).
     pub fn set_fault_on(&self, prefix: &str, fault: Fault) {
         let prefix = normalise_prefix(prefix);
-        self.shared.update(|st| st.fault = Some((fault, Some(prefix))));
+        self.shared
+            .update(|st| st.fault = Some((fault, Some(prefix))));
     }
 
     /// Restores normal service; hung requests then get their answer.
@@ -578,13 +579,11 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>, mut shutdown: oneshot
     }
 }
 
-/// One connection, one request (keep-alive is off, so a fault applies to whole connections).
+/// One connection. Drop and Garbage are decided on its first request; later requests on a kept-
+/// alive connection get Garbage as Drop (see `handle`).
 async fn connection(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let _ = stream.set_nodelay(true);
-    let raw_fault = matches!(
-        shared.lock().fault,
-        Some((Fault::Drop | Fault::Garbage, _))
-    );
+    let raw_fault = matches!(shared.lock().fault, Some((Fault::Drop | Fault::Garbage, _)));
     if !raw_fault {
         serve_http(stream, peer, shared).await;
         return;
@@ -629,8 +628,9 @@ where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let svc = service_fn(move |req| handle(req, peer, shared.clone()));
+    // Keep-alive stays on, as on the real server (and `Connection: close` answers race with the
+    // agent's HTTP client, which then reports the connection closed before the response).
     let _ = http1::Builder::new()
-        .keep_alive(false)
         .serve_connection(TokioIo::new(io), svc)
         .await;
 }
@@ -673,7 +673,11 @@ fn is_control(path: &str) -> bool {
 
 type Answer = Response<Full<Bytes>>;
 
-async fn handle(req: Request<Incoming>, peer: SocketAddr, shared: Arc<Shared>) -> io::Result<Answer> {
+async fn handle(
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+) -> io::Result<Answer> {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let query = req.uri().query().map(str::to_owned);
@@ -687,9 +691,17 @@ async fn handle(req: Request<Incoming>, peer: SocketAddr, shared: Arc<Shared>) -
             )
         })
         .collect();
-    let body = match Limited::new(req.into_body(), MAX_REQUEST_BODY).collect().await {
+    let body = match Limited::new(req.into_body(), MAX_REQUEST_BODY)
+        .collect()
+        .await
+    {
         Ok(c) => c.to_bytes(),
-        Err(_) => return Ok(text(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n")),
+        Err(_) => {
+            return Ok(text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request body too large\n",
+            ));
+        }
     };
     if is_control(&path) {
         return Ok(control(&shared, &method, &path, query.as_deref(), &body));
@@ -719,14 +731,15 @@ async fn handle(req: Request<Incoming>, peer: SocketAddr, shared: Arc<Shared>) -
                 break;
             }
             Some(Fault::Status(code)) => {
-                let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                let status =
+                    StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
                 return Ok(text(status, &format!("emulated fault: HTTP {code}\n")));
             }
             Some(Fault::NoFlavor) => {
                 flavor = false;
                 break;
             }
-            // Raced with a connection accepted before the fault was set: close without answer.
+            // A connection accepted before the fault was set, or kept alive: close without answer.
             Some(Fault::Drop | Fault::Garbage) => {
                 return Err(io::Error::other("emulated connection drop"));
             }
@@ -948,7 +961,9 @@ impl Node {
         match self {
             Node::Text(s) => Value::String(s.clone()),
             Node::Json(v) => v.clone(),
-            Node::Dir(m) => Value::Object(m.iter().map(|(k, v)| (k.clone(), v.to_json())).collect()),
+            Node::Dir(m) => {
+                Value::Object(m.iter().map(|(k, v)| (k.clone(), v.to_json())).collect())
+            }
         }
     }
 
@@ -1025,7 +1040,10 @@ fn tree(st: &State) -> Node {
             vm.network
         )),
     );
-    root.insert("instance/network-interfaces/0/ip", Node::Text(vm.ip.clone()));
+    root.insert(
+        "instance/network-interfaces/0/ip",
+        Node::Text(vm.ip.clone()),
+    );
     root.insert("instance/attributes", Node::dir());
     for (k, v) in &vm.attributes {
         root.insert(&format!("instance/attributes/{k}"), Node::Text(v.clone()));
@@ -1071,10 +1089,12 @@ fn render(st: &State, rel: &str, q: &Query) -> Rendered {
         return Rendered::error(StatusCode::NOT_FOUND, "Not Found\n");
     };
     match node {
-        Node::Text(s) if q.alt_json => Rendered::ok("application/json", Value::String(s.clone()).to_string()),
+        Node::Text(s) if q.alt_json => {
+            Rendered::ok("application/json", Value::String(s.clone()).to_string())
+        }
         Node::Text(s) => Rendered::ok("application/text", s.clone()),
         Node::Json(v) => Rendered::ok("application/json", v.to_string()),
-        Node::Dir(m) if q.recursive => Rendered::ok("application/json", node_json(node)),
+        Node::Dir(_) if q.recursive => Rendered::ok("application/json", node_json(node)),
         Node::Dir(m) if q.alt_json => Rendered::ok(
             "application/json",
             Value::Array(m.keys().map(|k| Value::String(k.clone())).collect()).to_string(),
@@ -1099,7 +1119,8 @@ fn listing(m: &BTreeMap<String, Node>) -> String {
 fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 256
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// `instance/guest-attributes[/ns[/key]]` → (namespace, key).
@@ -1160,7 +1181,12 @@ fn guest_write(st: &mut State, method: &Method, rel: &str, body: &[u8]) -> Answe
     }
     let (ns, key) = match guest_parts(rel) {
         Ok((Some(ns), Some(key))) => (ns.to_owned(), key.to_owned()),
-        Ok(_) => return text(StatusCode::BAD_REQUEST, "A namespace and a key are required\n"),
+        Ok(_) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "A namespace and a key are required\n",
+            );
+        }
         Err(r) => return r.into_answer(),
     };
     let value = if *method == Method::PUT {
@@ -1225,7 +1251,10 @@ fn guest_write(st: &mut State, method: &Method, rel: &str, body: &[u8]) -> Answe
             kind: ViolationKind::ValueTooLong,
             namespace: ns.clone(),
             key: key.clone(),
-            detail: format!("{} bytes (the product promises at most {MAX_VALUE_BYTES})", v.len()),
+            detail: format!(
+                "{} bytes (the product promises at most {MAX_VALUE_BYTES})",
+                v.len()
+            ),
         });
     }
     st.writes.push(GuestAttributeWrite {
@@ -1270,7 +1299,13 @@ fn all_guest(st: &State, ns: Option<&str>, key: Option<&str>) -> Vec<GuestAttrib
 
 // --- control endpoint -----------------------------------------------------------------------
 
-fn control(shared: &Shared, method: &Method, path: &str, query: Option<&str>, body: &[u8]) -> Answer {
+fn control(
+    shared: &Shared,
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    body: &[u8],
+) -> Answer {
     let rest = path.trim_start_matches("/emulator").trim_start_matches('/');
     let body_text = String::from_utf8_lossy(body).into_owned();
     let set = *method == Method::POST || *method == Method::PUT;
@@ -1293,9 +1328,14 @@ fn control(shared: &Shared, method: &Method, path: &str, query: Option<&str>, bo
                 .collect();
             json_answer(Value::Array(items))
         }
-        (Method::GET, "requests") => {
-            json_answer(shared.lock().requests.iter().map(RecordedRequest::to_json).collect())
-        }
+        (Method::GET, "requests") => json_answer(
+            shared
+                .lock()
+                .requests
+                .iter()
+                .map(RecordedRequest::to_json)
+                .collect(),
+        ),
         (Method::GET, "writes") => json_answer(
             shared
                 .lock()
@@ -1325,7 +1365,11 @@ fn control(shared: &Shared, method: &Method, path: &str, query: Option<&str>, bo
         },
         (_, "guest-attributes-enabled") if set => match body_text.trim() {
             v @ ("true" | "false" | "TRUE" | "FALSE") => {
-                let flag = if v.eq_ignore_ascii_case("true") { "TRUE" } else { "FALSE" };
+                let flag = if v.eq_ignore_ascii_case("true") {
+                    "TRUE"
+                } else {
+                    "FALSE"
+                };
                 shared.update(|st| {
                     st.vm
                         .attributes
@@ -1399,10 +1443,9 @@ pub fn expand_scope(s: &str) -> String {
 /// The control endpoint's fault JSON; `Ok(None)` lifts the fault.
 fn parse_fault(body: &str) -> Result<Option<(Fault, Option<String>)>, String> {
     let v: Value = serde_json::from_str(body).map_err(|e| format!("fault: not JSON: {e}"))?;
-    let kind = v
-        .get("fault")
-        .and_then(Value::as_str)
-        .ok_or("fault: expected {\"fault\": \"status|delay|hang|drop|garbage|no-flavor|none\", ...}")?;
+    let kind = v.get("fault").and_then(Value::as_str).ok_or(
+        "fault: expected {\"fault\": \"status|delay|hang|drop|garbage|no-flavor|none\", ...}",
+    )?;
     let fault = match kind {
         "none" => return Ok(None),
         "status" => {
@@ -1538,8 +1581,14 @@ mod tests {
         };
         let q = Query::default();
         assert_eq!(render(&st, "instance/id", &q).body, "4520031799277581759");
-        assert_eq!(render(&st, "instance/zone", &q).status, StatusCode::NOT_FOUND);
-        assert_eq!(render(&st, "instance/id/", &q).status, StatusCode::NOT_FOUND);
+        assert_eq!(
+            render(&st, "instance/zone", &q).status,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            render(&st, "instance/id/", &q).status,
+            StatusCode::NOT_FOUND
+        );
         let l = render(&st, "instance/", &q).body;
         assert!(l.contains("attributes/\n") && l.contains("id\n"), "{l}");
         let q = Query::parse("recursive=true&alt=json");
