@@ -1137,4 +1137,63 @@ mod tests {
         assert!(!MetadataError::NotFound { path: "x".into() }.is_unavailable());
         assert!(!MetadataError::GuestAttributesDisabled.is_unavailable());
     }
+
+    mod prop {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        fn json() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(Value::from),
+                any::<f64>().prop_map(Value::from),
+                "[a-z0-9;,/ .-]{0,12}".prop_map(Value::String),
+                any::<String>().prop_map(Value::String),
+            ];
+            let keys = prop_oneof![
+                Just("service".to_owned()),
+                Just("serving-ports".to_owned()),
+                Just("proxy-spec".to_owned()),
+                Just("proxy-port".to_owned()),
+                Just("tracing".to_owned()),
+                Just("project-number".to_owned()),
+                Just("traffic-interception".to_owned()),
+                Just("exclude-outbound-ip-ranges".to_owned()),
+                Just("labels".to_owned()),
+                "[a-z-]{1,8}",
+            ];
+            leaf.prop_recursive(4, 64, 8, move |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
+                    prop::collection::btree_map(keys.clone(), inner, 0..8)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        proptest! {
+            /// Whatever the document, parsing ends with a config or an error, and the result
+            /// stays within its bounds.
+            #[test]
+            fn never_panics_on_json(v in json()) {
+                if let Ok(c) = parse_service_proxy(&v.to_string()) {
+                    prop_assert!(c.warnings.len() <= MAX_WARNINGS);
+                    prop_assert!(c.service.serving_ports.iter().all(|p| *p > 0));
+                    prop_assert!(c.service.serving_ports.windows(2).all(|w| w[0] < w[1]));
+                }
+            }
+
+            #[test]
+            fn never_panics_on_text(s in any::<String>()) {
+                let _ = parse_service_proxy(&s);
+                let _ = parse_zone(&s);
+                let _ = parse_network(&s);
+                let _ = parse_number(&s);
+                let _ = parse_project_id(&s);
+                let _ = check_path(&s);
+                let _ = authority_of(&s);
+            }
+        }
+    }
 }
