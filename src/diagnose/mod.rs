@@ -1,1 +1,4 @@
 //! Diagnosis: pure functions from an observation snapshot to findings, one file per check group.
+
+pub mod log_classifier;
+pub mod log_findings;
