@@ -204,6 +204,12 @@ impl EntryAssembler {
         self.entries
     }
 
+    /// Bytes held for the partial line and the pending entry: at most twice `max_entry_bytes`
+    /// (or `max_entry_bytes` + 256 when it is tiny), whatever the input.
+    pub fn buffered_bytes(&self) -> usize {
+        self.partial.len() + self.entry.buf.len()
+    }
+
     /// Whether a partial line or an entry is waiting for more input.
     pub fn has_pending(&self) -> bool {
         self.partial_open || self.entry.open
@@ -253,9 +259,21 @@ impl EntryAssembler {
         self.finish_entry(&[], 0, out);
     }
 
-    fn extend_partial(&mut self, bytes: &[u8]) {
+    /// How much of one line is kept to recognise its header and search it for [`INTERESTING`],
+    /// whether the line came in one chunk or several.
+    fn line_window(&self) -> usize {
+        self.max_entry_bytes.max(MIN_LINE_WINDOW)
+    }
+
+    fn extend_partial(&mut self, mut bytes: &[u8]) {
+        if self.partial_len == 0 {
+            // Leading NULs (a hole left by copytruncate) are dropped, so the cap keeps the text
+            // after them, as it does for a line found whole in a chunk.
+            let nuls = bytes.iter().take_while(|&&b| b == 0).count();
+            bytes = bytes.get(nuls..).unwrap_or_default();
+        }
         self.partial_len += bytes.len() as u64;
-        let room = self.max_entry_bytes.saturating_sub(self.partial.len());
+        let room = self.line_window().saturating_sub(self.partial.len());
         self.partial
             .extend_from_slice(bytes.get(..room.min(bytes.len())).unwrap_or_default());
     }
@@ -292,30 +310,38 @@ impl EntryAssembler {
     fn scan_region(&mut self, chunk: &[u8], start: usize, end: usize, out: &mut Vec<LogEntry>) {
         let region = chunk.get(start..end).unwrap_or_default();
         // One search over the whole region; needles hold no newline, so each match lies in one
-        // line and a line is interesting when a match starts inside it.
+        // line. A line is interesting when a match lies within its first `max_entry_bytes` bytes
+        // (after leading NULs): exactly what a line assembled across chunks keeps and searches.
         let matcher = self.matcher.clone();
         let mut matches = matcher.as_ref().map(|m| m.find_iter(region));
-        let mut next_match = matches
-            .as_mut()
-            .and_then(|it| it.next())
-            .map(|m| start + m.start());
+        let next = |it: &mut Option<aho_corasick::FindIter<'_, '_>>| {
+            it.as_mut()
+                .and_then(Iterator::next)
+                .map(|m| (start + m.start(), start + m.end()))
+        };
+        let mut next_match = next(&mut matches);
         let mut p = start;
         while p < end {
             let nl = memchr(b'\n', chunk.get(p..end).unwrap_or_default()).map_or(end, |i| p + i);
+            let nuls = match chunk.get(p) {
+                Some(0) => chunk
+                    .get(p..nl)
+                    .unwrap_or_default()
+                    .iter()
+                    .take_while(|&&b| b == 0)
+                    .count(),
+                _ => 0,
+            };
+            let kept_end = nl.min(p + nuls + self.line_window());
             let mut interesting = false;
-            while let Some(m) = next_match {
-                if m >= nl {
+            while let Some((m_start, m_end)) = next_match {
+                if m_start >= nl {
                     break;
                 }
-                if m >= p {
-                    interesting = true;
-                }
-                next_match = matches
-                    .as_mut()
-                    .and_then(|it| it.next())
-                    .map(|m| start + m.start());
+                interesting |= m_start >= p && m_end <= kept_end;
+                next_match = next(&mut matches);
             }
-            self.region_line(chunk, p, nl, interesting, out);
+            self.region_line(chunk, p, nl, nuls, interesting, out);
             p = nl + 1;
         }
     }
@@ -325,16 +351,22 @@ impl EntryAssembler {
         chunk: &[u8],
         start: usize,
         end: usize,
+        nuls: usize,
         interesting: bool,
         out: &mut Vec<LogEntry>,
     ) {
         self.lines += 1;
         let line = chunk.get(start..end).unwrap_or_default();
-        if let Some(skip) = header_offset(strip_cr(line)) {
+        if header_offset(strip_cr(line)).is_some() {
             self.finish_entry(chunk, start, out);
-            self.open_entry(true, Some(start + skip), interesting);
+            self.open_entry(true, Some(start + nuls), interesting);
         } else {
-            self.continue_entry(Some(start), interesting);
+            if nuls > 0 {
+                // Leading NULs are not part of the entry (as for a line assembled across
+                // chunks): close the contiguous region before them.
+                self.carry(chunk, start);
+            }
+            self.continue_entry(Some(start + nuls), interesting);
         }
     }
 
@@ -444,6 +476,9 @@ fn header_offset(line: &[u8]) -> Option<usize> {
         .then_some(skip)
 }
 
+/// Lines are searched this far at least, even with a tiny `max_entry_bytes`.
+const MIN_LINE_WINDOW: usize = 256;
+
 /// `[YYYY-MM-DD HH:MM:SS`, `d` standing for a digit.
 const HEADER_MASK: &[u8; 20] = b"[dddd-dd-dd dd:dd:dd";
 
@@ -473,15 +508,17 @@ fn build_entry(
     let msg_start = if has_header {
         parse_header(first, &mut entry)
     } else {
-        0
+        first.iter().take_while(|&&b| b == 0).count()
     };
     let mut msg: Vec<u8> = Vec::with_capacity(raw.len().saturating_sub(msg_start));
     msg.extend_from_slice(first.get(msg_start..).unwrap_or_default());
     let mut rest = raw.get(first_end + 1..).unwrap_or_default();
     while !rest.is_empty() {
         let end = memchr(b'\n', rest).unwrap_or(rest.len());
+        let line = strip_cr(rest.get(..end).unwrap_or_default());
+        let nuls = line.iter().take_while(|&&b| b == 0).count();
         msg.push(b'\n');
-        msg.extend_from_slice(strip_cr(rest.get(..end).unwrap_or_default()));
+        msg.extend_from_slice(line.get(nuls..).unwrap_or_default());
         rest = rest.get(end + 1..).unwrap_or_default();
     }
     while msg.last() == Some(&b'\n') {
