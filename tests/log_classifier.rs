@@ -7,9 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
-use service_proxy_agent::diagnose::log_classifier::{
-    LogEvent, classify, classify_message,
-};
+use service_proxy_agent::diagnose::log_classifier::{LogEvent, classify, classify_message};
 use service_proxy_agent::diagnose::log_findings::{LogContext, LogFindings};
 use service_proxy_agent::finding::{Finding, FindingId};
 use service_proxy_agent::observe::envoy_log::{
@@ -152,8 +150,10 @@ fn parse_corpus(text: &str) -> (LogContext, Vec<Case>) {
                         message: None,
                     }),
                     "message" => {
-                        c.events.last_mut().expect("@message without @event").message =
-                            Some(rest.to_owned())
+                        c.events
+                            .last_mut()
+                            .expect("@message without @event")
+                            .message = Some(rest.to_owned())
                     }
                     _ => panic!("unknown directive @{word}"),
                 }
@@ -429,7 +429,10 @@ fn captured_unreachable_control_plane() {
         .iter()
         .filter(|(_, s)| s.method.as_deref() == Some("StreamAggregatedResources"))
         .collect();
-    assert!(ads.iter().all(|(_, s)| s.code == 14 && s.target.as_deref() == Some("xds_cluster")));
+    assert!(
+        ads.iter()
+            .all(|(_, s)| s.code == 14 && s.target.as_deref() == Some("xds_cluster"))
+    );
     // What REFERENCE.md says: 14 is logged at debug for the first 30 s, then as a warning that
     // says for how long.
     for (e, s) in &ads {
@@ -448,7 +451,10 @@ fn captured_unreachable_control_plane() {
         .filter(|(_, s)| s.method.as_deref() == Some("StreamLoadStats"))
         .collect();
     assert!(lrs.len() >= 5);
-    assert!(lrs.iter().all(|(e, s)| e.level == Some(LogLevel::Warning) && s.target.is_none()));
+    assert!(
+        lrs.iter()
+            .all(|(e, s)| e.level == Some(LogLevel::Warning) && s.target.is_none())
+    );
 
     let f = findings_of(&all, &vm());
     assert_eq!(ids(&f), set(&["CONTROL_PLANE_DISCONNECTED"]));
@@ -459,7 +465,11 @@ fn captured_unreachable_control_plane() {
         .filter(|e| e.local_millis().is_some_and(|m| m - start < 20_000))
         .cloned()
         .collect();
-    assert!(events_of(&early).iter().any(|e| matches!(e, LogEvent::StreamClosed(_))));
+    assert!(
+        events_of(&early)
+            .iter()
+            .any(|e| matches!(e, LogEvent::StreamClosed(_)))
+    );
     assert!(findings_of(&early, &vm()).is_empty());
 
     // google_grpc to a closed port: 13 with an empty message, a warning every time.
@@ -474,7 +484,11 @@ fn captured_unreachable_control_plane() {
         .collect();
     assert!(closes.len() >= 3);
     assert!(closes.iter().all(|s| s.code == 13 && s.message.is_empty()));
-    assert!(es.iter().filter(|e| e.message.contains("closed: 13")).all(|e| e.level == Some(LogLevel::Warning)));
+    assert!(
+        es.iter()
+            .filter(|e| e.message.contains("closed: 13"))
+            .all(|e| e.level == Some(LogLevel::Warning))
+    );
 
     // 14 then 4: "(previously 14, ... since 9s ago)".
     let (_, evs, f) = captured_findings("previously");
@@ -490,26 +504,41 @@ fn captured_unreachable_control_plane() {
     assert_eq!(prev.message, "Deadline exceeded by the stub.");
     let p = prev.previous.as_ref().unwrap();
     assert_eq!(p.code, 14);
-    assert!(p.message.ends_with("reset reason: remote connection failure"));
+    assert!(
+        p.message
+            .ends_with("reset reason: remote connection failure")
+    );
 }
 
 #[test]
 fn captured_rejections() {
     let (_, evs, f) = captured_findings("fs-lds-rejected");
     assert_eq!(ids(&f), set(&["CONFIG_REJECTED"]));
-    assert!(f[0].detail.contains("bad_address, duplicate_chains"), "{}", f[0].detail);
+    assert!(
+        f[0].detail.contains("bad_address, duplicate_chains"),
+        "{}",
+        f[0].detail
+    );
     let (_, evs_escaped, f_escaped) = captured_findings("fs-lds-rejected.escaped");
-    assert_eq!(evs, evs_escaped, "--log-format-escaped gives the same events");
+    assert_eq!(
+        evs, evs_escaped,
+        "--log-format-escaped gives the same events"
+    );
     assert_eq!(f, f_escaped);
 
     let (_, evs, f) = captured_findings("access-log-denied-lds");
-    assert_eq!(ids(&f), set(&["CONFIG_REJECTED", "ACCESS_LOG_NOT_WRITABLE"]));
+    assert_eq!(
+        ids(&f),
+        set(&["CONFIG_REJECTED", "ACCESS_LOG_NOT_WRITABLE"])
+    );
     let access = f
         .iter()
         .find(|f| f.id == FindingId::AccessLogNotWritable)
         .unwrap();
     assert!(
-        access.detail.contains("/al/ro/access.log': Permission denied; Envoy runs as UID 65534"),
+        access
+            .detail
+            .contains("/al/ro/access.log': Permission denied; Envoy runs as UID 65534"),
         "{}",
         access.detail
     );
@@ -520,13 +549,18 @@ fn captured_rejections() {
     assert_eq!(ids(&f), set(&["ACCESS_LOG_NOT_WRITABLE"]));
     assert!(evs.iter().any(|e| matches!(e, LogEvent::Critical { .. })));
     // The exit line carries a raw newline: its continuation is part of the entry.
-    let exit = es.iter().find(|e| e.level == Some(LogLevel::Critical)).unwrap();
+    let exit = es
+        .iter()
+        .find(|e| e.level == Some(LogLevel::Critical))
+        .unwrap();
     assert_eq!(exit.line_count, 2);
     assert!(exit.message.ends_with("/al/static/bootstrap.json'"));
 
     let (_, evs, f) = captured_findings("bind-failed");
     assert_eq!(ids(&f), set(&["CONFIG_REJECTED"]));
-    assert!(evs.iter().any(|e| matches!(e, LogEvent::BindFailed { listener, .. } if listener == "busy_listener")));
+    assert!(evs.iter().any(
+        |e| matches!(e, LogEvent::BindFailed { listener, .. } if listener == "busy_listener")
+    ));
 }
 
 #[test]
@@ -635,6 +669,9 @@ fn giant_and_binary_messages() {
         .map(|i| char::from_u32(i % 0xD7FF).unwrap_or('?'))
         .collect();
     let _ = classify_message(Some(LogLevel::Critical), &junk);
-    let nested = format!("gRPC config stream closed: 14, m{}", "{a".repeat(50_000) + &"}".repeat(50_000));
+    let nested = format!(
+        "gRPC config stream closed: 14, m{}",
+        "{a".repeat(50_000) + &"}".repeat(50_000)
+    );
     let _ = classify_message(Some(LogLevel::Warning), &nested);
 }

@@ -15,6 +15,9 @@
 //! input; every string kept is bounded.
 
 use std::borrow::Cow;
+use std::sync::LazyLock;
+
+use aho_corasick::{AhoCorasick, MatchKind};
 
 use crate::observe::envoy_log::{LogEntry, LogLevel};
 use crate::text::truncate_with_ellipsis;
@@ -153,9 +156,16 @@ pub fn classify_message(level: Option<LogLevel>, message: &str) -> Vec<LogEvent>
     if let Some(s) = stream_closed(text) {
         events.push(LogEvent::StreamClosed(s));
     }
-    let rejection = config_rejected(text);
+    // One pass finds which of the other forms can be there; only those are parsed.
+    let present = present_needles(text);
+    let has = |n: usize| present & (1 << n) != 0;
+    let rejection = if has(REJECTED) {
+        config_rejected(text)
+    } else {
+        None
+    };
     let in_exit = level == Some(LogLevel::Critical);
-    if rejection.is_some() || in_exit {
+    if (rejection.is_some() || in_exit) && has(UNOPENABLE) {
         for (path, reason) in unopenable_files(text) {
             events.push(LogEvent::AccessLogDenied { path, reason });
         }
@@ -163,18 +173,54 @@ pub fn classify_message(level: Option<LogLevel>, message: &str) -> Vec<LogEvent>
     if let Some(r) = rejection {
         events.insert(0, LogEvent::ConfigRejected(r));
     }
-    if let Some((listener, reason)) = bind_failed(text) {
+    if has(BIND)
+        && let Some((listener, reason)) = bind_failed(text)
+    {
         events.push(LogEvent::BindFailed { listener, reason });
     }
-    if let Some(type_url) = initial_fetch_timeout(text) {
+    if has(FETCH)
+        && let Some(type_url) = initial_fetch_timeout(text)
+    {
         events.push(LogEvent::InitialFetchTimeout { type_url });
     }
-    if level == Some(LogLevel::Critical) {
+    if in_exit {
         events.push(LogEvent::Critical {
             message: bound(text.trim_end()),
         });
     }
     events
+}
+
+/// Substrings of the forms other than stream-closed (which is anchored at the start), by index.
+pub const CLASSIFIER_NEEDLES: &[&str] = &[
+    " rejected:",
+    "unable to open file '",
+    "' failed to bind or apply socket options:",
+    "initial fetch timed out for ",
+];
+const REJECTED: usize = 0;
+const UNOPENABLE: usize = 1;
+const BIND: usize = 2;
+const FETCH: usize = 3;
+
+static NEEDLE_MATCHER: LazyLock<Option<AhoCorasick>> = LazyLock::new(|| {
+    AhoCorasick::builder()
+        .match_kind(MatchKind::LeftmostFirst)
+        .build(CLASSIFIER_NEEDLES)
+        .ok()
+});
+
+/// A bit per needle of [`CLASSIFIER_NEEDLES`] found in `text` (all bits if the matcher could
+/// not be built, so nothing is missed).
+fn present_needles(text: &str) -> u32 {
+    let Some(m) = NEEDLE_MATCHER.as_ref() else {
+        return u32::MAX;
+    };
+    let mut bits = 0u32;
+    for found in m.find_iter(text) {
+        bits |= 1 << found.pattern().as_u32().min(31);
+    }
+    bits
 }
 
 fn bound(s: &str) -> String {
@@ -183,7 +229,16 @@ fn bound(s: &str) -> String {
 
 fn stream_closed(text: &str) -> Option<StreamClosed> {
     const KEY: &str = "gRPC config stream";
-    let idx = text.find(KEY)?;
+    // Only at the start, or after the first word: no need to search the whole message.
+    let idx = if text.starts_with(KEY) {
+        0
+    } else {
+        let space = text.find(' ')?;
+        if !text.get(space + 1..)?.starts_with(KEY) {
+            return None;
+        }
+        space + 1
+    };
     // The message starts with the stream (≤1.13) or with `METHOD ` (an RPC of the xDS or LRS
     // services: `Stream...` or `Delta...`); anything else is text that merely quotes it.
     let method = match text.get(..idx)? {
@@ -308,7 +363,9 @@ fn config_rejected(text: &str) -> Option<ConfigRejected> {
         }
     }
     if let Some(i) = text.find("Filesystem config update rejected:") {
-        let reason = text.get(i + "Filesystem config update rejected:".len()..)?.trim();
+        let reason = text
+            .get(i + "Filesystem config update rejected:".len()..)?
+            .trim();
         let (kind, resources) = resources_in_reason(reason);
         return Some(ConfigRejected {
             by: RejectedBy::Filesystem,
@@ -372,7 +429,10 @@ fn resources_in_reason(reason: &str) -> (Option<String>, Vec<String>) {
         k
     });
     let mut names = Vec::new();
-    let first = r.get(paren + "(s)".len()..).unwrap_or_default().trim_start();
+    let first = r
+        .get(paren + "(s)".len()..)
+        .unwrap_or_default()
+        .trim_start();
     for (n, line) in first.lines().enumerate() {
         let line = if n == 0 { line } else { line.trim_start() };
         let Some(colon) = line.find(':') else {
@@ -488,9 +548,7 @@ fn octal(d: Option<&[u8]>) -> Option<u8> {
     if d.len() != 3 || !d.iter().all(|c| (b'0'..=b'7').contains(c)) {
         return None;
     }
-    let v = d
-        .iter()
-        .fold(0u32, |acc, c| acc * 8 + u32::from(c - b'0'));
+    let v = d.iter().fold(0u32, |acc, c| acc * 8 + u32::from(c - b'0'));
     u8::try_from(v).ok()
 }
 
@@ -499,7 +557,10 @@ mod tests {
     use super::*;
 
     fn closed(msg: &str) -> StreamClosed {
-        match classify_message(Some(LogLevel::Warning), msg).into_iter().next() {
+        match classify_message(Some(LogLevel::Warning), msg)
+            .into_iter()
+            .next()
+        {
             Some(LogEvent::StreamClosed(s)) => s,
             other => panic!("{msg}: {other:?}"),
         }
@@ -511,7 +572,9 @@ mod tests {
         assert_eq!((s.method, s.target, s.code), (None, None, 14));
         assert_eq!(s.message, "no healthy upstream");
 
-        let s = closed("StreamAggregatedResources gRPC config stream closed: 5, Requested entity was not found.");
+        let s = closed(
+            "StreamAggregatedResources gRPC config stream closed: 5, Requested entity was not found.",
+        );
         assert_eq!(s.method.as_deref(), Some("StreamAggregatedResources"));
         assert_eq!(s.message, "Requested entity was not found.");
 
@@ -563,6 +626,18 @@ mod tests {
                 "{m}"
             );
         }
+    }
+
+    #[test]
+    fn needles_are_in_the_prefilter() {
+        use crate::observe::envoy_log::INTERESTING;
+        for n in CLASSIFIER_NEEDLES {
+            assert!(
+                INTERESTING.iter().any(|i| n.contains(i)),
+                "{n} is not covered by the assembler's prefilter"
+            );
+        }
+        assert!(INTERESTING.contains(&"gRPC config stream"));
     }
 
     #[test]

@@ -480,7 +480,9 @@ mod tests {
         let t0 = Instant::now();
         let mut lf = LogFindings::new();
         let msg = |n: &str, p: &str| {
-            format!("Cloud Service Mesh configuration was not found for network \"{n}\" in project \"{p}\".")
+            format!(
+                "Cloud Service Mesh configuration was not found for network \"{n}\" in project \"{p}\"."
+            )
         };
         lf.record(&closed(5, &msg("wrong-net", "123"), None), t0);
         let f = lf.active(t0, TTL, &ctx());
@@ -496,12 +498,20 @@ mod tests {
         let mut lf = LogFindings::new();
         lf.record(&closed(5, &msg("default", "123"), None), t0);
         let d = &lf.active(t0, TTL, &ctx())[0].detail;
-        assert!(d.contains("network \"default\" matches the VM; project \"123\" vs VM project number \"456\""), "{d}");
+        assert!(
+            d.contains(
+                "network \"default\" matches the VM; project \"123\" vs VM project number \"456\""
+            ),
+            "{d}"
+        );
 
         let mut lf = LogFindings::new();
         lf.record(&closed(5, &msg("default", "456"), None), t0);
         let d = &lf.active(t0, TTL, &ctx())[0].detail;
-        assert!(d.contains("both match the VM: the forwarding rule is missing"), "{d}");
+        assert!(
+            d.contains("both match the VM: the forwarding rule is missing"),
+            "{d}"
+        );
 
         let mut lf = LogFindings::new();
         lf.record(&closed(5, &msg("default", "456"), None), t0);
@@ -554,7 +564,11 @@ mod tests {
         lf.record(&closed(14, "refused", None), at(31));
         let f = lf.active(at(31), TTL, &ctx());
         assert_eq!(ids(&f), [FindingId::ControlPlaneDisconnected]);
-        assert!(f[0].detail.contains("4 closes within 31s"), "{}", f[0].detail);
+        assert!(
+            f[0].detail.contains("4 closes within 31s"),
+            "{}",
+            f[0].detail
+        );
 
         // Closes too far apart (outside the 2-minute window) do not add up.
         let mut lf = LogFindings::new();
@@ -582,12 +596,21 @@ mod tests {
         lf.record(&LogEvent::StreamClosed(s), at(0));
         let f = lf.active(at(0), TTL, &ctx());
         assert_eq!(ids(&f), [FindingId::ControlPlaneDisconnected]);
-        assert!(f[0].detail.contains("closing with 14 (UNAVAILABLE): refused"), "{}", f[0].detail);
+        assert!(
+            f[0].detail
+                .contains("closing with 14 (UNAVAILABLE): refused"),
+            "{}",
+            f[0].detail
+        );
 
         // google_grpc's empty 13 is explained.
         let mut lf = LogFindings::new();
         lf.record(&closed(13, "", Some(60)), at(0));
-        assert!(lf.active(at(0), TTL, &ctx())[0].detail.contains("google_grpc"));
+        assert!(
+            lf.active(at(0), TTL, &ctx())[0]
+                .detail
+                .contains("google_grpc")
+        );
     }
 
     #[test]

@@ -11,8 +11,10 @@
 //! a message is built) and keeps at most `max_entry_bytes` of an entry while still finding where
 //! its lines end, so a 50 MB line costs a scan, not 50 MB of memory, and the lines after it are
 //! found. The fast path (the default [`EntryFilter::Interesting`]) copies nothing and allocates
-//! nothing per line: lines are split with `memchr`, the whole chunk is searched once for the few
-//! substrings the classifier needs ([`INTERESTING`]), and only entries holding one are built.
+//! nothing per line: each chunk is searched once for the few substrings the classifier needs
+//! ([`INTERESTING`], Aho-Corasick's SIMD prefilter), the lines between two matches are only
+//! counted (`memchr`), and only entries holding a match are cut into lines and built. On a
+//! 1 GiB Envoy log this runs at 3-7 GB/s (page cache), the same order as `rg --count`.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
@@ -20,7 +22,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use aho_corasick::AhoCorasick;
+use aho_corasick::{AhoCorasick, MatchKind};
 use memchr::{memchr, memrchr};
 use thiserror::Error;
 
@@ -144,7 +146,6 @@ pub struct EntryAssembler {
     entry: Pending,
     lines: u64,
     bytes: u64,
-    entries: u64,
 }
 
 /// The entry being assembled. Its bytes are in `buf` (carried over from earlier chunks, capped)
@@ -173,7 +174,11 @@ impl EntryAssembler {
             EntryFilter::All => None,
             // The needles are constant and valid: building cannot fail; if it somehow did, the
             // assembler degrades to building every entry rather than missing any.
-            EntryFilter::Interesting => AhoCorasick::new(INTERESTING).ok(),
+            // Leftmost-first gets the SIMD prefilter (standard semantics do not: 20x slower).
+            EntryFilter::Interesting => AhoCorasick::builder()
+                .match_kind(MatchKind::LeftmostFirst)
+                .build(INTERESTING)
+                .ok(),
         };
         EntryAssembler {
             max_entry_bytes: max_entry_bytes.max(1),
@@ -184,7 +189,6 @@ impl EntryAssembler {
             entry: Pending::default(),
             lines: 0,
             bytes: 0,
-            entries: 0,
         }
     }
 
@@ -197,11 +201,6 @@ impl EntryAssembler {
     /// Bytes fed so far.
     pub fn bytes_seen(&self) -> u64 {
         self.bytes
-    }
-
-    /// Entries completed so far, built or skipped by the filter.
-    pub fn entries_seen(&self) -> u64 {
-        self.entries
     }
 
     /// Bytes held for the partial line and the pending entry: at most twice `max_entry_bytes`
@@ -308,41 +307,143 @@ impl EntryAssembler {
 
     /// Lines of `chunk[start..end]`, which ends with `\n`.
     fn scan_region(&mut self, chunk: &[u8], start: usize, end: usize, out: &mut Vec<LogEntry>) {
-        let region = chunk.get(start..end).unwrap_or_default();
-        // One search over the whole region; needles hold no newline, so each match lies in one
-        // line. A line is interesting when a match lies within its first `max_entry_bytes` bytes
-        // (after leading NULs): exactly what a line assembled across chunks keeps and searches.
-        let matcher = self.matcher.clone();
-        let mut matches = matcher.as_ref().map(|m| m.find_iter(region));
-        let next = |it: &mut Option<aho_corasick::FindIter<'_, '_>>| {
-            it.as_mut()
-                .and_then(Iterator::next)
-                .map(|m| (start + m.start(), start + m.end()))
+        let Some(matcher) = self.matcher.clone() else {
+            // Every entry is wanted: line by line.
+            let mut p = start;
+            while p < end {
+                let nl = line_end(chunk, p, end);
+                let nuls = leading_nuls(chunk, p, nl);
+                self.region_line(chunk, p, nl, nuls, false, out);
+                p = nl + 1;
+            }
+            return;
         };
-        let mut next_match = next(&mut matches);
+        // One search over the whole region; needles hold no newline, so each match lies in one
+        // line. A line is interesting when a match lies within its first `line_window()` bytes
+        // (after leading NULs): exactly what a line assembled across chunks keeps and searches.
+        // Lines are only looked at one by one inside a wanted entry; between them, runs of
+        // lines are counted and skipped (see `skip_lines`).
+        let region = chunk.get(start..end).unwrap_or_default();
+        let mut matches = matcher.find_iter(region);
+        let mut next = || matches.next().map(|m| (start + m.start(), start + m.end()));
+        let mut pending = next();
+        let window = self.line_window();
         let mut p = start;
         while p < end {
-            let nl = memchr(b'\n', chunk.get(p..end).unwrap_or_default()).map_or(end, |i| p + i);
-            let nuls = match chunk.get(p) {
-                Some(0) => chunk
-                    .get(p..nl)
-                    .unwrap_or_default()
-                    .iter()
-                    .take_while(|&&b| b == 0)
-                    .count(),
-                _ => 0,
-            };
-            let kept_end = nl.min(p + nuls + self.line_window());
-            let mut interesting = false;
-            while let Some((m_start, m_end)) = next_match {
-                if m_start >= nl {
+            if self.entry.open && self.entry.interesting {
+                let nl = line_end(chunk, p, end);
+                let nuls = leading_nuls(chunk, p, nl);
+                let kept_end = nl.min(p + nuls + window);
+                let mut interesting = false;
+                while let Some((ms, me)) = pending {
+                    if ms >= nl {
+                        break;
+                    }
+                    interesting |= ms >= p && me <= kept_end;
+                    pending = next();
+                }
+                self.region_line(chunk, p, nl, nuls, interesting, out);
+                p = nl + 1;
+                continue;
+            }
+            // The open entry is not wanted: go straight to the next line with a match.
+            let mut target = None;
+            while let Some((ms, me)) = pending {
+                if ms < p {
+                    pending = next();
+                    continue;
+                }
+                let ls = chunk
+                    .get(p..ms)
+                    .and_then(|b| memrchr(b'\n', b))
+                    .map_or(p, |i| p + i + 1);
+                let le = line_end(chunk, ms, end);
+                let nuls = leading_nuls(chunk, ls, le);
+                pending = next();
+                if me <= le.min(ls + nuls + window) {
+                    target = Some((ls, le, nuls));
                     break;
                 }
-                interesting |= m_start >= p && m_end <= kept_end;
-                next_match = next(&mut matches);
             }
-            self.region_line(chunk, p, nl, nuls, interesting, out);
-            p = nl + 1;
+            let Some((ls, le, nuls)) = target else {
+                self.skip_lines(chunk, p, end, out);
+                break;
+            };
+            self.skip_lines(chunk, p, ls, out);
+            while let Some((ms, _)) = pending {
+                if ms >= le {
+                    break;
+                }
+                pending = next();
+            }
+            self.region_line(chunk, ls, le, nuls, true, out);
+            p = le + 1;
+        }
+    }
+
+    /// The lines of `chunk[from..to]` (whole lines, none interesting), in bulk: the state ends
+    /// as if each had gone through `region_line`. Only the last header line among them and
+    /// the lines starting with NUL after it matter; the rest is counted.
+    fn skip_lines(&mut self, chunk: &[u8], from: usize, to: usize, out: &mut Vec<LogEntry>) {
+        if from >= to {
+            return;
+        }
+        // The last header line, searching backwards.
+        let mut header = None;
+        let mut pos = to;
+        while pos > from {
+            let le = pos - 1;
+            let ls = chunk
+                .get(from..le)
+                .and_then(|b| memrchr(b'\n', b))
+                .map_or(from, |i| from + i + 1);
+            if let Some(skip) = header_offset(strip_cr(chunk.get(ls..le).unwrap_or_default())) {
+                header = Some((ls, le, skip));
+                break;
+            }
+            pos = ls;
+        }
+        let rest_from = match header {
+            Some((h, le, skip)) => {
+                self.lines += count_lines(chunk, from, h);
+                self.finish_entry(chunk, h, out);
+                self.lines += 1;
+                self.open_entry(true, Some(h + skip), false);
+                le + 1
+            }
+            None if !self.entry.open => {
+                let le = line_end(chunk, from, to);
+                self.lines += 1;
+                self.open_entry(false, Some(from + leading_nuls(chunk, from, le)), false);
+                le + 1
+            }
+            None => from,
+        };
+        // Continuation lines of the open entry.
+        let n = count_lines(chunk, rest_from, to);
+        self.lines += n;
+        self.entry.lines += n;
+        if n == 0 {
+            return;
+        }
+        if chunk.get(rest_from) != Some(&0) && self.entry.chunk_start.is_none() {
+            self.entry.chunk_start = Some(rest_from);
+        }
+        // Lines starting with NUL: as in `region_line`, their NULs are left out.
+        let mut nul_lines: Vec<usize> = Vec::new();
+        if chunk.get(rest_from) == Some(&0) {
+            nul_lines.push(rest_from);
+        }
+        let span = chunk.get(rest_from..to).unwrap_or_default();
+        nul_lines.extend(
+            memchr::memmem::find_iter(span, b"\n\0")
+                .map(|q| rest_from + q + 1)
+                .filter(|&s| s < to),
+        );
+        for s in nul_lines {
+            let le = line_end(chunk, s, to);
+            self.carry(chunk, s);
+            self.entry.chunk_start = Some(s + leading_nuls(chunk, s, le));
         }
     }
 
@@ -412,7 +513,6 @@ impl EntryAssembler {
         if !self.entry.open {
             return;
         }
-        self.entries += 1;
         let wanted = self.matcher.is_none() || self.entry.interesting;
         let cap = self.max_entry_bytes;
         let e = &mut self.entry;
@@ -444,6 +544,36 @@ impl EntryAssembler {
     }
 }
 
+/// Index of the `\n` ending the line that starts at `p` (or `end`).
+#[inline]
+fn line_end(chunk: &[u8], p: usize, end: usize) -> usize {
+    chunk
+        .get(p..end)
+        .and_then(|b| memchr(b'\n', b))
+        .map_or(end, |i| p + i)
+}
+
+/// How many NUL bytes start the line `chunk[p..le]`.
+#[inline]
+fn leading_nuls(chunk: &[u8], p: usize, le: usize) -> usize {
+    match chunk.get(p) {
+        Some(0) => chunk
+            .get(p..le)
+            .unwrap_or_default()
+            .iter()
+            .take_while(|&&b| b == 0)
+            .count(),
+        _ => 0,
+    }
+}
+
+/// Lines ended by `\n` in `chunk[from..to]`.
+fn count_lines(chunk: &[u8], from: usize, to: usize) -> u64 {
+    chunk
+        .get(from..to)
+        .map_or(0, |b| memchr::memchr_iter(b'\n', b).count() as u64)
+}
+
 fn push_capped(buf: &mut Vec<u8>, bytes: &[u8], cap: usize) {
     let room = cap.saturating_sub(buf.len());
     buf.extend_from_slice(bytes.get(..room.min(bytes.len())).unwrap_or_default());
@@ -453,7 +583,7 @@ fn strip_cr(line: &[u8]) -> &[u8] {
     line.strip_suffix(b"\r").unwrap_or(line)
 }
 
-/// Where the `[date time` header starts in `line`, if it is a header line. Leading NUL bytes are
+/// Where the `[YYYY-MM-DD HH:MM:SS` header starts in `line`, if it is a header line. Leading NUL bytes are
 /// skipped: a copytruncate'd file written at the writer's old offset starts with a hole.
 #[inline]
 fn header_offset(line: &[u8]) -> Option<usize> {
@@ -462,25 +592,42 @@ fn header_offset(line: &[u8]) -> Option<usize> {
         Some(0) => line.iter().position(|&b| b != 0)?,
         _ => return None,
     };
-    let head = line.get(skip..skip + HEADER_MASK.len())?;
-    HEADER_MASK
-        .iter()
-        .zip(head)
-        .all(|(&m, &c)| {
-            if m == b'd' {
-                c.is_ascii_digit()
-            } else {
-                m == c
-            }
-        })
-        .then_some(skip)
+    let head: &[u8; 20] = line.get(skip..skip + 20)?.try_into().ok()?;
+    let [
+        open,
+        y1,
+        y2,
+        y3,
+        y4,
+        dash1,
+        mo1,
+        mo2,
+        dash2,
+        d1,
+        d2,
+        space,
+        h1,
+        h2,
+        colon1,
+        mi1,
+        mi2,
+        colon2,
+        s1,
+        s2,
+    ] = *head;
+    let digits = [y1, y2, y3, y4, mo1, mo2, d1, d2, h1, h2, mi1, mi2, s1, s2];
+    let ok = open == b'['
+        && dash1 == b'-'
+        && dash2 == b'-'
+        && space == b' '
+        && colon1 == b':'
+        && colon2 == b':'
+        && digits.iter().all(u8::is_ascii_digit);
+    ok.then_some(skip)
 }
 
 /// Lines are searched this far at least, even with a tiny `max_entry_bytes`.
 const MIN_LINE_WINDOW: usize = 256;
-
-/// `[YYYY-MM-DD HH:MM:SS`, `d` standing for a digit.
-const HEADER_MASK: &[u8; 20] = b"[dddd-dd-dd dd:dd:dd";
 
 /// Longest bracketed header field we accept (thread ids, level and logger names, source paths).
 const MAX_FIELD: usize = 512;
@@ -524,7 +671,8 @@ fn build_entry(
     while msg.last() == Some(&b'\n') {
         msg.pop();
     }
-    entry.message = String::from_utf8_lossy(&msg).into_owned();
+    entry.message = String::from_utf8(msg)
+        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
     entry
 }
 
@@ -657,9 +805,7 @@ impl Tail {
         let newest = self.newest_time.as_deref().and_then(parse_local_millis)?;
         let this = entry.local_millis()?;
         let since_newest = u64::try_from(newest.saturating_sub(this)).unwrap_or(0);
-        let since_write = now
-            .duration_since(self.modified?)
-            .unwrap_or(Duration::ZERO);
+        let since_write = now.duration_since(self.modified?).unwrap_or(Duration::ZERO);
         Some(since_write + Duration::from_millis(since_newest))
     }
 }
@@ -782,7 +928,9 @@ mod tests {
 
     #[test]
     fn parses_default_header() {
-        let e = all(b"[2026-11-22 02:32:17.173][12184][warning][config] [./source/x.h:189] hello world\n");
+        let e = all(
+            b"[2026-11-22 02:32:17.173][12184][warning][config] [./source/x.h:189] hello world\n",
+        );
         assert_eq!(e.len(), 1);
         let e = &e[0];
         assert_eq!(e.time.as_deref(), Some("2026-11-22 02:32:17.173"));
@@ -808,7 +956,10 @@ mod tests {
     #[test]
     fn local_millis() {
         assert_eq!(parse_local_millis("1970-01-01 00:00:00.000"), Some(0));
-        assert_eq!(parse_local_millis("1970-01-02 00:00:01.5"), Some(86_401_500));
+        assert_eq!(
+            parse_local_millis("1970-01-02 00:00:01.5"),
+            Some(86_401_500)
+        );
         assert_eq!(
             parse_local_millis("2026-11-22 02:32:17.173").unwrap()
                 - parse_local_millis("2026-11-21 23:59:59.000").unwrap(),
@@ -821,7 +972,10 @@ mod tests {
     #[test]
     fn header_mask() {
         assert_eq!(header_offset(b"[2026-11-22 02:32:17.173][1]"), Some(0));
-        assert_eq!(header_offset(b"\0\0\0[2026-11-22 02:32:17.173][1]"), Some(3));
+        assert_eq!(
+            header_offset(b"\0\0\0[2026-11-22 02:32:17.173][1]"),
+            Some(3)
+        );
         assert_eq!(header_offset(b"[2026-11-22 02:32"), None);
         assert_eq!(header_offset(b" [2026-11-22 02:32:17.173]"), None);
         assert_eq!(header_offset(b"\0\0"), None);
