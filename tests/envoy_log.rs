@@ -464,6 +464,11 @@ fn read_recent_reads_tails_and_reports_each_bad_file() {
     assert_eq!(t.lines, 1);
     assert_eq!(t.entries.len(), 1);
 
+    // No window at all: the whole file.
+    let whole = read_tail(&d.join("envoy.err.log"), u64::MAX).unwrap();
+    assert!(!whole.partial);
+    assert_eq!(whole.entries.len(), 3);
+
     let err = read_recent(&d.join("nope"), 1024).unwrap_err();
     assert!(matches!(&err, LogError::Dir { .. }));
     assert!(err.to_string().contains("nope"), "{err}");

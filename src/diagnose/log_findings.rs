@@ -9,11 +9,12 @@
 //!   `MESH_ENTITY_NOT_FOUND`; 7 → `CONTROL_PLANE_PERMISSION_DENIED`; 16 →
 //!   `CONTROL_PLANE_UNAUTHENTICATED`;
 //! - 13 or 14 *repeatedly* → `CONTROL_PLANE_DISCONNECTED`. Repeatedly means either Envoy itself
-//!   says the stream has been closing for 30 s or more (`closed since Ns ago`, or `(previously
-//!   14, ... since Ns ago)`), or at least 3 such closes were seen within 2 minutes spanning at
-//!   least 30 s. Envoy retries within a second and deliberately logs the first 30 s of 4/8/14 at
-//!   debug; this rule keeps that same 30 s of patience, so a control plane that is merely slow
-//!   to come up is not reported;
+//!   says the stream has been closing for 30 s or more (`closed since Ns ago`, or `closed: 4,
+//!   ... (previously 14, ... since Ns ago)`), or at least 3 such closes were seen within 2
+//!   minutes spanning at least 30 s. Envoy retries within a second and deliberately logs the
+//!   first 30 s of 4/8/14 at debug; this rule keeps that same 30 s of patience, so a control
+//!   plane that is merely slow to come up is not reported. A close with 5, 7 or 16 is an answer
+//!   from the server: it clears an earlier CONTROL_PLANE_DISCONNECTED;
 //! - a rejection or a bind failure → `CONFIG_REJECTED` (one per resource kind);
 //! - `unable to open file` in a rejection or exit → `ACCESS_LOG_NOT_WRITABLE` (one per path).
 
@@ -183,14 +184,22 @@ impl LogFindings {
             _ => None,
         };
         if let Some(id) = direct {
+            // The server answered: whatever closed the stream before, it is reachable now.
+            let k = (FindingId::ControlPlaneDisconnected, String::new());
+            if self.sightings.get(&k).is_some_and(|sg| sg.last <= at) {
+                self.sightings.remove(&k);
+            }
             self.sight(id, String::new(), ev(), at);
+            return;
         }
+        // `(previously 14, ... since Ns ago)` counts while the stream still fails in transit
+        // (4 or 8 now); after an answer from the server it is history.
         let since = if is_disconnect(s.code) {
             Some(s.since_secs)
         } else {
             s.previous
                 .as_ref()
-                .filter(|p| is_disconnect(p.code))
+                .filter(|p| is_disconnect(p.code) && matches!(s.code, 4 | 8))
                 .map(|p| Some(p.since_secs))
         };
         let Some(since) = since else { return };
@@ -611,6 +620,35 @@ mod tests {
                 .detail
                 .contains("google_grpc")
         );
+    }
+
+    #[test]
+    fn an_answer_from_the_server_ends_disconnected() {
+        let t0 = Instant::now();
+        let at = |s| t0 + Duration::from_secs(s);
+        let mut lf = LogFindings::new();
+        lf.record(&closed(14, "refused", Some(45)), at(0));
+        assert_eq!(
+            ids(&lf.active(at(0), TTL, &ctx())),
+            [FindingId::ControlPlaneDisconnected]
+        );
+        let LogEvent::StreamClosed(mut s) = closed(5, "Requested entity was not found.", None)
+        else {
+            unreachable!()
+        };
+        s.previous = Some(PreviousClose {
+            code: 14,
+            message: "refused".into(),
+            since_secs: 45,
+        });
+        lf.record(&LogEvent::StreamClosed(s), at(1));
+        assert_eq!(
+            ids(&lf.active(at(1), TTL, &ctx())),
+            [FindingId::MeshEntityNotFound]
+        );
+        // Unreachable again later: raised again.
+        lf.record(&closed(14, "refused", Some(31)), at(100));
+        assert_eq!(lf.active(at(100), TTL, &ctx()).len(), 2);
     }
 
     #[test]

@@ -139,7 +139,8 @@ pub enum EntryFilter {
 pub struct EntryAssembler {
     max_entry_bytes: usize,
     matcher: Option<AhoCorasick>,
-    /// The physical line not yet ended by `\n` (its first `max_entry_bytes` bytes).
+    /// The physical line not yet ended by `\n`: its first `line_window()` bytes after any
+    /// leading NULs.
     partial: Vec<u8>,
     partial_open: bool,
     partial_len: u64,
@@ -250,7 +251,7 @@ impl EntryAssembler {
     }
 
     /// End of input (EOF, rotation, shutdown): the partial line counts as a line and the pending
-    /// entry is emitted. The assembler can be fed again afterwards, as a fresh stream.
+    /// entry is emitted. Feeding may go on afterwards (a new file); the counters keep counting.
     pub fn finish(&mut self, out: &mut Vec<LogEntry>) {
         if self.partial_open {
             self.complete_partial(out);
@@ -867,7 +868,8 @@ pub fn read_tail(path: &Path, max_bytes: u64) -> Result<Tail, LogError> {
     let start = len.saturating_sub(max_bytes);
     let from = start.saturating_sub(1);
     file.seek(SeekFrom::Start(from)).map_err(file_err)?;
-    let mut buf = Vec::with_capacity(usize::try_from((len - from).min(max_bytes + 1)).unwrap_or(0));
+    let want = (len - from).min(max_bytes.saturating_add(1));
+    let mut buf = Vec::with_capacity(usize::try_from(want).unwrap_or(0));
     file.take(max_bytes.saturating_add(1))
         .read_to_end(&mut buf)
         .map_err(file_err)?;
