@@ -4,6 +4,10 @@
 //! Envoy's admin is down, so its listeners cannot be judged). "Could not check" is reported as
 //! such, never as a pass.
 
+pub mod interception;
+pub mod log_classifier;
+pub mod log_findings;
+
 use serde::Serialize;
 
 use crate::finding::{Finding, FindingId, Health, Severity, sort_findings};
