@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use ipnet::IpNet;
@@ -198,13 +198,17 @@ impl Mesh {
         self.wait_vips(vips)
     }
 
+    /// Waits until Envoy's active listeners are exactly the ones last written.
     fn wait_vips(&self, vips: &[IpNet]) -> anyhow::Result<()> {
         let want: BTreeSet<IpNet> = vips.iter().copied().collect();
+        let lds: Value = serde_json::from_slice(&std::fs::read(self.dir.join("lds.json"))?)?;
+        let listeners = lds["resources"].as_array().map_or(0, Vec::len);
         self.envoy
             .wait_until(Duration::from_secs(20), "listeners with the VIPs", |e| {
-                Ok(listener_vips(e)
-                    .map(|v| v.into_iter().collect::<BTreeSet<_>>() == want)
-                    .unwrap_or(false))
+                Ok(active_listener_count(e) == listeners
+                    && listener_vips(e)
+                        .map(|v| v.into_iter().collect::<BTreeSet<_>>() == want)
+                        .unwrap_or(false))
             })
     }
 
@@ -240,6 +244,16 @@ fn listener_vips(envoy: &Envoy) -> anyhow::Result<Vec<IpNet>> {
         }
     }
     Ok(out)
+}
+
+fn active_listener_count(envoy: &Envoy) -> usize {
+    let Ok((200, body)) = envoy.admin_get("/config_dump?resource=dynamic_listeners") else {
+        return usize::MAX;
+    };
+    let dump: Value = serde_json::from_str(&body).unwrap_or_default();
+    dump["configs"].as_array().map_or(0, |a| {
+        a.iter().filter(|l| l["active_state"].is_object()).count()
+    })
 }
 
 fn desired(vips: &[IpNet], ports: &[u16]) -> Plan {
@@ -331,6 +345,309 @@ fn outbound_vips_follow_envoy_listeners_and_envoy_uid_is_not_redirected() {
         must_change(&rt.block_on(rec.reconcile(&desired(&mesh.vips(), &[]))).v4);
         assert_eq!(get(vip1.addr(), 80)?, "peer 10.200.0.1");
         assert_eq!(get(vip2.addr(), 80)?, "envoy 10.200.0.2");
+        Ok(())
+    })
+    .unwrap();
+}
+
+#[test]
+fn inbound_serving_port_from_peer_is_redirected_to_envoy() {
+    if !with_runnable_envoy("inbound_serving_port_from_peer_is_redirected_to_envoy") {
+        return;
+    }
+    netns::in_new_netns(|| {
+        let lab = Lab::new()?;
+        let _mesh = Mesh::start(&[], &[8080])?;
+        let local = IpAddr::V4(lab.local_v4);
+        // Nothing listens on 8080: refused before the rules exist.
+        let before = lab
+            .peer
+            .run(move || Ok(get(local, 8080).map_err(|e| e.to_string())))?;
+        assert!(before.is_err(), "{before:?}");
+
+        let rt = runtime();
+        let mut rec = Reconciler::new(Tools::system());
+        must_change(&rt.block_on(rec.reconcile(&desired(&[], &[8080]))).v4);
+        let after = lab.peer.run(move || get(local, 8080))?;
+        assert_eq!(after, "envoy inbound 8080");
+        // A port that is not a serving port is left alone.
+        let other = lab.peer.run(move || Ok(get(local, 8081).is_err()))?;
+        assert!(other, "8081 must not be redirected");
+        Ok(())
+    })
+    .unwrap();
+}
+
+#[test]
+fn ipv6_vip_gets_ip6tables_rules_and_is_intercepted() {
+    if !with_runnable_envoy("ipv6_vip_gets_ip6tables_rules_and_is_intercepted") {
+        return;
+    }
+    netns::in_new_netns(|| {
+        let lab = Lab::new()?;
+        let (vip4, vip6) = (net("10.200.0.1/32"), net("fd00:200::1/128"));
+        lab.route_to_peer("10.200.0.0/24")?;
+        lab.route_to_peer("fd00:200::/64")?;
+        let _p4 = lab.serve_on_peer(vip4.addr(), 80, "peer 10.200.0.1")?;
+        let _p6 = lab.serve_on_peer(vip6.addr(), 80, "peer fd00:200::1")?;
+        let mut mesh = Mesh::start(&[vip4, vip6], &[])?;
+        assert_eq!(get(vip6.addr(), 80)?, "peer fd00:200::1");
+
+        let rt = runtime();
+        let mut rec = Reconciler::new(Tools::system());
+        let r = rt.block_on(rec.reconcile(&desired(&mesh.vips(), &[])));
+        must_change(&r.v4);
+        must_change(&r.v6);
+        assert_eq!(get(vip6.addr(), 80)?, "envoy fd00:200::1");
+        assert_eq!(get(vip4.addr(), 80)?, "envoy 10.200.0.1");
+        assert_eq!(get_as(ENVOY_UID, vip6.addr())?, "peer fd00:200::1");
+        let saved6 = netns::save(true, Some("nat"))?;
+        assert!(
+            saved6.contains("-A SERVICE_PROXY_OUTPUT -d ::1/128 -j RETURN"),
+            "{saved6}"
+        );
+        assert!(!netns::save(false, Some("nat"))?.contains("fd00"));
+
+        // Steady state with IPv6 in use: one save per family, no restore.
+        let steady = rt.block_on(rec.reconcile(&desired(&mesh.vips(), &[])));
+        assert_eq!((steady.saves, steady.restores), (2, 0), "{steady:?}");
+
+        // The IPv6 VIP goes away: ip6tables is emptied of our chains, then left alone.
+        mesh.set(&[vip4], &[])?;
+        let r = rt.block_on(rec.reconcile(&desired(&mesh.vips(), &[])));
+        must_change(&r.v6);
+        assert!(!r.v4.changed());
+        assert!(!netns::save(true, Some("nat"))?.contains("SERVICE_PROXY"));
+        assert_eq!(get(vip6.addr(), 80)?, "peer fd00:200::1");
+        let steady = rt.block_on(rec.reconcile(&desired(&mesh.vips(), &[])));
+        assert_eq!((steady.saves, steady.restores), (1, 0), "{steady:?}");
+        Ok(())
+    })
+    .unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ownership, repair, refusal (real iptables, no traffic needed).
+
+/// The guide's manual ISTIO_* setup, completed with the ISTIO_REDIRECT rule the real
+/// istio-iptables script writes, plus a user's own chain.
+const FOREIGN: &str = "*nat
+:ISTIO_IN_REDIRECT - [0:0]
+:ISTIO_OUTPUT - [0:0]
+:ISTIO_REDIRECT - [0:0]
+:MINE - [0:0]
+-A OUTPUT -p tcp -j ISTIO_OUTPUT
+-A PREROUTING -p tcp -m tcp --dport 9000 -j MINE
+-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15001
+-A ISTIO_OUTPUT -m owner --uid-owner 1006 -j RETURN
+-A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN
+-A ISTIO_OUTPUT -d 10.0.0.1/32 -j ISTIO_REDIRECT
+-A ISTIO_OUTPUT -j RETURN
+-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15001
+-A MINE -s 192.168.0.0/16 -j RETURN
+COMMIT
+";
+
+/// Everything in the nat table that is not ours, as (chain, rule texts).
+fn foreign_state(v6: bool) -> Vec<(String, Vec<String>)> {
+    let rs = ipt::parse_save(&netns::save(v6, Some("nat")).unwrap());
+    let nat = rs.table("nat").unwrap();
+    nat.chains
+        .iter()
+        .filter(|c| !c.name.starts_with("SERVICE_PROXY_"))
+        .map(|c| {
+            (
+                c.name.clone(),
+                c.rules
+                    .iter()
+                    .filter(|r| !r.text.contains("SERVICE_PROXY_"))
+                    .map(|r| r.text.clone())
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+fn ours_count(v6: bool) -> usize {
+    netns::save(v6, Some("nat"))
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("SERVICE_PROXY_"))
+        .count()
+}
+
+#[test]
+fn foreign_chains_survive_apply_and_clear_and_damage_is_repaired() {
+    netns::in_new_netns(|| {
+        netns::restore(false, FOREIGN)?;
+        let foreign = foreign_state(false);
+        assert_eq!(
+            foreign
+                .iter()
+                .find(|(c, _)| c == "ISTIO_OUTPUT")
+                .unwrap()
+                .1
+                .len(),
+            4
+        );
+        let rt = runtime();
+        let mut rec = Reconciler::new(Tools::system());
+        let plan = desired(&[net("10.0.0.1/32"), net("10.7.240.0/20")], &[80, 8080]);
+
+        let r = rt.block_on(rec.reconcile(&plan));
+        must_change(&r.v4);
+        assert_eq!(foreign_state(false), foreign);
+        assert_eq!(
+            ours_count(false),
+            plan.v4.rule_count() + plan.v4.chains.len()
+        );
+        let preview = rt.block_on(rec.preview(&plan));
+        assert!(
+            preview.iter().all(|(_, r)| matches!(r, Ok(None))),
+            "{preview:?}"
+        );
+
+        // Someone flushes our chain and adds a second jump: the next poll repairs both.
+        netns::iptables(false, &["-t", "nat", "-F", "SERVICE_PROXY_SERVICE_CIDRS"])?;
+        netns::iptables(
+            false,
+            &[
+                "-t",
+                "nat",
+                "-A",
+                "OUTPUT",
+                "-p",
+                "tcp",
+                "-j",
+                "SERVICE_PROXY_OUTPUT",
+            ],
+        )?;
+        let r = rt.block_on(rec.reconcile(&plan));
+        match &r.v4 {
+            FamilyOutcome::Changed { transaction, .. } => {
+                assert_eq!((transaction.deleted_jumps, transaction.added_jumps), (1, 0));
+            }
+            other => panic!("expected a repair, got {other}"),
+        }
+        let saved = netns::save(false, Some("nat"))?;
+        assert_eq!(
+            saved
+                .matches("-A OUTPUT -p tcp -j SERVICE_PROXY_OUTPUT")
+                .count(),
+            1
+        );
+        assert!(
+            saved.contains(
+                "-A SERVICE_PROXY_SERVICE_CIDRS -d 10.7.240.0/20 -j SERVICE_PROXY_REDIRECT"
+            )
+        );
+        assert_eq!(foreign_state(false), foreign);
+
+        // Steady state: one save, no restore.
+        let before = rec.totals();
+        let r = rt.block_on(rec.reconcile(&plan));
+        assert_eq!((r.saves, r.restores), (1, 0), "{r:?}");
+        assert_eq!(rec.totals().restores, before.restores);
+
+        // Clear removes ours and nothing else; a second clear has nothing to do.
+        let c = rt.block_on(rec.clear());
+        must_change(&c.v4);
+        assert_eq!(ours_count(false), 0);
+        assert_eq!(foreign_state(false), foreign);
+        let c = rt.block_on(rec.clear());
+        assert_eq!(c.restores, 0, "{c:?}");
+        Ok(())
+    })
+    .unwrap();
+}
+
+#[test]
+fn clear_removes_ipv6_chains_too() {
+    netns::in_new_netns(|| {
+        let rt = runtime();
+        let mut rec = Reconciler::new(Tools::system());
+        let plan = desired(&[net("fd00:200::1/128")], &[80]);
+        let r = rt.block_on(rec.reconcile(&plan));
+        assert!(r.is_ok(), "{r:?}");
+        assert!(ours_count(true) > 0 && ours_count(false) > 0);
+        // A fresh reconciler (an agent restart) with no IPv6 VIP removes the stale IPv6 chains.
+        let mut fresh = Reconciler::new(Tools::system());
+        let r = rt.block_on(fresh.reconcile(&desired(&[], &[80])));
+        must_change(&r.v6);
+        assert_eq!(ours_count(true), 0);
+        rt.block_on(fresh.reconcile(&plan));
+        let c = rt.block_on(fresh.clear());
+        assert!(c.is_ok() && c.v4.changed() && c.v6.changed(), "{c:?}");
+        assert_eq!(ours_count(true) + ours_count(false), 0);
+        Ok(())
+    })
+    .unwrap();
+}
+
+#[test]
+fn refused_restore_leaves_previous_rules_and_carries_iptables_message() {
+    netns::in_new_netns(|| {
+        let rt = runtime();
+        let mut rec = Reconciler::new(Tools::system());
+        assert!(rt.block_on(rec.reconcile(&desired(&[net("10.0.0.1/32")], &[]))).is_ok());
+        let before = netns::save(false, Some("nat"))?;
+
+        // A stale chain of ours that a user's chain still jumps to: deleting it is refused by
+        // the kernel, so the whole transaction (which also adds 10.0.0.2) is refused.
+        netns::restore(
+            false,
+            "*nat\n:SERVICE_PROXY_OLD - [0:0]\n:MINE - [0:0]\n-A MINE -j SERVICE_PROXY_OLD\nCOMMIT\n",
+        )?;
+        let with_stale = netns::save(false, Some("nat"))?;
+        let r = rt.block_on(rec.reconcile(&desired(&[net("10.0.0.2/32")], &[])));
+        let err = r.v4.error().expect("the restore must be refused");
+        assert!(matches!(err, InterceptError::Restore { family: Family::V4, .. }), "{err}");
+        let msg = err.iptables_message().unwrap();
+        assert!(!msg.is_empty() && msg.len() <= ipt::MESSAGE_MAX, "{msg}");
+        eprintln!("iptables refused with: {err}");
+        let after = netns::save(false, Some("nat"))?;
+        let strip = |s: &str| s.lines().filter(|l| !l.starts_with('#')).collect::<Vec<_>>().join("\n");
+        assert_eq!(strip(&after), strip(&with_stale));
+        assert!(after.contains("-d 10.0.0.1/32 -j SERVICE_PROXY_REDIRECT") && !after.contains("10.0.0.2"));
+        assert!(strip(&before).lines().all(|l| after.contains(l)));
+        assert_eq!(rec.totals().failed_restores, 1);
+        Ok(())
+    })
+    .unwrap();
+}
+
+#[test]
+fn missing_binaries_are_errors_that_change_nothing() {
+    netns::in_new_netns(|| {
+        let rt = runtime();
+        let plan = desired(&[net("10.0.0.1/32")], &[]);
+        let mut tools = Tools::system();
+        tools.restore_v4 = "/nonexistent/iptables-restore".into();
+        let mut rec = Reconciler::new(tools.clone());
+        let r = rt.block_on(rec.reconcile(&plan));
+        match r.v4.error() {
+            Some(InterceptError::Restore {
+                source: IptablesError::Missing { .. },
+                ..
+            }) => {}
+            other => panic!("expected a missing restore binary, got {other:?}"),
+        }
+        assert_eq!(ours_count(false), 0);
+
+        tools.save_v4 = "/nonexistent/iptables-save".into();
+        let mut rec = Reconciler::new(tools);
+        let r = rt.block_on(rec.reconcile(&plan));
+        assert!(
+            matches!(
+                r.v4.error(),
+                Some(InterceptError::Save {
+                    source: IptablesError::Missing { .. },
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
+        assert_eq!(r.restores, 0);
         Ok(())
     })
     .unwrap();

@@ -985,11 +985,16 @@ fn iptables_message(stderr: &[u8]) -> String {
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with("Try `"))
         .collect();
-    let joined = if lines.is_empty() {
-        "(no message)".to_owned()
-    } else {
-        lines.join("; ")
-    };
+    let mut joined = String::new();
+    for l in &lines {
+        if !joined.is_empty() {
+            joined.push_str(if joined.ends_with(':') { " " } else { "; " });
+        }
+        joined.push_str(l);
+    }
+    if joined.is_empty() {
+        joined.push_str("(no message)");
+    }
     crate::text::truncate_with_ellipsis(&crate::text::strip_control(&joined), MESSAGE_MAX)
 }
 
