@@ -652,3 +652,131 @@ fn missing_binaries_are_errors_that_change_nothing() {
     })
     .unwrap();
 }
+
+// ---------------------------------------------------------------------------------------------
+// Golden files of the restore text (pure). `UPDATE_GOLDEN=1 cargo test --test intercept golden`
+// rewrites them; review the diff.
+
+fn golden(name: &str, actual: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/intercept")
+        .join(name);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, actual).unwrap();
+    }
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (UPDATE_GOLDEN=1 creates it)", path.display()));
+    assert_eq!(actual, expected, "{} differs", path.display());
+}
+
+fn golden_input() -> DesiredInput {
+    DesiredInput {
+        vips: [
+            "10.7.240.20/20",
+            "10.0.0.1/32",
+            "fd00:10::1/128",
+            "10.0.0.1/32",
+        ]
+        .iter()
+        .map(|v| net(v))
+        .collect(),
+        serving_ports: vec![8080, 80],
+        envoy_uid: 1006,
+        proxy_port: 15001,
+        traffic: TrafficInterception::default(),
+    }
+}
+
+#[test]
+fn golden_restore_text_for_a_clean_table() {
+    let mut input = golden_input();
+    input.vips.retain(|v| Family::of_net(v) == Family::V4);
+    let p = plan::plan(&input).unwrap();
+    assert!(!p.v6.is_active());
+    golden("basic_v4.restore", &p.v4.restore_text().unwrap());
+
+    let p = plan::plan(&golden_input()).unwrap();
+    golden("dual_v4.restore", &p.v4.restore_text().unwrap());
+    golden("dual_v6.restore", &p.v6.restore_text().unwrap());
+}
+
+#[test]
+fn golden_restore_text_intercept_all_outbound() {
+    let mut input = golden_input();
+    input.traffic = TrafficInterception {
+        intercept_all_outbound: true,
+        exclude_outbound_ip_ranges: vec![
+            "169.254.169.254/32".into(),
+            "10.128.0.0/9".into(),
+            "fd00:99::/64".into(),
+            "not-a-range".into(),
+        ],
+        exclude_outbound_port_ranges: vec![
+            "22".into(),
+            "3306".into(),
+            "8000-8100".into(),
+            "x".into(),
+        ],
+    };
+    let p = plan::plan(&input).unwrap();
+    golden("intercept_all_v4.restore", &p.v4.restore_text().unwrap());
+    golden("intercept_all_v6.restore", &p.v6.restore_text().unwrap());
+    let ignored: Vec<&str> = p.ignored.iter().map(|i| i.value.as_str()).collect();
+    assert_eq!(ignored, vec!["not-a-range", "x"]);
+}
+
+#[test]
+fn golden_repair_transaction_against_a_real_damaged_table() {
+    // repair_state.save: real iptables-save output (see tests/fixtures/iptables/capture.sh) of
+    // our chains with a duplicate jump, a flushed chain, a stale chain, and ISTIO_* rules.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let saved = std::fs::read_to_string(dir.join("iptables/repair_state.save")).unwrap();
+    let rs = ipt::parse_save(&saved);
+    assert!(rs.unparsed.is_empty(), "{:?}", rs.unparsed);
+    let mut input = golden_input();
+    input.vips.retain(|v| Family::of_net(v) == Family::V4);
+    let p = plan::plan(&input).unwrap();
+    let t = plan::transaction(&p.v4, rs.table("nat"), 0)
+        .unwrap()
+        .unwrap();
+    golden("repair_v4.restore", &t.text);
+    assert!(!t.text.contains("ISTIO"));
+    let c = plan::clear_transaction(rs.table("nat")).unwrap().unwrap();
+    golden("clear_v4.restore", &c.text);
+}
+
+#[test]
+fn damaged_state_from_an_older_agent_is_repaired_in_one_transaction() {
+    netns::in_new_netns(|| {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/iptables");
+        netns::restore(
+            false,
+            &std::fs::read_to_string(dir.join("repair_state.rules"))?,
+        )?;
+        let foreign = foreign_state(false);
+        let mut input = golden_input();
+        input.vips.retain(|v| Family::of_net(v) == Family::V4);
+        let p = plan::plan(&input).unwrap();
+        let rt = runtime();
+        let mut rec = Reconciler::new(Tools::system());
+        let r = rt.block_on(rec.reconcile(&p));
+        assert_eq!(r.restores, 1, "{r:?}");
+        match &r.v4 {
+            FamilyOutcome::Changed { transaction, .. } => {
+                assert_eq!(transaction.removed_chains, vec!["SERVICE_PROXY_LEGACY"]);
+                assert_eq!((transaction.deleted_jumps, transaction.added_jumps), (2, 0));
+            }
+            other => panic!("{other}"),
+        }
+        assert_eq!(foreign_state(false), foreign);
+        let saved = netns::save(false, Some("nat"))?;
+        assert!(!saved.contains("LEGACY"), "{saved}");
+        let preview = rt.block_on(rec.preview(&p));
+        assert!(
+            preview.iter().all(|(_, r)| matches!(r, Ok(None))),
+            "{preview:?}"
+        );
+        Ok(())
+    })
+    .unwrap();
+}

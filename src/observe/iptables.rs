@@ -166,9 +166,12 @@ pub struct RuleSpec {
     pub target: Option<Target>,
     /// `--to-ports` of REDIRECT/MASQUERADE.
     pub to_ports: Option<PortRange>,
-    /// Options this parser does not model, verbatim and in order (e.g. `-m`, `mark`,
+    /// Match options this parser does not model, verbatim and in order (e.g. `-m`, `mark`,
     /// `--mark`, `0x1`). A rule with any is treated as "may match".
     pub other: Vec<String>,
+    /// Options of the target other than `--to-ports` (e.g. `--reject-with tcp-reset`); they
+    /// change what the target does, not whether the rule matches.
+    pub target_options: Vec<String>,
 }
 
 /// A value with the `!` of iptables.
@@ -510,14 +513,14 @@ fn parse_rule(line: &str) -> Result<(String, RuleSpec), RuleError> {
             "-s" | "--source" | "--src" => {
                 let v = value(&mut it, &mut negate)?;
                 let net = parse_net(&v).map_err(|e| fail(format!("{opt} {e}")))?;
-                if !(net.prefix_len() == 0 && !negate) {
+                if net.prefix_len() != 0 || negate {
                     set_once(&mut spec.source, negate, net, &mut spec.other, opt, &v);
                 }
             }
             "-d" | "--destination" | "--dst" => {
                 let v = value(&mut it, &mut negate)?;
                 let net = parse_net(&v).map_err(|e| fail(format!("{opt} {e}")))?;
-                if !(net.prefix_len() == 0 && !negate) {
+                if net.prefix_len() != 0 || negate {
                     set_once(&mut spec.destination, negate, net, &mut spec.other, opt, &v);
                 }
             }
@@ -614,16 +617,21 @@ fn parse_rule(line: &str) -> Result<(String, RuleSpec), RuleError> {
             }
             _ if opt.starts_with('-') => {
                 // Unknown option: keep it with its values (tokens up to the next option).
+                let keep = if in_target {
+                    &mut spec.target_options
+                } else {
+                    &mut spec.other
+                };
                 if negate {
-                    spec.other.push("!".into());
+                    keep.push("!".into());
                 }
-                spec.other.push(tok.clone());
+                keep.push(tok.clone());
                 while let Some(next) = it.peek() {
                     if next.starts_with('-') || next == "!" {
                         break;
                     }
                     if let Some(v) = it.next() {
-                        spec.other.push(v);
+                        keep.push(v);
                     }
                 }
             }
@@ -924,6 +932,12 @@ pub(crate) async fn run_tool(
         })?;
         let (stdout, over) = out;
         let (stderr, _) = err;
+        if over {
+            return Err(IptablesError::TooLarge {
+                program: name.clone(),
+                limit: max_stdout,
+            });
+        }
         if !status.success() {
             let status = match status.code() {
                 Some(c) => format!("exit status {c}"),
@@ -933,12 +947,6 @@ pub(crate) async fn run_tool(
                 program: name.clone(),
                 status,
                 message: iptables_message(&stderr),
-            });
-        }
-        if over {
-            return Err(IptablesError::TooLarge {
-                program: name.clone(),
-                limit: max_stdout,
             });
         }
         Ok(ToolOutput { stdout })
@@ -952,29 +960,27 @@ pub(crate) async fn run_tool(
     }
 }
 
-/// Reads up to `cap` bytes, then keeps draining (so the writer never blocks) without storing.
-/// Returns the bytes and whether there was more.
+/// Reads up to `cap` bytes. Returns the bytes and whether there was more; on "more" it stops
+/// reading and drops the pipe, so a writer that does not stop gets SIGPIPE instead of blocking.
 async fn read_capped<R: AsyncRead + Unpin>(reader: Option<R>, cap: usize) -> (Vec<u8>, bool) {
     let Some(mut reader) = reader else {
         return (Vec::new(), false);
     };
     let mut kept = Vec::new();
-    let mut over = false;
     let mut buf = vec![0u8; 64 << 10];
     loop {
         match reader.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
+            Ok(0) | Err(_) => return (kept, false),
             Ok(n) => {
                 let chunk = buf.get(..n).unwrap_or(&[]);
                 let room = cap.saturating_sub(kept.len());
-                if chunk.len() > room {
-                    over = true;
-                }
                 kept.extend_from_slice(chunk.get(..room.min(chunk.len())).unwrap_or(&[]));
+                if chunk.len() > room {
+                    return (kept, true);
+                }
             }
         }
     }
-    (kept, over)
 }
 
 /// iptables' stderr as one bounded line, without its "Try `iptables -h'" boilerplate.
