@@ -11,13 +11,13 @@
 //! when no path can redirect it; a loop only when Envoy's own connections are redirected on a
 //! path with no undecided condition.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use ipnet::IpNet;
 
 use crate::finding::{Finding, FindingId};
 use crate::observe::iptables::{
-    Family, IptablesError, Neg, PortRange, Rule, RuleSpec, Ruleset, Table, Target,
+    Chain, Family, IptablesError, Neg, PortRange, Rule, RuleSpec, Ruleset, Table, Target,
 };
 
 /// What the checks look at.
@@ -115,7 +115,9 @@ pub fn check(input: &InterceptionInput<'_>) -> Vec<Finding> {
 
     for &(family, rs) in &readable {
         let fam_vips = vips_of(family);
-        let nat = rs.table("nat");
+        let nat_table = rs.table("nat");
+        let nat = nat_table.map(Index::new);
+        let nat = nat.as_ref();
         let suffix = if family == Family::V6 {
             " (ip6tables)"
         } else {
@@ -154,8 +156,9 @@ pub fn check(input: &InterceptionInput<'_>) -> Vec<Finding> {
         }
 
         // INTERCEPTION_LOOP.
-        if let Some(t) = nat
-            && t.chains
+        if let (Some(t), Some(table)) = (nat, nat_table)
+            && table
+                .chains
                 .iter()
                 .flat_map(|c| &c.rules)
                 .any(|r| target_name(&r.spec) == Some("REDIRECT"))
@@ -191,6 +194,11 @@ pub fn check(input: &InterceptionInput<'_>) -> Vec<Finding> {
         if family == Family::V6 && fam_vips.is_empty() {
             continue;
         }
+        let before_nat: Vec<(&str, Index<'_>)> = ["raw", "mangle"]
+            .into_iter()
+            .filter_map(|n| rs.table(n).map(|t| (n, Index::new(t))))
+            .collect();
+        let filter = rs.table("filter").map(Index::new);
         for &port in input.serving_ports {
             let pkt = Packet {
                 hook: Hook::Prerouting,
@@ -199,11 +207,10 @@ pub fn check(input: &InterceptionInput<'_>) -> Vec<Finding> {
                 uid: Uid::NoSocket,
             };
             let mut dropped_before = None;
-            for tname in ["raw", "mangle"] {
-                if let Some(t) = rs.table(tname)
-                    && let Some(o) = traverse(t, "PREROUTING", &pkt)
-                        .into_iter()
-                        .find(|o| o.verdict == Verdict::Drop && (o.definite || o.port_specific))
+            for (tname, t) in &before_nat {
+                if let Some(o) = traverse(t, "PREROUTING", &pkt)
+                    .into_iter()
+                    .find(|o| o.verdict == Verdict::Drop && (o.definite || o.port_specific))
                 {
                     dropped_before = Some(format!(
                         "port {port}{suffix}: dropped in {tname} PREROUTING by {} before the redirect",
@@ -228,7 +235,7 @@ pub fn check(input: &InterceptionInput<'_>) -> Vec<Finding> {
                 continue;
             }
             // After the redirect the filter table sees the proxy port, not the serving port.
-            if let (Some(filter), Some(pp)) = (rs.table("filter"), input.proxy_port) {
+            if let (Some(filter), Some(pp)) = (&filter, input.proxy_port) {
                 let after = Packet {
                     hook: Hook::Input,
                     dst: None,
@@ -480,9 +487,27 @@ const CONTINUING: [&str; 18] = [
     "NOTRACK",
 ];
 
-type Frame<'a> = (&'a str, usize);
+/// A position: the chain and the index of the next rule in it.
+type Frame<'a> = (&'a Chain, usize);
 
-fn traverse<'a>(table: &'a Table, start: &'a str, pkt: &Packet) -> Vec<Outcome<'a>> {
+/// A table with its chains found by name in O(1) (real tables can have thousands of chains).
+struct Index<'a> {
+    chains: HashMap<&'a str, &'a Chain>,
+}
+
+impl<'a> Index<'a> {
+    fn new(table: &'a Table) -> Index<'a> {
+        Index {
+            chains: table.chains.iter().map(|c| (c.name.as_str(), c)).collect(),
+        }
+    }
+
+    fn chain(&self, name: &str) -> Option<&'a Chain> {
+        self.chains.get(name).copied()
+    }
+}
+
+fn traverse<'a>(table: &Index<'a>, start: &'a str, pkt: &Packet) -> Vec<Outcome<'a>> {
     let policy = |definite| -> Outcome<'a> {
         let drop = table
             .chain(start)
@@ -495,27 +520,39 @@ fn traverse<'a>(table: &'a Table, start: &'a str, pkt: &Packet) -> Vec<Outcome<'
             port_specific: false,
         }
     };
+    let indeterminate = Outcome {
+        verdict: Verdict::Indeterminate,
+        definite: false,
+        rule: None,
+        port_specific: false,
+    };
+    let Some(first) = table.chain(start) else {
+        return vec![policy(true)];
+    };
     let mut outcomes: Vec<Outcome<'a>> = Vec::new();
-    let mut seen: HashSet<(Frame<'a>, Vec<Frame<'a>>, bool)> = HashSet::new();
+    let mut seen: HashSet<(&'a str, usize, Vec<(&'a str, usize)>)> = HashSet::new();
     // Work items: (current chain, next rule, return stack, definite so far).
-    let mut work: Vec<(Frame<'a>, Vec<Frame<'a>>, bool)> = vec![((start, 0), Vec::new(), true)];
+    let mut work: Vec<(Frame<'a>, Vec<Frame<'a>>, bool)> = vec![((first, 0), Vec::new(), true)];
     let mut steps = 0usize;
     while let Some(((chain, idx), stack, definite)) = work.pop() {
         steps += 1;
         if steps > STEP_BUDGET || stack.len() > DEPTH_MAX {
-            outcomes.push(Outcome {
-                verdict: Verdict::Indeterminate,
-                definite: false,
-                rule: None,
-                port_specific: false,
-            });
+            outcomes.push(indeterminate);
             break;
         }
-        if !seen.insert(((chain, idx), stack.clone(), definite)) {
-            continue;
+        // The definite path is a single line (any fork makes both branches indefinite), so
+        // only indefinite states can meet again and need remembering.
+        if !definite {
+            let key = (
+                chain.name.as_str(),
+                idx,
+                stack.iter().map(|(c, i)| (c.name.as_str(), *i)).collect(),
+            );
+            if !seen.insert(key) {
+                continue;
+            }
         }
-        let rule = table.chain(chain).and_then(|c| c.rules.get(idx));
-        let Some(rule) = rule else {
+        let Some(rule) = chain.rules.get(idx) else {
             // End of chain: back to the caller, or the start chain's policy.
             let mut stack = stack;
             match stack.pop() {
@@ -540,18 +577,20 @@ fn traverse<'a>(table: &'a Table, start: &'a str, pkt: &Packet) -> Vec<Outcome<'
             rule: Some(rule),
             port_specific,
         };
-        match &rule.spec.target {
-            None => work.push(((chain, idx + 1), stack, definite)),
-            Some(Target::Jump(name) | Target::Goto(name))
-                if table.chain(name).is_some_and(|c| !c.is_builtin()) =>
-            {
+        let user_chain = match &rule.spec.target {
+            Some(Target::Jump(n) | Target::Goto(n)) => table.chain(n).filter(|c| !c.is_builtin()),
+            None => None,
+        };
+        match (&rule.spec.target, user_chain) {
+            (None, _) => work.push(((chain, idx + 1), stack, definite)),
+            (Some(t), Some(next)) => {
                 let mut stack = stack;
-                if matches!(rule.spec.target, Some(Target::Jump(_))) {
+                if matches!(t, Target::Jump(_)) {
                     stack.push((chain, idx + 1));
                 }
-                work.push(((name.as_str(), 0), stack, definite));
+                work.push(((next, 0), stack, definite));
             }
-            Some(t) => match t.name() {
+            (Some(t), None) => match t.name() {
                 "RETURN" => {
                     let mut stack = stack;
                     match stack.pop() {
@@ -1015,7 +1054,11 @@ COMMIT
         text.push_str("COMMIT\n");
         let rs = parse_save(&text);
         let nat = rs.table("nat").unwrap();
-        let outs = traverse(nat, "OUTPUT", &Packet::app(Hook::Output, None, None));
+        let outs = traverse(
+            &Index::new(nat),
+            "OUTPUT",
+            &Packet::app(Hook::Output, None, None),
+        );
         assert!(outs.iter().any(|o| o.verdict == Verdict::Indeterminate));
         // And the checks give the benefit of the doubt rather than an error.
         let f = case(&rs, &["10.0.0.1/32"], &[]).run();
@@ -1037,7 +1080,7 @@ COMMIT
 ";
         let rs = parse_save(text);
         let outs = traverse(
-            rs.table("nat").unwrap(),
+            &Index::new(rs.table("nat").unwrap()),
             "OUTPUT",
             &Packet::app(Hook::Output, None, None),
         );
@@ -1047,5 +1090,49 @@ COMMIT
             Verdict::Redirect(Some(PortRange::single(15001)))
         );
         assert!(outs[0].definite);
+    }
+
+    #[test]
+    fn large_kube_proxy_like_tables() {
+        // Thousands of chains and rules beside ours, hundreds of VIPs.
+        let mut text = String::from(
+            "*nat\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:KUBE-SERVICES - [0:0]\n",
+        );
+        for i in 0..3000 {
+            text.push_str(&format!(":KUBE-SVC-{i} - [0:0]\n"));
+        }
+        text.push_str(
+            "-A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n",
+        );
+        for i in 0..3000 {
+            text.push_str(&format!(
+                "-A KUBE-SERVICES -d 172.20.{}.{}/32 -p tcp -m tcp --dport 443 -j KUBE-SVC-{i}\n-A KUBE-SVC-{i} -j DNAT --to-destination 10.1.{}.{}:443\n",
+                i / 256, i % 256, i / 256, i % 256
+            ));
+        }
+        text.push_str("COMMIT\n");
+        let vips: Vec<String> = (0..300)
+            .map(|i| format!("10.{}.{}.1/32", 100 + i / 256, i % 256))
+            .collect();
+        let vip_refs: Vec<&str> = vips.iter().map(String::as_str).collect();
+        let mut rs = parse_save(&text);
+        let ours = ours(&vip_refs, &[80], 1006);
+        let ours_nat = ours.tables.into_iter().next().unwrap();
+        let nat = rs.tables.first_mut().unwrap();
+        for c in ours_nat.chains {
+            match nat.chains.iter_mut().find(|x| x.name == c.name) {
+                Some(x) => x.rules.extend(c.rules),
+                None => nat.chains.push(c),
+            }
+        }
+        let started = std::time::Instant::now();
+        let f = case(&rs, &vip_refs, &[80]).run();
+        eprintln!(
+            "{} VIPs over {} chains checked in {:?}",
+            vips.len(),
+            rs.tables[0].chains.len(),
+            started.elapsed()
+        );
+        assert!(f.is_empty(), "{f:?}");
     }
 }
