@@ -489,6 +489,8 @@ const CONTINUING: [&str; 18] = [
 
 /// A position: the chain and the index of the next rule in it.
 type Frame<'a> = (&'a Chain, usize);
+/// A traversal state by chain names: position and return stack.
+type StateKey<'a> = (&'a str, usize, Vec<(&'a str, usize)>);
 
 /// A table with its chains found by name in O(1) (real tables can have thousands of chains).
 struct Index<'a> {
@@ -530,7 +532,7 @@ fn traverse<'a>(table: &Index<'a>, start: &'a str, pkt: &Packet) -> Vec<Outcome<
         return vec![policy(true)];
     };
     let mut outcomes: Vec<Outcome<'a>> = Vec::new();
-    let mut seen: HashSet<(&'a str, usize, Vec<(&'a str, usize)>)> = HashSet::new();
+    let mut seen: HashSet<StateKey<'a>> = HashSet::new();
     // Work items: (current chain, next rule, return stack, definite so far).
     let mut work: Vec<(Frame<'a>, Vec<Frame<'a>>, bool)> = vec![((first, 0), Vec::new(), true)];
     let mut steps = 0usize;
