@@ -780,3 +780,81 @@ fn damaged_state_from_an_older_agent_is_repaired_in_one_transaction() {
     })
     .unwrap();
 }
+
+// ---------------------------------------------------------------------------------------------
+// The namespace harness itself.
+
+fn host_links() -> String {
+    // Read-only look at the host namespace, to show the tests leave it alone.
+    netns::run(Command::new("ip").args(["-o", "link", "show"])).unwrap()
+}
+
+#[test]
+fn netns_harness_is_private_and_refuses_the_host_namespace() {
+    assert!(!netns::in_private_netns());
+    let e = netns::ip(&["link", "add", "spa-x", "type", "dummy"]).unwrap_err();
+    assert!(e.to_string().contains("host's network namespace"), "{e}");
+    assert!(netns::restore(false, "*nat\nCOMMIT\n").is_err());
+    assert!(netns::iptables(false, &["-t", "nat", "-F"]).is_err());
+    let before = host_links();
+    netns::in_new_netns(|| {
+        assert!(netns::in_private_netns());
+        let links = netns::ip(&["-o", "link", "show"])?;
+        assert_eq!(links.lines().count(), 1, "{links}");
+        assert!(links.contains("lo:") && links.contains("UP"), "{links}");
+        let lab = Lab::new()?;
+        let peer_v4 = lab.peer_v4;
+        // Reachable over the veth, both ways.
+        let _srv = netns::serve_http_in(&lab.peer, SocketAddr::new(peer_v4.into(), 8000), "hi")?;
+        assert_eq!(get(peer_v4.into(), 8000)?, "hi");
+        let local = lab.local_v4;
+        let srv = std::net::TcpListener::bind((local, 8001))?;
+        let client = lab.peer.spawn_thread(move || {
+            Ok(std::net::TcpStream::connect_timeout(
+                &SocketAddr::new(local.into(), 8001),
+                Duration::from_secs(2),
+            )
+            .is_ok())
+        })?;
+        assert!(client.join().unwrap()?);
+        drop(srv);
+        // Commands run in the peer through nsenter see its interfaces only.
+        let peer_links = lab.peer.ip(&["-o", "link", "show"])?;
+        assert!(
+            peer_links.contains("spa1") && !peer_links.contains("spa0"),
+            "{peer_links}"
+        );
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(host_links(), before);
+}
+
+#[test]
+fn netns_without_root_fails_saying_so() {
+    if std::env::var_os("SPA_NETNS_UNPRIVILEGED").is_some() {
+        let e = netns::in_new_netns(|| Ok(())).unwrap_err();
+        assert!(e.to_string().contains("these tests need root"), "{e}");
+        let e = netns::Peer::spawn()
+            .err()
+            .expect("unshare -n must fail without root");
+        assert!(e.to_string().contains("needs root"), "{e}");
+        return;
+    }
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        "netns_without_root_fails_saying_so",
+        "--exact",
+        "--test-threads=1",
+    ])
+    .env("SPA_NETNS_UNPRIVILEGED", "1");
+    std::os::unix::process::CommandExt::uid(&mut cmd, 65534);
+    std::os::unix::process::CommandExt::gid(&mut cmd, 65534);
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "unprivileged re-run failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

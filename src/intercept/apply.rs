@@ -322,3 +322,51 @@ fn unparsed_in_ours(rs: &Ruleset) -> usize {
         .filter(|u| u.table.as_deref() == Some("nat") && u.chain.as_deref().is_some_and(is_ours))
         .count()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::intercept::plan::{DesiredInput, TrafficInterception, plan};
+
+    fn is_send<T: Send>(_: &T) {}
+
+    #[test]
+    fn futures_are_send_for_the_daemon() {
+        let p = plan(&DesiredInput {
+            vips: vec![],
+            serving_ports: vec![],
+            envoy_uid: 0,
+            proxy_port: 15001,
+            traffic: TrafficInterception::default(),
+        })
+        .unwrap();
+        let mut r = Reconciler::new(Tools::system());
+        is_send(&r.reconcile(&p));
+        let mut r = Reconciler::new(Tools::system());
+        is_send(&r.clear());
+        let mut r = Reconciler::new(Tools::system());
+        is_send(&r.preview(&p));
+        is_send(&iptables::save(&Tools::system(), Family::V4, None));
+    }
+
+    #[test]
+    fn outcome_wording() {
+        let e = InterceptError::Restore {
+            family: Family::V6,
+            source: IptablesError::Failed {
+                program: "ip6tables-restore".into(),
+                status: "exit status 4".into(),
+                message: "line 8: CHAIN_DEL failed".into(),
+            },
+        };
+        assert_eq!(e.iptables_message(), Some("line 8: CHAIN_DEL failed"));
+        assert_eq!(
+            FamilyOutcome::Failed(e).to_string(),
+            "failed: ip6tables: the change was refused and the previous rules are left in place: ip6tables-restore failed (exit status 4): line 8: CHAIN_DEL failed"
+        );
+        assert_eq!(
+            FamilyOutcome::Unchanged { rules: 9 }.to_string(),
+            "unchanged (9 rules)"
+        );
+    }
+}

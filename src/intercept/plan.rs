@@ -808,4 +808,43 @@ COMMIT
         assert!(parse_exclude_port_range("1-2-3").is_err());
         assert!(parse_exclude_port_range("-5").is_err());
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// A table already holding exactly the plan needs no transaction; an empty one gets
+            /// one that declares every chain and adds every rule.
+            #[test]
+            fn plan_is_a_fixed_point(
+                v4 in prop::collection::vec((any::<u32>(), 0u8..=32), 0..20),
+                v6 in prop::collection::vec((any::<u128>(), 0u8..=128), 0..5),
+                ports in prop::collection::vec(any::<u16>(), 0..10),
+                uid in any::<u32>(),
+                proxy in 1u16..,
+            ) {
+                let mut vips: Vec<IpNet> = v4.iter().map(|(a, l)| IpNet::new(IpAddr::V4((*a).into()), *l).unwrap()).collect();
+                vips.extend(v6.iter().map(|(a, l)| IpNet::new(IpAddr::V6((*a).into()), *l).unwrap()));
+                let p = plan(&DesiredInput {
+                    vips, serving_ports: ports, envoy_uid: uid, proxy_port: proxy,
+                    traffic: TrafficInterception::default(),
+                }).unwrap();
+                for fp in [&p.v4, &p.v6] {
+                    let want = fp.desired_table();
+                    let rules: usize = want.chains.iter().map(|c| c.rules.len()).sum();
+                    prop_assert_eq!(rules, fp.rule_count());
+                    let mut saved = String::from("*nat\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n");
+                    for c in &fp.chains { saved.push_str(&format!(":{c} - [0:0]\n")); }
+                    for l in fp.jumps.iter().chain(&fp.rules) { saved.push_str(l); saved.push('\n'); }
+                    saved.push_str("COMMIT\n");
+                    let rs = parse_save(&saved);
+                    prop_assert!(rs.unparsed.is_empty());
+                    prop_assert_eq!(transaction(fp, rs.table("nat"), 0).unwrap(), None);
+                    let fresh = transaction(fp, None, 0).unwrap();
+                    prop_assert_eq!(fresh.is_some(), fp.is_active());
+                }
+            }
+        }
+    }
 }

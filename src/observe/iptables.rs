@@ -1238,4 +1238,68 @@ COMMIT
         );
         assert_eq!(iptables_message(b""), "(no message)");
     }
+
+    mod props {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        const TOKENS: &[&str] = &[
+            "-A",
+            "OUTPUT",
+            "ISTIO_OUTPUT",
+            "-d",
+            "-s",
+            "10.0.0.1/32",
+            "fd00::/8",
+            "!",
+            "-j",
+            "-g",
+            "RETURN",
+            "REDIRECT",
+            "--dport",
+            "--dports",
+            "80:90",
+            "80,443",
+            "\"",
+            "\"a b\"",
+            "-m",
+            "owner",
+            "--uid-owner",
+            "0-9",
+            "*nat",
+            ":X",
+            "- [0:0]",
+            "COMMIT",
+            "-p",
+            "tcp",
+            "--to-ports",
+            "1-2",
+            "[1:2]",
+            "\\",
+            "-o",
+            "lo+",
+            "--ctstate",
+            "NEW",
+            "é",
+            "\u{0}",
+        ];
+
+        proptest! {
+            #[test]
+            fn any_text_parses_without_panic(s in "(?s).{0,3000}") {
+                let _ = parse_save(&s);
+            }
+
+            #[test]
+            fn save_like_lines_parse_without_panic(
+                lines in prop::collection::vec(prop::collection::vec(prop::sample::select(TOKENS), 0..14), 0..40)
+            ) {
+                let text: String = lines.iter().map(|l| l.join(" ") + "\n").collect();
+                let rs = parse_save(&text);
+                // Nothing is lost: every non-comment line is a table, chain, rule, COMMIT or unparsed.
+                let rules: usize = rs.tables.iter().flat_map(|t| &t.chains).map(|c| c.rules.len()).sum();
+                prop_assert!(rules + rs.unparsed.len() + rs.unparsed_dropped <= lines.len());
+            }
+        }
+    }
 }
