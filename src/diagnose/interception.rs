@@ -55,7 +55,7 @@ pub fn check(input: &InterceptionInput<'_>) -> Vec<Finding> {
             .vips
             .iter()
             .filter(|n| Family::of_net(n) == family)
-            .copied()
+            .map(IpNet::trunc)
             .collect();
         v.sort();
         v.dedup();
