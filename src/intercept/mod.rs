@@ -1,1 +1,22 @@
-//! Interception: the SERVICE_PROXY_* chains wanted (pure) and applying them (I/O).
+//! Interception (SPEC §7): the `SERVICE_PROXY_*` chains the agent wants ([`plan`], pure) and
+//! keeping the kernel's nat tables in step with them ([`apply`], runs iptables).
+//!
+//! Flow for the daemon's enforce mode, once per poll:
+//! `plan::plan(&DesiredInput)` → `apply::Reconciler::reconcile(&Plan)`, which saves each
+//! family's nat table once and restores only when something differs.
+
+pub mod apply;
+pub mod plan;
+
+pub use apply::{ClearReport, FamilyOutcome, InterceptError, ReconcileReport, Reconciler};
+pub use plan::{
+    DesiredInput, FamilyPlan, Ignored, Plan, PlanError, TrafficInterception, Transaction, plan,
+};
+
+/// Every chain whose name starts with this is the agent's; nothing else is.
+pub const CHAIN_PREFIX: &str = "SERVICE_PROXY_";
+
+/// Whether a chain (or a jump target) is one of ours.
+pub fn is_ours(chain: &str) -> bool {
+    chain.starts_with(CHAIN_PREFIX)
+}

@@ -1,0 +1,850 @@
+//! The interception rules the agent wants (SPEC §7), and the `iptables-restore --noflush`
+//! transaction that takes a nat table from what it is to that. Pure: no I/O.
+//!
+//! For each family with something to do (IPv4 always; IPv6 only when a listener VIP is IPv6),
+//! the nat table gets exactly:
+//!
+//! ```text
+//! -A OUTPUT -p tcp -j SERVICE_PROXY_OUTPUT
+//! -A PREROUTING -p tcp -j SERVICE_PROXY_INBOUND
+//! -A SERVICE_PROXY_OUTPUT -m owner --uid-owner <envoy uid> -j RETURN
+//! -A SERVICE_PROXY_OUTPUT -d 127.0.0.1/32 -j RETURN              (::1/128 for IPv6)
+//! -A SERVICE_PROXY_OUTPUT -j SERVICE_PROXY_SERVICE_CIDRS
+//! -A SERVICE_PROXY_SERVICE_CIDRS -d <vip> -j SERVICE_PROXY_REDIRECT   (one per VIP, sorted)
+//! -A SERVICE_PROXY_REDIRECT -p tcp -j REDIRECT --to-ports <proxy port>
+//! -A SERVICE_PROXY_INBOUND -p tcp -m tcp --dport <port> -j SERVICE_PROXY_IN_REDIRECT  (sorted)
+//! -A SERVICE_PROXY_IN_REDIRECT -p tcp -j REDIRECT --to-ports <proxy port>
+//! ```
+//!
+//! With `intercept-all-outbound`, `SERVICE_PROXY_OUTPUT` becomes: the UID and loopback
+//! RETURNs, `-o lo -j RETURN` (traffic that never leaves the VM has no service to reach; this
+//! keeps e.g. a local DNS resolver on 127.0.0.53 working), one RETURN per excluded IP range and
+//! per excluded port range (the user's explicit exclusions win, even over a VIP), the jump to
+//! `SERVICE_PROXY_SERVICE_CIDRS` (kept so the guide's "look for your VIP there" still holds),
+//! and finally `-j SERVICE_PROXY_REDIRECT` for everything else. Exclusions of one family only
+//! go to that family's table.
+//!
+//! IPv6 gets rules only when there is an IPv6 VIP: redirecting IPv6 to a proxy that does not
+//! listen on IPv6 would cut the VM off. An IPv6 plan with nothing to do still exists, with no
+//! chains, so that reconciling it removes stale `SERVICE_PROXY_*` chains from ip6tables.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use ipnet::IpNet;
+use thiserror::Error;
+
+use crate::intercept::is_ours;
+use crate::observe::iptables::{
+    Family, PortRange, Rule, RuleSpec, Table, Target, parse_port_range, parse_save, tokenize,
+};
+
+pub const OUTPUT: &str = "SERVICE_PROXY_OUTPUT";
+pub const SERVICE_CIDRS: &str = "SERVICE_PROXY_SERVICE_CIDRS";
+pub const REDIRECT: &str = "SERVICE_PROXY_REDIRECT";
+pub const INBOUND: &str = "SERVICE_PROXY_INBOUND";
+pub const IN_REDIRECT: &str = "SERVICE_PROXY_IN_REDIRECT";
+
+/// Our chains in the order they are declared.
+pub const CHAINS: [&str; 5] = [OUTPUT, SERVICE_CIDRS, REDIRECT, INBOUND, IN_REDIRECT];
+
+/// Built-in chains of the nat table: jumps from these into our chains are ours.
+pub const NAT_BUILTINS: [&str; 4] = ["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"];
+
+/// `traffic-interception` of the `gce-service-proxy` metadata, as given (text is parsed here,
+/// strictly, and never passed on as is).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrafficInterception {
+    pub intercept_all_outbound: bool,
+    pub exclude_outbound_ip_ranges: Vec<String>,
+    pub exclude_outbound_port_ranges: Vec<String>,
+}
+
+/// Everything the desired state depends on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredInput {
+    /// The listener VIPs (`prefix_ranges` of Envoy's dynamic listeners), already parsed.
+    pub vips: Vec<IpNet>,
+    /// Inbound ports to intercept.
+    pub serving_ports: Vec<u16>,
+    /// Excluded from outbound interception, so Envoy's own connections are not looped back.
+    pub envoy_uid: u32,
+    /// Where intercepted traffic is redirected.
+    pub proxy_port: u16,
+    pub traffic: TrafficInterception,
+}
+
+/// An input value left out of the rules, and why (reported, never passed to iptables).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ignored {
+    /// e.g. `exclude-outbound-ip-ranges`, `serving-ports`.
+    pub field: &'static str,
+    /// The value, bounded and without control characters.
+    pub value: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum PlanError {
+    #[error("the proxy port must be 1-65535, not 0")]
+    ProxyPortZero,
+    #[error("cannot delete the rule `{rule}` (line {line}) safely: {reason}; remove it by hand")]
+    UnsafeRule {
+        rule: String,
+        line: usize,
+        reason: String,
+    },
+}
+
+/// The desired state of both families.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub v4: FamilyPlan,
+    pub v6: FamilyPlan,
+    /// Inputs left out, with the reason.
+    pub ignored: Vec<Ignored>,
+    /// VIPs that an intercept-all exclusion keeps away from Envoy (the user's choice wins).
+    pub excluded_vips: Vec<IpNet>,
+}
+
+impl Plan {
+    pub fn family(&self, family: Family) -> &FamilyPlan {
+        match family {
+            Family::V4 => &self.v4,
+            Family::V6 => &self.v6,
+        }
+    }
+}
+
+/// The desired nat-table content of one family.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FamilyPlan {
+    pub family: Family,
+    /// Our chains, in declaration order; empty when this family has nothing to do.
+    pub chains: Vec<&'static str>,
+    /// The jumps from built-in chains (`-A OUTPUT ...`, `-A PREROUTING ...`).
+    pub jumps: Vec<String>,
+    /// The rules of our chains, in order (`-A SERVICE_PROXY_... ...`).
+    pub rules: Vec<String>,
+}
+
+impl FamilyPlan {
+    fn inactive(family: Family) -> Self {
+        FamilyPlan {
+            family,
+            chains: Vec::new(),
+            jumps: Vec::new(),
+            rules: Vec::new(),
+        }
+    }
+
+    /// Whether this family gets any rule at all.
+    pub fn is_active(&self) -> bool {
+        !self.chains.is_empty()
+    }
+
+    /// Rules in our chains plus jumps.
+    pub fn rule_count(&self) -> usize {
+        self.rules.len() + self.jumps.len()
+    }
+
+    /// The desired state as a parsed nat table (our chains and jumps only), for structural
+    /// comparison with what `iptables-save` shows.
+    pub fn desired_table(&self) -> Table {
+        let mut text = String::from("*nat\n");
+        for c in &self.chains {
+            text.push_str(&format!(":{c} - [0:0]\n"));
+        }
+        for l in self.jumps.iter().chain(&self.rules) {
+            text.push_str(l);
+            text.push('\n');
+        }
+        text.push_str("COMMIT\n");
+        parse_save(&text)
+            .tables
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| Table {
+                name: "nat".into(),
+                chains: Vec::new(),
+                committed: true,
+            })
+    }
+
+    /// The restore input that builds this state on a nat table holding nothing of ours (what
+    /// `intercept plan` shows); `None` when there is nothing to do.
+    pub fn restore_text(&self) -> Option<String> {
+        transaction(self, None, 0).ok().flatten().map(|t| t.text)
+    }
+}
+
+/// Computes the desired state. Total: bad inputs are left out and listed in `ignored`.
+pub fn plan(input: &DesiredInput) -> Result<Plan, PlanError> {
+    if input.proxy_port == 0 {
+        return Err(PlanError::ProxyPortZero);
+    }
+    let mut ignored = Vec::new();
+    let vips: BTreeSet<IpNet> = input.vips.iter().map(IpNet::trunc).collect();
+
+    let mut serving = BTreeSet::new();
+    for &p in &input.serving_ports {
+        if p == 0 {
+            ignored.push(ignore("serving-ports", "0", "0 is not a port"));
+        } else if p == input.proxy_port {
+            ignored.push(ignore(
+                "serving-ports",
+                &p.to_string(),
+                "it is the proxy port itself; redirecting it would loop",
+            ));
+        } else {
+            serving.insert(p);
+        }
+    }
+
+    let all = input.traffic.intercept_all_outbound;
+    let mut excl_nets = BTreeSet::new();
+    for raw in &input.traffic.exclude_outbound_ip_ranges {
+        if !all {
+            ignored.push(ignore(
+                "exclude-outbound-ip-ranges",
+                raw,
+                "only used with intercept-all-outbound",
+            ));
+            continue;
+        }
+        match parse_exclude_ip_range(raw) {
+            Ok(n) => {
+                excl_nets.insert(n);
+            }
+            Err(e) => ignored.push(ignore("exclude-outbound-ip-ranges", raw, &e)),
+        }
+    }
+    let mut excl_ports = BTreeSet::new();
+    for raw in &input.traffic.exclude_outbound_port_ranges {
+        if !all {
+            ignored.push(ignore(
+                "exclude-outbound-port-ranges",
+                raw,
+                "only used with intercept-all-outbound",
+            ));
+            continue;
+        }
+        match parse_exclude_port_range(raw) {
+            Ok(r) => {
+                excl_ports.insert(r);
+            }
+            Err(e) => ignored.push(ignore("exclude-outbound-port-ranges", raw, &e)),
+        }
+    }
+    let excluded_vips = vips
+        .iter()
+        .filter(|v| excl_nets.iter().any(|e| e.contains(*v)))
+        .copied()
+        .collect();
+
+    let build = |family: Family| -> FamilyPlan {
+        let fam_vips: Vec<&IpNet> = vips
+            .iter()
+            .filter(|v| Family::of_net(v) == family)
+            .collect();
+        if family == Family::V6 && fam_vips.is_empty() {
+            return FamilyPlan::inactive(family);
+        }
+        let loopback = match family {
+            Family::V4 => IpNet::from(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            Family::V6 => IpNet::from(IpAddr::V6(Ipv6Addr::LOCALHOST)),
+        };
+        let redirect = format!("-p tcp -j REDIRECT --to-ports {}", input.proxy_port);
+        let mut rules = vec![
+            format!(
+                "-A {OUTPUT} -m owner --uid-owner {} -j RETURN",
+                input.envoy_uid
+            ),
+            format!("-A {OUTPUT} -d {loopback} -j RETURN"),
+        ];
+        if all {
+            rules.push(format!("-A {OUTPUT} -o lo -j RETURN"));
+            for n in excl_nets.iter().filter(|n| Family::of_net(n) == family) {
+                rules.push(format!("-A {OUTPUT}{} -j RETURN", dest(n)));
+            }
+            for r in &excl_ports {
+                rules.push(format!(
+                    "-A {OUTPUT} -p tcp -m tcp --dport {} -j RETURN",
+                    r.render(':')
+                ));
+            }
+        }
+        rules.push(format!("-A {OUTPUT} -j {SERVICE_CIDRS}"));
+        if all {
+            rules.push(format!("-A {OUTPUT} -j {REDIRECT}"));
+        }
+        for v in &fam_vips {
+            rules.push(format!("-A {SERVICE_CIDRS}{} -j {REDIRECT}", dest(v)));
+        }
+        rules.push(format!("-A {REDIRECT} {redirect}"));
+        for p in &serving {
+            rules.push(format!(
+                "-A {INBOUND} -p tcp -m tcp --dport {p} -j {IN_REDIRECT}"
+            ));
+        }
+        rules.push(format!("-A {IN_REDIRECT} {redirect}"));
+        FamilyPlan {
+            family,
+            chains: CHAINS.to_vec(),
+            jumps: vec![
+                format!("-A OUTPUT -p tcp -j {OUTPUT}"),
+                format!("-A PREROUTING -p tcp -j {INBOUND}"),
+            ],
+            rules,
+        }
+    };
+
+    Ok(Plan {
+        v4: build(Family::V4),
+        v6: build(Family::V6),
+        ignored,
+        excluded_vips,
+    })
+}
+
+/// ` -d <net>` as iptables-save prints it; nothing for a /0 (it matches everything).
+fn dest(net: &IpNet) -> String {
+    if net.prefix_len() == 0 {
+        String::new()
+    } else {
+        format!(" -d {net}")
+    }
+}
+
+fn ignore(field: &'static str, value: &str, reason: &str) -> Ignored {
+    Ignored {
+        field,
+        value: crate::text::truncate_with_ellipsis(&crate::text::strip_control(value), 128),
+        reason: reason.to_owned(),
+    }
+}
+
+/// An `exclude-outbound-ip-ranges` entry: a CIDR or a bare address (host bits are cleared,
+/// as iptables would).
+pub fn parse_exclude_ip_range(raw: &str) -> Result<IpNet, String> {
+    let s = raw.trim();
+    if let Ok(n) = s.parse::<IpNet>() {
+        return Ok(n.trunc());
+    }
+    if let Ok(a) = s.parse::<IpAddr>() {
+        return Ok(IpNet::from(a));
+    }
+    Err("not an IP address or CIDR range".into())
+}
+
+/// An `exclude-outbound-port-ranges` entry: `22`, `8000-8100` or `8000:8100`, ports 1-65535.
+pub fn parse_exclude_port_range(raw: &str) -> Result<PortRange, String> {
+    let s = raw.trim();
+    let sep = if s.contains('-') { '-' } else { ':' };
+    let r = parse_port_range(s, sep)
+        .map_err(|_| "not a port or port range (e.g. 22, 8000-8100)".to_owned())?;
+    if r.first == 0 {
+        return Err("0 is not a port".into());
+    }
+    Ok(r)
+}
+
+/// One `iptables-restore --noflush` input and what it does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transaction {
+    pub text: String,
+    /// Jumps from built-in chains deleted (duplicates, stale ones).
+    pub deleted_jumps: usize,
+    pub added_jumps: usize,
+    /// Our chains deleted because they are not wanted any more.
+    pub removed_chains: Vec<String>,
+    /// Our chains (re)built: declared (which flushes them) and filled.
+    pub rebuilt_chains: Vec<String>,
+}
+
+/// The transaction taking `current` (this family's nat table as saved, `None` when it has no
+/// nat table) to `desired`, or `None` when they already agree. `unparsed_in_ours` counts
+/// lines of our chains the parser could not read; any makes the chains be rebuilt.
+///
+/// Our chains are declared (`:NAME - [0:0]`, which creates or flushes them in the same
+/// transaction) and refilled; stale ones are flushed and deleted; jumps from built-in chains
+/// into ours are made exactly the wanted ones (duplicates and strays deleted by their exact
+/// spec, missing ones appended). Nothing else is touched.
+pub fn transaction(
+    desired: &FamilyPlan,
+    current: Option<&Table>,
+    unparsed_in_ours: usize,
+) -> Result<Option<Transaction>, PlanError> {
+    let want = desired.desired_table();
+    let empty = Table {
+        name: "nat".into(),
+        chains: Vec::new(),
+        committed: true,
+    };
+    let cur = current.unwrap_or(&empty);
+
+    let cur_ours: Vec<&str> = cur
+        .chains
+        .iter()
+        .filter(|c| is_ours(&c.name) && c.declared)
+        .map(|c| c.name.as_str())
+        .collect();
+    let chains_same = unparsed_in_ours == 0
+        && cur_ours.len() == desired.chains.len()
+        && desired.chains.iter().all(|name| {
+            let have = cur.chain(name).map(|c| &c.rules[..]).unwrap_or(&[]);
+            let wanted = want.chain(name).map(|c| &c.rules[..]).unwrap_or(&[]);
+            cur_ours.contains(name) && same_specs(have, wanted)
+        });
+
+    // Jumps from built-in chains into ours: which to delete, which to add.
+    let mut deletes: Vec<String> = Vec::new();
+    let mut adds: Vec<String> = Vec::new();
+    for builtin in NAT_BUILTINS {
+        let wanted: Vec<&Rule> = want
+            .chain(builtin)
+            .map(|c| c.rules.iter().collect())
+            .unwrap_or_default();
+        let have: Vec<&Rule> = cur
+            .chain(builtin)
+            .map(|c| c.rules.iter().filter(|r| targets_ours(&r.spec)).collect())
+            .unwrap_or_default();
+        let mut kept = vec![false; wanted.len()];
+        for r in have {
+            let keep = wanted
+                .iter()
+                .zip(kept.iter_mut())
+                .find(|(w, k)| !**k && w.spec == r.spec);
+            match keep {
+                Some((_, k)) => *k = true,
+                None => deletes.push(delete_line(r)?),
+            }
+        }
+        for (w, k) in wanted.iter().zip(&kept) {
+            if !k {
+                adds.push(w.text.clone());
+            }
+        }
+    }
+
+    if chains_same && deletes.is_empty() && adds.is_empty() {
+        return Ok(None);
+    }
+
+    let stale: Vec<String> = cur_ours
+        .iter()
+        .filter(|c| !desired.chains.contains(c))
+        .map(|c| (*c).to_owned())
+        .collect();
+    // Chains referenced by a rule but never declared do not exist in the kernel.
+    let mut text = String::from("*nat\n");
+    for c in desired
+        .chains
+        .iter()
+        .copied()
+        .chain(stale.iter().map(String::as_str))
+    {
+        text.push_str(&format!(":{c} - [0:0]\n"));
+    }
+    for d in &deletes {
+        text.push_str(d);
+        text.push('\n');
+    }
+    for a in &adds {
+        text.push_str(a);
+        text.push('\n');
+    }
+    for c in &stale {
+        text.push_str(&format!("-X {c}\n"));
+    }
+    for r in &desired.rules {
+        text.push_str(r);
+        text.push('\n');
+    }
+    text.push_str("COMMIT\n");
+    Ok(Some(Transaction {
+        text,
+        deleted_jumps: deletes.len(),
+        added_jumps: adds.len(),
+        removed_chains: stale,
+        rebuilt_chains: desired.chains.iter().map(|c| (*c).to_owned()).collect(),
+    }))
+}
+
+/// The transaction removing all our chains and the jumps into them, or `None` if there are
+/// none.
+pub fn clear_transaction(current: Option<&Table>) -> Result<Option<Transaction>, PlanError> {
+    transaction(&FamilyPlan::inactive(Family::V4), current, 0)
+}
+
+fn same_specs(a: &[Rule], b: &[Rule]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.spec == y.spec)
+}
+
+fn targets_ours(spec: &RuleSpec) -> bool {
+    matches!(&spec.target, Some(Target::Jump(t) | Target::Goto(t)) if is_ours(t))
+}
+
+/// `-D CHAIN <spec>` for a rule as iptables-save printed it. The tokens came from iptables
+/// itself, but are still checked: printable ASCII only, quoted when they hold spaces.
+fn delete_line(rule: &Rule) -> Result<String, PlanError> {
+    let unsafe_rule = |reason: &str| PlanError::UnsafeRule {
+        rule: crate::text::truncate_with_ellipsis(&rule.text, 200),
+        line: rule.line,
+        reason: reason.to_owned(),
+    };
+    if rule.text.ends_with('…') {
+        return Err(unsafe_rule("the rule is too long"));
+    }
+    let tokens = tokenize(&rule.text).map_err(|e| unsafe_rule(&e))?;
+    let mut out = String::from("-D");
+    for (i, tok) in tokens.iter().enumerate() {
+        if i == 0 {
+            if tok != "-A" && tok != "--append" {
+                return Err(unsafe_rule("not an -A line"));
+            }
+            continue;
+        }
+        if tok.is_empty()
+            || !tok
+                .bytes()
+                .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\')
+        {
+            return Err(unsafe_rule(
+                "it holds characters we do not pass to iptables",
+            ));
+        }
+        out.push(' ');
+        if tok.contains(' ') {
+            out.push('"');
+            out.push_str(tok);
+            out.push('"');
+        } else {
+            out.push_str(tok);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(vips: &[&str], ports: &[u16]) -> DesiredInput {
+        DesiredInput {
+            vips: vips.iter().map(|v| v.parse().unwrap()).collect(),
+            serving_ports: ports.to_vec(),
+            envoy_uid: 1006,
+            proxy_port: 15001,
+            traffic: TrafficInterception::default(),
+        }
+    }
+
+    fn nat(text: &str) -> Table {
+        let rs = parse_save(text);
+        assert!(rs.unparsed.is_empty(), "{:?}", rs.unparsed);
+        rs.tables.into_iter().next().unwrap()
+    }
+
+    #[test]
+    fn spec_rules_sorted_and_deduplicated() {
+        let p = plan(&input(
+            &["10.0.0.2/32", "10.0.0.1/32", "10.0.0.2/32", "10.7.240.5/20"],
+            &[8080, 80, 80],
+        ))
+        .unwrap();
+        assert_eq!(
+            p.v4.rules,
+            vec![
+                "-A SERVICE_PROXY_OUTPUT -m owner --uid-owner 1006 -j RETURN",
+                "-A SERVICE_PROXY_OUTPUT -d 127.0.0.1/32 -j RETURN",
+                "-A SERVICE_PROXY_OUTPUT -j SERVICE_PROXY_SERVICE_CIDRS",
+                "-A SERVICE_PROXY_SERVICE_CIDRS -d 10.0.0.1/32 -j SERVICE_PROXY_REDIRECT",
+                "-A SERVICE_PROXY_SERVICE_CIDRS -d 10.0.0.2/32 -j SERVICE_PROXY_REDIRECT",
+                "-A SERVICE_PROXY_SERVICE_CIDRS -d 10.7.240.0/20 -j SERVICE_PROXY_REDIRECT",
+                "-A SERVICE_PROXY_REDIRECT -p tcp -j REDIRECT --to-ports 15001",
+                "-A SERVICE_PROXY_INBOUND -p tcp -m tcp --dport 80 -j SERVICE_PROXY_IN_REDIRECT",
+                "-A SERVICE_PROXY_INBOUND -p tcp -m tcp --dport 8080 -j SERVICE_PROXY_IN_REDIRECT",
+                "-A SERVICE_PROXY_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15001",
+            ]
+        );
+        assert!(!p.v6.is_active());
+        assert_eq!(p.v6.restore_text(), None);
+        assert!(p.ignored.is_empty());
+        // Every desired line parses back without loss.
+        let t = p.v4.desired_table();
+        assert_eq!(
+            t.chains.iter().map(|c| c.rules.len()).sum::<usize>(),
+            p.v4.rule_count()
+        );
+    }
+
+    #[test]
+    fn ipv6_only_when_there_is_an_ipv6_vip() {
+        let p = plan(&input(&["fd00:10::1/128", "10.0.0.1/32"], &[80])).unwrap();
+        assert!(p.v6.is_active());
+        assert!(
+            p.v6.rules
+                .contains(&"-A SERVICE_PROXY_OUTPUT -d ::1/128 -j RETURN".to_owned())
+        );
+        assert!(
+            p.v6.rules.contains(
+                &"-A SERVICE_PROXY_SERVICE_CIDRS -d fd00:10::1/128 -j SERVICE_PROXY_REDIRECT"
+                    .to_owned()
+            )
+        );
+        assert!(!p.v4.rules.iter().any(|r| r.contains("fd00")));
+        assert!(!p.v6.rules.iter().any(|r| r.contains("10.0.0.1")));
+    }
+
+    #[test]
+    fn intercept_all_outbound_and_strict_exclusions() {
+        let mut i = input(&["10.0.0.1/32", "192.168.5.5/32"], &[]);
+        i.traffic = TrafficInterception {
+            intercept_all_outbound: true,
+            exclude_outbound_ip_ranges: vec![
+                "192.168.0.0/16".into(),
+                "169.254.169.254".into(),
+                "fd00::/8".into(),
+                "10.0.0.0/8; rm -rf /".into(),
+                "-j ACCEPT".into(),
+            ],
+            exclude_outbound_port_ranges: vec![
+                "22".into(),
+                "8000-8100".into(),
+                "9000:9001".into(),
+                "0".into(),
+                "70000".into(),
+                "5-1".into(),
+                "22 --to-ports 1".into(),
+            ],
+        };
+        let p = plan(&i).unwrap();
+        let out: Vec<&String> =
+            p.v4.rules
+                .iter()
+                .filter(|r| r.starts_with("-A SERVICE_PROXY_OUTPUT"))
+                .collect();
+        assert_eq!(
+            out,
+            vec![
+                "-A SERVICE_PROXY_OUTPUT -m owner --uid-owner 1006 -j RETURN",
+                "-A SERVICE_PROXY_OUTPUT -d 127.0.0.1/32 -j RETURN",
+                "-A SERVICE_PROXY_OUTPUT -o lo -j RETURN",
+                "-A SERVICE_PROXY_OUTPUT -d 169.254.169.254/32 -j RETURN",
+                "-A SERVICE_PROXY_OUTPUT -d 192.168.0.0/16 -j RETURN",
+                "-A SERVICE_PROXY_OUTPUT -p tcp -m tcp --dport 22 -j RETURN",
+                "-A SERVICE_PROXY_OUTPUT -p tcp -m tcp --dport 8000:8100 -j RETURN",
+                "-A SERVICE_PROXY_OUTPUT -p tcp -m tcp --dport 9000:9001 -j RETURN",
+                "-A SERVICE_PROXY_OUTPUT -j SERVICE_PROXY_SERVICE_CIDRS",
+                "-A SERVICE_PROXY_OUTPUT -j SERVICE_PROXY_REDIRECT",
+            ]
+        );
+        let bad: Vec<(&str, &str)> = p
+            .ignored
+            .iter()
+            .map(|x| (x.field, x.value.as_str()))
+            .collect();
+        assert_eq!(
+            bad,
+            vec![
+                ("exclude-outbound-ip-ranges", "10.0.0.0/8; rm -rf /"),
+                ("exclude-outbound-ip-ranges", "-j ACCEPT"),
+                ("exclude-outbound-port-ranges", "0"),
+                ("exclude-outbound-port-ranges", "70000"),
+                ("exclude-outbound-port-ranges", "5-1"),
+                ("exclude-outbound-port-ranges", "22 --to-ports 1"),
+            ]
+        );
+        assert_eq!(
+            p.excluded_vips,
+            vec!["192.168.5.5/32".parse::<IpNet>().unwrap()]
+        );
+        // IPv6 exclusions are not in the IPv4 table, and IPv6 stays off without IPv6 VIPs.
+        assert!(!p.v4.rules.iter().any(|r| r.contains("fd00")));
+        assert!(!p.v6.is_active());
+    }
+
+    #[test]
+    fn exclusions_without_intercept_all_are_ignored_and_serving_port_checks() {
+        let mut i = input(&[], &[0, 15001, 443]);
+        i.traffic.exclude_outbound_ip_ranges = vec!["10.0.0.0/8".into()];
+        let p = plan(&i).unwrap();
+        assert_eq!(p.ignored.len(), 3);
+        assert!(p.v4.rules.iter().any(|r| r.contains("--dport 443 ")));
+        assert!(!p.v4.rules.iter().any(|r| r.contains("--dport 15001")));
+        i.proxy_port = 0;
+        assert_eq!(plan(&i), Err(PlanError::ProxyPortZero));
+    }
+
+    #[test]
+    fn no_transaction_when_state_matches() {
+        let p = plan(&input(&["10.0.0.1/32"], &[80])).unwrap();
+        let saved = format!(
+            "*nat\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:ISTIO_OUTPUT - [0:0]\n{}\n-A OUTPUT -p tcp -j ISTIO_OUTPUT\n{}\n{}\nCOMMIT\n",
+            CHAINS
+                .iter()
+                .map(|c| format!(":{c} - [0:0]"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            p.v4.jumps.join("\n"),
+            p.v4.rules.join("\n"),
+        );
+        assert_eq!(transaction(&p.v4, Some(&nat(&saved)), 0).unwrap(), None);
+        // An unparsed line in our chains forces a rebuild.
+        assert!(transaction(&p.v4, Some(&nat(&saved)), 1).unwrap().is_some());
+    }
+
+    #[test]
+    fn duplicates_strays_and_stale_chains() {
+        let p = plan(&input(&["10.0.0.1/32"], &[80])).unwrap();
+        let saved = "*nat
+:PREROUTING ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+:SERVICE_PROXY_OUTPUT - [0:0]
+:SERVICE_PROXY_OLD - [0:0]
+:MINE - [0:0]
+-A OUTPUT -p tcp -j SERVICE_PROXY_OUTPUT
+-A OUTPUT -j MINE
+-A OUTPUT -p tcp -j SERVICE_PROXY_OUTPUT
+-A OUTPUT -m comment --comment \"old agent\" -j SERVICE_PROXY_OLD
+-A POSTROUTING -g SERVICE_PROXY_OLD
+-A SERVICE_PROXY_OUTPUT -d 10.0.0.9/32 -j RETURN
+-A MINE -d 1.2.3.4/32 -j RETURN
+COMMIT
+";
+        let t = transaction(&p.v4, Some(&nat(saved)), 0).unwrap().unwrap();
+        let head = "*nat
+:SERVICE_PROXY_OUTPUT - [0:0]
+:SERVICE_PROXY_SERVICE_CIDRS - [0:0]
+:SERVICE_PROXY_REDIRECT - [0:0]
+:SERVICE_PROXY_INBOUND - [0:0]
+:SERVICE_PROXY_IN_REDIRECT - [0:0]
+:SERVICE_PROXY_OLD - [0:0]
+-D OUTPUT -p tcp -j SERVICE_PROXY_OUTPUT
+-D OUTPUT -m comment --comment \"old agent\" -j SERVICE_PROXY_OLD
+-D POSTROUTING -g SERVICE_PROXY_OLD
+-A PREROUTING -p tcp -j SERVICE_PROXY_INBOUND
+-X SERVICE_PROXY_OLD
+-A SERVICE_PROXY_OUTPUT -m owner";
+        assert!(t.text.starts_with(head), "{}", t.text);
+        assert!(t.text.ends_with("COMMIT\n"));
+        assert!(!t.text.contains("MINE"));
+        assert_eq!((t.deleted_jumps, t.added_jumps), (3, 1));
+        assert_eq!(t.removed_chains, vec!["SERVICE_PROXY_OLD"]);
+
+        let c = clear_transaction(Some(&nat(saved))).unwrap().unwrap();
+        assert_eq!(
+            c.text,
+            "*nat
+:SERVICE_PROXY_OUTPUT - [0:0]
+:SERVICE_PROXY_OLD - [0:0]
+-D OUTPUT -p tcp -j SERVICE_PROXY_OUTPUT
+-D OUTPUT -p tcp -j SERVICE_PROXY_OUTPUT
+-D OUTPUT -m comment --comment \"old agent\" -j SERVICE_PROXY_OLD
+-D POSTROUTING -g SERVICE_PROXY_OLD
+-X SERVICE_PROXY_OUTPUT
+-X SERVICE_PROXY_OLD
+COMMIT
+"
+        );
+        assert_eq!(
+            clear_transaction(Some(&nat(
+                "*nat\n:OUTPUT ACCEPT [0:0]\n-A OUTPUT -j MINE\nCOMMIT\n"
+            )))
+            .unwrap(),
+            None
+        );
+        assert_eq!(clear_transaction(None).unwrap(), None);
+    }
+
+    #[test]
+    fn jump_with_other_spec_is_replaced() {
+        let p = plan(&input(&[], &[])).unwrap();
+        let saved = format!(
+            "*nat\n{}\n-A OUTPUT -j SERVICE_PROXY_OUTPUT\n-A PREROUTING -p tcp -j SERVICE_PROXY_INBOUND\n{}\nCOMMIT\n",
+            CHAINS
+                .iter()
+                .map(|c| format!(":{c} - [0:0]"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            p.v4.rules.join("\n")
+        );
+        let t = transaction(&p.v4, Some(&nat(&saved)), 0).unwrap().unwrap();
+        assert!(
+            t.text.contains(
+                "-D OUTPUT -j SERVICE_PROXY_OUTPUT\n-A OUTPUT -p tcp -j SERVICE_PROXY_OUTPUT\n"
+            ),
+            "{}",
+            t.text
+        );
+        assert!(!t.text.contains("PREROUTING"));
+    }
+
+    #[test]
+    fn unsafe_text_is_not_passed_on() {
+        let p = plan(&input(&[], &[])).unwrap();
+        let saved = "*nat\n-A OUTPUT -m comment --comment \"é\" -j SERVICE_PROXY_OUTPUT\nCOMMIT\n";
+        let e = transaction(&p.v4, Some(&nat(saved)), 0).unwrap_err();
+        assert!(matches!(e, PlanError::UnsafeRule { line: 2, .. }), "{e}");
+    }
+
+    #[test]
+    fn exclude_parsers() {
+        assert_eq!(
+            parse_exclude_ip_range(" 10.1.2.3/8 ").unwrap().to_string(),
+            "10.0.0.0/8"
+        );
+        assert!(parse_exclude_ip_range("10.0.0.0/8,10.1.0.0/16").is_err());
+        assert!(parse_exclude_ip_range("").is_err());
+        assert_eq!(
+            parse_exclude_port_range("1:65535").unwrap(),
+            PortRange {
+                first: 1,
+                last: 65535
+            }
+        );
+        assert!(parse_exclude_port_range("1-2-3").is_err());
+        assert!(parse_exclude_port_range("-5").is_err());
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// A table already holding exactly the plan needs no transaction; an empty one gets
+            /// one that declares every chain and adds every rule.
+            #[test]
+            fn plan_is_a_fixed_point(
+                v4 in prop::collection::vec((any::<u32>(), 0u8..=32), 0..20),
+                v6 in prop::collection::vec((any::<u128>(), 0u8..=128), 0..5),
+                ports in prop::collection::vec(any::<u16>(), 0..10),
+                uid in any::<u32>(),
+                proxy in 1u16..,
+            ) {
+                let mut vips: Vec<IpNet> = v4.iter().map(|(a, l)| IpNet::new(IpAddr::V4((*a).into()), *l).unwrap()).collect();
+                vips.extend(v6.iter().map(|(a, l)| IpNet::new(IpAddr::V6((*a).into()), *l).unwrap()));
+                let p = plan(&DesiredInput {
+                    vips, serving_ports: ports, envoy_uid: uid, proxy_port: proxy,
+                    traffic: TrafficInterception::default(),
+                }).unwrap();
+                for fp in [&p.v4, &p.v6] {
+                    let want = fp.desired_table();
+                    let rules: usize = want.chains.iter().map(|c| c.rules.len()).sum();
+                    prop_assert_eq!(rules, fp.rule_count());
+                    let mut saved = String::from("*nat\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n");
+                    for c in &fp.chains { saved.push_str(&format!(":{c} - [0:0]\n")); }
+                    for l in fp.jumps.iter().chain(&fp.rules) { saved.push_str(l); saved.push('\n'); }
+                    saved.push_str("COMMIT\n");
+                    let rs = parse_save(&saved);
+                    prop_assert!(rs.unparsed.is_empty());
+                    prop_assert_eq!(transaction(fp, rs.table("nat"), 0).unwrap(), None);
+                    let fresh = transaction(fp, None, 0).unwrap();
+                    prop_assert_eq!(fresh.is_some(), fp.is_active());
+                }
+            }
+        }
+    }
+}
