@@ -1,0 +1,451 @@
+//! The test control plane against the real Envoy (1.40 from `.venv`): Envoy connects, takes the
+//! interception listener, follows updates, and logs the real lines for each way Cloud Service
+//! Mesh fails.
+
+use std::net::{SocketAddr, TcpListener};
+use std::time::Duration;
+
+use serde_json::Value;
+use testkit::envoy::{Envoy, http_get};
+use testkit::xds::{
+    BootstrapSpec, ControlPlane, ExpectedNode, Failure, INTERCEPTION_LISTENER, InterceptionSpec,
+    LISTENER_TYPE, ServiceVip,
+};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start_envoy(bootstrap: &BootstrapSpec) -> Envoy {
+    Envoy::start(bootstrap.envoy_config()).expect("start real Envoy (see tests/setup-envoy.sh)")
+}
+
+/// A stat's value from `/stats?filter=`, if Envoy has it.
+fn stat(envoy: &Envoy, name: &str) -> Option<String> {
+    let (code, body) = envoy
+        .admin_get(&format!("/stats?filter=^{}$", name.replace('.', "\\.")))
+        .ok()?;
+    if code != 200 {
+        return None;
+    }
+    body.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+        .map(str::to_owned)
+}
+
+fn dynamic_listeners(envoy: &Envoy) -> Vec<Value> {
+    let (code, body) = envoy
+        .admin_get("/config_dump?resource=dynamic_listeners")
+        .unwrap();
+    assert_eq!(code, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    v["configs"].as_array().cloned().unwrap_or_default()
+}
+
+/// `(prefix, len, port)` of every filter chain of the active interception listener, and its version.
+fn interception_chains(envoy: &Envoy) -> Option<(String, Vec<(String, u64, u64)>)> {
+    let listeners = dynamic_listeners(envoy);
+    let l = listeners
+        .iter()
+        .find(|l| l["name"] == INTERCEPTION_LISTENER)?;
+    let active = l.get("active_state")?;
+    let mut out = Vec::new();
+    for chain in active["listener"]["filter_chains"].as_array()? {
+        let m = &chain["filter_chain_match"];
+        let port = m["destination_port"].as_u64().unwrap_or(0);
+        for r in m["prefix_ranges"].as_array().into_iter().flatten() {
+            out.push((
+                r["address_prefix"].as_str().unwrap_or("").to_owned(),
+                r["prefix_len"].as_u64().unwrap_or(0),
+                port,
+            ));
+        }
+    }
+    out.sort();
+    Some((active["version_info"].as_str()?.to_owned(), out))
+}
+
+/// The log lines that contain `needle` (Envoy flushes its log every 200 ms under testkit).
+fn log_lines(envoy: &Envoy, needle: &str) -> Vec<String> {
+    envoy
+        .log_text()
+        .lines()
+        .filter(|l| l.contains(needle))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn wait_log_line(envoy: &Envoy, needle: &str, timeout: Duration) -> String {
+    envoy
+        .wait_until(timeout, &format!("log line containing {needle:?}"), |e| {
+            Ok(!log_lines(e, needle).is_empty())
+        })
+        .unwrap();
+    log_lines(envoy, needle).remove(0)
+}
+
+#[test]
+fn envoy_takes_the_interception_listener_with_two_vips() {
+    let cp = ControlPlane::start().unwrap();
+    let proxy_port = free_port();
+    // The second VIP is a loopback address on the proxy port, so a plain request reaches the
+    // listener with that original destination and proves the filter chain answers.
+    let spec = InterceptionSpec::new(proxy_port, "123")
+        .service(ServiceVip::parse("10.0.0.1:80").unwrap())
+        .service(ServiceVip::parse(&format!("127.0.0.2:{proxy_port}")).unwrap())
+        .serving_port(8080);
+    cp.set_interception(&spec);
+    cp.expect_node(Some(ExpectedNode::new("default", "123")));
+    let mut bootstrap = cp.bootstrap("default", "123");
+    bootstrap.interception_port = Some(proxy_port);
+    let envoy = start_envoy(&bootstrap);
+    envoy.wait_live(WAIT).unwrap();
+
+    envoy
+        .wait_until(WAIT, "interception listener active", |e| {
+            Ok(interception_chains(e).is_some())
+        })
+        .unwrap();
+    let (version, chains) = interception_chains(&envoy).unwrap();
+    assert_eq!(Some(version.clone()), cp.version(LISTENER_TYPE));
+    assert_eq!(
+        chains,
+        [
+            ("10.0.0.1".to_owned(), 32, 80),
+            ("127.0.0.2".to_owned(), 32, u64::from(proxy_port)),
+        ]
+    );
+    assert_eq!(
+        stat(&envoy, "control_plane.connected_state").as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        stat(&envoy, "listener_manager.lds.version_text"),
+        Some(format!("\"{version}\""))
+    );
+
+    // A real request to the VIP is answered by its filter chain.
+    let vip: SocketAddr = format!("127.0.0.2:{proxy_port}").parse().unwrap();
+    let (status, body) = http_get(vip, "/").unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(body, spec.services[1].response_body());
+
+    // The control plane saw the node and its ACK.
+    assert_eq!(cp.node_ids(), [bootstrap.node_id()]);
+    assert!(cp.acked(LISTENER_TYPE, &version));
+    assert_eq!(cp.ads_streams_active(), 1);
+    assert!(cp.requests_seen(LISTENER_TYPE) >= 2);
+    assert!(cp.nacks().is_empty());
+}
+
+#[test]
+fn adding_and_removing_a_vip_updates_envoys_listener() {
+    let cp = ControlPlane::start().unwrap();
+    let proxy_port = free_port();
+    let mut spec =
+        InterceptionSpec::new(proxy_port, "123").service(ServiceVip::parse("10.0.0.1:80").unwrap());
+    cp.set_interception(&spec);
+    let mut bootstrap = cp.bootstrap("default", "123");
+    bootstrap.interception_port = Some(proxy_port);
+    let envoy = start_envoy(&bootstrap);
+    envoy.wait_live(WAIT).unwrap();
+
+    // Each step: change the services, then wait for Envoy to hold exactly those chains and to
+    // report the new version in its LDS stats.
+    let mut step = |spec: &InterceptionSpec, want: &[(&str, u64, u64)]| -> String {
+        cp.set_interception(spec);
+        let version = cp.version(LISTENER_TYPE).unwrap();
+        let want: Vec<(String, u64, u64)> = want
+            .iter()
+            .map(|(a, l, p)| (a.to_string(), *l, *p))
+            .collect();
+        envoy
+            .wait_until(
+                WAIT,
+                &format!("listener version {version} with {want:?}"),
+                |e| {
+                    Ok(interception_chains(e).is_some_and(|(_, c)| c == want)
+                        && stat(e, "listener_manager.lds.version_text")
+                            == Some(format!("\"{version}\"")))
+                },
+            )
+            .unwrap();
+        assert!(cp.acked(LISTENER_TYPE, &version));
+        let (dump_version, _) = interception_chains(&envoy).unwrap();
+        eprintln!("served {version}, active_state.version_info {dump_version}");
+        version
+    };
+    let v1 = step(&spec, &[("10.0.0.1", 32, 80)]);
+    // Another IPv4 VIP: Envoy updates the filter chains in place.
+    assert!(spec.add_service(ServiceVip::parse("10.2.0.0/16:8080").unwrap()));
+    let v2 = step(&spec, &[("10.0.0.1", 32, 80), ("10.2.0.0", 16, 8080)]);
+    // An IPv6 VIP also listens on [::]: a new listener replaces the old one.
+    assert!(spec.add_service(ServiceVip::parse("[fd00::7]:443").unwrap()));
+    let v3 = step(
+        &spec,
+        &[
+            ("10.0.0.1", 32, 80),
+            ("10.2.0.0", 16, 8080),
+            ("fd00::7", 128, 443),
+        ],
+    );
+    assert!(spec.remove_service("10.0.0.1".parse().unwrap(), 32, 80));
+    let v4 = step(&spec, &[("10.2.0.0", 16, 8080), ("fd00::7", 128, 443)]);
+    let mut versions = vec![v1, v2, v3, v4.clone()];
+    versions.dedup();
+    assert_eq!(versions.len(), 4, "every change is a new version");
+
+    // Setting the same spec again is no new version.
+    cp.set_interception(&spec);
+    assert_eq!(cp.version(LISTENER_TYPE).unwrap(), v4);
+    assert!(cp.nacks().is_empty());
+}
+
+/// Starts a control plane failing every ADS stream with `failure` and an Envoy connecting to it;
+/// returns Envoy's "stream closed" log line.
+fn stream_closed_line(failure: Failure) -> String {
+    let cp = ControlPlane::start().unwrap();
+    cp.fail_ads(failure.clone());
+    let envoy = start_envoy(&cp.bootstrap("default", "123"));
+    let needle = format!("closed: {}, {}", failure.code, failure.message);
+    let line = wait_log_line(&envoy, &needle, WAIT);
+    assert!(
+        cp.observations()
+            .closed
+            .iter()
+            .any(|c| c.code == failure.code && c.message == failure.message)
+    );
+    wait_disconnected(&envoy);
+    eprintln!("{line}");
+    line
+}
+
+/// `control_plane.connected_state` is 1 while a stream is open, even one about to be refused.
+fn wait_disconnected(envoy: &Envoy) {
+    envoy
+        .wait_until(WAIT, "control_plane.connected_state 0", |e| {
+            Ok(stat(e, "control_plane.connected_state").as_deref() == Some("0"))
+        })
+        .unwrap();
+}
+
+#[test]
+fn node_of_another_network_is_refused_like_cloud_service_mesh_does() {
+    let cp = ControlPlane::start().unwrap();
+    let proxy_port = free_port();
+    cp.set_interception(
+        &InterceptionSpec::new(proxy_port, "123")
+            .service(ServiceVip::parse("10.0.0.1:80").unwrap()),
+    );
+    cp.expect_node(Some(ExpectedNode::new("default", "123")));
+    let mut bootstrap = cp.bootstrap("other-net", "123");
+    bootstrap.interception_port = Some(proxy_port);
+    let envoy = start_envoy(&bootstrap);
+    let line = wait_log_line(
+        &envoy,
+        r#"closed: 5, Cloud Service Mesh configuration was not found for network "other-net" in project "123"."#,
+        WAIT,
+    );
+    eprintln!("{line}");
+    assert!(line.contains("[warning]"), "{line}");
+    assert!(
+        line.contains(
+            "StreamAggregatedResources gRPC config stream to trafficdirector closed: 5, "
+        ),
+        "{line}"
+    );
+    let closed = cp.observations().closed;
+    assert_eq!(closed[0].code, 5);
+    assert_eq!(
+        closed[0].node_id.as_deref(),
+        Some(bootstrap.node_id().as_str())
+    );
+    assert!(interception_chains(&envoy).is_none());
+    wait_disconnected(&envoy);
+
+    // The mesh now expects that network: Envoy reconnects (after its backoff) and gets its listener.
+    cp.expect_node(Some(ExpectedNode::new("other-net", "123")));
+    envoy
+        .wait_until(Duration::from_secs(60), "listener after the fix", |e| {
+            Ok(interception_chains(e).is_some())
+        })
+        .unwrap();
+    assert_eq!(
+        stat(&envoy, "control_plane.connected_state").as_deref(),
+        Some("1")
+    );
+}
+
+#[test]
+fn stream_closed_with_5_entity_not_found_is_logged() {
+    stream_closed_line(Failure::new(5, "Requested entity was not found."));
+}
+
+#[test]
+fn stream_closed_with_7_is_logged() {
+    stream_closed_line(Failure::new(
+        7,
+        "Permission 'trafficdirector.networks.getConfigs' denied on resource '//trafficdirector.googleapis.com/projects/123/networks/default/nodes/x' (or it may not exist).",
+    ));
+}
+
+#[test]
+fn stream_closed_with_16_is_logged() {
+    stream_closed_line(Failure::new(
+        16,
+        "Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie or other valid authentication credential.",
+    ));
+}
+
+#[test]
+fn connected_stream_is_closed_when_failure_switches_on_and_recovers() {
+    let cp = ControlPlane::start().unwrap();
+    let proxy_port = free_port();
+    cp.set_interception(
+        &InterceptionSpec::new(proxy_port, "123")
+            .service(ServiceVip::parse("10.0.0.1:80").unwrap()),
+    );
+    let mut bootstrap = cp.bootstrap("default", "123");
+    bootstrap.interception_port = Some(proxy_port);
+    let envoy = start_envoy(&bootstrap);
+    envoy
+        .wait_until(WAIT, "listener", |e| Ok(interception_chains(e).is_some()))
+        .unwrap();
+    assert_eq!(
+        stat(&envoy, "control_plane.connected_state").as_deref(),
+        Some("1")
+    );
+    cp.fail_ads(Failure::new(7, "permission denied"));
+    let line = wait_log_line(&envoy, "closed: 7, permission denied", WAIT);
+    eprintln!("{line}");
+    envoy
+        .wait_until(WAIT, "disconnected", |e| {
+            Ok(stat(e, "control_plane.connected_state").as_deref() == Some("0"))
+        })
+        .unwrap();
+    // Envoy keeps the listener it had.
+    assert!(interception_chains(&envoy).is_some());
+    cp.recover();
+    envoy
+        .wait_until(Duration::from_secs(60), "reconnected", |e| {
+            Ok(stat(e, "control_plane.connected_state").as_deref() == Some("1"))
+        })
+        .unwrap();
+    // A new stream takes the listener again (Envoy sends what it had; the version is the same).
+    let first_stream = cp.observations().acks[0].stream;
+    cp.wait_until(WAIT, "an ACK on a new stream", |o| {
+        o.ads_streams_active == 1 && o.acks.iter().any(|a| a.stream > first_stream)
+    })
+    .unwrap();
+}
+
+#[test]
+fn repeated_unavailable_disconnects_and_is_logged_after_30s() {
+    let cp = ControlPlane::start().unwrap();
+    cp.fail_ads(Failure::new(14, "unavailable"));
+    let envoy = start_envoy(&cp.bootstrap("default", "123"));
+    cp.wait_until(WAIT, "three closed streams", |o| o.closed.len() >= 3)
+        .unwrap();
+    wait_disconnected(&envoy);
+    // Codes 14/4/8 are logged at debug for the first 30 s, then as warnings.
+    let line = wait_log_line(&envoy, ": 14, unavailable", Duration::from_secs(90));
+    eprintln!("{line}");
+    // Another retriable code: Envoy names the previous one.
+    cp.fail_ads(Failure::new(4, "deadline exceeded"));
+    let line = wait_log_line(&envoy, "closed: 4, deadline exceeded", WAIT);
+    eprintln!("{line}");
+    for l in log_lines(&envoy, "gRPC config stream") {
+        eprintln!("{l}");
+    }
+}
+
+#[test]
+fn google_grpc_client_names_the_target_in_the_stream_closed_line() {
+    let cp = ControlPlane::start().unwrap();
+    cp.expect_node(Some(ExpectedNode::new("default", "123")));
+    let mut bootstrap = cp.bootstrap("vpc-b", "456");
+    bootstrap.grpc_client = testkit::xds::GrpcClient::GoogleGrpc;
+    let envoy = start_envoy(&bootstrap);
+    let line = wait_log_line(
+        &envoy,
+        r#"closed: 5, Cloud Service Mesh configuration was not found for network "vpc-b" in project "456"."#,
+        WAIT,
+    );
+    eprintln!("{line}");
+    assert!(
+        line.contains(&format!("gRPC config stream to {} closed", cp.addr())),
+        "{line}"
+    );
+    for l in log_lines(&envoy, "gRPC config stream") {
+        eprintln!("{l}");
+    }
+}
+
+#[test]
+fn load_reporting_stream_failure_is_logged() {
+    let cp = ControlPlane::start().unwrap();
+    cp.fail_lrs(Failure::new(7, "lrs permission denied"));
+    let mut bootstrap = cp.bootstrap("default", "123");
+    bootstrap.load_reporting = true;
+    let envoy = start_envoy(&bootstrap);
+    envoy.wait_live(WAIT).unwrap();
+    cp.wait_until(WAIT, "closed LRS stream", |o| {
+        o.closed
+            .iter()
+            .any(|c| c.kind == testkit::xds::StreamKind::Lrs)
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    for l in log_lines(&envoy, "lrs permission denied") {
+        eprintln!("{l}");
+    }
+    for l in log_lines(&envoy, "load") {
+        eprintln!("{l}");
+    }
+}
+
+#[test]
+fn rejected_listener_is_nacked_with_envoys_message() {
+    let cp = ControlPlane::start().unwrap();
+    let proxy_port = free_port();
+    let spec =
+        InterceptionSpec::new(proxy_port, "123").service(ServiceVip::parse("10.0.0.1:80").unwrap());
+    cp.set_routes(spec.route_configurations());
+    cp.set_listeners(vec![
+        spec.listener(),
+        testkit::xds::resources::rejected_listener("bad-listener", free_port()),
+    ]);
+    let mut bootstrap = cp.bootstrap("default", "123");
+    bootstrap.interception_port = Some(proxy_port);
+    let envoy = start_envoy(&bootstrap);
+    cp.wait_until(WAIT, "a NACK", |o| o.nacks().next().is_some())
+        .unwrap();
+    let nack = cp.nacks().remove(0);
+    eprintln!("{nack:?}");
+    assert_eq!(nack.type_url, LISTENER_TYPE);
+    assert_eq!(Some(nack.version.clone()), cp.version(LISTENER_TYPE));
+    let detail = nack.nack.unwrap();
+    assert!(detail.message.contains("bad-listener"), "{detail:?}");
+    let line = wait_log_line(
+        &envoy,
+        "gRPC config for type.googleapis.com/envoy.config.listener.v3.Listener rejected: ",
+        WAIT,
+    );
+    eprintln!("{line}");
+    assert!(line.contains(detail.message.trim_end()), "{line}");
+    for l in log_lines(&envoy, "bad-listener") {
+        eprintln!("{l}");
+    }
+    // The good listener is still taken.
+    assert!(interception_chains(&envoy).is_some());
+    assert_eq!(
+        stat(&envoy, "listener_manager.lds.update_rejected").as_deref(),
+        Some("1")
+    );
+}
