@@ -449,3 +449,214 @@ fn rejected_listener_is_nacked_with_envoys_message() {
         Some("1")
     );
 }
+
+#[test]
+fn clusters_with_health_checks_report_unhealthy_hosts() {
+    use testkit::xds::{ClusterSpec, Discovery, HealthCheckSpec};
+    let cp = ControlPlane::start().unwrap();
+    // Endpoints on loopback ports nobody listens on: every host fails its active health check.
+    let dead = ClusterSpec::new(
+        "dead-backends",
+        vec![
+            format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+            format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+        ],
+        Discovery::Eds,
+    )
+    .with_health_check(HealthCheckSpec::tcp());
+    // A listening socket accepts the TCP check (the kernel completes the handshake).
+    let alive_socket = TcpListener::bind("127.0.0.1:0").unwrap();
+    let alive = ClusterSpec::new(
+        "alive-backends",
+        vec![alive_socket.local_addr().unwrap()],
+        Discovery::Static,
+    )
+    .with_health_check(HealthCheckSpec::tcp());
+    cp.set_clusters(vec![dead.cluster(), alive.cluster()]);
+    cp.set_endpoints(vec![dead.load_assignment()]);
+    let envoy = start_envoy(&cp.bootstrap("default", "123"));
+    envoy.wait_live(WAIT).unwrap();
+
+    let health = |e: &Envoy, cluster: &str| -> Vec<Value> {
+        let (_, body) = e.admin_get("/clusters?format=json").unwrap();
+        let v: Value = serde_json::from_str(&body).unwrap();
+        v["cluster_statuses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["name"] == cluster)
+            .flat_map(|c| c["host_statuses"].as_array().cloned().unwrap_or_default())
+            .map(|h| h["health_status"].clone())
+            .collect()
+    };
+    envoy
+        .wait_until(WAIT, "both dead hosts failed their health check", |e| {
+            let hs = health(e, "dead-backends");
+            Ok(hs.len() == 2 && hs.iter().all(|h| h["failed_active_health_check"] == true))
+        })
+        .unwrap();
+    envoy
+        .wait_until(WAIT, "alive host healthy", |e| {
+            let hs = health(e, "alive-backends");
+            Ok(hs.len() == 1 && hs[0]["eds_health_status"] == "HEALTHY")
+        })
+        .unwrap();
+    let alive_health = health(&envoy, "alive-backends");
+    assert!(
+        alive_health[0].get("failed_active_health_check").is_none(),
+        "{alive_health:?}"
+    );
+    assert!(cp.acked(
+        testkit::xds::CLUSTER_TYPE,
+        &cp.version(testkit::xds::CLUSTER_TYPE).unwrap()
+    ));
+}
+
+#[test]
+fn access_log_that_cannot_be_opened_gets_the_listener_rejected() {
+    let cp = ControlPlane::start().unwrap();
+    let proxy_port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("missing-dir/access.log");
+    let spec = InterceptionSpec::new(proxy_port, "123")
+        .service(ServiceVip::parse("10.0.0.1:80").unwrap())
+        .access_log(path.to_str().unwrap());
+    cp.set_interception(&spec);
+    let mut bootstrap = cp.bootstrap("default", "123");
+    bootstrap.interception_port = Some(proxy_port);
+    bootstrap.access_log_path = Some(path.to_str().unwrap().to_owned());
+    let envoy = start_envoy(&bootstrap);
+    cp.wait_until(WAIT, "a NACK", |o| o.nacks().next().is_some())
+        .unwrap();
+    let nack = cp.nacks().remove(0).nack.unwrap();
+    eprintln!("{nack:?}");
+    assert!(
+        nack.message
+            .contains(&format!("unable to open file '{}'", path.display())),
+        "{nack:?}"
+    );
+    let line = wait_log_line(
+        &envoy,
+        "rejected: Error adding/updating listener(s) TRAFFICDIRECTOR_INTERCEPTION_LISTENER",
+        WAIT,
+    );
+    eprintln!("{line}");
+    // With the directory there, the same listener is accepted.
+    std::fs::create_dir(path.parent().unwrap()).unwrap();
+    cp.set_interception(&spec.clone().serving_port(8080));
+    envoy
+        .wait_until(WAIT, "listener accepted", |e| {
+            Ok(interception_chains(e).is_some())
+        })
+        .unwrap();
+}
+
+/// A plain HTTP/1.1 request with a body: (status, body).
+fn http_request(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, body.to_owned())
+}
+
+#[test]
+fn control_endpoint_drives_services_and_failures() {
+    let cp = ControlPlane::start().unwrap();
+    cp.expect_node(Some(ExpectedNode::new("default", "123")));
+    let proxy_port = free_port();
+    let control = testkit::xds::control::serve_control(
+        &cp,
+        "127.0.0.1:0".parse().unwrap(),
+        InterceptionSpec::new(proxy_port, "123").service(ServiceVip::parse("10.0.0.1:80").unwrap()),
+    )
+    .unwrap();
+    let addr = control.addr();
+    let mut bootstrap = cp.bootstrap("default", "123");
+    bootstrap.interception_port = Some(proxy_port);
+    let envoy = start_envoy(&bootstrap);
+    let has_chains = |want: &[(&str, u64, u64)]| {
+        let want: Vec<(String, u64, u64)> = want
+            .iter()
+            .map(|(a, l, p)| (a.to_string(), *l, *p))
+            .collect();
+        move |e: &Envoy| Ok(interception_chains(e).is_some_and(|(_, c)| c == want))
+    };
+    envoy
+        .wait_until(WAIT, "one VIP", has_chains(&[("10.0.0.1", 32, 80)]))
+        .unwrap();
+
+    let (code, body) = http_request(addr, "POST", "/services/add", "10.9.0.0/24:443");
+    assert_eq!(code, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["changed"], true);
+    envoy
+        .wait_until(
+            WAIT,
+            "two VIPs",
+            has_chains(&[("10.0.0.1", 32, 80), ("10.9.0.0", 24, 443)]),
+        )
+        .unwrap();
+    let (code, _) = http_request(addr, "POST", "/services/remove", "10.0.0.1:80");
+    assert_eq!(code, 200);
+    envoy
+        .wait_until(WAIT, "VIP removed", has_chains(&[("10.9.0.0", 24, 443)]))
+        .unwrap();
+    assert_eq!(control.spec().services.len(), 1);
+    let (code, body) = http_request(addr, "POST", "/services/add", "not-a-vip");
+    assert_eq!(code, 400, "{body}");
+
+    // Break it as the demo does: the mesh now expects another network.
+    let (code, _) = http_request(
+        addr,
+        "POST",
+        "/expect",
+        r#"{"network":"elsewhere","project_number":"123"}"#,
+    );
+    assert_eq!(code, 200);
+    wait_log_line(
+        &envoy,
+        r#"closed: 5, Cloud Service Mesh configuration was not found for network "default" in project "123"."#,
+        WAIT,
+    );
+    let (code, _) = http_request(addr, "DELETE", "/expect", "");
+    assert_eq!(code, 200);
+
+    let (code, _) = http_request(
+        addr,
+        "POST",
+        "/fail",
+        r#"{"code":16,"message":"unauthenticated"}"#,
+    );
+    assert_eq!(code, 200);
+    let (code, body) = http_get(addr, "/state").unwrap();
+    assert_eq!(code, 200);
+    let state: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(state["ads_failure"]["code"], 16);
+    assert_eq!(state["expected_node"], Value::Null);
+    wait_log_line(
+        &envoy,
+        "closed: 16, unauthenticated",
+        Duration::from_secs(60),
+    );
+    let (code, _) = http_request(addr, "POST", "/recover", "");
+    assert_eq!(code, 200);
+    envoy
+        .wait_until(Duration::from_secs(60), "reconnected", |e| {
+            Ok(stat(e, "control_plane.connected_state").as_deref() == Some("1"))
+        })
+        .unwrap();
+    let (code, body) = http_request(addr, "POST", "/fail", r#"{"code":99}"#);
+    assert_eq!(code, 400, "{body}");
+    let (code, _) = http_request(addr, "GET", "/nope", "");
+    assert_eq!(code, 404);
+}

@@ -44,6 +44,8 @@ pub struct BootstrapSpec {
     pub grpc_client: GrpcClient,
     /// More `node.metadata` keys.
     pub extra_metadata: Map<String, Value>,
+    /// The admin listener; `None` leaves it to `testkit::envoy` (127.0.0.1, port 0).
+    pub admin: Option<SocketAddr>,
 }
 
 impl BootstrapSpec {
@@ -64,6 +66,7 @@ impl BootstrapSpec {
             load_reporting: false,
             grpc_client: GrpcClient::EnvoyGrpc,
             extra_metadata: Map::new(),
+            admin: None,
         }
     }
 
@@ -148,6 +151,12 @@ impl BootstrapSpec {
                 }],
             },
         });
+        if let Some(a) = self.admin {
+            bootstrap["admin"] = json!({"address": {"socket_address": {
+                "address": a.ip().to_string(),
+                "port_value": a.port(),
+            }}});
+        }
         if self.load_reporting {
             bootstrap["cluster_manager"] = json!({"load_stats_config": {
                 "api_type": "GRPC",
