@@ -675,6 +675,8 @@ async fn ads_stream(shared: Arc<Shared>, mut inbound: Streaming<DiscoveryRequest
     let mut node: Option<NodeIdentity> = None;
     let mut subs: BTreeMap<String, Subscription> = BTreeMap::new();
     loop {
+        // Mark changes seen before reading the state, so none slips between the two.
+        changes.borrow_and_update();
         let (closing, responses) = {
             let mut st = shared.lock();
             let closing = closing_status(&st, StreamKind::Ads, node.as_ref());
@@ -698,7 +700,6 @@ async fn ads_stream(shared: Arc<Shared>, mut inbound: Streaming<DiscoveryRequest
                 return;
             }
         }
-        changes.borrow_and_update();
         tokio::select! {
             msg = inbound.message() => match msg {
                 Ok(Some(req)) => on_request(&shared, guard.id, &mut node, &mut subs, req),
@@ -847,6 +848,7 @@ async fn lrs_stream(
     let mut changes = shared.changed.subscribe();
     let mut node: Option<NodeIdentity> = None;
     loop {
+        changes.borrow_and_update();
         let closing = closing_status(&shared.lock(), StreamKind::Lrs, node.as_ref());
         if let Some(f) = closing {
             let status = f.status();
@@ -856,7 +858,6 @@ async fn lrs_stream(
             .await;
             return;
         }
-        changes.borrow_and_update();
         tokio::select! {
             msg = inbound.message() => match msg {
                 Ok(Some(req)) => {
