@@ -26,6 +26,16 @@ fn start_envoy(bootstrap: &BootstrapSpec) -> Envoy {
     Envoy::start(bootstrap.envoy_config()).expect("start real Envoy (see tests/setup-envoy.sh)")
 }
 
+/// The minor version of the Envoy under test (40 for 1.40.0).
+fn envoy_minor() -> u32 {
+    let v = testkit::envoy::envoy_version().unwrap();
+    v.split('/')
+        .nth(1)
+        .and_then(|n| n.split('.').nth(1))
+        .and_then(|m| m.parse().ok())
+        .unwrap_or_else(|| panic!("cannot read Envoy's version from {v:?}"))
+}
+
 /// A stat's value from `/stats?filter=`, if Envoy has it.
 fn stat(envoy: &Envoy, name: &str) -> Option<String> {
     let (code, body) = envoy
@@ -206,6 +216,43 @@ fn envoy_takes_the_interception_listener_with_two_vips() {
 }
 
 #[test]
+fn ipv6_vip_and_inbound_port_answer_real_requests() {
+    let cp = ControlPlane::start().unwrap();
+    let proxy_port = free_port();
+    // Without iptables the original destination is the address connected to, so VIPs and the
+    // serving port are chosen to be reachable on loopback at the proxy port.
+    let spec = InterceptionSpec::new(proxy_port, "123")
+        .service(ServiceVip::parse(&format!("[::1]:{proxy_port}")).unwrap())
+        .serving_port(proxy_port);
+    cp.set_interception(&spec);
+    let mut bootstrap = cp.bootstrap("default", "123");
+    bootstrap.interception_port = Some(proxy_port);
+    let envoy = start_envoy(&bootstrap);
+    envoy
+        .wait_until(WAIT, "listener", |e| Ok(interception_chains(e).is_some()))
+        .unwrap();
+    let (status, body) = http_get(format!("[::1]:{proxy_port}").parse().unwrap(), "/").unwrap();
+    assert_eq!((status, body), (200, spec.services[0].response_body()));
+    // 127.0.0.1 matches no VIP, so the inbound chain for the port answers.
+    let (status, body) = http_get(format!("127.0.0.1:{proxy_port}").parse().unwrap(), "/").unwrap();
+    assert_eq!(
+        (status, body),
+        (
+            200,
+            testkit::xds::resources::inbound_response_body(proxy_port)
+        )
+    );
+    let (_, routes) = envoy
+        .admin_get("/config_dump?resource=dynamic_route_configs")
+        .unwrap();
+    assert!(routes.contains(&format!("inbound|default_inbound_config-{proxy_port}")));
+    assert!(
+        routes.contains(&format!("URL_MAP/123.service---1-{proxy_port}")),
+        "{routes}"
+    );
+}
+
+#[test]
 fn adding_and_removing_a_vip_updates_envoys_listener() {
     let cp = ControlPlane::start().unwrap();
     let proxy_port = free_port();
@@ -219,7 +266,8 @@ fn adding_and_removing_a_vip_updates_envoys_listener() {
 
     // Each step: change the services, then wait for Envoy to hold exactly those chains and to
     // report the new version in its LDS stats.
-    let step = |spec: &InterceptionSpec, want: &[(&str, u64, u64)]| -> String {
+    // Returns (version served, the listener's `active_state.version_info`).
+    let step = |spec: &InterceptionSpec, want: &[(&str, u64, u64)]| -> (String, String) {
         cp.set_interception(spec);
         let version = cp.version(LISTENER_TYPE).unwrap();
         let want: Vec<(String, u64, u64)> = want
@@ -239,16 +287,15 @@ fn adding_and_removing_a_vip_updates_envoys_listener() {
             .unwrap();
         assert!(cp.acked(LISTENER_TYPE, &version));
         let (dump_version, _) = interception_chains(&envoy).unwrap();
-        eprintln!("served {version}, active_state.version_info {dump_version}");
-        version
+        (version, dump_version)
     };
-    let v1 = step(&spec, &[("10.0.0.1", 32, 80)]);
+    let (v1, d1) = step(&spec, &[("10.0.0.1", 32, 80)]);
     // Another IPv4 VIP: Envoy updates the filter chains in place.
     assert!(spec.add_service(ServiceVip::parse("10.2.0.0/16:8080").unwrap()));
-    let v2 = step(&spec, &[("10.0.0.1", 32, 80), ("10.2.0.0", 16, 8080)]);
+    let (v2, d2) = step(&spec, &[("10.0.0.1", 32, 80), ("10.2.0.0", 16, 8080)]);
     // An IPv6 VIP also listens on [::]: a new listener replaces the old one.
     assert!(spec.add_service(ServiceVip::parse("[fd00::7]:443").unwrap()));
-    let v3 = step(
+    let (v3, d3) = step(
         &spec,
         &[
             ("10.0.0.1", 32, 80),
@@ -257,7 +304,14 @@ fn adding_and_removing_a_vip_updates_envoys_listener() {
         ],
     );
     assert!(spec.remove_service("10.0.0.1".parse().unwrap(), 32, 80));
-    let v4 = step(&spec, &[("10.2.0.0", 16, 8080), ("fd00::7", 128, 443)]);
+    let (v4, d4) = step(&spec, &[("10.2.0.0", 16, 8080), ("fd00::7", 128, 443)]);
+    // Measured on 1.36.4 and 1.40.0: an in-place filter chain update leaves the dump's
+    // `active_state.version_info` at the previous version (the chains are new); a replaced
+    // listener shows its own. `listener_manager.lds.version_text` is always right.
+    assert_eq!(d1, v1);
+    assert_eq!(d2, v1, "in-place update");
+    assert_eq!(d3, v3);
+    assert_eq!(d4, v3, "in-place update");
     let mut versions = vec![v1, v2, v3, v4.clone()];
     versions.dedup();
     assert_eq!(versions.len(), 4, "every change is a new version");
@@ -507,11 +561,14 @@ fn rejected_listener_is_nacked_with_envoys_message() {
     // Envoy's message ends with a newline, so the log entry goes on over an empty line.
     assert!(line.ends_with('\n'), "{line:?}");
     assert_eq!(detail.code, 13);
-    wait_log_line(
-        &envoy,
-        "lds: listener 'bad-listener' config rejected: ",
-        WAIT,
-    );
+    // 1.40 also logs the rejection per listener; 1.36.4 has no such line.
+    if envoy_minor() >= 40 {
+        wait_log_line(
+            &envoy,
+            "lds: listener 'bad-listener' config rejected: ",
+            WAIT,
+        );
+    }
     // The good listener is still taken.
     assert!(interception_chains(&envoy).is_some());
     assert_eq!(
