@@ -253,6 +253,39 @@ fn ipv6_vip_and_inbound_port_answer_real_requests() {
 }
 
 #[test]
+fn vip_routed_to_a_cluster_reaches_its_endpoint() {
+    use testkit::xds::{ClusterSpec, Discovery};
+    let cp = ControlPlane::start().unwrap();
+    let proxy_port = free_port();
+    let mut bootstrap = cp.bootstrap("default", "123");
+    bootstrap.interception_port = Some(proxy_port);
+    let envoy = start_envoy(&bootstrap);
+    // The upstream is Envoy's own admin listener: a real HTTP server known once Envoy runs.
+    let backend = ClusterSpec::new("admin-backend", vec![envoy.admin_addr()], Discovery::Eds);
+    cp.set_clusters(vec![backend.cluster()]);
+    cp.set_endpoints(vec![backend.load_assignment()]);
+    let spec = InterceptionSpec::new(proxy_port, "123").service(
+        ServiceVip::parse(&format!("127.0.0.5:{proxy_port}"))
+            .unwrap()
+            .to_cluster("admin-backend"),
+    );
+    cp.set_interception(&spec);
+    envoy
+        .wait_until(WAIT, "listener", |e| Ok(interception_chains(e).is_some()))
+        .unwrap();
+    let vip: SocketAddr = format!("127.0.0.5:{proxy_port}").parse().unwrap();
+    envoy
+        .wait_until(WAIT, "the VIP proxies to the cluster", |_| {
+            Ok(matches!(http_get(vip, "/ready"), Ok((200, body)) if body.trim() == "LIVE"))
+        })
+        .unwrap();
+    assert!(cp.acked(
+        testkit::xds::ENDPOINT_TYPE,
+        &cp.version(testkit::xds::ENDPOINT_TYPE).unwrap()
+    ));
+}
+
+#[test]
 fn adding_and_removing_a_vip_updates_envoys_listener() {
     let cp = ControlPlane::start().unwrap();
     let proxy_port = free_port();
