@@ -1,13 +1,17 @@
 //! `doctor`: one observation, all checks, a report (SPEC §4.3).
 
 use std::fmt::Write as _;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 
 use crate::config::{InterceptionMode, Settings};
-use crate::diagnose::{Diagnosis, GroupReport, GroupStatus};
+use crate::diagnose::log_findings::LogFindings;
+use crate::diagnose::{self, CheckSettings, Diagnosis, GroupReport, GroupStatus, History};
 use crate::finding::{Finding, Health, Severity};
+use crate::observe::Observer;
+use crate::observe::envoy_log::{DEFAULT_TAIL_BYTES, read_recent};
+use crate::observe::log_follower::{EntryEvent, FollowerConfig, follow_entries};
 
 /// The `observed` part of the JSON report.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -136,8 +140,101 @@ fn plural(n: usize) -> &'static str {
     if n == 1 { "" } else { "s" }
 }
 
-pub async fn run(_settings: &Settings, _json: bool, _wait: Option<Duration>) -> anyhow::Result<u8> {
-    anyhow::bail!("`doctor` is not implemented in this build yet")
+/// Observes once (or keeps observing for `wait`), diagnoses, prints the report; returns the exit
+/// status of SPEC §2.
+pub async fn run(settings: &Settings, json: bool, wait: Option<Duration>) -> anyhow::Result<u8> {
+    let report = observe_and_diagnose(settings, wait).await;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report.to_json())?);
+    } else {
+        print!("{}", report.to_text());
+    }
+    Ok(report.exit_code())
+}
+
+/// The report `doctor` prints. With `wait`, the log directory is followed and the VM polled
+/// (every poll interval, at most every 2 s) until `wait` has passed, so failures that show up
+/// only in Envoy's buffered log (flushed every 10 s by default) are caught.
+pub async fn observe_and_diagnose(settings: &Settings, wait: Option<Duration>) -> Report {
+    let observer = Observer::new(settings);
+    let checks = CheckSettings::from_settings(settings);
+    let mut history = History::new();
+    let mut logs = LogFindings::new();
+    let start = Instant::now();
+
+    // Follow first (from the current end), then read what is already there: a line written in
+    // between is seen twice, which only renews the same sighting.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let follower = match wait {
+        Some(_) => {
+            let mut cfg = FollowerConfig::new(&settings.envoy_log_dir);
+            cfg.initial_tail_bytes = 0;
+            cfg.poll_interval = Duration::from_millis(250);
+            follow_entries(cfg, move |ev| tx.send(ev).is_ok()).ok()
+        }
+        None => None,
+    };
+    if let Ok(files) = read_recent(&settings.envoy_log_dir, DEFAULT_TAIL_BYTES) {
+        for f in files {
+            if let Ok(tail) = &f.tail {
+                logs.record_tail(tail, Instant::now(), SystemTime::now());
+            }
+        }
+    }
+
+    let (mut snap, ga) = tokio::join!(observer.snapshot(true), observer.probe_guest_attributes());
+    snap.guest_attributes = ga;
+    let mut diagnosis = diagnose::run(&snap, &mut history, &mut logs, &checks, Instant::now());
+    if let Some(wait) = wait {
+        let deadline = start + wait;
+        let period = settings.poll_interval.min(Duration::from_secs(2));
+        while Instant::now() < deadline {
+            let next = (Instant::now() + period).min(deadline);
+            // Drain log entries as they come until the next poll.
+            loop {
+                tokio::select! {
+                    ev = rx.recv() => match ev {
+                        Some(EntryEvent::Entry(e)) => logs.record_entry(&e, Instant::now()),
+                        Some(_) => {}
+                        None => { tokio::time::sleep_until(next.into()).await; break; }
+                    },
+                    () = tokio::time::sleep_until(next.into()) => break,
+                }
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+            let (mut s, ga) =
+                tokio::join!(observer.snapshot(false), observer.probe_guest_attributes());
+            s.guest_attributes = ga;
+            // The reachability result of the first snapshot stays valid for the report.
+            s.control_plane = snap.control_plane.take();
+            snap = s;
+            diagnosis = diagnose::run(&snap, &mut history, &mut logs, &checks, Instant::now());
+        }
+        let mut late = false;
+        while let Ok(ev) = rx.try_recv() {
+            if let EntryEvent::Entry(e) = ev {
+                logs.record_entry(&e, Instant::now());
+                late = true;
+            }
+        }
+        if late {
+            diagnosis = diagnose::run(&snap, &mut history, &mut logs, &checks, Instant::now());
+        }
+    }
+    drop(follower);
+    Report {
+        generated_at: SystemTime::now(),
+        observed: Observed {
+            proxy_version: snap.proxy_version().map(str::to_owned),
+            proxy_state: snap.proxy_state(),
+            listener_vips: snap.listener_vips(),
+            serving_ports: snap.resolved.serving_ports.clone(),
+            interception: settings.interception,
+        },
+        diagnosis,
+    }
 }
 
 #[cfg(test)]

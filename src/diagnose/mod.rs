@@ -4,13 +4,172 @@
 //! Envoy's admin is down, so its listeners cannot be judged). "Could not check" is reported as
 //! such, never as a pass.
 
+pub mod history;
 pub mod interception;
 pub mod log_classifier;
 pub mod log_findings;
+pub mod metadata;
+pub mod proxy;
+
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::config::{InterceptionMode, Settings};
 use crate::finding::{Finding, FindingId, Health, Severity, sort_findings};
+use crate::observe::Snapshot;
+pub use history::History;
+use log_findings::{Contradiction, LogContext, LogFindings};
+
+/// The knobs of the checks, from the settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckSettings {
+    pub admin_url: String,
+    pub interception: InterceptionMode,
+    /// How long Envoy may be other than LIVE before ENVOY_NOT_LIVE.
+    pub not_live_grace: Duration,
+    /// How long `connected_state` may be 0 before CONTROL_PLANE_DISCONNECTED.
+    pub disconnected_grace: Duration,
+    pub finding_ttl: Duration,
+    pub control_plane: String,
+}
+
+impl CheckSettings {
+    pub fn from_settings(s: &Settings) -> Self {
+        // Envoy needs up to two 15 s initial fetches to turn LIVE; don't cry before that.
+        let grace = (s.poll_interval * 2).max(Duration::from_secs(60));
+        CheckSettings {
+            admin_url: s.envoy_admin.to_string(),
+            interception: s.interception,
+            not_live_grace: grace,
+            disconnected_grace: grace,
+            finding_ttl: s.finding_ttl,
+            control_plane: s.control_plane.to_string(),
+        }
+    }
+}
+
+/// What every check may look at besides the snapshot.
+pub struct CheckContext<'a> {
+    pub now: Instant,
+    pub settings: &'a CheckSettings,
+    pub history: &'a History,
+}
+
+/// The log tracker's view of the VM, for its cross-checks.
+pub fn log_context(snap: &Snapshot) -> LogContext {
+    let vm = snap.vm.as_ref().ok();
+    LogContext {
+        vm_network: vm
+            .and_then(|v| v.network.as_ref().ok())
+            .map(|n| n.name.clone()),
+        vm_project_number: vm.map(|v| v.project_number.to_string()),
+        envoy_uid: snap.resolved.envoy_uid,
+    }
+}
+
+/// One diagnosis: folds the snapshot into the history, applies what the snapshot contradicts
+/// to the log-derived findings, runs every group's checks and merges the log findings in.
+pub fn run(
+    snap: &Snapshot,
+    history: &mut History,
+    logs: &mut LogFindings,
+    settings: &CheckSettings,
+    now: Instant,
+) -> Diagnosis {
+    history.update(snap, now);
+    let connected = snap
+        .stats
+        .as_ref()
+        .ok()
+        .and_then(|s| s.control_plane_connected_state)
+        == Some(1);
+    if connected && history.accepted_update_now {
+        logs.contradict(Contradiction::ControlPlaneServing, now);
+    }
+    let listener_errors = snap
+        .listeners
+        .as_ref()
+        .map(|ls| ls.iter().any(|l| l.error.is_some()))
+        .unwrap_or(true);
+    if !listener_errors && history.accepted_update_now && !history.rejected_grew_now {
+        logs.contradict(Contradiction::NoRejectedConfig, now);
+    }
+    let ctx = CheckContext {
+        now,
+        settings,
+        history,
+    };
+    let mut outcomes = vec![
+        (CheckGroup::Proxy, proxy::check(snap, &ctx)),
+        (CheckGroup::Interception, interception_group(snap)),
+        (CheckGroup::Metadata, metadata::check(snap, &ctx)),
+    ];
+    for f in logs.active(now, settings.finding_ttl, &log_context(snap)) {
+        let group = CheckGroup::of(f.id);
+        match outcomes.iter_mut().find(|(g, _)| *g == group) {
+            Some((_, o)) => {
+                if !o
+                    .findings
+                    .iter()
+                    .any(|e| e.id == f.id && e.detail == f.detail)
+                {
+                    o.findings.push(f);
+                }
+            }
+            None => outcomes.push((
+                group,
+                GroupOutcome {
+                    findings: vec![f],
+                    ..GroupOutcome::default()
+                },
+            )),
+        }
+    }
+    outcomes.sort_by_key(|(g, _)| *g);
+    Diagnosis::from_outcomes(outcomes)
+}
+
+/// The verify-side interception checks over the snapshot's iptables view.
+fn interception_group(snap: &Snapshot) -> GroupOutcome {
+    let Some(view) = &snap.iptables else {
+        return GroupOutcome {
+            not_checked: Some("interception is off".into()),
+            ..GroupOutcome::default()
+        };
+    };
+    let Some(summary) = &snap.listener_summary else {
+        return GroupOutcome {
+            not_checked: Some("Envoy's listeners are unknown (admin not answering)".into()),
+            ..GroupOutcome::default()
+        };
+    };
+    let input = interception::InterceptionInput {
+        v4: view.v4.as_ref(),
+        v6: view.v6.as_ref().map(Result::as_ref),
+        vips: &summary.vips,
+        serving_ports: &snap.resolved.serving_ports,
+        envoy_uid: snap.resolved.envoy_uid,
+        has_interception_listener: summary.interception.is_some(),
+        proxy_port: Some(snap.resolved.proxy_port),
+    };
+    GroupOutcome {
+        findings: interception::check(&input),
+        not_checked: None,
+        note: format!(
+            "{} VIP{}, {} serving port{}, proxy port {}",
+            summary.vips.len(),
+            if summary.vips.len() == 1 { "" } else { "s" },
+            snap.resolved.serving_ports.len(),
+            if snap.resolved.serving_ports.len() == 1 {
+                ""
+            } else {
+                "s"
+            },
+            snap.resolved.proxy_port
+        ),
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]

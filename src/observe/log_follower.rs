@@ -347,6 +347,73 @@ fn drain(
     }
 }
 
+/// What the entry pipeline reports: assembled, prefiltered Envoy log entries and the state of
+/// the directory.
+#[derive(Debug, Clone)]
+pub enum EntryEvent {
+    Entry(Box<crate::observe::envoy_log::LogEntry>),
+    DirUnavailable { dir: PathBuf, reason: String },
+    DirAvailable { dir: PathBuf },
+}
+
+/// Counts for proving nothing is lost: lines seen across every file.
+#[derive(Debug, Default)]
+pub struct EntryCounters {
+    pub lines: AtomicU64,
+}
+
+/// Follows the directory and turns bytes into entries on the follower thread, one assembler per
+/// file (an entry never mixes two files). Only entries that can matter to a check are emitted.
+pub fn follow_entries(
+    cfg: FollowerConfig,
+    mut sink: impl FnMut(EntryEvent) -> bool + Send + 'static,
+) -> std::io::Result<(Follower, Arc<EntryCounters>)> {
+    use crate::observe::envoy_log::{DEFAULT_MAX_ENTRY_BYTES, EntryAssembler, EntryFilter};
+    let counters = Arc::new(EntryCounters::default());
+    let c = counters.clone();
+    let mut assemblers: BTreeMap<FileId, EntryAssembler> = BTreeMap::new();
+    let mut out = Vec::new();
+    let follower = Follower::spawn(cfg, move |ev| {
+        let file_lines = |a: &EntryAssembler| a.lines_seen();
+        match ev {
+            FollowEvent::Data { file, bytes, .. } => {
+                let a = assemblers.entry(file).or_insert_with(|| {
+                    EntryAssembler::new(EntryFilter::Interesting, DEFAULT_MAX_ENTRY_BYTES)
+                });
+                let before = file_lines(a);
+                a.feed(&bytes, &mut out);
+                // The last line may be complete but not yet followed by the next entry's
+                // header: emit it now so it is classified without waiting for more output.
+                a.emit_pending(&mut out);
+                c.lines
+                    .fetch_add(file_lines(a).saturating_sub(before), Ordering::Relaxed);
+            }
+            FollowEvent::Truncated { file, .. } => {
+                assemblers.remove(&file);
+            }
+            FollowEvent::Closed { file, .. } => {
+                if let Some(mut a) = assemblers.remove(&file) {
+                    let before = file_lines(&a);
+                    a.finish(&mut out);
+                    c.lines
+                        .fetch_add(file_lines(&a).saturating_sub(before), Ordering::Relaxed);
+                }
+            }
+            FollowEvent::DirUnavailable { dir, reason } => {
+                return sink(EntryEvent::DirUnavailable { dir, reason });
+            }
+            FollowEvent::DirAvailable { dir } => return sink(EntryEvent::DirAvailable { dir }),
+        }
+        for e in out.drain(..) {
+            if !sink(EntryEvent::Entry(Box::new(e))) {
+                return false;
+            }
+        }
+        true
+    })?;
+    Ok((follower, counters))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

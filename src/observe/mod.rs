@@ -1,6 +1,8 @@
 //! Observation: everything the agent reads from the VM, each source behind its own module with
-//! typed results and its own error type. No diagnosis here.
+//! typed results and its own error type. No diagnosis here: [`Observer::snapshot`] gathers one
+//! [`Snapshot`] of plain values that the checks in `diagnose` judge.
 
+pub mod control_plane;
 pub mod envoy_admin;
 pub mod envoy_log;
 pub mod http;
@@ -8,3 +10,298 @@ pub mod iptables;
 pub mod log_follower;
 pub mod metadata;
 pub mod procfs;
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use crate::config::{InterceptionMode, Settings, UserSpec};
+use control_plane::Reachability;
+use envoy_admin::{
+    AdminClient, AdminError, ClusterStatus, DynamicListener, EnvoyStats, ListenerSummary,
+    ServerInfo,
+};
+use iptables::{Family, IptablesError, Ruleset, Tools};
+use metadata::{MetadataClient, MetadataError, VmMetadata};
+use procfs::{EnvoyProcess, ProcError};
+
+/// Envoy's default proxy port when neither metadata nor the bootstrap says otherwise.
+pub const DEFAULT_PROXY_PORT: u16 = 15001;
+/// Admin bodies: `/server_info` alone is ~125 KB (every extension listed); config dumps of big
+/// meshes are megabytes.
+pub const ADMIN_MAX_BODY: usize = 64 << 20;
+
+/// The iptables state as read for verification.
+#[derive(Debug, Clone)]
+pub struct IptablesView {
+    pub v4: Result<Ruleset, IptablesError>,
+    /// Read only when there is something IPv6 to judge.
+    pub v6: Option<Result<Ruleset, IptablesError>>,
+}
+
+/// Values derived from several sources, resolved once per snapshot so every check agrees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    /// The UID excluded from interception, and where it came from.
+    pub envoy_uid: Option<u32>,
+    pub envoy_uid_source: String,
+    pub proxy_port: u16,
+    pub serving_ports: Vec<u16>,
+}
+
+/// One observation of the VM. Every source's result is kept, error included: a check decides
+/// whether an error is a finding or a reason it could not check.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub taken_at: SystemTime,
+    pub interception_mode: InterceptionMode,
+    pub processes: Result<Vec<EnvoyProcess>, ProcError>,
+    /// The Envoy process serving the admin port, when it can be told.
+    pub admin_pid: Option<u32>,
+    pub server_info: Result<ServerInfo, AdminError>,
+    pub listeners: Result<Vec<DynamicListener>, AdminError>,
+    pub listener_summary: Option<ListenerSummary>,
+    pub clusters: Result<Vec<ClusterStatus>, AdminError>,
+    pub stats: Result<EnvoyStats, AdminError>,
+    pub vm: Result<VmMetadata, MetadataError>,
+    /// `None` when interception is off.
+    pub iptables: Option<IptablesView>,
+    /// `None` when not checked this time (it costs a DNS query and a connection).
+    pub control_plane: Option<Reachability>,
+    /// Whether guest attributes can be written (the daemon's publisher knows; `doctor` probes).
+    pub guest_attributes: GuestAttributesState,
+    pub resolved: Resolved,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GuestAttributesState {
+    #[default]
+    Unknown,
+    Enabled,
+    /// The metadata server answered 403 `Guest attributes endpoint access is disabled.`
+    Disabled,
+}
+
+impl Snapshot {
+    /// The listener VIPs as strings, for reports.
+    pub fn listener_vips(&self) -> Vec<String> {
+        self.listener_summary
+            .as_ref()
+            .map(|s| s.vips.iter().map(ToString::to_string).collect())
+            .unwrap_or_default()
+    }
+
+    /// `proxy-state` as published: Envoy's state, or NOT_RUNNING / UNREACHABLE.
+    pub fn proxy_state(&self) -> String {
+        match (&self.server_info, &self.processes) {
+            (Ok(info), _) => info.state.as_str().to_owned(),
+            (Err(_), Ok(p)) if p.is_empty() => "NOT_RUNNING".into(),
+            _ => "UNREACHABLE".into(),
+        }
+    }
+
+    pub fn proxy_version(&self) -> Option<&str> {
+        self.server_info.as_ref().ok().map(|i| i.version.as_str())
+    }
+}
+
+/// Reads the VM. Holds the clients; cheap to keep for the daemon's life.
+pub struct Observer {
+    pub admin: AdminClient,
+    pub metadata: MetadataClient,
+    pub proc_root: PathBuf,
+    pub iptables: Tools,
+    settings: Settings,
+}
+
+impl Observer {
+    pub fn new(settings: &Settings) -> Observer {
+        Observer {
+            admin: AdminClient::new(
+                &settings.envoy_admin,
+                Duration::from_secs(5),
+                ADMIN_MAX_BODY,
+            ),
+            metadata: MetadataClient::new(&settings.metadata_host, Duration::from_secs(3)),
+            proc_root: PathBuf::from("/proc"),
+            iptables: Tools::system(),
+            settings: settings.clone(),
+        }
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// One read of our guest-attribute namespace: tells whether guest attributes are enabled
+    /// without writing anything (`doctor` uses it; the daemon learns it from its writes).
+    pub async fn probe_guest_attributes(&self) -> GuestAttributesState {
+        match self
+            .metadata
+            .list_guest_attributes(crate::publish::guest_attributes::NAMESPACE)
+            .await
+        {
+            Ok(_) => GuestAttributesState::Enabled,
+            Err(MetadataError::GuestAttributesDisabled) => GuestAttributesState::Disabled,
+            Err(_) => GuestAttributesState::Unknown,
+        }
+    }
+
+    /// One snapshot; sources are read concurrently and each has its own deadline.
+    pub async fn snapshot(&self, check_control_plane: bool) -> Snapshot {
+        let processes = procfs::envoy_processes(&self.proc_root);
+        let admin = async {
+            let info = self.admin.server_info().await;
+            if let Err(e) = &info
+                && e.is_unreachable()
+            {
+                // Nothing else will answer either: don't wait three more timeouts.
+                let err = e.clone();
+                return (info, Err(err.clone()), Err(err.clone()), Err(err));
+            }
+            let (listeners, clusters, stats) = tokio::join!(
+                self.admin.dynamic_listeners(),
+                self.admin.clusters(),
+                self.admin.stats()
+            );
+            (info, listeners, clusters, stats)
+        };
+        let reach = async {
+            if check_control_plane {
+                Some(
+                    control_plane::check(
+                        &self.settings.control_plane,
+                        Duration::from_secs(3),
+                        Duration::from_secs(3),
+                    )
+                    .await,
+                )
+            } else {
+                None
+            }
+        };
+        let ((server_info, listeners, clusters, stats), vm, control_plane) =
+            tokio::join!(admin, self.metadata.vm_metadata(), reach);
+
+        let listener_summary = listeners
+            .as_ref()
+            .ok()
+            .map(|l| envoy_admin::summarize_listeners(l));
+        let has_v6 = listener_summary
+            .as_ref()
+            .is_some_and(|s| s.vips.iter().any(|v| matches!(v, ipnet::IpNet::V6(_))));
+        let iptables = if self.settings.interception == InterceptionMode::Off {
+            None
+        } else {
+            let v4 = iptables::save(&self.iptables, Family::V4, None).await;
+            let v6 = if has_v6 {
+                Some(iptables::save(&self.iptables, Family::V6, None).await)
+            } else {
+                None
+            };
+            Some(IptablesView { v4, v6 })
+        };
+
+        let admin_pid = match (&processes, &server_info) {
+            (Ok(p), _) if p.len() == 1 => p.first().map(|p| p.pid),
+            (Ok(p), _) if !p.is_empty() => {
+                let pids: Vec<u32> = p.iter().map(|p| p.pid).collect();
+                procfs::process_listening_on(&self.proc_root, self.settings.envoy_admin.port, &pids)
+            }
+            _ => None,
+        };
+        let resolved = resolve(
+            &self.settings,
+            &processes,
+            admin_pid,
+            &self.proc_root,
+            &server_info,
+            &vm,
+        );
+        Snapshot {
+            taken_at: SystemTime::now(),
+            interception_mode: self.settings.interception,
+            processes,
+            admin_pid,
+            server_info,
+            listeners,
+            listener_summary,
+            clusters,
+            stats,
+            vm,
+            iptables,
+            control_plane,
+            guest_attributes: GuestAttributesState::Unknown,
+            resolved,
+        }
+    }
+}
+
+/// SPEC §2's precedence for the Envoy UID, proxy port and serving ports.
+fn resolve(
+    settings: &Settings,
+    processes: &Result<Vec<EnvoyProcess>, ProcError>,
+    admin_pid: Option<u32>,
+    proc_root: &std::path::Path,
+    server_info: &Result<ServerInfo, AdminError>,
+    vm: &Result<VmMetadata, MetadataError>,
+) -> Resolved {
+    let service_proxy = vm
+        .as_ref()
+        .ok()
+        .and_then(|vm| vm.service_proxy.as_ref().ok())
+        .and_then(Option::as_ref);
+
+    let (envoy_uid, envoy_uid_source) = match &settings.envoy_user {
+        Some(UserSpec::Uid(uid)) => (Some(*uid), "--envoy-user".to_owned()),
+        Some(UserSpec::Name(name)) => (procfs::resolve_user(name), format!("--envoy-user {name}")),
+        None => {
+            let owner = processes.as_ref().ok().and_then(|ps| {
+                admin_pid
+                    .and_then(|pid| ps.iter().find(|p| p.pid == pid))
+                    .or_else(|| ps.first())
+                    .map(|p| p.uid)
+            });
+            // Without ptrace rights the admin socket's owner still names the UID.
+            let socket_owner = || {
+                procfs::listen_sockets(proc_root, settings.envoy_admin.port)
+                    .ok()
+                    .and_then(|s| s.first().map(|s| s.uid))
+            };
+            match owner {
+                Some(uid) => (Some(uid), "owner of the running envoy".to_owned()),
+                None => match procfs::resolve_user("envoy") {
+                    Some(uid) => (Some(uid), "user envoy".to_owned()),
+                    None => match socket_owner() {
+                        Some(uid) => (Some(uid), "owner of the admin socket".to_owned()),
+                        None => (None, "unknown".to_owned()),
+                    },
+                },
+            }
+        }
+    };
+
+    let node_port = server_info.as_ref().ok().and_then(|i| {
+        i.node
+            .metadata_str("TRAFFICDIRECTOR_INTERCEPTION_PORT")
+            .and_then(|p| p.parse::<u16>().ok())
+            .filter(|p| *p != 0)
+    });
+    let proxy_port = settings
+        .proxy_port
+        .or_else(|| service_proxy.and_then(|sp| sp.proxy_spec.proxy_port))
+        .or(node_port)
+        .unwrap_or(DEFAULT_PROXY_PORT);
+
+    let serving_ports = settings
+        .serving_ports
+        .clone()
+        .or_else(|| service_proxy.map(|sp| sp.service.serving_ports.clone()))
+        .unwrap_or_default();
+
+    Resolved {
+        envoy_uid,
+        envoy_uid_source,
+        proxy_port,
+        serving_ports,
+    }
+}

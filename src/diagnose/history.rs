@@ -1,0 +1,144 @@
+//! What the checks remember between snapshots: some faults are only faults when they last
+//! (not LIVE, disconnected) or repeat (restarts), or when a counter grows (rejections).
+//! `doctor` starts with an empty history; the daemon keeps one for its life.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use crate::observe::Snapshot;
+
+/// How far back restarts are counted (SPEC: more than twice in 10 minutes).
+pub const RESTART_WINDOW: Duration = Duration::from_secs(600);
+
+#[derive(Debug, Clone, Default)]
+pub struct History {
+    /// Since when Envoy's state has been this non-LIVE value.
+    pub not_live_since: Option<(String, Instant)>,
+    /// Since when `control_plane.connected_state` has been 0.
+    pub disconnected_since: Option<Instant>,
+    /// Restarts seen (PID change or uptime going backwards), within [`RESTART_WINDOW`].
+    pub restarts: VecDeque<Instant>,
+    last_pid: Option<u32>,
+    last_uptime: Option<Duration>,
+    /// `listener_manager.lds.update_rejected` / `cluster_manager.cds.update_rejected` at the
+    /// first snapshot (a baseline) and their latest values.
+    pub lds_rejected: Counter,
+    pub cds_rejected: Counter,
+    pub lds_success: Counter,
+    /// When a rejection counter last grew.
+    pub rejected_grew_at: Option<Instant>,
+    /// Whether, in the latest snapshot, a rejection counter grew / an update was accepted.
+    pub rejected_grew_now: bool,
+    pub accepted_update_now: bool,
+    pub snapshots: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counter {
+    pub first: Option<u64>,
+    pub last: Option<u64>,
+}
+
+impl Counter {
+    /// Records a value; true when it grew since the previous one.
+    fn update(&mut self, value: Option<u64>) -> bool {
+        let Some(v) = value else { return false };
+        self.first.get_or_insert(v);
+        let grew = self.last.is_some_and(|l| v > l);
+        // A restart resets Envoy's counters: start over from the new value.
+        if self.last.is_some_and(|l| v < l) {
+            self.first = Some(v);
+        }
+        self.last = Some(v);
+        grew
+    }
+}
+
+impl History {
+    pub fn new() -> Self {
+        History::default()
+    }
+
+    /// Folds a snapshot in. `now` is the monotonic time it was taken.
+    pub fn update(&mut self, snap: &Snapshot, now: Instant) {
+        self.snapshots += 1;
+        match &snap.server_info {
+            Ok(info) => {
+                let state = info.state.as_str().to_owned();
+                if state == "LIVE" {
+                    self.not_live_since = None;
+                } else {
+                    match &self.not_live_since {
+                        Some((s, _)) if *s == state => {}
+                        _ => {
+                            // Without history, uptime bounds how long it has been so.
+                            let since = info
+                                .uptime_current_epoch
+                                .filter(|_| self.snapshots == 1)
+                                .and_then(|u| now.checked_sub(u))
+                                .unwrap_or(now);
+                            self.not_live_since = Some((state, since));
+                        }
+                    }
+                }
+                let pid = snap.admin_pid;
+                let uptime = info.uptime_current_epoch;
+                let restarted = match (self.last_pid, pid) {
+                    (Some(a), Some(b)) if a != b => true,
+                    _ => matches!((self.last_uptime, uptime), (Some(a), Some(b)) if b < a),
+                };
+                if restarted {
+                    self.restarts.push_back(now);
+                }
+                if pid.is_some() {
+                    self.last_pid = pid;
+                }
+                self.last_uptime = uptime;
+            }
+            Err(_) => self.not_live_since = None,
+        }
+        while self
+            .restarts
+            .front()
+            .is_some_and(|t| now.saturating_duration_since(*t) > RESTART_WINDOW)
+        {
+            self.restarts.pop_front();
+        }
+        if let Ok(stats) = &snap.stats {
+            match stats.control_plane_connected_state {
+                Some(0) => {
+                    self.disconnected_since.get_or_insert(now);
+                }
+                Some(_) => self.disconnected_since = None,
+                None => {}
+            }
+            let lds = self.lds_rejected.update(stats.lds_update_rejected);
+            let cds = self.cds_rejected.update(stats.cds_update_rejected);
+            self.rejected_grew_now = lds || cds;
+            if self.rejected_grew_now {
+                self.rejected_grew_at = Some(now);
+            }
+            self.accepted_update_now = self.lds_success.update(stats.lds_update_success);
+        } else {
+            self.disconnected_since = None;
+            self.rejected_grew_now = false;
+            self.accepted_update_now = false;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_grow_and_reset() {
+        let mut c = Counter::default();
+        assert!(!c.update(Some(2)));
+        assert!(c.update(Some(3)));
+        assert!(!c.update(Some(3)));
+        assert!(!c.update(Some(0)));
+        assert_eq!(c.first, Some(0));
+        assert!(!c.update(None));
+    }
+}

@@ -1,0 +1,75 @@
+//! Runs the real `service-proxy-agent` binary for integration tests.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_service-proxy-agent");
+
+/// A command for the agent with a clean environment: no `SPA_*` from the caller, no config file
+/// from /etc (an explicit empty one), metrics off, and the metadata server given.
+pub fn agent(metadata_host: &str, config_dir: &Path) -> Command {
+    let config = config_dir.join("empty.toml");
+    if !config.exists() {
+        std::fs::write(&config, "").unwrap();
+    }
+    let mut cmd = Command::new(BIN);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("SPA_") || k == "GOOGLE_APPLICATION_CREDENTIALS" {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("GCE_METADATA_HOST", metadata_host)
+        .arg("--config")
+        .arg(config)
+        .arg("--metrics-addr")
+        .arg("off")
+        .arg("--cloud-logging")
+        .arg("off")
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// Runs to completion with a deadline; returns the output and how long it took.
+pub fn run(mut cmd: Command, timeout: Duration) -> (Output, Duration) {
+    let start = Instant::now();
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run service-proxy-agent");
+    let pid = child.id();
+    let watchdog = std::thread::spawn(move || {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                return;
+            }
+        }
+        let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+    });
+    let out = child.wait_with_output().unwrap();
+    let took = start.elapsed();
+    let _ = watchdog.join();
+    assert!(
+        took < timeout,
+        "service-proxy-agent did not finish within {timeout:?}"
+    );
+    (out, took)
+}
+
+/// A loopback port with nothing listening.
+pub fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
