@@ -176,10 +176,12 @@ pub fn main() -> ExitCode {
 async fn dispatch(cli: Cli, settings: Settings) -> ExitCode {
     let result: anyhow::Result<u8> = match cli.command {
         Command::Doctor { json, wait } => crate::doctor::run(&settings, json, wait).await,
-        Command::Run => not_yet("run"),
-        Command::Status { .. } => not_yet("status"),
-        Command::Intercept { .. } => not_yet("intercept"),
-        Command::ReportBootstrap { .. } => not_yet("report-bootstrap"),
+        Command::Run => crate::agent::run(cli.common.clone(), settings.clone()).await,
+        Command::Status { json } => crate::status::status(&settings, json).await,
+        Command::Intercept { action } => crate::intercept::cli::run(&settings, action).await,
+        Command::ReportBootstrap { status, reason } => {
+            crate::status::report_bootstrap(&settings, status, reason.as_deref()).await
+        }
         Command::EnvoyBootstrap { .. } => not_yet("envoy-bootstrap"),
         Command::Version => Ok(0),
     };

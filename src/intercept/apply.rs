@@ -176,6 +176,18 @@ impl Reconciler {
     /// Brings both families to `plan`. Each family is handled on its own: a failure of one
     /// is reported in its outcome and does not stop the other.
     pub async fn reconcile(&mut self, plan: &Plan) -> ReconcileReport {
+        self.reconcile_with(plan, None, None).await
+    }
+
+    /// As [`Reconciler::reconcile`], judging against rules already read this poll (a save of
+    /// the nat table or of all tables) instead of saving again: the daemon reads iptables once
+    /// per poll for verification and reuses that read here.
+    pub async fn reconcile_with(
+        &mut self,
+        plan: &Plan,
+        v4: Option<&Ruleset>,
+        v6: Option<&Ruleset>,
+    ) -> ReconcileReport {
         let mut report = ReconcileReport {
             v4: FamilyOutcome::Skipped,
             v6: FamilyOutcome::Skipped,
@@ -184,7 +196,11 @@ impl Reconciler {
         };
         for family in Family::BOTH {
             let fp = plan.family(family);
-            let outcome = self.reconcile_family(fp, &mut report).await;
+            let given = match family {
+                Family::V4 => v4,
+                Family::V6 => v6,
+            };
+            let outcome = self.reconcile_family(fp, given, &mut report).await;
             match family {
                 Family::V4 => report.v4 = outcome,
                 Family::V6 => report.v6 = outcome,
@@ -210,10 +226,10 @@ impl Reconciler {
             restores: 0,
         };
         report.v4 = self
-            .reconcile_family(&nothing(Family::V4), &mut report)
+            .reconcile_family(&nothing(Family::V4), None, &mut report)
             .await;
         report.v6 = self
-            .reconcile_family(&nothing(Family::V6), &mut report)
+            .reconcile_family(&nothing(Family::V6), None, &mut report)
             .await;
         report
     }
@@ -244,6 +260,7 @@ impl Reconciler {
     async fn reconcile_family(
         &mut self,
         fp: &FamilyPlan,
+        given: Option<&Ruleset>,
         report: &mut ReconcileReport,
     ) -> FamilyOutcome {
         let family = fp.family;
@@ -254,16 +271,25 @@ impl Reconciler {
         if family == Family::V6 && fp.is_active() {
             self.v6_clean = false;
         }
-        report.saves += 1;
-        let rs = match self.save_nat(family).await {
-            Ok(rs) => rs,
-            Err(e) if idle_v6 => {
-                self.v6_clean = true;
-                return FamilyOutcome::Unavailable(e);
+        let saved;
+        let rs = match given {
+            Some(rs) => rs,
+            None => {
+                report.saves += 1;
+                saved = match self.save_nat(family).await {
+                    Ok(rs) => rs,
+                    Err(e) if idle_v6 => {
+                        self.v6_clean = true;
+                        return FamilyOutcome::Unavailable(e);
+                    }
+                    Err(source) => {
+                        return FamilyOutcome::Failed(InterceptError::Save { family, source });
+                    }
+                };
+                &saved
             }
-            Err(source) => return FamilyOutcome::Failed(InterceptError::Save { family, source }),
         };
-        let tx = match transaction(fp, rs.table("nat"), unparsed_in_ours(&rs)) {
+        let tx = match transaction(fp, rs.table("nat"), unparsed_in_ours(rs)) {
             Ok(tx) => tx,
             Err(source) => return FamilyOutcome::Failed(InterceptError::Plan { family, source }),
         };
