@@ -131,6 +131,7 @@ impl Agent {
         publish_tx: mpsc::UnboundedSender<PublishEvent>,
     ) -> Agent {
         let publisher = PublisherHandle::new(settings.heartbeat_interval);
+        publisher.update(|p| p.hold());
         let metrics = AgentMetrics::new(log_output.counters(), publisher.counters.clone());
         let sink = MetadataSink(MetadataClient::new(
             &settings.metadata_host,
@@ -437,6 +438,7 @@ impl Agent {
             Instant::now(),
         );
         self.publish(&snapshot, &diagnosis, true);
+        self.publisher.update(|p| p.release());
         self.last_snapshot = Some(snapshot);
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
     }
@@ -508,12 +510,15 @@ impl Agent {
 
     /// Records a failure of the agent's own: `agent-last-failure`, a log line (once while it
     /// persists), a metric.
+    /// A failure that persists keeps the time it was first met, so it is written once, not
+    /// once per poll.
     fn failure(&mut self, source: &'static str, message: String) {
         let message = crate::text::redact_secrets(&crate::text::strip_control(&message));
-        if self.failing.get(source) != Some(&message) {
-            tracing::warn!(source, "{message}");
-            self.failing.insert(source, message.clone());
+        if self.failing.get(source) == Some(&message) {
+            return;
         }
+        tracing::warn!(source, "{message}");
+        self.failing.insert(source, message.clone());
         let value = format!(
             "{} {message}",
             humantime::format_rfc3339_seconds(SystemTime::now())

@@ -47,6 +47,8 @@ pub const WRITES_PER_MINUTE: usize = 10;
 pub const WRITES_PER_SECOND: usize = 3;
 pub const DISABLED_RETRY: Duration = Duration::from_secs(300);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
+const HEARTBEAT_PRIORITY_AFTER: Duration = Duration::from_secs(120);
+pub const MIN_HEARTBEAT_SPACING: Duration = Duration::from_secs(15);
 
 /// Sliding-window limiter over the instants of past writes.
 #[derive(Debug, Clone)]
@@ -123,6 +125,9 @@ pub struct Publisher {
     retry_at: Option<Instant>,
     failures: u32,
     disabled: bool,
+    /// Nothing is written before the first complete set of values (the first cycle), so the
+    /// start-up burst coalesces instead of spending the budget on intermediate values.
+    held: bool,
 }
 
 impl Publisher {
@@ -137,7 +142,17 @@ impl Publisher {
             retry_at: None,
             failures: 0,
             disabled: false,
+            held: false,
         }
+    }
+
+    /// Holds writes until [`Publisher::release`].
+    pub fn hold(&mut self) {
+        self.held = true;
+    }
+
+    pub fn release(&mut self) {
+        self.held = false;
     }
 
     pub fn set_heartbeat_interval(&mut self, interval: Duration) {
@@ -159,18 +174,29 @@ impl Publisher {
         self.disabled
     }
 
-    fn heartbeat_due(&self, now: Instant) -> bool {
-        self.heartbeat.is_some()
-            && self
-                .last_heartbeat_write
-                .is_none_or(|t| now.saturating_duration_since(t) >= self.heartbeat_interval)
+    /// Heartbeats are at least [`MIN_HEARTBEAT_SPACING`] apart whatever the interval, so at
+    /// most 4 of the 10 writes a minute go to them and changes keep the rest.
+    fn heartbeat_spacing(&self) -> Duration {
+        self.heartbeat_interval.max(MIN_HEARTBEAT_SPACING)
     }
 
-    fn heartbeat_overdue(&self, now: Instant) -> bool {
+    fn heartbeat_due(&self, now: Instant) -> bool {
+        let spacing = self.heartbeat_spacing();
         self.heartbeat.is_some()
             && self
                 .last_heartbeat_write
-                .is_none_or(|t| now.saturating_duration_since(t) >= self.heartbeat_interval * 2)
+                .is_none_or(|t| now.saturating_duration_since(t) >= spacing)
+    }
+
+    /// Overdue enough to go before changes: two intervals, and at least two minutes, so a
+    /// short heartbeat interval cannot starve real changes, while `status` (which calls a
+    /// heartbeat older than 5 minutes dead) never sees a live agent as dead.
+    fn heartbeat_overdue(&self, now: Instant) -> bool {
+        let overdue = (self.heartbeat_spacing() * 2).max(HEARTBEAT_PRIORITY_AFTER);
+        self.heartbeat.is_some()
+            && self
+                .last_heartbeat_write
+                .is_none_or(|t| now.saturating_duration_since(t) >= overdue)
     }
 
     fn pending_change(&self) -> Option<&'static str> {
@@ -203,6 +229,9 @@ impl Publisher {
 
     /// When the writer should look again (None: only when something is set).
     pub fn next_wake(&self, now: Instant) -> Option<Instant> {
+        if self.held {
+            return None;
+        }
         let blocked_until = self
             .retry_at
             .unwrap_or(now)
@@ -212,7 +241,7 @@ impl Publisher {
         }
         // Nothing now: the heartbeat becomes due later.
         let due = match (self.heartbeat.as_ref(), self.last_heartbeat_write) {
-            (Some(_), Some(t)) => t + self.heartbeat_interval,
+            (Some(_), Some(t)) => t + self.heartbeat_spacing(),
             _ => return None,
         };
         Some(due.max(blocked_until))
@@ -220,6 +249,9 @@ impl Publisher {
 
     /// The write to perform now, if the budget and backoff allow; it is counted in the budget.
     pub fn poll(&mut self, now: Instant) -> Option<(&'static str, String)> {
+        if self.held {
+            return None;
+        }
         if self.retry_at.is_some_and(|t| now < t) || self.budget.next_allowed(now) > now {
             return None;
         }
@@ -488,6 +520,42 @@ mod tests {
             })
             .collect();
         assert_eq!(order, [keys::HEALTH, keys::FINDINGS, keys::PROXY_VERSION]);
+    }
+
+    #[test]
+    fn a_short_heartbeat_interval_does_not_starve_changes() {
+        let t0 = Instant::now();
+        let mut p = Publisher::new(secs(1.0));
+        let mut now = t0;
+        let mut written = Vec::new();
+        for i in 0..120 {
+            p.set_heartbeat(format!("hb{i}"));
+            p.set(keys::FINDINGS, &format!("F{}", i / 10));
+            if let Some((k, v)) = p.poll(now) {
+                written.push(k);
+                p.complete(k, v, Ok(()), now);
+            }
+            now += secs(1.0);
+        }
+        let changes = written.iter().filter(|k| **k == keys::FINDINGS).count();
+        let beats = written.iter().filter(|k| **k == keys::HEARTBEAT).count();
+        assert!(
+            changes >= 10,
+            "{changes} of 12 changes written: {written:?}"
+        );
+        assert!((6..=9).contains(&beats), "{beats} heartbeats: {written:?}");
+    }
+
+    #[test]
+    fn held_until_released() {
+        let t0 = Instant::now();
+        let mut p = Publisher::new(secs(60.0));
+        p.hold();
+        p.set(keys::HEALTH, "OK");
+        assert_eq!(p.poll(t0), None);
+        assert_eq!(p.next_wake(t0), None);
+        p.release();
+        assert_eq!(p.poll(t0).map(|(k, _)| k), Some(keys::HEALTH));
     }
 
     #[test]
