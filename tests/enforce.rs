@@ -2,10 +2,10 @@
 //! real Envoy (as an unprivileged UID) gets its VIPs from the xDS stand-in, the agent keeps the
 //! `SERVICE_PROXY_*` chains in step, and real HTTP connections show who answers a VIP.
 
-#[path = "support/agent.rs"]
-mod support;
 #[path = "support/daemon.rs"]
 mod daemon;
+#[path = "support/agent.rs"]
+mod support;
 
 use std::net::{IpAddr, SocketAddr};
 use std::process::Command;
@@ -39,7 +39,12 @@ fn get(ip: IpAddr) -> String {
 
 fn get_as(uid: u32, ip: IpAddr) -> String {
     let mut cmd = Command::new("curl");
-    cmd.args(["-sS", "--max-time", "5", &format!("http://{}/", SocketAddr::new(ip, 80))]);
+    cmd.args([
+        "-sS",
+        "--max-time",
+        "5",
+        &format!("http://{}/", SocketAddr::new(ip, 80)),
+    ]);
     std::os::unix::process::CommandExt::uid(&mut cmd, uid);
     std::os::unix::process::CommandExt::gid(&mut cmd, uid);
     netns::run(&mut cmd).unwrap_or_else(|e| format!("error: {e}"))
