@@ -16,12 +16,22 @@ pub enum DesiredError {
         "the Envoy UID is unknown ({0}); without it outbound redirection would loop Envoy's own traffic, so interception is left as it is (give --envoy-user)"
     )]
     EnvoyUidUnknown(String),
+    #[error(
+        "Envoy is {0}, not LIVE: its listeners are not final yet, so interception is left as it is"
+    )]
+    NotLive(String),
     #[error("{0}")]
     Plan(String),
 }
 
-/// The plan for this snapshot.
+/// The plan for this snapshot. A restarting Envoy has no listeners until it has its config:
+/// planning from that would tear interception down and back up on every Envoy restart.
 pub fn desired_plan(snap: &Snapshot) -> Result<Plan, DesiredError> {
+    if let Ok(info) = &snap.server_info
+        && info.state.as_str() != "LIVE"
+    {
+        return Err(DesiredError::NotLive(info.state.as_str().to_owned()));
+    }
     let summary = match (&snap.listener_summary, &snap.listeners) {
         (Some(s), _) => s,
         (None, Err(e)) => return Err(DesiredError::ListenersUnknown(e.to_string())),

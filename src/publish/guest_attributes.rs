@@ -43,8 +43,17 @@ const PRIORITY: [&str; 5] = [
 /// windows into one of its.
 const MINUTE_WINDOW: Duration = Duration::from_millis(61_000);
 const SECOND_WINDOW: Duration = Duration::from_millis(1_100);
-pub const WRITES_PER_MINUTE: usize = 10;
-pub const WRITES_PER_SECOND: usize = 3;
+/// The metadata server's limits (REFERENCE.md): per VM, whoever writes.
+pub const SERVER_WRITES_PER_MINUTE: usize = 10;
+pub const SERVER_WRITES_PER_SECOND: usize = 3;
+/// What the agent allows itself: the rest is left to install scripts (`report-bootstrap`),
+/// whose writes the server counts in the same budget. Over budget the server drops values
+/// silently (it still answers 200), so sharing badly would lose findings without an error.
+pub const WRITES_PER_MINUTE: usize = 8;
+pub const WRITES_PER_SECOND: usize = 2;
+/// Every so often all values are written again, so a value the server dropped (someone
+/// else spent the budget) does not stay wrong.
+pub const RESYNC_EVERY: Duration = Duration::from_secs(600);
 pub const DISABLED_RETRY: Duration = Duration::from_secs(300);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 const HEARTBEAT_PRIORITY_AFTER: Duration = Duration::from_secs(120);
@@ -74,9 +83,9 @@ impl WriteBudget {
             at = at.max(*oldest + MINUTE_WINDOW);
         }
         if self.writes.len() >= WRITES_PER_SECOND
-            && let Some(third_last) = self.writes.get(self.writes.len() - WRITES_PER_SECOND)
+            && let Some(nth_last) = self.writes.get(self.writes.len() - WRITES_PER_SECOND)
         {
-            at = at.max(*third_last + SECOND_WINDOW);
+            at = at.max(*nth_last + SECOND_WINDOW);
         }
         at
     }
@@ -128,6 +137,7 @@ pub struct Publisher {
     /// Nothing is written before the first complete set of values (the first cycle), so the
     /// start-up burst coalesces instead of spending the budget on intermediate values.
     held: bool,
+    last_resync: Option<Instant>,
 }
 
 impl Publisher {
@@ -143,6 +153,19 @@ impl Publisher {
             failures: 0,
             disabled: false,
             held: false,
+            last_resync: None,
+        }
+    }
+
+    /// Forgets what was written once every [`RESYNC_EVERY`], so every value is written again.
+    fn maybe_resync(&mut self, now: Instant) {
+        match self.last_resync {
+            None => self.last_resync = Some(now),
+            Some(t) if now.saturating_duration_since(t) >= RESYNC_EVERY => {
+                self.published.clear();
+                self.last_resync = Some(now);
+            }
+            Some(_) => {}
         }
     }
 
@@ -252,6 +275,7 @@ impl Publisher {
         if self.held {
             return None;
         }
+        self.maybe_resync(now);
         if self.retry_at.is_some_and(|t| now < t) || self.budget.next_allowed(now) > now {
             return None;
         }
@@ -452,11 +476,11 @@ mod tests {
                 .take_while(|(u, _)| *u < *t + secs(1.0))
                 .count();
             assert!(
-                in_minute <= WRITES_PER_MINUTE,
+                in_minute <= SERVER_WRITES_PER_MINUTE - 2,
                 "{in_minute} writes in a minute from {t:?}"
             );
             assert!(
-                in_second <= WRITES_PER_SECOND,
+                in_second <= SERVER_WRITES_PER_SECOND - 1,
                 "{in_second} writes in a second from {t:?}"
             );
         }
@@ -544,6 +568,18 @@ mod tests {
             "{changes} of 12 changes written: {written:?}"
         );
         assert!((6..=9).contains(&beats), "{beats} heartbeats: {written:?}");
+    }
+
+    #[test]
+    fn values_are_written_again_after_a_while() {
+        let t0 = Instant::now();
+        let mut p = Publisher::new(secs(60.0));
+        p.set(keys::HEALTH, "OK");
+        let (k, v) = p.poll(t0).unwrap();
+        p.complete(k, v, Ok(()), t0);
+        assert_eq!(p.poll(t0 + secs(30.0)), None);
+        let later = t0 + RESYNC_EVERY + secs(1.0);
+        assert_eq!(p.poll(later).map(|(k, _)| k), Some(keys::HEALTH));
     }
 
     #[test]
