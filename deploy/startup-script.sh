@@ -92,8 +92,15 @@ metadata_attribute() { # KEY: the instance attribute's value; empty when absent 
 
 # report STATUS [REASON]: through the agent; with curl when there is no working agent (the
 # download of the agent itself failed). Returns non-zero only when both ways failed.
+# Reports are at least a second apart: the metadata server takes at most 3 guest-attribute
+# writes a second and may drop the rest, and a failure report is two writes.
+LAST_REPORT=""
 report() {
   local status=$1 reason=${2:-}
+  if [ -n "$LAST_REPORT" ] && [ $((SECONDS - LAST_REPORT)) -lt 2 ]; then
+    sleep 1
+  fi
+  LAST_REPORT=$SECONDS
   local args=(report-bootstrap "$status")
   if [ -n "$reason" ]; then
     args+=(--reason "$reason")

@@ -400,3 +400,26 @@ fn binary_writes_to_stdout_or_file_and_names_what_is_missing() {
     let still: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     assert_eq!(still, from_file);
 }
+
+/// The `gce-service-proxy` example that deploy/README.md tells users to start from is read
+/// without a warning and gives a bootstrap Envoy accepts.
+#[test]
+fn the_deploy_example_metadata_is_valid() {
+    let text = std::fs::read_to_string(root().join("deploy/service-proxy.example.json")).unwrap();
+    let sp = parse_service_proxy(&text).unwrap();
+    assert!(sp.warnings.is_empty(), "{:?}", sp.warnings);
+    assert_eq!(sp.service.serving_ports, [8080]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut vm = emulated_vm(None);
+    vm.service_proxy = Ok(Some(sp));
+    let input = BootstrapInput::resolve(
+        &vm,
+        &settings_for(dir.path(), None),
+        bootstrap::find_ca_bundle(|_| None),
+    )
+    .unwrap();
+    let file = dir.path().join("bootstrap.json");
+    std::fs::write(&file, bootstrap::build(&input).to_text()).unwrap();
+    let (ok, output) = envoy_validate(&file);
+    assert!(ok, "{output}");
+}

@@ -160,6 +160,12 @@ impl Vm {
             .collect()
     }
 
+    /// The metadata server's write budget (3 a second, 10 a minute) was kept: nothing dropped.
+    fn assert_within_budget(&self) {
+        let v = self.emu.violations();
+        assert!(v.is_empty(), "guest-attribute writes over budget: {v:#?}");
+    }
+
     fn envoy_pid(&self) -> Option<u32> {
         std::fs::read_to_string(self.state.path().join("envoy.pid"))
             .ok()
@@ -332,6 +338,7 @@ fn installs_from_pypi_reports_finished_then_reruns_idempotently() {
         "{log}"
     );
     assert!(vm.written("bootstrap-last-failure").is_empty());
+    vm.assert_within_budget();
     assert_eq!(
         vm.emu
             .guest_attributes(NS)
@@ -476,6 +483,7 @@ fn envoy_never_live_reports_failed_naming_the_step() {
     let out = vm.run_script();
     assert_ne!(out.status.code(), Some(0), "{}", describe(&out));
     assert_eq!(vm.written("bootstrap-status"), ["IN PROGRESS", "FAILED"]);
+    vm.assert_within_budget();
     let failure = vm.written("bootstrap-last-failure");
     assert_eq!(failure.len(), 1);
     assert!(
@@ -506,6 +514,7 @@ fn missing_network_metadata_fails_at_write_bootstrap() {
     let out = vm.run_script();
     assert_ne!(out.status.code(), Some(0), "{}", describe(&out));
     assert_eq!(vm.written("bootstrap-status"), ["IN PROGRESS", "FAILED"]);
+    vm.assert_within_budget();
     let failure = vm.written("bootstrap-last-failure");
     assert_eq!(failure.len(), 1, "{}", describe(&out));
     assert!(
@@ -529,6 +538,7 @@ fn agent_download_failure_is_reported_without_the_agent() {
     let out = vm.run_script();
     assert_ne!(out.status.code(), Some(0), "{}", describe(&out));
     assert_eq!(vm.written("bootstrap-status"), ["FAILED"]);
+    vm.assert_within_budget();
     let failure = vm.written("bootstrap-last-failure");
     assert_eq!(failure.len(), 1);
     assert!(
