@@ -215,7 +215,7 @@ impl BootstrapInput {
             Ok(Some(c)) => c.clone(),
             Ok(None) => {
                 warnings.push(
-                    "the instance has no gce-service-proxy metadata: using the defaults (network of the VM, proxy port 15001, no access log, no tracing)"
+                    "the instance has no gce-service-proxy metadata: using the defaults (the VM's network, no access log, no tracing)"
                         .to_owned(),
                 );
                 ServiceProxyConfig::default()
@@ -817,6 +817,45 @@ mod tests {
         assert_eq!(names, vec![std::ffi::OsString::from("bootstrap.json")]);
         let e = write_atomically(Path::new("/proc/nope/x.json"), b"x").unwrap_err();
         assert!(matches!(e, BootstrapError::Write { .. }));
+    }
+
+    mod prop {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn text() -> impl Strategy<Value = String> {
+            prop_oneof!["[a-z0-9._/: -]{0,20}", any::<String>(), Just(String::new()),]
+        }
+
+        proptest! {
+            /// Whatever the attribute says, resolving ends in an input or an error, and an
+            /// input always gives a node id of exactly projects/N/networks/X/nodes/UUID.
+            #[test]
+            fn any_attribute_gives_a_well_formed_node_or_an_error(
+                network in text(), mesh in text(), scope in text(), log in text(),
+                label_key in text(), label_value in text(), port in any::<u16>(),
+            ) {
+                let sp = json!({
+                    "proxy-spec": {"network": network, "mesh": mesh, "scope": scope,
+                                   "access-log": log, "proxy-port": port},
+                    "labels": {label_key: label_value},
+                });
+                let mut v = vm(None);
+                v.service_proxy = parse_service_proxy(&sp.to_string()).map(Some);
+                if let Ok(i) = BootstrapInput::resolve(&v, &settings(), None) {
+                    let b = build(&i);
+                    let parts: Vec<&str> = b.node_id.split('/').collect();
+                    prop_assert_eq!(parts.len(), 6, "{}", b.node_id);
+                    prop_assert_eq!(parts[0], "projects");
+                    prop_assert_eq!(parts[4], "nodes");
+                    prop_assert!(serde_json::from_str::<Value>(&b.to_text()).is_ok());
+                    prop_assert_eq!(
+                        &b.json["node"]["metadata"][NETWORK_NAME_KEY],
+                        &Value::String(i.network.clone())
+                    );
+                }
+            }
+        }
     }
 
     #[test]
