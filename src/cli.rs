@@ -182,7 +182,7 @@ async fn dispatch(cli: Cli, settings: Settings) -> ExitCode {
         Command::ReportBootstrap { status, reason } => {
             crate::status::report_bootstrap(&settings, status, reason.as_deref()).await
         }
-        Command::EnvoyBootstrap { .. } => not_yet("envoy-bootstrap"),
+        Command::EnvoyBootstrap { out } => crate::bootstrap::run(&settings, out.as_deref()).await,
         Command::Version => Ok(0),
     };
     match result {
@@ -192,10 +192,6 @@ async fn dispatch(cli: Cli, settings: Settings) -> ExitCode {
             ExitCode::from(EXIT_USAGE)
         }
     }
-}
-
-fn not_yet(command: &str) -> anyhow::Result<u8> {
-    anyhow::bail!("`{command}` is not implemented in this build yet")
 }
 
 #[cfg(test)]
