@@ -4,13 +4,19 @@
 //! Envoy's admin is down, so its listeners cannot be judged). "Could not check" is reported as
 //! such, never as a pass.
 
+pub mod configuration;
+pub mod control_plane;
+pub mod endpoints;
 pub mod history;
 pub mod interception;
 pub mod log_classifier;
 pub mod log_findings;
 pub mod metadata;
 pub mod proxy;
+#[cfg(test)]
+pub(crate) mod testutil;
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -68,8 +74,37 @@ pub fn log_context(snap: &Snapshot) -> LogContext {
     }
 }
 
+/// Envoy retries a refused or failed xDS stream within its backoff (at most 30 s by default).
+pub const MAX_XDS_BACKOFF: Duration = Duration::from_secs(30);
+/// Envoy's default `--file-flush-interval-msec`.
+const DEFAULT_LOG_FLUSH: Duration = Duration::from_secs(10);
+
+/// How long a control-plane failure that is still going on can go without a log line: one
+/// retry, one flush of the log, and a margin. Connected now and nothing logged for that long
+/// means the failure is over, even when no update arrived to prove it (a `doctor` run after a
+/// fix: Envoy re-ACKs the same version, so no counter moves).
+pub fn quiet_period(snap: &Snapshot) -> Duration {
+    let flush = snap
+        .server_info
+        .as_ref()
+        .ok()
+        .and_then(|i| {
+            crate::observe::envoy_admin::parse_proto_duration(
+                &i.command_line_options.file_flush_interval,
+            )
+        })
+        .unwrap_or(DEFAULT_LOG_FLUSH)
+        .min(Duration::from_secs(600));
+    MAX_XDS_BACKOFF + flush + Duration::from_secs(20)
+}
+
 /// One diagnosis: folds the snapshot into the history, applies what the snapshot contradicts
 /// to the log-derived findings, runs every group's checks and merges the log findings in.
+///
+/// Log findings join their group's findings through the group's own rules
+/// ([`control_plane::merge_log_findings`], [`configuration::merge_log_findings`]): the same
+/// fault seen in the snapshot and in the log is reported once. A refusal by the control plane
+/// (5, 7, 16) explains NO_MESH_CONFIG, which then gives way.
 pub fn run(
     snap: &Snapshot,
     history: &mut History,
@@ -78,14 +113,17 @@ pub fn run(
     now: Instant,
 ) -> Diagnosis {
     history.update(snap, now);
-    let connected = snap
-        .stats
-        .as_ref()
-        .ok()
-        .and_then(|s| s.control_plane_connected_state)
-        == Some(1);
+    let connected = matches!(
+        snap.stats
+            .as_ref()
+            .ok()
+            .and_then(|s| s.control_plane_connected_state),
+        Some(1 | 2)
+    );
     if connected && history.accepted_update_now {
         logs.contradict(Contradiction::ControlPlaneServing, now);
+    } else if connected && let Some(at) = now.checked_sub(quiet_period(snap)) {
+        logs.contradict(Contradiction::ControlPlaneServing, at);
     }
     let listener_errors = snap
         .listeners
@@ -102,29 +140,52 @@ pub fn run(
     };
     let mut outcomes = vec![
         (CheckGroup::Proxy, proxy::check(snap, &ctx)),
+        (CheckGroup::ControlPlane, control_plane::check(snap, &ctx)),
+        (CheckGroup::Configuration, configuration::check(snap, &ctx)),
         (CheckGroup::Interception, interception_group(snap)),
+        (CheckGroup::Endpoints, endpoints::check(snap, &ctx)),
         (CheckGroup::Metadata, metadata::check(snap, &ctx)),
     ];
-    for f in logs.active(now, settings.finding_ttl, &log_context(snap)) {
-        let group = CheckGroup::of(f.id);
-        match outcomes.iter_mut().find(|(g, _)| *g == group) {
-            Some((_, o)) => {
-                if !o
-                    .findings
-                    .iter()
-                    .any(|e| e.id == f.id && e.detail == f.detail)
-                {
-                    o.findings.push(f);
+    let mut by_group: BTreeMap<CheckGroup, Vec<(Finding, String)>> = BTreeMap::new();
+    for (f, key) in logs.active_keyed(now, settings.finding_ttl, &log_context(snap)) {
+        by_group.entry(CheckGroup::of(f.id)).or_default().push((f, key));
+    }
+    for (group, found) in by_group {
+        let pos = match outcomes.iter().position(|(g, _)| *g == group) {
+            Some(p) => p,
+            None => {
+                outcomes.push((group, GroupOutcome::default()));
+                outcomes.len() - 1
+            }
+        };
+        let Some((_, o)) = outcomes.get_mut(pos) else {
+            continue;
+        };
+        match group {
+            CheckGroup::ControlPlane => {
+                control_plane::merge_log_findings(o, found.into_iter().map(|(f, _)| f).collect());
+            }
+            CheckGroup::Configuration => configuration::merge_log_findings(o, found),
+            _ => {
+                for (f, _) in found {
+                    if !o.findings.iter().any(|e| e.id == f.id && e.detail == f.detail) {
+                        o.findings.push(f);
+                    }
                 }
             }
-            None => outcomes.push((
-                group,
-                GroupOutcome {
-                    findings: vec![f],
-                    ..GroupOutcome::default()
-                },
-            )),
         }
+    }
+    let refusal = outcomes
+        .iter()
+        .flat_map(|(_, o)| &o.findings)
+        .map(|f| f.id)
+        .find(|id| control_plane::REFUSALS.contains(id));
+    if let Some(refusal) = refusal
+        && let Some((_, o)) = outcomes
+            .iter_mut()
+            .find(|(g, _)| *g == CheckGroup::Configuration)
+    {
+        configuration::explained_by_refusal(o, refusal);
     }
     outcomes.sort_by_key(|(g, _)| *g);
     Diagnosis::from_outcomes(outcomes)
@@ -218,16 +279,17 @@ impl CheckGroup {
             | MeshEntityNotFound
             | ControlPlanePermissionDenied
             | ControlPlaneUnauthenticated => CheckGroup::ControlPlane,
-            NodeMetadataMismatch | NoMeshConfig | ConfigRejected | AccessLogNotWritable => {
-                CheckGroup::Configuration
-            }
+            NodeMetadataMismatch
+            | NoMeshConfig
+            | ConfigRejected
+            | AccessLogNotWritable
+            | ServerFirstProtocol => CheckGroup::Configuration,
             InterceptionMissing
             | InterceptionLoop
             | ServiceNotIntercepted
             | InboundPortNotIntercepted
             | InboundPortBlocked
-            | IptablesUnavailable
-            | ServerFirstProtocol => CheckGroup::Interception,
+            | IptablesUnavailable => CheckGroup::Interception,
             EndpointsUnhealthy | EndpointsPanic => CheckGroup::Endpoints,
             ScopesInsufficient | GuestAttributesDisabled | MetadataUnreachable => {
                 CheckGroup::Metadata
