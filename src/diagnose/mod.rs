@@ -98,6 +98,21 @@ pub fn quiet_period(snap: &Snapshot) -> Duration {
     MAX_XDS_BACKOFF + flush + Duration::from_secs(20)
 }
 
+/// When Envoy last accepted a change to one of its active dynamic listeners (`last_updated`),
+/// on the monotonic clock of `now` (the snapshot's wall time maps to `now`).
+pub fn newest_listener_update(snap: &Snapshot, now: Instant) -> Option<Instant> {
+    let newest = snap
+        .listeners
+        .as_ref()
+        .ok()?
+        .iter()
+        .filter_map(|l| l.active.as_ref()?.last_updated.as_deref())
+        .filter_map(|t| humantime::parse_rfc3339_weak(t.trim()).ok())
+        .max()?;
+    let age = snap.taken_at.duration_since(newest).unwrap_or(Duration::ZERO);
+    now.checked_sub(age)
+}
+
 /// One diagnosis: folds the snapshot into the history, applies what the snapshot contradicts
 /// to the log-derived findings, runs every group's checks and merges the log findings in.
 ///
@@ -120,10 +135,15 @@ pub fn run(
             .and_then(|s| s.control_plane_connected_state),
         Some(1 | 2)
     );
+    let listener_update = newest_listener_update(snap, now);
     if connected && history.accepted_update_now {
         logs.contradict(Contradiction::ControlPlaneServing, now);
-    } else if connected && let Some(at) = now.checked_sub(quiet_period(snap)) {
-        logs.contradict(Contradiction::ControlPlaneServing, at);
+    } else if connected {
+        // Served listeners since, or quiet for longer than a failure can be.
+        let quiet = now.checked_sub(quiet_period(snap));
+        if let Some(at) = quiet.max(listener_update) {
+            logs.contradict(Contradiction::ControlPlaneServing, at);
+        }
     }
     let listener_errors = snap
         .listeners
@@ -132,6 +152,10 @@ pub fn run(
         .unwrap_or(true);
     if !listener_errors && history.accepted_update_now && !history.rejected_grew_now {
         logs.contradict(Contradiction::NoRejectedConfig, now);
+    } else if !listener_errors && let Some(at) = listener_update {
+        // No rejection is pending and a listener was accepted at `at`: rejections logged
+        // before are over (a `doctor` run after a fix sees no counter move).
+        logs.contradict(Contradiction::NoRejectedConfig, at);
     }
     let ctx = CheckContext {
         now,
