@@ -203,18 +203,26 @@ fn unauthenticated_is_control_plane_unauthenticated() {
     r.lacks("CONTROL_PLANE_DISCONNECTED");
 }
 
-/// 7, then the control plane recovers: the log finding stays while recent (the refusal may
-/// still be going on between Envoy's retries), and `--finding-ttl` expires it.
+/// 7 on a connected Envoy, then the control plane recovers serving what Envoy already had (no
+/// listener changes, so nothing in one snapshot proves the refusal over): the log finding stays
+/// while recent, and `--finding-ttl` expires it.
 #[test]
 fn permission_denied_then_recovery_expires_after_the_ttl() {
     let md = vm();
     let p = project();
     let cp = mesh(&p);
+    let envoy = start_envoy(&cp.bootstrap("default", &p));
+    let has_listener = |e: &Envoy| -> anyhow::Result<bool> {
+        Ok(e.admin_get("/config_dump?resource=dynamic_listeners")?
+            .1
+            .contains("10.0.0.1"))
+    };
+    envoy.wait_until(WAIT, "listener", has_listener).unwrap();
     cp.fail_ads(Failure::new(
         7,
         "Permission 'trafficdirector.networks.getConfigs' denied on resource '//trafficdirector.googleapis.com/projects/123456789012/networks/default/nodes/x' (or it may not exist).",
     ));
-    let envoy = refused_envoy(&cp, "default", &p, "closed: 7, ");
+    wait_log(&envoy, "closed: 7, ", WAIT);
     let doctor = || {
         Doctor::new(&md.host())
             .envoy(&envoy)
@@ -229,11 +237,9 @@ fn permission_denied_then_recovery_expires_after_the_ttl() {
 
     cp.recover();
     envoy
-        .wait_until(Duration::from_secs(60), "reconnected with its listener", |e| {
+        .wait_until(Duration::from_secs(60), "reconnected", |e| {
             Ok(stat(e, "control_plane.connected_state").as_deref() == Some("1")
-                && e.admin_get("/config_dump?resource=dynamic_listeners")?
-                    .1
-                    .contains("10.0.0.1"))
+                && has_listener(e)?)
         })
         .unwrap();
     // Recent: still reported with the default TTL.

@@ -438,4 +438,145 @@ mod tests {
         assert_eq!(d.findings[0].id, FindingId::ControlPlaneDisconnected);
         assert_eq!(d.health(), Health::Failing);
     }
+
+    mod driver {
+        use super::super::*;
+        use crate::diagnose::log_classifier::{LogEvent, StreamClosed};
+        use crate::diagnose::testutil::{self, snapshot};
+        use crate::observe::envoy_admin::ServerState;
+
+        fn closed(code: u32, message: &str) -> LogEvent {
+            LogEvent::StreamClosed(StreamClosed {
+                method: Some("StreamAggregatedResources".into()),
+                target: Some("trafficdirector.googleapis.com:443".into()),
+                code,
+                message: message.into(),
+                since_secs: None,
+                previous: None,
+            })
+        }
+
+        const NOT_FOUND: &str = "Cloud Service Mesh configuration was not found for network \"default\" in project \"123456789012\".";
+
+        fn ids(d: &Diagnosis) -> Vec<FindingId> {
+            d.findings.iter().map(|f| f.id).collect()
+        }
+
+        fn base() -> Instant {
+            Instant::now() + Duration::from_secs(24 * 3600)
+        }
+
+        #[test]
+        fn a_refusal_explains_no_listener_and_a_disconnection() {
+            let now = base();
+            let mut s = snapshot();
+            s.listeners = Ok(Vec::new());
+            {
+                let st = s.stats.as_mut().unwrap();
+                st.lds_update_success = Some(0);
+                st.init_fetch_timeouts
+                    .insert("listener_manager.lds.init_fetch_timeout".into(), 1);
+            }
+            let mut logs = LogFindings::new();
+            logs.record(&closed(5, NOT_FOUND), now - Duration::from_secs(5));
+            // Sampled in the moment the stream is open: connected_state 1.
+            let d = run(&s, &mut History::new(), &mut logs, &testutil::settings(), now);
+            assert_eq!(ids(&d), [FindingId::MeshConfigNotFound]);
+            // And while it is closed: 0 for the whole uptime, explained by the refusal too.
+            s.stats.as_mut().unwrap().control_plane_connected_state = Some(0);
+            let d = run(&s, &mut History::new(), &mut logs, &testutil::settings(), now);
+            assert_eq!(ids(&d), [FindingId::MeshConfigNotFound]);
+            let cp = d.groups.iter().find(|g| g.group == CheckGroup::ControlPlane).unwrap();
+            assert!(cp.note.contains("explained by MESH_CONFIG_NOT_FOUND"), "{}", cp.note);
+        }
+
+        #[test]
+        fn connected_and_quiet_for_long_enough_ends_a_refusal() {
+            let now = base();
+            let s = snapshot();
+            assert_eq!(quiet_period(&s), Duration::from_secs(60));
+            let mut logs = LogFindings::new();
+            logs.record(&closed(7, "denied"), now - Duration::from_secs(30));
+            let d = run(&s, &mut History::new(), &mut logs, &testutil::settings(), now);
+            assert_eq!(ids(&d), [FindingId::ControlPlanePermissionDenied]);
+            let d = run(
+                &s,
+                &mut History::new(),
+                &mut logs,
+                &testutil::settings(),
+                now + Duration::from_secs(31),
+            );
+            assert!(d.findings.is_empty(), "{d:?}");
+        }
+
+        #[test]
+        fn a_listener_accepted_after_the_lines_ends_them() {
+            let now = base();
+            let mut s = snapshot();
+            let updated = s.taken_at - Duration::from_secs(2);
+            s.listeners.as_mut().unwrap()[0]
+                .active
+                .as_mut()
+                .unwrap()
+                .last_updated = Some(humantime::format_rfc3339_millis(updated).to_string());
+            // Millisecond precision, as Envoy writes it.
+            let at = newest_listener_update(&s, now).unwrap();
+            let off = (now - Duration::from_secs(2)).max(at) - (now - Duration::from_secs(2)).min(at);
+            assert!(off < Duration::from_millis(2), "{off:?}");
+            let mut logs = LogFindings::new();
+            logs.record(&closed(7, "denied"), now - Duration::from_secs(5));
+            logs.record(
+                &LogEvent::AccessLogDenied {
+                    path: "/var/log/envoy/access.log".into(),
+                    reason: "Permission denied".into(),
+                },
+                now - Duration::from_secs(5),
+            );
+            // A line newer than the update survives.
+            logs.record(&closed(16, "bad token"), now - Duration::from_secs(1));
+            let d = run(&s, &mut History::new(), &mut logs, &testutil::settings(), now);
+            assert_eq!(ids(&d), [FindingId::ControlPlaneUnauthenticated]);
+        }
+
+        #[test]
+        fn draining_is_not_dated_from_the_start() {
+            let now = base();
+            let mut s = snapshot();
+            s.server_info.as_mut().unwrap().state = ServerState::Draining;
+            let mut h = History::new();
+            let mut logs = LogFindings::new();
+            let d = run(&s, &mut h, &mut logs, &testutil::settings(), now);
+            assert!(d.findings.is_empty(), "{d:?}");
+            let d = run(
+                &s,
+                &mut h,
+                &mut logs,
+                &testutil::settings(),
+                now + Duration::from_secs(61),
+            );
+            assert_eq!(ids(&d), [FindingId::EnvoyNotLive]);
+            // Initializing, by contrast, has been so since Envoy started (10 minutes).
+            s.server_info.as_mut().unwrap().state = ServerState::Initializing;
+            let d = run(&s, &mut History::new(), &mut logs, &testutil::settings(), now);
+            assert_eq!(ids(&d), [FindingId::EnvoyNotLive]);
+            assert!(d.findings[0].detail.contains("INITIALIZING for 10m"), "{d:?}");
+        }
+
+        #[test]
+        fn every_group_reports_and_server_first_is_configuration() {
+            let d = run(
+                &snapshot(),
+                &mut History::new(),
+                &mut LogFindings::new(),
+                &testutil::settings(),
+                base(),
+            );
+            let groups: Vec<CheckGroup> = d.groups.iter().map(|g| g.group).collect();
+            assert_eq!(groups, CheckGroup::ALL);
+            assert_eq!(
+                CheckGroup::of(FindingId::ServerFirstProtocol),
+                CheckGroup::Configuration
+            );
+        }
+    }
 }
