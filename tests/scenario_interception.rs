@@ -210,10 +210,7 @@ fn missing_iptables_is_iptables_unavailable() {
             .iter()
             .find(|f| f.id == FindingId::IptablesUnavailable)
             .unwrap_or_else(|| panic!("{d:#?}"));
-        contains_all(
-            &f.detail,
-            &["iptables-save", "is not installed"],
-        );
+        contains_all(&f.detail, &["iptables-save", "is not installed"]);
         contains_all(&f.remediation, &["Install iptables"]);
         Ok(())
     })

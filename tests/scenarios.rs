@@ -20,8 +20,8 @@ use testkit::envoy::{Envoy, EnvoyConfig};
 use testkit::http_stub::{HttpStub, Reply};
 use testkit::metadata_emulator::{MetadataEmulator, VmIdentity};
 use testkit::xds::{
-    ClusterSpec, ControlPlane, Discovery, ExpectedNode, Failure, HealthCheckSpec,
-    InterceptionSpec, LISTENER_TYPE, ServiceVip,
+    ClusterSpec, ControlPlane, Discovery, ExpectedNode, Failure, HealthCheckSpec, InterceptionSpec,
+    LISTENER_TYPE, ServiceVip,
 };
 
 /// A control plane serving one interception listener with a VIP to `project`'s nodes.
@@ -53,8 +53,12 @@ fn healthy_mesh_has_no_finding() {
     let cp = mesh(&p);
     cp.expect_node(Some(ExpectedNode::new("default", &p)));
     let alive = TcpListener::bind("127.0.0.1:0").unwrap();
-    let backends = ClusterSpec::new("backends", vec![alive.local_addr().unwrap()], Discovery::Eds)
-        .with_health_check(HealthCheckSpec::tcp());
+    let backends = ClusterSpec::new(
+        "backends",
+        vec![alive.local_addr().unwrap()],
+        Discovery::Eds,
+    )
+    .with_health_check(HealthCheckSpec::tcp());
     cp.set_clusters(vec![backends.cluster()]);
     cp.set_endpoints(vec![backends.load_assignment()]);
     let envoy = start_envoy(&cp.bootstrap("default", &p));
@@ -75,7 +79,13 @@ fn healthy_mesh_has_no_finding() {
     assert!(r.ids().is_empty(), "{:#}", r.json);
     assert_eq!(r.json["health"], "OK");
     assert_eq!(r.code, Some(0));
-    for g in ["proxy", "control_plane", "configuration", "endpoints", "metadata"] {
+    for g in [
+        "proxy",
+        "control_plane",
+        "configuration",
+        "endpoints",
+        "metadata",
+    ] {
         assert_eq!(r.group(g)["status"], "pass", "{:#}", r.json);
     }
     contains_all(
@@ -150,7 +160,9 @@ fn wrong_project_is_mesh_config_not_found_and_node_metadata_mismatch() {
         .run();
     contains_all(
         &r.detail("MESH_CONFIG_NOT_FOUND"),
-        &["network \"default\" matches the VM; project \"999999999999\" vs VM project number \"123456789012\""],
+        &[
+            "network \"default\" matches the VM; project \"999999999999\" vs VM project number \"123456789012\"",
+        ],
     );
     contains_all(
         &r.detail("NODE_METADATA_MISMATCH"),
@@ -231,15 +243,19 @@ fn permission_denied_then_recovery_expires_after_the_ttl() {
     let r = doctor().run();
     contains_all(
         &r.detail("CONTROL_PLANE_PERMISSION_DENIED"),
-        &["closed with 7 (PERMISSION_DENIED): Permission 'trafficdirector.networks.getConfigs' denied"],
+        &[
+            "closed with 7 (PERMISSION_DENIED): Permission 'trafficdirector.networks.getConfigs' denied",
+        ],
     );
     assert_eq!(r.code, Some(1));
 
     cp.recover();
     envoy
         .wait_until(Duration::from_secs(60), "reconnected", |e| {
-            Ok(stat(e, "control_plane.connected_state").as_deref() == Some("1")
-                && has_listener(e)?)
+            Ok(
+                stat(e, "control_plane.connected_state").as_deref() == Some("1")
+                    && has_listener(e)?,
+            )
         })
         .unwrap();
     // Recent: still reported with the default TTL.
@@ -365,12 +381,17 @@ fn repeated_unavailable_is_control_plane_disconnected() {
 fn unreachable_control_plane_names_the_failed_step() {
     let md = vm();
     let closed = format!("127.0.0.1:{}", free_port());
-    let r = Doctor::new(&md.host()).no_envoy().control_plane(&closed).run();
+    let r = Doctor::new(&md.host())
+        .no_envoy()
+        .control_plane(&closed)
+        .run();
     let f = r.one("CONTROL_PLANE_UNREACHABLE");
     contains_all(
         f["detail"].as_str().unwrap(),
         &[
-            &format!("TCP step failed: {closed} resolves to {closed}, but no TCP connection could be opened"),
+            &format!(
+                "TCP step failed: {closed} resolves to {closed}, but no TCP connection could be opened"
+            ),
             "Connection refused",
             "DNS works",
         ],
@@ -384,7 +405,10 @@ fn unreachable_control_plane_names_the_failed_step() {
     let f = r.one("CONTROL_PLANE_UNREACHABLE");
     contains_all(
         f["detail"].as_str().unwrap(),
-        &["DNS step failed: trafficdirector.invalid (from --control-plane trafficdirector.invalid:443) does not resolve", "TCP was not tried"],
+        &[
+            "DNS step failed: trafficdirector.invalid (from --control-plane trafficdirector.invalid:443) does not resolve",
+            "TCP was not tried",
+        ],
     );
     // Envoy is absent: the groups that need it say why they could not check.
     assert_eq!(r.group("configuration")["status"], "not_checked");
@@ -523,7 +547,10 @@ fn connected_without_listeners_is_no_mesh_config() {
         .run();
     contains_all(
         &r.detail("NO_MESH_CONFIG"),
-        &["connected to the control plane and accepted 1 listener update", "has no dynamic listener"],
+        &[
+            "connected to the control plane and accepted 1 listener update",
+            "has no dynamic listener",
+        ],
     );
     assert_eq!(r.json["health"], "DEGRADED");
     assert_eq!(r.code, Some(0));
@@ -548,14 +575,36 @@ fn rejected_listener_is_config_rejected_once_with_envoys_reason() {
     let md = vm();
     let p = project();
     let cp = ControlPlane::start().unwrap();
-    let spec = InterceptionSpec::new(free_port(), &p)
-        .service(ServiceVip::parse("10.0.0.1:80").unwrap());
-    cp.set_routes(spec.route_configurations());
+    let spec =
+        InterceptionSpec::new(free_port(), &p).service(ServiceVip::parse("10.0.0.1:80").unwrap());
+    cp.set_interception(&spec);
+    let envoy = start_envoy(&cp.bootstrap("default", &p));
+    envoy
+        .wait_until(WAIT, "listener", |e| {
+            Ok(e.admin_get("/config_dump?resource=dynamic_listeners")?
+                .1
+                .contains("10.0.0.1"))
+        })
+        .unwrap();
+    // The daemon's view: a baseline snapshot before the bad update...
+    let dir = envoy.dir().display().to_string();
+    let mut ip = InProcess::new(&settings(
+        &md.host(),
+        &[
+            "--envoy-admin",
+            &envoy.admin_url(),
+            "--envoy-log-dir",
+            &dir,
+            "--interception",
+            "off",
+        ],
+    ));
+    assert!(ip.diagnose(false).findings.is_empty());
+
     cp.set_listeners(vec![
         spec.listener(),
         testkit::xds::resources::rejected_listener("bad-listener", free_port()),
     ]);
-    let envoy = start_envoy(&cp.bootstrap("default", &p));
     wait_log(&envoy, "rejected: ", WAIT);
     let r = Doctor::new(&md.host())
         .envoy(&envoy)
@@ -575,10 +624,29 @@ fn rejected_listener_is_config_rejected_once_with_envoys_reason() {
         .to_owned();
     contains_all(
         &r.detail("CONFIG_REJECTED"),
-        &["Envoy holds a rejected update of listener bad-listener (last attempt ", &reason],
+        &[
+            "Envoy holds a rejected update of listener bad-listener (last attempt ",
+            &reason,
+        ],
     );
     r.lacks("ACCESS_LOG_NOT_WRITABLE");
     r.lacks("NO_MESH_CONFIG");
+
+    // ...and after it: the rejection counter grew while watched.
+    let d = ip.diagnose(false);
+    let f: Vec<_> = d
+        .findings
+        .iter()
+        .filter(|f| f.id == FindingId::ConfigRejected)
+        .collect();
+    assert_eq!(f.len(), 1, "{d:#?}");
+    contains_all(
+        &f[0].detail,
+        &[
+            "bad-listener",
+            "(listener_manager.lds.update_rejected grew from 0 to 1)",
+        ],
+    );
 }
 
 /// A directory only root may write, with the mode bits set explicitly.
@@ -624,9 +692,14 @@ fn access_log_the_unprivileged_envoy_cannot_write() {
     contains_all(
         f["detail"].as_str().unwrap(),
         &[
-            &format!("Envoy cannot write its access log '{path_text}': '{path_text}' does not exist and UID 65534 may not create it in '{}' (owner 0:0, mode 0755)", logs.path().display()),
+            &format!(
+                "Envoy cannot write its access log '{path_text}': '{path_text}' does not exist and UID 65534 may not create it in '{}' (owner 0:0, mode 0755)",
+                logs.path().display()
+            ),
             "Envoy runs as UID 65534",
-            &format!("Envoy rejected listener TRAFFICDIRECTOR_INTERCEPTION_LISTENER because of it: unable to open file '{path_text}': Permission denied"),
+            &format!(
+                "Envoy rejected listener TRAFFICDIRECTOR_INTERCEPTION_LISTENER because of it: unable to open file '{path_text}': Permission denied"
+            ),
         ],
     );
     contains_all(f["remediation"].as_str().unwrap(), &["Let UID 65534 write"]);
@@ -689,7 +762,10 @@ fn configured_access_log_path_not_writable_by_the_envoy_user() {
     contains_all(
         &r.detail("ACCESS_LOG_NOT_WRITABLE"),
         &[
-            &format!("'{}' (owner 0:0, mode 0644) is not writable by UID 65534", path.display()),
+            &format!(
+                "'{}' (owner 0:0, mode 0644) is not writable by UID 65534",
+                path.display()
+            ),
             "It is TRAFFICDIRECTOR_ACCESS_LOG_PATH: listeners that log there will be rejected",
         ],
     );
@@ -723,7 +799,10 @@ fn failing_health_checks_are_endpoints_panic_and_unhealthy() {
     )
     .with_health_check(HealthCheckSpec::tcp());
     cp.set_clusters(vec![all_dead.cluster(), some_dead.cluster()]);
-    cp.set_endpoints(vec![all_dead.load_assignment(), some_dead.load_assignment()]);
+    cp.set_endpoints(vec![
+        all_dead.load_assignment(),
+        some_dead.load_assignment(),
+    ]);
     let envoy = start_envoy(&cp.bootstrap("default", &p));
     envoy
         .wait_until(WAIT, "health checks done", |e| {
@@ -769,7 +848,10 @@ fn mysql_serving_port_is_server_first_protocol() {
         &r.detail("SERVER_FIRST_PROTOCOL"),
         &["serving port 3306 (MySQL) is a protocol whose server speaks first"],
     );
-    assert_eq!(r.json["observed"]["serving_ports"], serde_json::json!([3306, 8080]));
+    assert_eq!(
+        r.json["observed"]["serving_ports"],
+        serde_json::json!([3306, 8080])
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -800,7 +882,9 @@ fn old_envoy_is_version_unsupported() {
         .run();
     contains_all(
         &r.detail("ENVOY_VERSION_UNSUPPORTED"),
-        &["Envoy 1.15.0 (`093e2ffe046313242144d0431f1bb5cf18d82544/1.15.0-dev/Clean/RELEASE/BoringSSL`) is older than 1.24.9"],
+        &[
+            "Envoy 1.15.0 (`093e2ffe046313242144d0431f1bb5cf18d82544/1.15.0-dev/Clean/RELEASE/BoringSSL`) is older than 1.24.9",
+        ],
     );
     assert_eq!(
         r.json["observed"]["proxy_version"],
@@ -863,7 +947,10 @@ fn initializing_and_draining_envoy_are_envoy_not_live() {
         .iter()
         .find(|f| f.id == FindingId::EnvoyNotLive)
         .unwrap_or_else(|| panic!("{d:#?}"));
-    contains_all(&nl.detail, &["server_info.state is INITIALIZING for ", "(grace 2s)"]);
+    contains_all(
+        &nl.detail,
+        &["server_info.state is INITIALIZING for ", "(grace 2s)"],
+    );
 
     // A LIVE Envoy told to fail its health checks drains; only after the grace is it reported.
     let cp = mesh(&p);
@@ -887,7 +974,10 @@ fn initializing_and_draining_envoy_are_envoy_not_live() {
         .iter()
         .find(|f| f.id == FindingId::EnvoyNotLive)
         .unwrap_or_else(|| panic!("{d:#?}"));
-    contains_all(&nl.detail, &["server_info.state is DRAINING for 2s"]);
+    contains_all(
+        &nl.detail,
+        &["server_info.state is DRAINING for ", "(grace 2s)"],
+    );
 }
 
 /// A bodiless POST on the admin (Envoy wants POST for mutations).
@@ -963,33 +1053,141 @@ fn envoy_restarted_three_times_is_envoy_restarting() {
 
 /// Which test produces each finding from real parts, and in which file.
 const COVERAGE: &[(&str, &str, &str)] = &[
-    ("ENVOY_NOT_RUNNING", "doctor.rs", "doctor_without_envoy_reports_it_and_exits_1"),
-    ("ENVOY_ADMIN_UNREACHABLE", "scenarios.rs", "admin_not_answering_is_envoy_admin_unreachable"),
-    ("ENVOY_NOT_LIVE", "scenarios.rs", "initializing_and_draining_envoy_are_envoy_not_live"),
-    ("ENVOY_VERSION_UNSUPPORTED", "scenarios.rs", "old_envoy_is_version_unsupported"),
-    ("ENVOY_RESTARTING", "scenarios.rs", "envoy_restarted_three_times_is_envoy_restarting"),
-    ("CONTROL_PLANE_DISCONNECTED", "scenarios.rs", "repeated_unavailable_is_control_plane_disconnected"),
-    ("CONTROL_PLANE_UNREACHABLE", "scenarios.rs", "unreachable_control_plane_names_the_failed_step"),
-    ("MESH_CONFIG_NOT_FOUND", "scenarios.rs", "wrong_network_is_mesh_config_not_found_and_node_metadata_mismatch"),
-    ("MESH_ENTITY_NOT_FOUND", "scenarios.rs", "entity_not_found_is_mesh_entity_not_found"),
-    ("CONTROL_PLANE_PERMISSION_DENIED", "scenarios.rs", "permission_denied_then_recovery_expires_after_the_ttl"),
-    ("CONTROL_PLANE_UNAUTHENTICATED", "scenarios.rs", "unauthenticated_is_control_plane_unauthenticated"),
-    ("SCOPES_INSUFFICIENT", "scenarios.rs", "metadata_faults_from_the_emulator"),
-    ("NODE_METADATA_MISMATCH", "scenarios.rs", "node_metadata_lacking_the_network_keys"),
-    ("NO_MESH_CONFIG", "scenarios.rs", "connected_without_listeners_is_no_mesh_config"),
-    ("CONFIG_REJECTED", "scenarios.rs", "rejected_listener_is_config_rejected_once_with_envoys_reason"),
-    ("ACCESS_LOG_NOT_WRITABLE", "scenarios.rs", "access_log_the_unprivileged_envoy_cannot_write"),
-    ("INTERCEPTION_MISSING", "scenario_interception.rs", "interception_findings_against_real_iptables"),
-    ("INTERCEPTION_LOOP", "scenario_interception.rs", "interception_findings_against_real_iptables"),
-    ("SERVICE_NOT_INTERCEPTED", "scenario_interception.rs", "interception_findings_against_real_iptables"),
-    ("INBOUND_PORT_NOT_INTERCEPTED", "scenario_interception.rs", "interception_findings_against_real_iptables"),
-    ("INBOUND_PORT_BLOCKED", "scenario_interception.rs", "interception_findings_against_real_iptables"),
-    ("IPTABLES_UNAVAILABLE", "scenario_interception.rs", "missing_iptables_is_iptables_unavailable"),
-    ("SERVER_FIRST_PROTOCOL", "scenarios.rs", "mysql_serving_port_is_server_first_protocol"),
-    ("ENDPOINTS_UNHEALTHY", "scenarios.rs", "failing_health_checks_are_endpoints_panic_and_unhealthy"),
-    ("ENDPOINTS_PANIC", "scenarios.rs", "failing_health_checks_are_endpoints_panic_and_unhealthy"),
-    ("GUEST_ATTRIBUTES_DISABLED", "scenarios.rs", "metadata_faults_from_the_emulator"),
-    ("METADATA_UNREACHABLE", "scenarios.rs", "metadata_faults_from_the_emulator"),
+    (
+        "ENVOY_NOT_RUNNING",
+        "doctor.rs",
+        "doctor_without_envoy_reports_it_and_exits_1",
+    ),
+    (
+        "ENVOY_ADMIN_UNREACHABLE",
+        "scenarios.rs",
+        "admin_not_answering_is_envoy_admin_unreachable",
+    ),
+    (
+        "ENVOY_NOT_LIVE",
+        "scenarios.rs",
+        "initializing_and_draining_envoy_are_envoy_not_live",
+    ),
+    (
+        "ENVOY_VERSION_UNSUPPORTED",
+        "scenarios.rs",
+        "old_envoy_is_version_unsupported",
+    ),
+    (
+        "ENVOY_RESTARTING",
+        "scenarios.rs",
+        "envoy_restarted_three_times_is_envoy_restarting",
+    ),
+    (
+        "CONTROL_PLANE_DISCONNECTED",
+        "scenarios.rs",
+        "repeated_unavailable_is_control_plane_disconnected",
+    ),
+    (
+        "CONTROL_PLANE_UNREACHABLE",
+        "scenarios.rs",
+        "unreachable_control_plane_names_the_failed_step",
+    ),
+    (
+        "MESH_CONFIG_NOT_FOUND",
+        "scenarios.rs",
+        "wrong_network_is_mesh_config_not_found_and_node_metadata_mismatch",
+    ),
+    (
+        "MESH_ENTITY_NOT_FOUND",
+        "scenarios.rs",
+        "entity_not_found_is_mesh_entity_not_found",
+    ),
+    (
+        "CONTROL_PLANE_PERMISSION_DENIED",
+        "scenarios.rs",
+        "permission_denied_then_recovery_expires_after_the_ttl",
+    ),
+    (
+        "CONTROL_PLANE_UNAUTHENTICATED",
+        "scenarios.rs",
+        "unauthenticated_is_control_plane_unauthenticated",
+    ),
+    (
+        "SCOPES_INSUFFICIENT",
+        "scenarios.rs",
+        "metadata_faults_from_the_emulator",
+    ),
+    (
+        "NODE_METADATA_MISMATCH",
+        "scenarios.rs",
+        "node_metadata_lacking_the_network_keys",
+    ),
+    (
+        "NO_MESH_CONFIG",
+        "scenarios.rs",
+        "connected_without_listeners_is_no_mesh_config",
+    ),
+    (
+        "CONFIG_REJECTED",
+        "scenarios.rs",
+        "rejected_listener_is_config_rejected_once_with_envoys_reason",
+    ),
+    (
+        "ACCESS_LOG_NOT_WRITABLE",
+        "scenarios.rs",
+        "access_log_the_unprivileged_envoy_cannot_write",
+    ),
+    (
+        "INTERCEPTION_MISSING",
+        "scenario_interception.rs",
+        "interception_findings_against_real_iptables",
+    ),
+    (
+        "INTERCEPTION_LOOP",
+        "scenario_interception.rs",
+        "interception_findings_against_real_iptables",
+    ),
+    (
+        "SERVICE_NOT_INTERCEPTED",
+        "scenario_interception.rs",
+        "interception_findings_against_real_iptables",
+    ),
+    (
+        "INBOUND_PORT_NOT_INTERCEPTED",
+        "scenario_interception.rs",
+        "interception_findings_against_real_iptables",
+    ),
+    (
+        "INBOUND_PORT_BLOCKED",
+        "scenario_interception.rs",
+        "interception_findings_against_real_iptables",
+    ),
+    (
+        "IPTABLES_UNAVAILABLE",
+        "scenario_interception.rs",
+        "missing_iptables_is_iptables_unavailable",
+    ),
+    (
+        "SERVER_FIRST_PROTOCOL",
+        "scenarios.rs",
+        "mysql_serving_port_is_server_first_protocol",
+    ),
+    (
+        "ENDPOINTS_UNHEALTHY",
+        "scenarios.rs",
+        "failing_health_checks_are_endpoints_panic_and_unhealthy",
+    ),
+    (
+        "ENDPOINTS_PANIC",
+        "scenarios.rs",
+        "failing_health_checks_are_endpoints_panic_and_unhealthy",
+    ),
+    (
+        "GUEST_ATTRIBUTES_DISABLED",
+        "scenarios.rs",
+        "metadata_faults_from_the_emulator",
+    ),
+    (
+        "METADATA_UNREACHABLE",
+        "scenarios.rs",
+        "metadata_faults_from_the_emulator",
+    ),
 ];
 
 /// The test's body: from `fn NAME(` to the next `\n}\n`.
@@ -1004,21 +1202,26 @@ fn body_of<'a>(source: &'a str, name: &str) -> Option<&'a str> {
 fn every_finding_has_a_scenario() {
     let sources = [
         ("scenarios.rs", include_str!("scenarios.rs")),
-        ("scenario_interception.rs", include_str!("scenario_interception.rs")),
+        (
+            "scenario_interception.rs",
+            include_str!("scenario_interception.rs"),
+        ),
         ("doctor.rs", include_str!("doctor.rs")),
     ];
     for id in FindingId::ALL {
         let name = id.as_str();
         let Some((_, file, test)) = COVERAGE.iter().find(|(i, _, _)| *i == name) else {
-            panic!("{name} has no scenario: add a test producing it from real parts, and a row to COVERAGE");
+            panic!(
+                "{name} has no scenario: add a test producing it from real parts, and a row to COVERAGE"
+            );
         };
         let source = sources
             .iter()
             .find(|(f, _)| f == file)
             .map(|(_, s)| *s)
             .unwrap_or_else(|| panic!("{name}: unknown file {file}"));
-        let body = body_of(source, test)
-            .unwrap_or_else(|| panic!("{name}: no test {test} in {file}"));
+        let body =
+            body_of(source, test).unwrap_or_else(|| panic!("{name}: no test {test} in {file}"));
         assert!(
             source.contains(&format!("#[test]\nfn {test}(")),
             "{name}: {file}::{test} is not a #[test]"
@@ -1028,5 +1231,9 @@ fn every_finding_has_a_scenario() {
             "{name}: {file}::{test} does not assert it"
         );
     }
-    assert_eq!(COVERAGE.len(), FindingId::ALL.len(), "stale rows in COVERAGE");
+    assert_eq!(
+        COVERAGE.len(),
+        FindingId::ALL.len(),
+        "stale rows in COVERAGE"
+    );
 }

@@ -79,10 +79,16 @@ pub fn check(snap: &Snapshot, ctx: &CheckContext<'_>) -> GroupOutcome {
                 NodeVerdict::Match(note) | NodeVerdict::NotApplicable(note) => notes.push(note),
             }
             if snap.vm.is_err() {
-                unchecked.push("the VM's network and project are unknown (metadata server not answering)".into());
+                unchecked.push(
+                    "the VM's network and project are unknown (metadata server not answering)"
+                        .into(),
+                );
             }
         }
-        Err(_) => unchecked.push("Envoy's admin is not answering, so its bootstrap, listeners and stats cannot be read".into()),
+        Err(_) => unchecked.push(
+            "Envoy's admin is not answering, so its bootstrap, listeners and stats cannot be read"
+                .into(),
+        ),
     }
 
     if let Ok(listeners) = &snap.listeners {
@@ -203,7 +209,10 @@ pub fn node_mismatch(node: &Node, vm: Option<&VmMetadata>, has_xds: bool) -> Nod
         nets.push((NETWORK_KEY, n.clone()));
     }
     if let Some((_, n)) = id.filter(|_| !id_scoped) {
-        nets.push(("the node id's network", truncate_with_ellipsis(&strip_control(n), 128)));
+        nets.push((
+            "the node id's network",
+            truncate_with_ellipsis(&strip_control(n), 128),
+        ));
     }
     for (what, n) in &nets {
         match vm_net {
@@ -228,7 +237,10 @@ pub fn node_mismatch(node: &Node, vm: Option<&VmMetadata>, has_xds: bool) -> Nod
         projs.push((PROJECT_KEY, p.clone()));
     }
     if let Some((p, _)) = id {
-        projs.push(("the node id's project", truncate_with_ellipsis(&strip_control(p), 64)));
+        projs.push((
+            "the node id's project",
+            truncate_with_ellipsis(&strip_control(p), 64),
+        ));
     }
     for (what, p) in &projs {
         match &vm_proj {
@@ -261,7 +273,11 @@ pub fn node_mismatch(node: &Node, vm: Option<&VmMetadata>, has_xds: bool) -> Nod
             what
         });
     }
-    let mut d = format!("Envoy's bootstrap node \"{}\": {}", truncate_with_ellipsis(&strip_control(&node.id), 160), problems.join("; "));
+    let mut d = format!(
+        "Envoy's bootstrap node \"{}\": {}",
+        truncate_with_ellipsis(&strip_control(&node.id), 160),
+        problems.join("; ")
+    );
     if !fine.is_empty() {
         d.push_str(&format!(" ({})", fine.join(", ")));
     }
@@ -273,7 +289,11 @@ pub fn node_mismatch(node: &Node, vm: Option<&VmMetadata>, has_xds: bool) -> Nod
 // NO_MESH_CONFIG
 // ---------------------------------------------------------------------------------------------
 
-fn no_mesh_config(snap: &Snapshot, listeners: &[DynamicListener], dynamic: usize) -> Option<Finding> {
+fn no_mesh_config(
+    snap: &Snapshot,
+    listeners: &[DynamicListener],
+    dynamic: usize,
+) -> Option<Finding> {
     let stats = snap.stats.as_ref().ok()?;
     let connected = matches!(stats.control_plane_connected_state, Some(1 | 2));
     if !connected || dynamic > 0 || listeners.iter().any(|l| l.error.is_some()) {
@@ -315,7 +335,8 @@ fn one_line(s: &str, max: usize) -> String {
 /// is folded into the listener it names (or that has the same reason).
 pub fn rejected_listeners(listeners: &[DynamicListener]) -> Vec<(String, String, Option<String>)> {
     let mut out: Vec<(String, String, Option<String>)> = Vec::new();
-    let mut entries: Vec<&DynamicListener> = listeners.iter().filter(|l| l.error.is_some()).collect();
+    let mut entries: Vec<&DynamicListener> =
+        listeners.iter().filter(|l| l.error.is_some()).collect();
     // Named entries first, so a nameless one finds its listener.
     entries.sort_by_key(|l| l.name.is_none());
     for l in entries {
@@ -350,11 +371,12 @@ fn rejected(snap: &Snapshot, ctx: &CheckContext<'_>) -> Vec<Finding> {
             c.last.unwrap_or(0)
         )
     };
-    let lds_grew = recent(h.lds_rejected_grew_at)
-        && !h
-            .lds_accepted_at
-            .zip(h.lds_rejected_grew_at)
-            .is_some_and(|(a, r)| a > r);
+    // Grew recently, and no listener update was accepted since.
+    let superseded = match (h.lds_accepted_at, h.lds_rejected_grew_at) {
+        (Some(accepted), Some(rejected)) => accepted > rejected,
+        _ => false,
+    };
+    let lds_grew = recent(h.lds_rejected_grew_at) && !superseded;
     let mut findings = Vec::new();
     let listeners = snap
         .listeners
@@ -552,10 +574,7 @@ pub fn can_write(
                         describe(dir, &f)
                     )),
                 },
-                Ok(None) => Access::Denied(format!(
-                    "directory '{}' does not exist",
-                    dir.display()
-                )),
+                Ok(None) => Access::Denied(format!("directory '{}' does not exist", dir.display())),
                 Err(e) => Access::Unknown(format!("cannot inspect '{}': {e}", dir.display())),
             }
         }
@@ -765,7 +784,12 @@ pub fn merge_log_findings(out: &mut GroupOutcome, log: Vec<(Finding, String)>) {
             }),
             _ => false,
         };
-        if !covered && !out.findings.iter().any(|e| e.id == f.id && e.detail == f.detail) {
+        if !covered
+            && !out
+                .findings
+                .iter()
+                .any(|e| e.id == f.id && e.detail == f.detail)
+        {
             out.findings.push(f);
         }
     }
@@ -819,7 +843,12 @@ mod tests {
             parse_node_id("projects/123/networks/mesh:m1/nodes/abc"),
             Some(("123", "mesh:m1"))
         );
-        for bad in ["", "envoy-1", "projects//networks/x/nodes/y", "projects/1/networks/x"] {
+        for bad in [
+            "",
+            "envoy-1",
+            "projects//networks/x/nodes/y",
+            "projects/1/networks/x",
+        ] {
             assert_eq!(parse_node_id(bad), None, "{bad}");
         }
     }
@@ -835,7 +864,10 @@ mod tests {
         // Empty network means default.
         let mut n = node("default", &p);
         n.metadata.insert(NETWORK_KEY.into(), "".into());
-        assert!(matches!(node_mismatch(&n, Some(&vm), true), NodeVerdict::Match(_)));
+        assert!(matches!(
+            node_mismatch(&n, Some(&vm), true),
+            NodeVerdict::Match(_)
+        ));
     }
 
     #[test]
@@ -843,11 +875,16 @@ mod tests {
         let p = PROJECT.to_string();
         let d = mismatch(&node("vpc-b", &p), Some(&testutil::vm()));
         assert!(
-            d.contains("TRAFFICDIRECTOR_NETWORK_NAME is \"vpc-b\" but the VM's network is \"default\""),
+            d.contains(
+                "TRAFFICDIRECTOR_NETWORK_NAME is \"vpc-b\" but the VM's network is \"default\""
+            ),
             "{d}"
         );
         assert!(d.contains("the node id's network is \"vpc-b\""), "{d}");
-        assert!(d.contains("TRAFFICDIRECTOR_GCP_PROJECT_NUMBER \"123456789012\" matches"), "{d}");
+        assert!(
+            d.contains("TRAFFICDIRECTOR_GCP_PROJECT_NUMBER \"123456789012\" matches"),
+            "{d}"
+        );
     }
 
     #[test]
@@ -857,7 +894,10 @@ mod tests {
             d.contains("TRAFFICDIRECTOR_GCP_PROJECT_NUMBER is \"999\" but the VM's project number is \"123456789012\""),
             "{d}"
         );
-        assert!(d.contains("TRAFFICDIRECTOR_NETWORK_NAME \"default\" matches"), "{d}");
+        assert!(
+            d.contains("TRAFFICDIRECTOR_NETWORK_NAME \"default\" matches"),
+            "{d}"
+        );
     }
 
     #[test]
@@ -870,7 +910,9 @@ mod tests {
         // Without the VM, they are compared with each other.
         let d = mismatch(&n, None);
         assert!(
-            d.contains("TRAFFICDIRECTOR_NETWORK_NAME is \"default\" but the node id's network is \"other\""),
+            d.contains(
+                "TRAFFICDIRECTOR_NETWORK_NAME is \"default\" but the node id's network is \"other\""
+            ),
             "{d}"
         );
     }
@@ -881,7 +923,10 @@ mod tests {
         n.metadata.clear();
         let d = mismatch(&n, Some(&testutil::vm()));
         assert!(d.contains("lacks TRAFFICDIRECTOR_NETWORK_NAME"), "{d}");
-        assert!(d.contains("lacks TRAFFICDIRECTOR_GCP_PROJECT_NUMBER"), "{d}");
+        assert!(
+            d.contains("lacks TRAFFICDIRECTOR_GCP_PROJECT_NUMBER"),
+            "{d}"
+        );
         // A static Envoy with no such metadata is not a mesh node.
         assert!(matches!(
             node_mismatch(&n, Some(&testutil::vm()), false),
@@ -955,7 +1000,11 @@ mod tests {
             .insert("listener_manager.lds.init_fetch_timeout".into(), 1);
         let o = run(&s);
         assert_eq!(ids(&o), [FindingId::NoMeshConfig]);
-        assert!(o.findings[0].detail.contains("initial fetch timed out for listeners (LDS)"));
+        assert!(
+            o.findings[0]
+                .detail
+                .contains("initial fetch timed out for listeners (LDS)")
+        );
         // Not connected: that is the control plane group's business.
         s.stats.as_mut().unwrap().control_plane_connected_state = Some(0);
         assert!(run(&s).findings.is_empty());
@@ -964,7 +1013,12 @@ mod tests {
         let mut o = run(&s);
         explained_by_refusal(&mut o, FindingId::MeshConfigNotFound);
         assert!(o.findings.is_empty());
-        assert!(o.note.ends_with("no listener: explained by MESH_CONFIG_NOT_FOUND"), "{}", o.note);
+        assert!(
+            o.note
+                .ends_with("no listener: explained by MESH_CONFIG_NOT_FOUND"),
+            "{}",
+            o.note
+        );
     }
 
     fn rejected_entry(name: Option<&str>, details: &str) -> DynamicListener {
@@ -1067,7 +1121,10 @@ mod tests {
         assert_eq!(can_write(p, &root, facts(&fs)), Access::Allowed);
         // An existing file owned by root, group-writable for a group Envoy is in.
         fs.insert("/var/log/envoy.log", file(0, 4, 0o664));
-        assert!(matches!(can_write(p, &nobody, facts(&fs)), Access::Denied(_)));
+        assert!(matches!(
+            can_write(p, &nobody, facts(&fs)),
+            Access::Denied(_)
+        ));
         let adm = Credentials {
             uid: 65534,
             gids: Some(vec![65534, 4]),
@@ -1078,14 +1135,22 @@ mod tests {
             uid: 65534,
             gids: None,
         };
-        assert!(matches!(can_write(p, &unknown, facts(&fs)), Access::Unknown(_)));
+        assert!(matches!(
+            can_write(p, &unknown, facts(&fs)),
+            Access::Unknown(_)
+        ));
         // Owner without the write bit is denied even if others may write.
         fs.insert("/var/log/envoy.log", file(65534, 0, 0o466));
-        assert!(matches!(can_write(p, &nobody, facts(&fs)), Access::Denied(_)));
+        assert!(matches!(
+            can_write(p, &nobody, facts(&fs)),
+            Access::Denied(_)
+        ));
         // A directory it cannot enter.
         fs.insert("/var/log", dir(0, 0o700));
         match can_write(p, &nobody, facts(&fs)) {
-            Access::Denied(why) => assert!(why.contains("cannot enter directory '/var/log'"), "{why}"),
+            Access::Denied(why) => {
+                assert!(why.contains("cannot enter directory '/var/log'"), "{why}")
+            }
             other => panic!("{other:?}"),
         }
         // A missing directory.
@@ -1123,7 +1188,10 @@ mod tests {
         s.resolved.envoy_uid = Some(65534);
         s.admin_pid = None;
         let o = run(&s);
-        assert_eq!(ids(&o), [FindingId::ConfigRejected, FindingId::AccessLogNotWritable]);
+        assert_eq!(
+            ids(&o),
+            [FindingId::ConfigRejected, FindingId::AccessLogNotWritable]
+        );
         let d = &o.findings[1].detail;
         assert_eq!(
             d,
@@ -1140,8 +1208,14 @@ mod tests {
                     Finding::new(FindingId::AccessLogNotWritable, "from the log"),
                     "/nonexistent-spa/access.log".into(),
                 ),
-                (Finding::new(FindingId::ConfigRejected, "from the log"), "Listener".into()),
-                (Finding::new(FindingId::ConfigRejected, "cluster"), "Cluster".into()),
+                (
+                    Finding::new(FindingId::ConfigRejected, "from the log"),
+                    "Listener".into(),
+                ),
+                (
+                    Finding::new(FindingId::ConfigRejected, "cluster"),
+                    "Cluster".into(),
+                ),
             ],
         );
         assert_eq!(o2.findings.len(), 3);
@@ -1162,7 +1236,9 @@ mod tests {
         let o = run(&s);
         assert_eq!(ids(&o), [FindingId::AccessLogNotWritable]);
         assert!(
-            o.findings[0].detail.contains("listeners that log there will be rejected"),
+            o.findings[0]
+                .detail
+                .contains("listeners that log there will be rejected"),
             "{}",
             o.findings[0].detail
         );
@@ -1170,7 +1246,11 @@ mod tests {
         s.resolved.envoy_uid = None;
         let o = run(&s);
         assert!(o.findings.is_empty());
-        assert!(o.not_checked.unwrap().contains("the UID Envoy runs as is unknown"));
+        assert!(
+            o.not_checked
+                .unwrap()
+                .contains("the UID Envoy runs as is unknown")
+        );
     }
 
     #[test]
@@ -1205,6 +1285,10 @@ mod tests {
         s.vm = Err(testutil::metadata_down());
         let o = run(&s);
         assert!(o.findings.is_empty());
-        assert!(o.not_checked.unwrap().contains("metadata server not answering"));
+        assert!(
+            o.not_checked
+                .unwrap()
+                .contains("metadata server not answering")
+        );
     }
 }

@@ -94,7 +94,11 @@ pub fn check(snap: &Snapshot, ctx: &CheckContext<'_>) -> GroupOutcome {
 }
 
 /// The stats-based CONTROL_PLANE_DISCONNECTED, or a note of why it is not (yet) raised.
-fn disconnected(snap: &Snapshot, stats: &EnvoyStats, ctx: &CheckContext<'_>) -> Result<Finding, String> {
+fn disconnected(
+    snap: &Snapshot,
+    stats: &EnvoyStats,
+    ctx: &CheckContext<'_>,
+) -> Result<Finding, String> {
     let grace = ctx.settings.disconnected_grace;
     let Some(since) = ctx.history.disconnected_since else {
         return Err("not connected".into());
@@ -151,7 +155,9 @@ pub fn initial_fetch_timeouts(stats: &EnvoyStats) -> String {
 /// Merges the log-derived findings of this group into the snapshot's (see the module doc).
 pub fn merge_log_findings(out: &mut GroupOutcome, log: Vec<Finding>) {
     let refused = log.iter().find(|f| REFUSALS.contains(&f.id)).map(|f| f.id);
-    let log_disconnected = log.iter().any(|f| f.id == FindingId::ControlPlaneDisconnected);
+    let log_disconnected = log
+        .iter()
+        .any(|f| f.id == FindingId::ControlPlaneDisconnected);
     if let Some(by) = refused
         && !log_disconnected
         && let Some(pos) = out
@@ -177,7 +183,11 @@ pub fn merge_log_findings(out: &mut GroupOutcome, log: Vec<Finding>) {
             );
             continue;
         }
-        if !out.findings.iter().any(|e| e.id == f.id && e.detail == f.detail) {
+        if !out
+            .findings
+            .iter()
+            .any(|e| e.id == f.id && e.detail == f.detail)
+        {
             out.findings.push(f);
         }
     }
@@ -239,7 +249,10 @@ mod tests {
         assert_eq!(ids(&o), [FindingId::ControlPlaneDisconnected]);
         let d = &o.findings[0].detail;
         assert!(d.contains("for 5m at least (grace 1m)"), "{d}");
-        assert!(d.contains("accepted no listener update in its 5m of uptime"), "{d}");
+        assert!(
+            d.contains("accepted no listener update in its 5m of uptime"),
+            "{d}"
+        );
         assert!(
             d.contains("initial fetch timed out for clusters (CDS), listeners (LDS)"),
             "{d}"
@@ -277,7 +290,11 @@ mod tests {
         });
         let o = with_history(&[&s], |ctx, _| check(&s, ctx));
         assert_eq!(ids(&o), [FindingId::ControlPlaneUnreachable]);
-        assert!(o.findings[0].detail.starts_with("DNS step failed: trafficdirector.invalid"));
+        assert!(
+            o.findings[0]
+                .detail
+                .starts_with("DNS step failed: trafficdirector.invalid")
+        );
         assert!(o.findings[0].summary.contains("does not resolve"));
 
         s.control_plane = Some(Reachability::TcpFailed {
@@ -287,7 +304,9 @@ mod tests {
         let o = with_history(&[&s], |ctx, _| check(&s, ctx));
         let d = &o.findings[0].detail;
         assert!(
-            d.starts_with("TCP step failed: trafficdirector.googleapis.com:443 resolves to 127.0.0.1:9"),
+            d.starts_with(
+                "TCP step failed: trafficdirector.googleapis.com:443 resolves to 127.0.0.1:9"
+            ),
             "{d}"
         );
         assert!(d.contains("Connection refused"), "{d}");
@@ -310,7 +329,12 @@ mod tests {
             error: "refused".into(),
         });
         let o = with_history(&[&s], |ctx, _| check(&s, ctx));
-        assert!(o.not_checked.as_deref().unwrap().contains("admin is not answering"));
+        assert!(
+            o.not_checked
+                .as_deref()
+                .unwrap()
+                .contains("admin is not answering")
+        );
         assert_eq!(ids(&o), [FindingId::ControlPlaneUnreachable]);
     }
 
@@ -355,7 +379,10 @@ mod tests {
         };
         merge_log_findings(&mut o, vec![refusal.clone()]);
         assert_eq!(o.findings, vec![refusal.clone()]);
-        assert_eq!(o.note, "x; connected_state 0 is explained by MESH_CONFIG_NOT_FOUND");
+        assert_eq!(
+            o.note,
+            "x; connected_state 0 is explained by MESH_CONFIG_NOT_FOUND"
+        );
 
         // ... unless the log also says it is unreachable now (the newer fact).
         let mut o = GroupOutcome {
@@ -365,7 +392,10 @@ mod tests {
         merge_log_findings(&mut o, vec![refusal, log]);
         assert_eq!(
             ids(&o),
-            [FindingId::ControlPlaneDisconnected, FindingId::MeshConfigNotFound]
+            [
+                FindingId::ControlPlaneDisconnected,
+                FindingId::MeshConfigNotFound
+            ]
         );
     }
 

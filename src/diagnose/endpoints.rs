@@ -98,7 +98,12 @@ fn reasons_of(h: &HostHealth) -> Vec<String> {
         ),
         (h.active_hc_timeout, "active_hc_timeout"),
     ];
-    r.extend(flags.iter().filter(|(on, _)| *on).map(|(_, n)| (*n).to_owned()));
+    r.extend(
+        flags
+            .iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, n)| (*n).to_owned()),
+    );
     if let Some(s) = &h.eds_health_status
         && !matches!(s.as_str(), "HEALTHY" | "UNKNOWN" | "DEGRADED")
     {
@@ -274,7 +279,10 @@ mod tests {
             cluster("half", vec![failed_hc(), ok()]),
         ]);
         let ids: Vec<_> = o.findings.iter().map(|f| f.id).collect();
-        assert_eq!(ids, [FindingId::EndpointsPanic, FindingId::EndpointsUnhealthy]);
+        assert_eq!(
+            ids,
+            [FindingId::EndpointsPanic, FindingId::EndpointsUnhealthy]
+        );
         assert!(
             o.findings[0].detail.starts_with(
                 "all-dead: 2 of 2 endpoints unhealthy (failed_active_health_check); big: 99 of 100 endpoints unhealthy"

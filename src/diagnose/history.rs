@@ -119,11 +119,10 @@ impl History {
         }
         if let Ok(stats) = &snap.stats {
             match stats.control_plane_connected_state {
-                Some(0) => {
-                    if self.disconnected_since.is_none() {
-                        self.disconnected_since = Some(self.disconnected_start(snap, now));
-                    }
+                Some(0) if self.disconnected_since.is_none() => {
+                    self.disconnected_since = Some(self.disconnected_start(snap, now));
                 }
+                Some(0) => {}
                 Some(_) => {
                     self.disconnected_since = None;
                     self.last_connected = Some(now);
@@ -163,10 +162,10 @@ impl History {
             .stats
             .as_ref()
             .is_ok_and(|s| s.lds_update_success == Some(0))
-            && snap.listeners.as_ref().is_ok_and(|ls| {
-                ls.iter()
-                    .all(|l| l.active.is_none() && l.warming.is_none())
-            });
+            && snap
+                .listeners
+                .as_ref()
+                .is_ok_and(|ls| ls.iter().all(|l| l.active.is_none() && l.warming.is_none()));
         let from_uptime = snap
             .server_info
             .as_ref()

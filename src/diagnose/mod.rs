@@ -109,7 +109,10 @@ pub fn newest_listener_update(snap: &Snapshot, now: Instant) -> Option<Instant> 
         .filter_map(|l| l.active.as_ref()?.last_updated.as_deref())
         .filter_map(|t| humantime::parse_rfc3339_weak(t.trim()).ok())
         .max()?;
-    let age = snap.taken_at.duration_since(newest).unwrap_or(Duration::ZERO);
+    let age = snap
+        .taken_at
+        .duration_since(newest)
+        .unwrap_or(Duration::ZERO);
     now.checked_sub(age)
 }
 
@@ -172,7 +175,10 @@ pub fn run(
     ];
     let mut by_group: BTreeMap<CheckGroup, Vec<(Finding, String)>> = BTreeMap::new();
     for (f, key) in logs.active_keyed(now, settings.finding_ttl, &log_context(snap)) {
-        by_group.entry(CheckGroup::of(f.id)).or_default().push((f, key));
+        by_group
+            .entry(CheckGroup::of(f.id))
+            .or_default()
+            .push((f, key));
     }
     for (group, found) in by_group {
         let pos = match outcomes.iter().position(|(g, _)| *g == group) {
@@ -192,7 +198,11 @@ pub fn run(
             CheckGroup::Configuration => configuration::merge_log_findings(o, found),
             _ => {
                 for (f, _) in found {
-                    if !o.findings.iter().any(|e| e.id == f.id && e.detail == f.detail) {
+                    if !o
+                        .findings
+                        .iter()
+                        .any(|e| e.id == f.id && e.detail == f.detail)
+                    {
                         o.findings.push(f);
                     }
                 }
@@ -303,10 +313,7 @@ impl CheckGroup {
             | MeshEntityNotFound
             | ControlPlanePermissionDenied
             | ControlPlaneUnauthenticated => CheckGroup::ControlPlane,
-            NodeMetadataMismatch
-            | NoMeshConfig
-            | ConfigRejected
-            | AccessLogNotWritable
+            NodeMetadataMismatch | NoMeshConfig | ConfigRejected | AccessLogNotWritable
             | ServerFirstProtocol => CheckGroup::Configuration,
             InterceptionMissing
             | InterceptionLoop
@@ -480,14 +487,34 @@ mod tests {
             let mut logs = LogFindings::new();
             logs.record(&closed(5, NOT_FOUND), now - Duration::from_secs(5));
             // Sampled in the moment the stream is open: connected_state 1.
-            let d = run(&s, &mut History::new(), &mut logs, &testutil::settings(), now);
+            let d = run(
+                &s,
+                &mut History::new(),
+                &mut logs,
+                &testutil::settings(),
+                now,
+            );
             assert_eq!(ids(&d), [FindingId::MeshConfigNotFound]);
             // And while it is closed: 0 for the whole uptime, explained by the refusal too.
             s.stats.as_mut().unwrap().control_plane_connected_state = Some(0);
-            let d = run(&s, &mut History::new(), &mut logs, &testutil::settings(), now);
+            let d = run(
+                &s,
+                &mut History::new(),
+                &mut logs,
+                &testutil::settings(),
+                now,
+            );
             assert_eq!(ids(&d), [FindingId::MeshConfigNotFound]);
-            let cp = d.groups.iter().find(|g| g.group == CheckGroup::ControlPlane).unwrap();
-            assert!(cp.note.contains("explained by MESH_CONFIG_NOT_FOUND"), "{}", cp.note);
+            let cp = d
+                .groups
+                .iter()
+                .find(|g| g.group == CheckGroup::ControlPlane)
+                .unwrap();
+            assert!(
+                cp.note.contains("explained by MESH_CONFIG_NOT_FOUND"),
+                "{}",
+                cp.note
+            );
         }
 
         #[test]
@@ -497,7 +524,13 @@ mod tests {
             assert_eq!(quiet_period(&s), Duration::from_secs(60));
             let mut logs = LogFindings::new();
             logs.record(&closed(7, "denied"), now - Duration::from_secs(30));
-            let d = run(&s, &mut History::new(), &mut logs, &testutil::settings(), now);
+            let d = run(
+                &s,
+                &mut History::new(),
+                &mut logs,
+                &testutil::settings(),
+                now,
+            );
             assert_eq!(ids(&d), [FindingId::ControlPlanePermissionDenied]);
             let d = run(
                 &s,
@@ -521,7 +554,8 @@ mod tests {
                 .last_updated = Some(humantime::format_rfc3339_millis(updated).to_string());
             // Millisecond precision, as Envoy writes it.
             let at = newest_listener_update(&s, now).unwrap();
-            let off = (now - Duration::from_secs(2)).max(at) - (now - Duration::from_secs(2)).min(at);
+            let off =
+                (now - Duration::from_secs(2)).max(at) - (now - Duration::from_secs(2)).min(at);
             assert!(off < Duration::from_millis(2), "{off:?}");
             let mut logs = LogFindings::new();
             logs.record(&closed(7, "denied"), now - Duration::from_secs(5));
@@ -534,7 +568,13 @@ mod tests {
             );
             // A line newer than the update survives.
             logs.record(&closed(16, "bad token"), now - Duration::from_secs(1));
-            let d = run(&s, &mut History::new(), &mut logs, &testutil::settings(), now);
+            let d = run(
+                &s,
+                &mut History::new(),
+                &mut logs,
+                &testutil::settings(),
+                now,
+            );
             assert_eq!(ids(&d), [FindingId::ControlPlaneUnauthenticated]);
         }
 
@@ -557,9 +597,18 @@ mod tests {
             assert_eq!(ids(&d), [FindingId::EnvoyNotLive]);
             // Initializing, by contrast, has been so since Envoy started (10 minutes).
             s.server_info.as_mut().unwrap().state = ServerState::Initializing;
-            let d = run(&s, &mut History::new(), &mut logs, &testutil::settings(), now);
+            let d = run(
+                &s,
+                &mut History::new(),
+                &mut logs,
+                &testutil::settings(),
+                now,
+            );
             assert_eq!(ids(&d), [FindingId::EnvoyNotLive]);
-            assert!(d.findings[0].detail.contains("INITIALIZING for 10m"), "{d:?}");
+            assert!(
+                d.findings[0].detail.contains("INITIALIZING for 10m"),
+                "{d:?}"
+            );
         }
 
         #[test]

@@ -20,7 +20,9 @@ pub fn node(network: &str, project: &str) -> Node {
     metadata.insert("TRAFFICDIRECTOR_NETWORK_NAME".into(), network.into());
     metadata.insert("TRAFFICDIRECTOR_GCP_PROJECT_NUMBER".into(), project.into());
     Node {
-        id: format!("projects/{project}/networks/{network}/nodes/9a3b7c1e-0000-4000-8000-000000000001"),
+        id: format!(
+            "projects/{project}/networks/{network}/nodes/9a3b7c1e-0000-4000-8000-000000000001"
+        ),
         cluster: "cluster".into(),
         metadata,
     }
@@ -103,7 +105,9 @@ pub fn snapshot() -> Snapshot {
             command_line_options: CommandLineOptions::default(),
             node: node("default", &PROJECT.to_string()),
         }),
-        listeners: Ok(vec![active_listener("TRAFFICDIRECTOR_INTERCEPTION_LISTENER")]),
+        listeners: Ok(vec![active_listener(
+            "TRAFFICDIRECTOR_INTERCEPTION_LISTENER",
+        )]),
         listener_summary: None,
         clusters: Ok(Vec::<ClusterStatus>::new()),
         stats: Ok(connected_stats()),
@@ -132,10 +136,7 @@ pub fn settings() -> CheckSettings {
 }
 
 /// A context whose history has seen `snaps` (in order, 10 s apart) and ends at `now`.
-pub fn with_history<R>(
-    snaps: &[&Snapshot],
-    f: impl FnOnce(&CheckContext<'_>, Instant) -> R,
-) -> R {
+pub fn with_history<R>(snaps: &[&Snapshot], f: impl FnOnce(&CheckContext<'_>, Instant) -> R) -> R {
     let settings = settings();
     let mut history = History::new();
     // Far from the monotonic clock's origin, so uptimes can be subtracted on a fresh machine.

@@ -201,7 +201,10 @@ pub struct Report {
 
 impl Report {
     pub fn findings(&self) -> Vec<Value> {
-        self.json["findings"].as_array().cloned().unwrap_or_default()
+        self.json["findings"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
     }
 
     pub fn ids(&self) -> Vec<String> {
