@@ -76,10 +76,16 @@ pub fn check(snap: &Snapshot, ctx: &CheckContext<'_>) -> GroupOutcome {
             Finding::new(
                 FindingId::ControlPlaneUnreachable,
                 truncate_with_ellipsis(
-                    &crate::text::strip_control(&format!(
-                        "TCP step failed: {target} resolves to {}, but no TCP connection could be opened: {error}. DNS works.",
-                        list(addrs, 4)
-                    )),
+                    &crate::text::strip_control(&if addrs.len() == 1
+                        && addrs.first().map(String::as_str) == Some(target)
+                    {
+                        format!("TCP step failed: no TCP connection to {target} could be opened: {error}.")
+                    } else {
+                        format!(
+                            "TCP step failed: {target} resolves to {}, but no TCP connection could be opened: {error}. DNS works.",
+                            list(addrs, 4)
+                        )
+                    }),
                     MAX_DETAIL,
                 ),
             )
@@ -106,7 +112,7 @@ fn disconnected(
     let for_how_long = ctx.now.saturating_duration_since(since);
     if for_how_long < grace {
         return Err(format!(
-            "not connected for {} (reported after {})",
+            "not connected for {} (a finding after {})",
             human(for_how_long),
             human(grace)
         ));
@@ -261,7 +267,12 @@ mod tests {
         let s = down(0, 20);
         let o = with_history(&[&s], |ctx, _| check(&s, ctx));
         assert!(o.findings.is_empty(), "{o:?}");
-        assert!(o.note.contains("not connected for 20s"), "{}", o.note);
+        assert!(
+            o.note
+                .contains("not connected for 20s (a finding after 1m)"),
+            "{}",
+            o.note
+        );
     }
 
     #[test]
