@@ -887,8 +887,10 @@ fn old_envoy_is_version_unsupported() {
         r.json["observed"]["proxy_version"],
         "093e2ffe046313242144d0431f1bb5cf18d82544/1.15.0-dev/Clean/RELEASE/BoringSSL"
     );
-    // What the old admin could not answer is "not checked", never a pass.
+    // What the old admin could not answer is "not checked", never a pass or a guess.
     assert_eq!(r.group("endpoints")["status"], "not_checked");
+    assert_eq!(r.group("configuration")["status"], "not_checked");
+    r.lacks("NODE_METADATA_MISMATCH");
 }
 
 /// Envoy runs (this test's, at least) but the admin URL given does not answer.

@@ -71,12 +71,22 @@ pub fn check(snap: &Snapshot, ctx: &CheckContext<'_>) -> GroupOutcome {
                 .stats
                 .as_ref()
                 .map_or(true, |s| s.control_plane_connected_state.is_some());
-            match node_mismatch(&info.node, snap.vm.as_ref().ok(), has_xds) {
-                NodeVerdict::Mismatch(detail) => out.findings.push(Finding::new(
-                    FindingId::NodeMetadataMismatch,
-                    truncate_with_ellipsis(&detail, MAX_DETAIL),
-                )),
-                NodeVerdict::Match(note) | NodeVerdict::NotApplicable(note) => notes.push(note),
+            if info.node.id.is_empty() && info.node.metadata.is_empty() {
+                // Old Envoys do not show their node in /server_info: unknown, not lacking.
+                unchecked.push("Envoy's /server_info shows no bootstrap node".into());
+            } else {
+                match node_mismatch(&info.node, snap.vm.as_ref().ok(), has_xds) {
+                    NodeVerdict::Mismatch(detail) => out.findings.push(Finding::new(
+                        FindingId::NodeMetadataMismatch,
+                        truncate_with_ellipsis(&detail, MAX_DETAIL),
+                    )),
+                    NodeVerdict::Match(note) | NodeVerdict::NotApplicable(note) => {
+                        notes.push(note);
+                    }
+                }
+            }
+            if let Err(e) = &snap.listeners {
+                unchecked.push(format!("dynamic listeners unreadable ({e})"));
             }
             if snap.vm.is_err() {
                 unchecked.push(
@@ -1277,6 +1287,23 @@ mod tests {
         let o = run(&s);
         assert_eq!(ids(&o), [FindingId::ServerFirstProtocol]);
         assert!(o.not_checked.unwrap().contains("admin is not answering"));
+    }
+
+    #[test]
+    fn no_node_in_server_info_is_unknown_not_lacking() {
+        let mut s = snapshot();
+        let info = s.server_info.as_mut().unwrap();
+        info.node = Node::default();
+        s.listeners = Err(crate::observe::envoy_admin::AdminError::Status {
+            endpoint: "/config_dump?resource=dynamic_listeners",
+            status: 404,
+            body: "invalid path".into(),
+        });
+        let o = run(&s);
+        assert!(o.findings.is_empty(), "{o:?}");
+        let why = o.not_checked.unwrap();
+        assert!(why.contains("shows no bootstrap node"), "{why}");
+        assert!(why.contains("dynamic listeners unreadable"), "{why}");
     }
 
     #[test]
