@@ -4,17 +4,21 @@
 
 #![allow(dead_code)]
 
-use service_proxy_agent::intercept::plan::{FamilyPlan, Transaction, transaction};
 use service_proxy_agent::intercept::is_ours;
+use service_proxy_agent::intercept::plan::{FamilyPlan, Transaction, transaction};
 use service_proxy_agent::observe::iptables::{Chain, Table, is_name, parse_save};
 
 /// Asserts the restore text is safe to hand to `iptables-restore --noflush`.
 pub fn assert_restore_text_safe(text: &str) {
     assert!(
-        text.bytes().all(|b| b == b'\n' || (b' '..=b'~').contains(&b)),
+        text.bytes()
+            .all(|b| b == b'\n' || (b' '..=b'~').contains(&b)),
         "restore text with a byte iptables must not see: {text:?}"
     );
-    assert!(text.starts_with("*nat\n") && text.ends_with("COMMIT\n"), "{text:?}");
+    assert!(
+        text.starts_with("*nat\n") && text.ends_with("COMMIT\n"),
+        "{text:?}"
+    );
     assert_eq!(
         text.matches("COMMIT").count(),
         1,

@@ -29,7 +29,10 @@ fuzz_target!(|data: &[u8]| {
     };
     let resolved = Settings::resolve(&args, |_| None);
     if valid.is_err() {
-        assert!(resolved.is_err(), "invalid file {valid:?} resolved to {resolved:?}");
+        assert!(
+            resolved.is_err(),
+            "invalid file {valid:?} resolved to {resolved:?}"
+        );
     }
     // Without an explicit allow (which may be spelt with escapes), only loopback is accepted.
     if let Ok(s) = resolved

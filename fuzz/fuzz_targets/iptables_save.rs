@@ -20,11 +20,19 @@ fuzz_target!(|data: &[u8]| {
     let rs = parse_save(&text);
     assert!(rs.unparsed.len() <= MAX_UNPARSED);
 
-    let mut vips: Vec<IpNet> = vec!["10.0.0.1/32".parse().unwrap(), "fd00::1/128".parse().unwrap()];
+    let mut vips: Vec<IpNet> = vec![
+        "10.0.0.1/32".parse().unwrap(),
+        "fd00::1/128".parse().unwrap(),
+    ];
     let mut ports: Vec<u16> = vec![80];
     let mut uid = None;
     let mut proxy_port = None;
-    for r in rs.tables.iter().flat_map(|t| &t.chains).flat_map(|c| &c.rules) {
+    for r in rs
+        .tables
+        .iter()
+        .flat_map(|t| &t.chains)
+        .flat_map(|c| &c.rules)
+    {
         if let Some(d) = &r.spec.destination
             && vips.len() < 32
         {

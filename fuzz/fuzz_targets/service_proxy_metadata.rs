@@ -32,7 +32,10 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let p = plan(&DesiredInput {
-        vips: vec!["10.0.0.1/32".parse().unwrap(), "fd00::1/128".parse().unwrap()],
+        vips: vec![
+            "10.0.0.1/32".parse().unwrap(),
+            "fd00::1/128".parse().unwrap(),
+        ],
         serving_ports: cfg.service.serving_ports.clone(),
         envoy_uid: 1337,
         proxy_port: cfg.proxy_spec.proxy_port.unwrap_or(15001),
