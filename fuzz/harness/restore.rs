@@ -2,8 +2,6 @@
 //! were fed, what would reach iptables is plain, re-readable text that deletes only rules that
 //! exist, and applying it converges (a second transaction has nothing to do).
 
-#![allow(dead_code)]
-
 use service_proxy_agent::intercept::is_ours;
 use service_proxy_agent::intercept::plan::{FamilyPlan, Transaction, transaction};
 use service_proxy_agent::observe::iptables::{Chain, Table, is_name, parse_save};
