@@ -3,7 +3,9 @@
 //! exist, and applying it converges (a second transaction has nothing to do).
 
 use service_proxy_agent::intercept::is_ours;
-use service_proxy_agent::intercept::plan::{FamilyPlan, Transaction, transaction};
+use service_proxy_agent::intercept::plan::{
+    FamilyPlan, Transaction, clear_transaction, transaction,
+};
 use service_proxy_agent::observe::iptables::{Chain, Table, is_name, parse_save};
 
 /// Asserts the restore text is safe to hand to `iptables-restore --noflush`.
@@ -144,5 +146,22 @@ pub fn check_converges(fp: &FamilyPlan, current: Option<&Table>, unparsed_in_our
             tx.text, again.text
         ),
         Err(e) => panic!("after the transaction: {e}\nfirst:\n{}", tx.text),
+    }
+}
+
+/// The same for `intercept clear`: after it, nothing of ours is left to remove.
+pub fn check_clear_converges(current: Option<&Table>) {
+    let Ok(Some(tx)) = clear_transaction(current) else {
+        return;
+    };
+    assert_restore_text_safe(&tx.text);
+    let after = apply(current, &tx);
+    match clear_transaction(Some(&after)) {
+        Ok(None) => {}
+        Ok(Some(again)) => panic!(
+            "clearing does not converge:\nfirst:\n{}\nthen:\n{}",
+            tx.text, again.text
+        ),
+        Err(e) => panic!("after clearing: {e}\nfirst:\n{}", tx.text),
     }
 }
