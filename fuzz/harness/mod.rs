@@ -29,8 +29,11 @@ use service_proxy_agent::observe::envoy_log::{
 use service_proxy_agent::observe::iptables::{MAX_UNPARSED, Owner, parse_save};
 use service_proxy_agent::observe::metadata::parse_service_proxy;
 
-/// Every target by name, for the regression test.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+/// A target's name and what it does with an input.
+pub type Target = (&'static str, fn(&[u8]));
+
+/// Every target, for the regression test.
+pub const TARGETS: &[Target] = &[
     ("server_info", server_info),
     ("listeners", listeners),
     ("clusters", clusters),
