@@ -22,6 +22,12 @@ seed clusters "$fx"/envoy/*clusters*.json
 seed stats "$fx"/envoy/*stats*.txt
 seed iptables_save "$fx"/iptables/*.save "$fx"/iptables/*.rules "$fx"/intercept/*.restore
 seed service_proxy_metadata "$fx"/metadata/*.json
+# The metadata server's plain values, as it returns them.
+printf 'projects/123456789012/zones/us-central1-a' >"$corpus/service_proxy_metadata/seed-zone"
+printf 'projects/123456789012/networks/default' >"$corpus/service_proxy_metadata/seed-network"
+printf 'my-project-42' >"$corpus/service_proxy_metadata/seed-project-id"
+printf 'https://www.googleapis.com/auth/cloud-platform\nhttps://www.googleapis.com/auth/logging.write\n' \
+  >"$corpus/service_proxy_metadata/seed-scopes"
 
 # /ready: the first byte picks the status (0 → 200, 1 → 503), the rest is the body.
 mkdir -p "$corpus/ready"

@@ -1,5 +1,6 @@
 //! The `gce-service-proxy` metadata value → `parse_service_proxy`, then the planner's strict
-//! parsing of the exclusions and serving ports; what would reach iptables must stay clean.
+//! parsing of the exclusions and serving ports; what would reach iptables must stay clean. The
+//! metadata server's plain values (project id, zone, network, scopes) go through their parsers too.
 #![no_main]
 
 #[path = "../harness/mod.rs"]

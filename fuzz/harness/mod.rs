@@ -27,7 +27,9 @@ use service_proxy_agent::observe::envoy_log::{
     DEFAULT_MAX_ENTRY_BYTES, EntryAssembler, EntryFilter, INTERESTING, LogEntry, Tail,
 };
 use service_proxy_agent::observe::iptables::{MAX_UNPARSED, Owner, parse_save};
-use service_proxy_agent::observe::metadata::parse_service_proxy;
+use service_proxy_agent::observe::metadata::{
+    parse_network, parse_number, parse_project_id, parse_scopes, parse_service_proxy, parse_zone,
+};
 
 /// A target's name and what it does with an input.
 pub type Target = (&'static str, fn(&[u8]));
@@ -333,11 +335,13 @@ fn assemble(
 }
 
 /// The `gce-service-proxy` metadata value → `parse_service_proxy`, then the planner's strict
-/// parsing of the exclusions and serving ports; what would reach iptables must stay clean.
+/// parsing of the exclusions and serving ports; what would reach iptables must stay clean. The
+/// metadata server's plain values (project id, zone, network, scopes) go through their parsers too.
 pub fn service_proxy_metadata(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
+    metadata_values(text);
     let Ok(cfg) = parse_service_proxy(text) else {
         return;
     };
@@ -377,6 +381,31 @@ pub fn service_proxy_metadata(data: &[u8]) {
                 restore::assert_restore_text_safe(&text);
             }
         }
+    }
+}
+
+/// The metadata server's plain values, which end up in attributes and findings: what they
+/// accept is made of the characters their names allow.
+fn metadata_values(text: &str) {
+    let _ = parse_number(text);
+    let name_chars = |s: &str, extra: &[u8]| {
+        s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || extra.contains(&b))
+    };
+    if let Ok(p) = parse_project_id(text) {
+        assert!(!p.is_empty() && name_chars(&p, b"-.:_"), "{p:?}");
+    }
+    if let Ok(z) = parse_zone(text) {
+        assert!(
+            !z.is_empty() && name_chars(&z, b"-") && z.len() <= 63,
+            "{z:?}"
+        );
+    }
+    if let Ok(n) = parse_network(text) {
+        assert!(!n.name.is_empty() && name_chars(&n.name, b"-_."), "{n:?}");
+    }
+    for s in parse_scopes(text) {
+        assert!(!s.is_empty() && !s.chars().any(char::is_control), "{s:?}");
     }
 }
 
