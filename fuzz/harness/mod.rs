@@ -14,7 +14,9 @@ use ipnet::IpNet;
 use service_proxy_agent::config::{CommonArgs, Settings, validate_file_text};
 use service_proxy_agent::diagnose::interception::{InterceptionInput, check};
 use service_proxy_agent::diagnose::log_classifier::classify;
-use service_proxy_agent::diagnose::log_findings::{Contradiction, LogContext, LogFindings};
+use service_proxy_agent::diagnose::log_findings::{
+    Contradiction, LogContext, LogFindings, MAX_DETAIL_BYTES,
+};
 use service_proxy_agent::intercept::is_ours;
 use service_proxy_agent::intercept::plan::{
     DesiredInput, TrafficInterception, parse_exclude_ip_range, parse_exclude_port_range, plan,
@@ -292,7 +294,11 @@ pub fn log_classifier(data: &[u8]) {
     };
     let later = start + Duration::from_secs(entries.len() as u64);
     for f in findings.active(later, Duration::from_secs(600), &ctx) {
-        let _ = f;
+        assert!(
+            f.detail.len() <= MAX_DETAIL_BYTES && !f.detail.chars().any(char::is_control),
+            "a log finding's detail must be one bounded line: {:?}",
+            f.detail
+        );
     }
     findings.contradict(Contradiction::NoRejectedConfig, later);
     let _ = findings.active(later, Duration::from_secs(600), &LogContext::default());
