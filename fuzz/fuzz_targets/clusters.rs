@@ -1,0 +1,7 @@
+//! `/clusters?format=json` body → `parse_clusters`.
+#![no_main]
+
+#[path = "../harness/mod.rs"]
+mod harness;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| harness::clusters(data));

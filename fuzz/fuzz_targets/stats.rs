@@ -1,0 +1,7 @@
+//! `/stats` text → `parse_stats`.
+#![no_main]
+
+#[path = "../harness/mod.rs"]
+mod harness;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| harness::stats(data));
