@@ -9,7 +9,7 @@ use thiserror::Error;
 
 use crate::intercept::is_ours;
 use crate::intercept::plan::{FamilyPlan, Plan, PlanError, Transaction, transaction};
-use crate::observe::iptables::{self, Family, IptablesError, Ruleset, Tools};
+use crate::observe::iptables::{self, Family, IptablesError, Ruleset, Tools, parse_save};
 
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
 pub enum InterceptError {
@@ -84,6 +84,12 @@ impl fmt::Display for FamilyOutcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             FamilyOutcome::Unchanged { rules } => write!(f, "unchanged ({rules} rules)"),
+            FamilyOutcome::Changed { rules, transaction } if !transaction.edited_chains.is_empty() => write!(
+                f,
+                "updated ({rules} rules; {} rules deleted, {} inserted in place)",
+                transaction.deleted_rules,
+                transaction.inserted_rules,
+            ),
             FamilyOutcome::Changed { rules, transaction } => write!(
                 f,
                 "updated ({rules} rules; {} jumps deleted, {} added, {} stale chains removed)",
@@ -143,6 +149,8 @@ pub struct Counters {
     pub saves: u64,
     pub restores: u64,
     pub failed_restores: u64,
+    /// Saves found equal to the plan from their text alone (no parse): the steady state.
+    pub unchanged_by_text: u64,
 }
 
 /// Applies plans. Keep one for the life of the daemon: it remembers that ip6tables holds
@@ -228,8 +236,12 @@ impl Reconciler {
         for family in Family::BOTH {
             let fp = plan.family(family);
             let r = match self.save_nat(family).await {
-                Ok(rs) => transaction(fp, rs.table("nat"), unparsed_in_ours(&rs))
-                    .map_err(|source| InterceptError::Plan { family, source }),
+                Ok(text) if fp.matches_saved_text(&text) => Ok(None),
+                Ok(text) => {
+                    let rs = parse_save(&text);
+                    transaction(fp, rs.table("nat"), unparsed_in_ours(&rs))
+                        .map_err(|source| InterceptError::Plan { family, source })
+                }
                 Err(source) if family == Family::V6 && !fp.is_active() => {
                     let _ = source;
                     Ok(None)
@@ -255,19 +267,27 @@ impl Reconciler {
             self.v6_clean = false;
         }
         report.saves += 1;
-        let rs = match self.save_nat(family).await {
-            Ok(rs) => rs,
+        let text = match self.save_nat(family).await {
+            Ok(text) => text,
             Err(e) if idle_v6 => {
                 self.v6_clean = true;
                 return FamilyOutcome::Unavailable(e);
             }
             Err(source) => return FamilyOutcome::Failed(InterceptError::Save { family, source }),
         };
+        let rules = fp.rule_count();
+        if fp.matches_saved_text(&text) {
+            self.totals.unchanged_by_text += 1;
+            if idle_v6 {
+                self.v6_clean = true;
+            }
+            return FamilyOutcome::Unchanged { rules };
+        }
+        let rs = parse_save(&text);
         let tx = match transaction(fp, rs.table("nat"), unparsed_in_ours(&rs)) {
             Ok(tx) => tx,
             Err(source) => return FamilyOutcome::Failed(InterceptError::Plan { family, source }),
         };
-        let rules = fp.rule_count();
         let Some(tx) = tx else {
             if idle_v6 {
                 self.v6_clean = true;
@@ -292,9 +312,10 @@ impl Reconciler {
         }
     }
 
-    async fn save_nat(&mut self, family: Family) -> Result<Ruleset, IptablesError> {
+    /// The nat table as `*-save` prints it: compared as text first, parsed only if it differs.
+    async fn save_nat(&mut self, family: Family) -> Result<String, IptablesError> {
         self.totals.saves += 1;
-        iptables::save(&self.tools, family, Some("nat")).await
+        iptables::save_text(&self.tools, family, Some("nat")).await
     }
 
     async fn restore(&mut self, family: Family, text: &str) -> Result<(), IptablesError> {
