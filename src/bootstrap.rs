@@ -1,1 +1,877 @@
-//! The Envoy bootstrap writer (in progress).
+//! `envoy-bootstrap`: Envoy's Cloud Service Mesh bootstrap for this VM (SPEC §2).
+//!
+//! Two halves: [`BootstrapInput::resolve`] gathers what the bootstrap depends on (the VM's
+//! metadata, the `gce-service-proxy` attribute, the agent's own settings) and refuses when
+//! something the control plane needs is missing; [`build`] is a pure function from that input to
+//! the JSON, so every choice below is unit-tested without a metadata server.
+//!
+//! Choices, and why:
+//! - **Node id** `projects/<number>/networks/<network>/nodes/<uuid>`. The UUID is a version-5
+//!   UUID of the VM's identity (project id, zone, instance id): the same VM gets the same node id
+//!   at every boot and every re-run of the startup script (so Cloud Service Mesh sees one proxy,
+//!   not a new one per reboot, and rewriting the bootstrap changes nothing), while a VM recreated
+//!   by a managed instance group has a new instance id and so a new node id. Anyone can
+//!   recompute it: `uuid5(uuid5(NAMESPACE_URL, "service-proxy-agent:envoy-node-id"),
+//!   "projects/<project-id>/zones/<zone>/instances/<instance-id>")`.
+//! - With `proxy-spec.mesh` the network part is `mesh:<name>`, with `proxy-spec.scope` it is
+//!   `scope:<name>` (the service-routing APIs); the name is also given as
+//!   `TRAFFICDIRECTOR_MESH_SCOPE_NAME`, and `TRAFFICDIRECTOR_NETWORK_NAME` stays the VPC network.
+//!   When both are set the mesh wins and a warning says so.
+//! - **Network**: `proxy-spec.network` when not empty, else the VM's own network. (gcloud writes
+//!   `network: ""` by default; the VM's network is what the forwarding rules must be in.)
+//! - **Project number**: `proxy-spec.project-number` when set (configuration in another project,
+//!   e.g. a Shared VPC host), else the VM's project number.
+//! - **Interception port**: the agent's `--proxy-port` when given (the agent redirects traffic
+//!   there, so Envoy must listen there), else `proxy-spec.proxy-port`, else 15001.
+//! - **Admin** on the agent's `--envoy-admin` address (127.0.0.1:15000 by default), so the agent
+//!   and Envoy agree without a second setting.
+//! - **ADS** to the agent's `--control-plane` (trafficdirector.googleapis.com:443) over
+//!   `google_grpc` with TLS (the system CA bundle) and the VM's service-account credentials
+//!   from the metadata server (`google_compute_engine` call credentials: Google default
+//!   credentials on Compute Engine), LDS and CDS from ADS, API version V3.
+//! - **Tracing** ON: `TRAFFICDIRECTOR_ENABLE_TRACING=true` (the control plane then enables
+//!   tracing in the listeners it sends) and a server-wide OpenTelemetry tracer exporting to Cloud
+//!   Trace's OTLP endpoint (telemetry.googleapis.com). Envoy 1.40 no longer has the OpenCensus
+//!   tracer older Cloud Service Mesh bootstraps used, and logs the bootstrap-level `tracing`
+//!   field as deprecated (still accepted).
+//! - A downstream-connection limit (overload manager), as Cloud Service Mesh's own bootstraps
+//!   set one: without it Envoy warns at every start and accepts connections without bound.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+use thiserror::Error;
+use uuid::Uuid;
+
+use crate::config::Settings;
+use crate::observe::metadata::{
+    DEFAULT_PROXY_PORT, MetadataClient, MetadataError, ServiceProxyConfig, VmMetadata,
+};
+use crate::text;
+
+/// Node metadata keys Cloud Service Mesh reads (REFERENCE.md).
+pub const NETWORK_NAME_KEY: &str = "TRAFFICDIRECTOR_NETWORK_NAME";
+pub const PROJECT_NUMBER_KEY: &str = "TRAFFICDIRECTOR_GCP_PROJECT_NUMBER";
+pub const INTERCEPTION_PORT_KEY: &str = "TRAFFICDIRECTOR_INTERCEPTION_PORT";
+pub const ACCESS_LOG_PATH_KEY: &str = "TRAFFICDIRECTOR_ACCESS_LOG_PATH";
+pub const ENABLE_TRACING_KEY: &str = "TRAFFICDIRECTOR_ENABLE_TRACING";
+pub const MESH_SCOPE_NAME_KEY: &str = "TRAFFICDIRECTOR_MESH_SCOPE_NAME";
+pub const INBOUND_BACKEND_PORTS_KEY: &str = "TRAFFICDIRECTOR_INBOUND_BACKEND_PORTS";
+
+/// Cloud Trace's OTLP endpoint (the Telemetry API).
+pub const TRACE_ENDPOINT: &str = "telemetry.googleapis.com:443";
+/// What Envoy accepts at most at once (Cloud Service Mesh's bootstraps use the same figure).
+pub const MAX_DOWNSTREAM_CONNECTIONS: u64 = 50_000;
+/// Where Linux distributions keep the CA bundle: Debian/Ubuntu, RHEL family, SUSE, old RHEL.
+pub const CA_BUNDLES: [&str; 4] = [
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/ca-bundle.pem",
+    "/etc/pki/tls/cacert.pem",
+];
+
+/// Namespace of the node UUIDs (itself a v5 UUID of the project's name, so it is fixed).
+fn uuid_namespace() -> Uuid {
+    Uuid::new_v5(&Uuid::NAMESPACE_URL, b"service-proxy-agent:envoy-node-id")
+}
+
+/// Exit status when something the bootstrap needs is missing (SPEC §2).
+pub const EXIT_MISSING: u8 = 1;
+
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum BootstrapError {
+    /// The metadata server did not answer, or an identity item (project id, project number,
+    /// instance id, zone) is missing or malformed; the inner error names the path.
+    #[error("cannot read the VM's identity from the metadata server: {0}")]
+    Identity(MetadataError),
+    #[error(
+        "the VM's network is unknown ({reason}) and the gce-service-proxy metadata sets no proxy-spec.network"
+    )]
+    MissingNetwork { reason: String },
+    #[error("the gce-service-proxy metadata cannot be used: {0}")]
+    ServiceProxy(MetadataError),
+    #[error("invalid {field} {value:?} in the gce-service-proxy metadata: {rule}")]
+    InvalidField {
+        field: &'static str,
+        value: String,
+        rule: &'static str,
+    },
+    #[error("--envoy-admin host {0:?} is not an IP address (Envoy's admin needs one)")]
+    AdminNotIp(String),
+    #[error("cannot write {path}: {reason}")]
+    Write { path: PathBuf, reason: String },
+}
+
+impl BootstrapError {
+    /// Missing or unusable metadata (exit 1), as opposed to a failure of the command itself.
+    pub fn is_missing_metadata(&self) -> bool {
+        matches!(
+            self,
+            BootstrapError::Identity(_)
+                | BootstrapError::MissingNetwork { .. }
+                | BootstrapError::ServiceProxy(_)
+                | BootstrapError::InvalidField { .. }
+        )
+    }
+}
+
+/// Where the node says it belongs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attachment {
+    /// A VPC network (forwarding rules, the classic API).
+    Network,
+    /// `mesh:<name>` (the service-routing Mesh API).
+    Mesh(String),
+    /// `scope:<name>` (the service-routing Gateway API).
+    Scope(String),
+}
+
+/// Everything the bootstrap is made of, already checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootstrapInput {
+    pub project_id: String,
+    /// The project whose Cloud Service Mesh configuration applies.
+    pub project_number: u64,
+    pub zone: String,
+    pub instance_id: u64,
+    pub network: String,
+    pub attachment: Attachment,
+    pub interception_port: u16,
+    pub access_log: Option<String>,
+    pub tracing: bool,
+    pub serving_ports: Vec<u16>,
+    pub labels: BTreeMap<String, String>,
+    pub admin: SocketAddr,
+    /// `host:port` of the xDS server.
+    pub control_plane: String,
+    /// The CA bundle for TLS to Google APIs; `None`: gRPC's built-in roots.
+    pub ca_bundle: Option<PathBuf>,
+    /// What was ignored or assumed, one line each, for the operator.
+    pub warnings: Vec<String>,
+}
+
+/// The bootstrap and its node id.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bootstrap {
+    pub node_id: String,
+    pub json: Value,
+}
+
+impl Bootstrap {
+    /// Pretty JSON with a final newline, as written to the file.
+    pub fn to_text(&self) -> String {
+        let mut s = serde_json::to_string_pretty(&self.json).unwrap_or_else(|_| "{}".to_owned());
+        s.push('\n');
+        s
+    }
+}
+
+/// The node UUID of a VM: stable for the VM, different for any other (see the module doc).
+pub fn node_uuid(project_id: &str, zone: &str, instance_id: u64) -> Uuid {
+    let name = format!("projects/{project_id}/zones/{zone}/instances/{instance_id}");
+    Uuid::new_v5(&uuid_namespace(), name.as_bytes())
+}
+
+/// Names that go into the node id: a segment of a resource path, so no `/`, no spaces.
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+const NAME_RULE: &str = "1 to 128 of A-Z, a-z, 0-9, '-', '_' and '.'";
+
+fn checked_name(field: &'static str, value: &str) -> Result<String, BootstrapError> {
+    if valid_name(value) {
+        Ok(value.to_owned())
+    } else {
+        Err(BootstrapError::InvalidField {
+            field,
+            value: text::truncate_with_ellipsis(&text::strip_control(value), 80),
+            rule: NAME_RULE,
+        })
+    }
+}
+
+fn non_empty(s: &Option<String>) -> Option<&str> {
+    s.as_deref().map(str::trim).filter(|s| !s.is_empty())
+}
+
+impl BootstrapInput {
+    /// Combines the VM's metadata and the agent's settings; `ca_bundle` is the CA file found on
+    /// this machine ([`find_ca_bundle`]).
+    pub fn resolve(
+        vm: &VmMetadata,
+        settings: &Settings,
+        ca_bundle: Option<PathBuf>,
+    ) -> Result<BootstrapInput, BootstrapError> {
+        let mut warnings = Vec::new();
+        let sp: ServiceProxyConfig = match &vm.service_proxy {
+            Ok(Some(c)) => c.clone(),
+            Ok(None) => {
+                warnings.push(
+                    "the instance has no gce-service-proxy metadata: using the defaults (the VM's network, no access log, no tracing)"
+                        .to_owned(),
+                );
+                ServiceProxyConfig::default()
+            }
+            Err(e) => return Err(BootstrapError::ServiceProxy(e.clone())),
+        };
+        warnings.extend(
+            sp.warnings
+                .iter()
+                .map(|w| format!("gce-service-proxy: {w}")),
+        );
+        let spec = &sp.proxy_spec;
+
+        let network = match non_empty(&spec.network) {
+            Some(n) => checked_name("proxy-spec.network", n)?,
+            None => match &vm.network {
+                Ok(n) => n.name.clone(),
+                Err(e) => {
+                    return Err(BootstrapError::MissingNetwork {
+                        reason: e.to_string(),
+                    });
+                }
+            },
+        };
+        let mesh = non_empty(&spec.mesh)
+            .map(|m| checked_name("proxy-spec.mesh", m))
+            .transpose()?;
+        let scope = non_empty(&spec.scope)
+            .map(|s| checked_name("proxy-spec.scope", s))
+            .transpose()?;
+        let attachment = match (mesh, scope) {
+            (Some(m), Some(s)) => {
+                warnings.push(format!(
+                    "proxy-spec sets both mesh {m:?} and scope {s:?}: the node joins the mesh"
+                ));
+                Attachment::Mesh(m)
+            }
+            (Some(m), None) => Attachment::Mesh(m),
+            (None, Some(s)) => Attachment::Scope(s),
+            (None, None) => Attachment::Network,
+        };
+
+        let access_log = match non_empty(&spec.access_log) {
+            None => None,
+            Some(p) if p.starts_with('/') && !p.chars().any(char::is_control) => Some(p.to_owned()),
+            Some(p) => {
+                return Err(BootstrapError::InvalidField {
+                    field: "proxy-spec.access-log",
+                    value: text::truncate_with_ellipsis(&text::strip_control(p), 80),
+                    rule: "an absolute file path",
+                });
+            }
+        };
+
+        let mut labels = BTreeMap::new();
+        for (k, v) in &sp.labels {
+            if k.starts_with("TRAFFICDIRECTOR_") {
+                warnings.push(format!(
+                    "label {k} ignored: TRAFFICDIRECTOR_* node metadata is set by the bootstrap"
+                ));
+            } else {
+                labels.insert(k.clone(), v.clone());
+            }
+        }
+
+        let admin_ip = match settings.envoy_admin.host.as_str() {
+            "localhost" => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            h => h
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<IpAddr>()
+                .map_err(|_| BootstrapError::AdminNotIp(h.to_owned()))?,
+        };
+
+        Ok(BootstrapInput {
+            project_id: vm.project_id.clone(),
+            project_number: spec.project_number.unwrap_or(vm.project_number),
+            zone: vm.zone.clone(),
+            instance_id: vm.instance_id,
+            network,
+            attachment,
+            interception_port: settings
+                .proxy_port
+                .or(spec.proxy_port)
+                .unwrap_or(DEFAULT_PROXY_PORT),
+            access_log,
+            tracing: spec.tracing.unwrap_or(false),
+            serving_ports: sp.service.serving_ports.clone(),
+            labels,
+            admin: SocketAddr::new(admin_ip, settings.envoy_admin.port),
+            control_plane: settings.control_plane.to_string(),
+            ca_bundle,
+            warnings,
+        })
+    }
+
+    pub fn node_id(&self) -> String {
+        let place = match &self.attachment {
+            Attachment::Network => self.network.clone(),
+            Attachment::Mesh(m) => format!("mesh:{m}"),
+            Attachment::Scope(s) => format!("scope:{s}"),
+        };
+        format!(
+            "projects/{}/networks/{place}/nodes/{}",
+            self.project_number,
+            node_uuid(&self.project_id, &self.zone, self.instance_id)
+        )
+    }
+}
+
+/// The first CA bundle that exists: `SSL_CERT_FILE` (OpenSSL's own override), else the
+/// distribution's usual places.
+pub fn find_ca_bundle(env: impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
+    env("SSL_CERT_FILE")
+        .filter(|p| !p.trim().is_empty())
+        .map(PathBuf::from)
+        .into_iter()
+        .chain(CA_BUNDLES.iter().map(PathBuf::from))
+        .find(|p| p.is_file())
+}
+
+/// A `google_grpc` service to a Google API with the VM's credentials.
+fn google_grpc(target: &str, stat_prefix: &str, ca_bundle: Option<&Path>) -> Value {
+    let ssl = match ca_bundle {
+        Some(p) => json!({"root_certs": {"filename": p.to_string_lossy()}}),
+        None => json!({}),
+    };
+    json!({
+        "target_uri": target,
+        "stat_prefix": stat_prefix,
+        "channel_credentials": {"ssl_credentials": ssl},
+        "call_credentials": [{"google_compute_engine": {}}],
+    })
+}
+
+/// The bootstrap for `input`. Pure: same input, same bytes.
+pub fn build(input: &BootstrapInput) -> Bootstrap {
+    let node_id = input.node_id();
+    let ca = input.ca_bundle.as_deref();
+
+    let mut metadata = Map::new();
+    // Labels first, so that nothing a label says can replace what the bootstrap sets.
+    for (k, v) in &input.labels {
+        metadata.insert(k.clone(), Value::String(v.clone()));
+    }
+    let mut set = |k: &str, v: String| {
+        metadata.insert(k.to_owned(), Value::String(v));
+    };
+    set(NETWORK_NAME_KEY, input.network.clone());
+    set(PROJECT_NUMBER_KEY, input.project_number.to_string());
+    set(INTERCEPTION_PORT_KEY, input.interception_port.to_string());
+    set(ENABLE_TRACING_KEY, input.tracing.to_string());
+    if let Some(p) = &input.access_log {
+        set(ACCESS_LOG_PATH_KEY, p.clone());
+    }
+    if let Attachment::Mesh(n) | Attachment::Scope(n) = &input.attachment {
+        set(MESH_SCOPE_NAME_KEY, n.clone());
+    }
+    if !input.serving_ports.is_empty() {
+        let ports: Vec<String> = input.serving_ports.iter().map(u16::to_string).collect();
+        set(INBOUND_BACKEND_PORTS_KEY, ports.join(","));
+    }
+
+    let mut json = json!({
+        "node": {
+            "id": node_id,
+            // Cloud Service Mesh identifies the node by its id; the cluster is not used.
+            "cluster": "cluster",
+            "locality": {"zone": input.zone},
+            "metadata": metadata,
+        },
+        "admin": {
+            "address": {"socket_address": {
+                "address": input.admin.ip().to_string(),
+                "port_value": input.admin.port(),
+            }},
+        },
+        "dynamic_resources": {
+            "lds_config": {"ads": {}, "resource_api_version": "V3"},
+            "cds_config": {"ads": {}, "resource_api_version": "V3"},
+            "ads_config": {
+                "api_type": "GRPC",
+                "transport_api_version": "V3",
+                "grpc_services": [{
+                    "google_grpc": google_grpc(&input.control_plane, "trafficdirector", ca),
+                }],
+            },
+        },
+        "overload_manager": {
+            "resource_monitors": [{
+                "name": "envoy.resource_monitors.global_downstream_max_connections",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
+                    "max_active_downstream_connections": MAX_DOWNSTREAM_CONNECTIONS,
+                },
+            }],
+        },
+    });
+    if input.tracing
+        && let Value::Object(top) = &mut json
+    {
+        let tracer = json!({
+            "http": {
+                "name": "envoy.tracers.opentelemetry",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig",
+                    "service_name": "envoy",
+                    "grpc_service": {
+                        "google_grpc": google_grpc(TRACE_ENDPOINT, "cloud_trace", ca),
+                        // The Telemetry API bills and authorizes against this project.
+                        "initial_metadata": [{"key": "x-goog-user-project", "value": input.project_id}],
+                        "timeout": "5s",
+                    },
+                    "resource_detectors": [{
+                        "name": "envoy.tracers.opentelemetry.resource_detectors.static_config",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.tracers.opentelemetry.resource_detectors.v3.StaticConfigResourceDetectorConfig",
+                            "attributes": {
+                                "gcp.project_id": input.project_id,
+                                "cloud.availability_zone": input.zone,
+                                "host.id": input.instance_id.to_string(),
+                            },
+                        },
+                    }],
+                },
+            },
+        });
+        top.insert("tracing".to_owned(), tracer);
+    }
+    Bootstrap { node_id, json }
+}
+
+/// Writes `bytes` to `path` so that a reader sees the old file or the new one, never a part:
+/// a temporary file in the same directory, flushed, mode 0644, then renamed over `path`.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), BootstrapError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let err = |e: std::io::Error| BootstrapError::Write {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let Some(name) = path.file_name() else {
+        return Err(BootstrapError::Write {
+            path: path.to_owned(),
+            reason: "not a file name".into(),
+        });
+    };
+    std::fs::create_dir_all(&dir).map_err(err)?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".tmp-{}", std::process::id()));
+    let tmp = dir.join(tmp_name);
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        // The umask may have narrowed the mode; Envoy's user must be able to read it.
+        f.set_permissions(std::fs::Permissions::from_mode(0o644))?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)?;
+        // The rename itself must survive a crash right after the script goes on.
+        if let Ok(d) = std::fs::File::open(&dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(err)
+}
+
+/// Reads the VM's metadata, retrying briefly while the server does not answer (at boot it may
+/// come up a moment after the startup script starts).
+async fn read_vm(client: &MetadataClient) -> Result<VmMetadata, MetadataError> {
+    let mut delay = Duration::from_secs(1);
+    let mut attempt = 1;
+    loop {
+        match client.vm_metadata().await {
+            Err(e) if e.is_unavailable() && attempt < 3 => {
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+                attempt += 1;
+            }
+            r => return r,
+        }
+    }
+}
+
+/// `envoy-bootstrap [--out FILE]`: 0 written; 1 metadata missing or unusable (the message says
+/// which); an error (exit 2 from the CLI) when the file cannot be written.
+pub async fn run(settings: &Settings, out: Option<&Path>) -> anyhow::Result<u8> {
+    let client = MetadataClient::new(&settings.metadata_host, Duration::from_secs(5));
+    let input = read_vm(&client)
+        .await
+        .map_err(BootstrapError::Identity)
+        .and_then(|vm| {
+            BootstrapInput::resolve(&vm, settings, find_ca_bundle(|k| std::env::var(k).ok()))
+        });
+    let input = match input {
+        Ok(i) => i,
+        Err(e) if e.is_missing_metadata() => {
+            eprintln!("service-proxy-agent: envoy-bootstrap: {e}");
+            return Ok(EXIT_MISSING);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    for w in &input.warnings {
+        eprintln!("service-proxy-agent: envoy-bootstrap: warning: {w}");
+    }
+    if input.ca_bundle.is_none() {
+        eprintln!(
+            "service-proxy-agent: envoy-bootstrap: warning: no CA bundle found (SSL_CERT_FILE, {}): Envoy will use gRPC's built-in roots",
+            CA_BUNDLES.join(", ")
+        );
+    }
+    let bootstrap = build(&input);
+    let text = bootstrap.to_text();
+    match out {
+        Some(path) => {
+            write_atomically(path, text.as_bytes())?;
+            eprintln!(
+                "service-proxy-agent: envoy-bootstrap: wrote {} (node {})",
+                path.display(),
+                bootstrap.node_id
+            );
+        }
+        None => {
+            let mut stdout = std::io::stdout().lock();
+            stdout.write_all(text.as_bytes())?;
+            stdout.flush()?;
+        }
+    }
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::CommonArgs;
+    use crate::observe::metadata::{NetworkRef, parse_service_proxy};
+
+    fn settings() -> Settings {
+        Settings::resolve(
+            &CommonArgs {
+                config: Some(PathBuf::from("/dev/null")),
+                ..CommonArgs::default()
+            },
+            |_| None,
+        )
+        .unwrap()
+    }
+
+    fn vm(sp: Option<&str>) -> VmMetadata {
+        VmMetadata {
+            instance_id: 4_520_031_799_277_581_759,
+            zone: "us-central1-a".into(),
+            project_id: "demo-project".into(),
+            project_number: 123_456_789_012,
+            network: Ok(NetworkRef {
+                project_number: 123_456_789_012,
+                name: "vm-net".into(),
+            }),
+            scopes: Ok(vec![]),
+            service_proxy: Ok(sp.map(|s| parse_service_proxy(s).unwrap())),
+        }
+    }
+
+    fn input(sp: Option<&str>) -> BootstrapInput {
+        BootstrapInput::resolve(&vm(sp), &settings(), None).unwrap()
+    }
+
+    fn meta(b: &Bootstrap) -> &Map<String, Value> {
+        b.json["node"]["metadata"].as_object().unwrap()
+    }
+
+    #[test]
+    fn uuid_is_stable_and_distinct() {
+        let a = node_uuid("p", "us-central1-a", 1);
+        assert_eq!(a, node_uuid("p", "us-central1-a", 1));
+        assert_eq!(a.get_version_num(), 5);
+        assert_ne!(a, node_uuid("p", "us-central1-a", 2));
+        assert_ne!(a, node_uuid("q", "us-central1-a", 1));
+        // Fixed forever: a change would give every VM of a fleet a new node id.
+        assert_eq!(
+            node_uuid("demo-project", "us-central1-a", 4_520_031_799_277_581_759).to_string(),
+            "1ced0ef5-9d0b-5f29-9291-2804fac6cb31"
+        );
+    }
+
+    #[test]
+    fn defaults_without_service_proxy() {
+        let i = input(None);
+        assert_eq!(i.network, "vm-net");
+        assert_eq!(i.interception_port, 15001);
+        assert_eq!(i.warnings.len(), 1, "{:?}", i.warnings);
+        let b = build(&i);
+        assert!(
+            b.node_id
+                .starts_with("projects/123456789012/networks/vm-net/nodes/"),
+            "{}",
+            b.node_id
+        );
+        let m = meta(&b);
+        assert_eq!(m[NETWORK_NAME_KEY], "vm-net");
+        assert_eq!(m[PROJECT_NUMBER_KEY], "123456789012");
+        assert_eq!(m[INTERCEPTION_PORT_KEY], "15001");
+        assert_eq!(m[ENABLE_TRACING_KEY], "false");
+        assert!(!m.contains_key(ACCESS_LOG_PATH_KEY));
+        assert!(b.json.get("tracing").is_none());
+        assert_eq!(
+            b.json["admin"]["address"]["socket_address"],
+            json!({"address": "127.0.0.1", "port_value": 15000})
+        );
+        let ads = &b.json["dynamic_resources"]["ads_config"]["grpc_services"][0]["google_grpc"];
+        assert_eq!(ads["target_uri"], "trafficdirector.googleapis.com:443");
+        assert_eq!(
+            ads["call_credentials"],
+            json!([{"google_compute_engine": {}}])
+        );
+        assert_eq!(ads["channel_credentials"], json!({"ssl_credentials": {}}));
+    }
+
+    #[test]
+    fn empty_network_means_the_vms() {
+        let i = input(Some(r#"{"proxy-spec": {"network": ""}}"#));
+        assert_eq!(i.network, "vm-net");
+        let i = input(Some(r#"{"proxy-spec": {"network": "other"}}"#));
+        assert_eq!(i.network, "other");
+    }
+
+    #[test]
+    fn missing_network_is_named() {
+        let mut v = vm(Some(r#"{"proxy-spec": {"network": ""}}"#));
+        v.network = Err(MetadataError::NotFound {
+            path: "instance/network-interfaces/0/network".into(),
+        });
+        let e = BootstrapInput::resolve(&v, &settings(), None).unwrap_err();
+        assert!(e.is_missing_metadata());
+        assert!(
+            e.to_string()
+                .contains("metadata instance/network-interfaces/0/network not found"),
+            "{e}"
+        );
+        // A network in the attribute is enough.
+        v.service_proxy = Ok(Some(
+            parse_service_proxy(r#"{"proxy-spec": {"network": "n1"}}"#).unwrap(),
+        ));
+        assert_eq!(
+            BootstrapInput::resolve(&v, &settings(), None)
+                .unwrap()
+                .network,
+            "n1"
+        );
+    }
+
+    #[test]
+    fn unusable_service_proxy_is_missing_metadata() {
+        let mut v = vm(None);
+        v.service_proxy = Err(parse_service_proxy("{not json").unwrap_err());
+        let e = BootstrapInput::resolve(&v, &settings(), None).unwrap_err();
+        assert!(e.is_missing_metadata());
+        assert!(e.to_string().contains("gce-service-proxy"), "{e}");
+    }
+
+    #[test]
+    fn hostile_names_never_reach_the_node_id() {
+        for sp in [
+            r#"{"proxy-spec": {"network": "a/b"}}"#,
+            r#"{"proxy-spec": {"mesh": "m/../x"}}"#,
+            r#"{"proxy-spec": {"scope": "s s"}}"#,
+            r#"{"proxy-spec": {"access-log": "relative.log"}}"#,
+        ] {
+            let e = BootstrapInput::resolve(&vm(Some(sp)), &settings(), None).unwrap_err();
+            assert!(
+                matches!(e, BootstrapError::InvalidField { .. }),
+                "{sp}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn mesh_and_scope() {
+        let b = build(&input(Some(r#"{"proxy-spec": {"mesh": "m1"}}"#)));
+        assert!(
+            b.node_id.contains("/networks/mesh:m1/nodes/"),
+            "{}",
+            b.node_id
+        );
+        assert_eq!(meta(&b)[MESH_SCOPE_NAME_KEY], "m1");
+        assert_eq!(meta(&b)[NETWORK_NAME_KEY], "vm-net");
+        let b = build(&input(Some(r#"{"proxy-spec": {"scope": "s1"}}"#)));
+        assert!(
+            b.node_id.contains("/networks/scope:s1/nodes/"),
+            "{}",
+            b.node_id
+        );
+        let i = input(Some(r#"{"proxy-spec": {"scope": "s1", "mesh": "m1"}}"#));
+        assert_eq!(i.attachment, Attachment::Mesh("m1".into()));
+        assert!(i.warnings.iter().any(|w| w.contains("both")));
+    }
+
+    #[test]
+    fn ports_project_and_labels() {
+        let i = input(Some(
+            r#"{"service": {"serving-ports": [8080, 80]},
+                "proxy-spec": {"proxy-port": 15002, "project-number": "999", "tracing": "ON",
+                               "access-log": "/var/log/envoy/access.log"},
+                "labels": {"app": "web", "TRAFFICDIRECTOR_NETWORK_NAME": "evil"}}"#,
+        ));
+        assert_eq!(i.interception_port, 15002);
+        assert_eq!(i.project_number, 999);
+        let b = build(&i);
+        let m = meta(&b);
+        assert_eq!(m[PROJECT_NUMBER_KEY], "999");
+        assert_eq!(m[NETWORK_NAME_KEY], "vm-net");
+        assert_eq!(m["app"], "web");
+        assert_eq!(m[INBOUND_BACKEND_PORTS_KEY], "80,8080");
+        assert_eq!(m[ACCESS_LOG_PATH_KEY], "/var/log/envoy/access.log");
+        assert_eq!(m[ENABLE_TRACING_KEY], "true");
+        assert!(b.node_id.starts_with("projects/999/"));
+        let tracer = &b.json["tracing"]["http"]["typed_config"];
+        assert_eq!(
+            tracer["grpc_service"]["google_grpc"]["target_uri"],
+            TRACE_ENDPOINT
+        );
+        assert_eq!(
+            tracer["grpc_service"]["initial_metadata"][0]["value"],
+            "demo-project"
+        );
+        // The agent's own --proxy-port wins: it is where the agent redirects.
+        let mut s = settings();
+        s.proxy_port = Some(15100);
+        let v = vm(Some(r#"{"proxy-spec": {"proxy-port": 15002}}"#));
+        assert_eq!(
+            BootstrapInput::resolve(&v, &s, None)
+                .unwrap()
+                .interception_port,
+            15100
+        );
+    }
+
+    #[test]
+    fn admin_and_control_plane_follow_the_settings() {
+        let mut s = settings();
+        s.envoy_admin.host = "localhost".into();
+        s.envoy_admin.port = 15500;
+        s.control_plane.host = "td.example.internal".into();
+        let i = BootstrapInput::resolve(&vm(None), &s, Some("/ca.pem".into())).unwrap();
+        let b = build(&i);
+        assert_eq!(
+            b.json["admin"]["address"]["socket_address"],
+            json!({"address": "127.0.0.1", "port_value": 15500})
+        );
+        let ads = &b.json["dynamic_resources"]["ads_config"]["grpc_services"][0]["google_grpc"];
+        assert_eq!(ads["target_uri"], "td.example.internal:443");
+        assert_eq!(
+            ads["channel_credentials"]["ssl_credentials"]["root_certs"]["filename"],
+            "/ca.pem"
+        );
+        s.envoy_admin.host = "envoy.internal".into();
+        assert_eq!(
+            BootstrapInput::resolve(&vm(None), &s, None).unwrap_err(),
+            BootstrapError::AdminNotIp("envoy.internal".into())
+        );
+    }
+
+    #[test]
+    fn same_input_same_bytes() {
+        let sp = r#"{"labels": {"b": "2", "a": "1"}, "proxy-spec": {"tracing": "ON"}}"#;
+        assert_eq!(
+            build(&input(Some(sp))).to_text(),
+            build(&input(Some(sp))).to_text()
+        );
+    }
+
+    #[test]
+    fn atomic_write() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/bootstrap.json");
+        write_atomically(&path, b"one").unwrap();
+        write_atomically(&path, b"two").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"two");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o644);
+        let names: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("bootstrap.json")]);
+        let e = write_atomically(Path::new("/proc/nope/x.json"), b"x").unwrap_err();
+        assert!(matches!(e, BootstrapError::Write { .. }));
+    }
+
+    mod prop {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn text() -> impl Strategy<Value = String> {
+            prop_oneof!["[a-z0-9._/: -]{0,20}", any::<String>(), Just(String::new()),]
+        }
+
+        proptest! {
+            /// Whatever the attribute says, resolving ends in an input or an error, and an
+            /// input always gives a node id of exactly projects/N/networks/X/nodes/UUID.
+            #[test]
+            fn any_attribute_gives_a_well_formed_node_or_an_error(
+                network in text(), mesh in text(), scope in text(), log in text(),
+                label_key in text(), label_value in text(), port in any::<u16>(),
+            ) {
+                let sp = json!({
+                    "proxy-spec": {"network": network, "mesh": mesh, "scope": scope,
+                                   "access-log": log, "proxy-port": port},
+                    "labels": {label_key: label_value},
+                });
+                let mut v = vm(None);
+                v.service_proxy = parse_service_proxy(&sp.to_string()).map(Some);
+                if let Ok(i) = BootstrapInput::resolve(&v, &settings(), None) {
+                    let b = build(&i);
+                    let parts: Vec<&str> = b.node_id.split('/').collect();
+                    prop_assert_eq!(parts.len(), 6, "{}", b.node_id);
+                    prop_assert_eq!(parts[0], "projects");
+                    prop_assert_eq!(parts[4], "nodes");
+                    prop_assert!(serde_json::from_str::<Value>(&b.to_text()).is_ok());
+                    prop_assert_eq!(
+                        &b.json["node"]["metadata"][NETWORK_NAME_KEY],
+                        &Value::String(i.network.clone())
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn ca_bundle_lookup() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("ca.pem");
+        std::fs::write(&f, "x").unwrap();
+        let p = f.to_string_lossy().into_owned();
+        assert_eq!(
+            find_ca_bundle(|k| (k == "SSL_CERT_FILE").then(|| p.clone())),
+            Some(f)
+        );
+        // A missing override falls back to the distribution's bundle (if this machine has one).
+        assert_eq!(
+            find_ca_bundle(|_| Some("/nonexistent".into())),
+            find_ca_bundle(|_| None)
+        );
+    }
+}

@@ -176,11 +176,13 @@ pub fn main() -> ExitCode {
 async fn dispatch(cli: Cli, settings: Settings) -> ExitCode {
     let result: anyhow::Result<u8> = match cli.command {
         Command::Doctor { json, wait } => crate::doctor::run(&settings, json, wait).await,
-        Command::Run => not_yet("run"),
-        Command::Status { .. } => not_yet("status"),
-        Command::Intercept { .. } => not_yet("intercept"),
-        Command::ReportBootstrap { .. } => not_yet("report-bootstrap"),
-        Command::EnvoyBootstrap { .. } => not_yet("envoy-bootstrap"),
+        Command::Run => crate::agent::run(cli.common.clone(), settings.clone()).await,
+        Command::Status { json } => crate::status::status(&settings, json).await,
+        Command::Intercept { action } => crate::intercept::cli::run(&settings, action).await,
+        Command::ReportBootstrap { status, reason } => {
+            crate::status::report_bootstrap(&settings, status, reason.as_deref()).await
+        }
+        Command::EnvoyBootstrap { out } => crate::bootstrap::run(&settings, out.as_deref()).await,
         Command::Version => Ok(0),
     };
     match result {
@@ -190,10 +192,6 @@ async fn dispatch(cli: Cli, settings: Settings) -> ExitCode {
             ExitCode::from(EXIT_USAGE)
         }
     }
-}
-
-fn not_yet(command: &str) -> anyhow::Result<u8> {
-    anyhow::bail!("`{command}` is not implemented in this build yet")
 }
 
 #[cfg(test)]

@@ -26,4 +26,5 @@ pub mod finding;
 pub mod intercept;
 pub mod observe;
 pub mod publish;
+pub mod status;
 pub mod text;

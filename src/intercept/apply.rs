@@ -8,8 +8,10 @@ use std::fmt;
 use thiserror::Error;
 
 use crate::intercept::is_ours;
-use crate::intercept::plan::{FamilyPlan, Plan, PlanError, Transaction, transaction};
-use crate::observe::iptables::{self, Family, IptablesError, Ruleset, Tools, parse_save};
+use crate::intercept::plan::{
+    FamilyPlan, Plan, PlanError, Transaction, transaction, transaction_with,
+};
+use crate::observe::iptables::{self, Family, IptablesError, Ruleset, Table, Tools, parse_save};
 
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
 pub enum InterceptError {
@@ -162,6 +164,9 @@ pub struct Reconciler {
     tools: Tools,
     v6_clean: bool,
     totals: Counters,
+    /// Per family (v4, v6): the last plan and its parsed table.
+    desired: [Option<(FamilyPlan, Table)>; 2],
+    empty: Table,
 }
 
 impl Reconciler {
@@ -170,6 +175,12 @@ impl Reconciler {
             tools,
             v6_clean: false,
             totals: Counters::default(),
+            desired: [None, None],
+            empty: Table {
+                name: "nat".into(),
+                chains: Vec::new(),
+                committed: true,
+            },
         }
     }
 
@@ -184,6 +195,18 @@ impl Reconciler {
     /// Brings both families to `plan`. Each family is handled on its own: a failure of one
     /// is reported in its outcome and does not stop the other.
     pub async fn reconcile(&mut self, plan: &Plan) -> ReconcileReport {
+        self.reconcile_with(plan, None, None).await
+    }
+
+    /// As [`Reconciler::reconcile`], judging against rules already read this poll (a save of
+    /// the nat table or of all tables) instead of saving again: the daemon reads iptables once
+    /// per poll for verification and reuses that read here.
+    pub async fn reconcile_with(
+        &mut self,
+        plan: &Plan,
+        v4: Option<&Ruleset>,
+        v6: Option<&Ruleset>,
+    ) -> ReconcileReport {
         let mut report = ReconcileReport {
             v4: FamilyOutcome::Skipped,
             v6: FamilyOutcome::Skipped,
@@ -192,7 +215,11 @@ impl Reconciler {
         };
         for family in Family::BOTH {
             let fp = plan.family(family);
-            let outcome = self.reconcile_family(fp, &mut report).await;
+            let given = match family {
+                Family::V4 => v4,
+                Family::V6 => v6,
+            };
+            let outcome = self.reconcile_family(fp, given, &mut report).await;
             match family {
                 Family::V4 => report.v4 = outcome,
                 Family::V6 => report.v6 = outcome,
@@ -218,10 +245,10 @@ impl Reconciler {
             restores: 0,
         };
         report.v4 = self
-            .reconcile_family(&nothing(Family::V4), &mut report)
+            .reconcile_family(&nothing(Family::V4), None, &mut report)
             .await;
         report.v6 = self
-            .reconcile_family(&nothing(Family::V6), &mut report)
+            .reconcile_family(&nothing(Family::V6), None, &mut report)
             .await;
         report
     }
@@ -256,6 +283,7 @@ impl Reconciler {
     async fn reconcile_family(
         &mut self,
         fp: &FamilyPlan,
+        given: Option<&Ruleset>,
         report: &mut ReconcileReport,
     ) -> FamilyOutcome {
         let family = fp.family;
@@ -266,28 +294,40 @@ impl Reconciler {
         if family == Family::V6 && fp.is_active() {
             self.v6_clean = false;
         }
-        report.saves += 1;
-        let text = match self.save_nat(family).await {
-            Ok(text) => text,
-            Err(e) if idle_v6 => {
-                self.v6_clean = true;
-                return FamilyOutcome::Unavailable(e);
+        let saved;
+        let rs = match given {
+            Some(rs) => rs,
+            None => {
+                report.saves += 1;
+                let text = match self.save_nat(family).await {
+                    Ok(text) => text,
+                    Err(e) if idle_v6 => {
+                        self.v6_clean = true;
+                        return FamilyOutcome::Unavailable(e);
+                    }
+                    Err(source) => {
+                        return FamilyOutcome::Failed(InterceptError::Save { family, source });
+                    }
+                };
+                if fp.matches_saved_text(&text) {
+                    self.totals.unchanged_by_text += 1;
+                    if idle_v6 {
+                        self.v6_clean = true;
+                    }
+                    return FamilyOutcome::Unchanged {
+                        rules: fp.rule_count(),
+                    };
+                }
+                saved = parse_save(&text);
+                &saved
             }
-            Err(source) => return FamilyOutcome::Failed(InterceptError::Save { family, source }),
         };
-        let rules = fp.rule_count();
-        if fp.matches_saved_text(&text) {
-            self.totals.unchanged_by_text += 1;
-            if idle_v6 {
-                self.v6_clean = true;
-            }
-            return FamilyOutcome::Unchanged { rules };
-        }
-        let rs = parse_save(&text);
-        let tx = match transaction(fp, rs.table("nat"), unparsed_in_ours(&rs)) {
+        let want = self.desired_table(fp);
+        let tx = match transaction_with(fp, want, rs.table("nat"), unparsed_in_ours(rs)) {
             Ok(tx) => tx,
             Err(source) => return FamilyOutcome::Failed(InterceptError::Plan { family, source }),
         };
+        let rules = fp.rule_count();
         let Some(tx) = tx else {
             if idle_v6 {
                 self.v6_clean = true;
@@ -313,6 +353,23 @@ impl Reconciler {
     }
 
     /// The nat table as `*-save` prints it: compared as text first, parsed only if it differs.
+    /// The plan as a parsed table, kept while the plan stays the same: parsing 10,000 planned
+    /// rules every poll would cost more than comparing them.
+    fn desired_table(&mut self, fp: &FamilyPlan) -> &Table {
+        let i = match fp.family {
+            Family::V4 => 0,
+            Family::V6 => 1,
+        };
+        let fresh = !matches!(self.desired.get(i), Some(Some((cached, _))) if cached == fp);
+        if fresh && let Some(slot) = self.desired.get_mut(i) {
+            *slot = Some((fp.clone(), fp.desired_table()));
+        }
+        match self.desired.get(i) {
+            Some(Some((_, table))) => table,
+            _ => &self.empty,
+        }
+    }
+
     async fn save_nat(&mut self, family: Family) -> Result<String, IptablesError> {
         self.totals.saves += 1;
         iptables::save_text(&self.tools, family, Some("nat")).await

@@ -6,6 +6,8 @@
 //! family's nat table once and restores only when something differs.
 
 pub mod apply;
+pub mod cli;
+pub mod desired;
 pub mod plan;
 
 pub use apply::{ClearReport, FamilyOutcome, InterceptError, ReconcileReport, Reconciler};

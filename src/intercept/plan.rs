@@ -470,7 +470,17 @@ pub fn transaction(
     current: Option<&Table>,
     unparsed_in_ours: usize,
 ) -> Result<Option<Transaction>, PlanError> {
-    let want = desired.desired_table();
+    transaction_with(desired, &desired.desired_table(), current, unparsed_in_ours)
+}
+
+/// [`transaction`] with `want`, the plan's [`FamilyPlan::desired_table`], already parsed (the
+/// reconciler keeps it while the plan stays the same).
+pub fn transaction_with(
+    desired: &FamilyPlan,
+    want: &Table,
+    current: Option<&Table>,
+    unparsed_in_ours: usize,
+) -> Result<Option<Transaction>, PlanError> {
     let empty = Table {
         name: "nat".into(),
         chains: Vec::new(),
@@ -540,7 +550,7 @@ pub fn transaction(
         && cur_ours.len() == desired.chains.len()
         && desired.chains.iter().all(|c| cur_ours.contains(c))
     {
-        return Ok(Some(edit_chains(desired, &want, cur)));
+        return Ok(Some(edit_chains(desired, want, cur)));
     }
     // Chains referenced by a rule but never declared do not exist in the kernel.
     let mut text = String::from("*nat\n");

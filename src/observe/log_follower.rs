@@ -7,7 +7,11 @@
 //!   new file is read from its start — no line is lost;
 //! - copytruncate: a size below our offset means the file was truncated; we restart at 0 and
 //!   count it (bytes written between the copy and the truncate are lost by that scheme itself);
-//! - a missing directory is waited for.
+//! - a missing directory is waited for;
+//! - a file created and renamed away between two looks (a fast rotation under a flood) is
+//!   found under its rotated name (`envoy.log.1`, `envoy.log-20261122`) and read from its start,
+//!   unless its first bytes show it is a copytruncate copy of a file already read. Rotated files
+//!   present when the agent starts are history and are not read.
 //!
 //! The follower runs on its own thread; it blocks (does not drop) when the consumer is slow.
 
@@ -85,6 +89,10 @@ struct Tracked {
     file: File,
     path: PathBuf,
     offset: u64,
+    /// First bytes of the content being read (from offset 0), and of the content before the
+    /// last truncation: a rotated copy is recognised by them.
+    head: Vec<u8>,
+    head_before_truncate: Vec<u8>,
     /// Still has a name in the directory.
     present: bool,
 }
@@ -128,8 +136,37 @@ impl Follower {
     }
 }
 
-fn is_log(path: &Path) -> bool {
-    path.extension().is_some_and(|e| e == "log")
+const HEAD_BYTES: usize = 512;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum NameKind {
+    /// `*.log`: followed.
+    Live,
+    /// `*.log.1`, `*.log-20261122`: followed only when it is a file we were reading, or one
+    /// we missed (created and rotated between two looks).
+    Rotated,
+}
+
+fn name_kind(path: &Path) -> Option<NameKind> {
+    let name = path.file_name()?.to_str()?;
+    if name.ends_with(".log") {
+        return Some(NameKind::Live);
+    }
+    const COMPRESSED: [&str; 5] = [".gz", ".bz2", ".xz", ".zst", ".zip"];
+    if (name.contains(".log.") || name.contains(".log-"))
+        && !COMPRESSED.iter().any(|c| name.ends_with(c))
+    {
+        return Some(NameKind::Rotated);
+    }
+    None
+}
+
+fn read_head(file: &File) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let mut head = vec![0u8; HEAD_BYTES];
+    let n = file.read_at(&mut head, 0).unwrap_or(0);
+    head.truncate(n);
+    head
 }
 
 fn run(
@@ -143,6 +180,8 @@ fn run(
     let mut tracked: BTreeMap<FileId, Tracked> = BTreeMap::new();
     let mut first_scan = true;
     let mut dir_down = false;
+    // Rotated files not to read: history present at start, and copytruncate copies.
+    let mut ignored: std::collections::BTreeSet<FileId> = std::collections::BTreeSet::new();
     let mut buf = vec![0u8; cfg.chunk_bytes.max(4096)];
 
     while !stop.load(Ordering::Relaxed) {
@@ -176,13 +215,14 @@ fn run(
                 for t in tracked.values_mut() {
                     t.present = false;
                 }
-                let mut names: Vec<PathBuf> = entries
+                let mut names: Vec<(PathBuf, NameKind)> = entries
                     .filter_map(Result::ok)
                     .map(|e| e.path())
-                    .filter(|p| is_log(p))
+                    .filter_map(|p| name_kind(&p).map(|k| (p, k)))
                     .collect();
                 names.sort();
-                for path in names {
+                let mut seen_ignored = std::collections::BTreeSet::new();
+                for (path, kind) in names {
                     let Ok(meta) = std::fs::metadata(&path) else {
                         continue;
                     };
@@ -201,10 +241,34 @@ fn run(
                         t.present = true;
                         continue;
                     }
+                    if ignored.contains(&id) {
+                        seen_ignored.insert(id);
+                        continue;
+                    }
+                    if kind == NameKind::Rotated && first_scan {
+                        ignored.insert(id);
+                        seen_ignored.insert(id);
+                        continue;
+                    }
                     let Ok(file) = File::open(&path) else {
                         counters.read_errors.fetch_add(1, Ordering::Relaxed);
                         continue;
                     };
+                    let head = read_head(&file);
+                    if kind == NameKind::Rotated {
+                        let copy = !head.is_empty()
+                            && tracked.values().any(|t| {
+                                t.head == head
+                                    || t.head_before_truncate == head
+                                    || read_head(&t.file) == head
+                            });
+                        if copy {
+                            ignored.insert(id);
+                            seen_ignored.insert(id);
+                            continue;
+                        }
+                        counters.rotations.fetch_add(1, Ordering::Relaxed);
+                    }
                     let offset = if first_scan {
                         meta.len().saturating_sub(cfg.initial_tail_bytes)
                     } else {
@@ -216,10 +280,13 @@ fn run(
                             file,
                             path,
                             offset,
+                            head,
+                            head_before_truncate: Vec::new(),
                             present: true,
                         },
                     );
                 }
+                ignored.retain(|id| seen_ignored.contains(id));
                 first_scan = false;
             }
             Err(e) => {
@@ -309,9 +376,17 @@ fn drain(
             return true;
         }
     };
-    if len < t.offset {
+    // Truncated: shorter than what we read, or (truncated and rewritten past our offset
+    // before we looked) different first bytes.
+    let rewritten = || {
+        let now = read_head(&t.file);
+        let k = now.len().min(t.head.len());
+        t.offset > 0 && k > 0 && now.get(..k) != t.head.get(..k)
+    };
+    if len < t.offset || (len > t.offset && rewritten()) {
         counters.truncations.fetch_add(1, Ordering::Relaxed);
         t.offset = 0;
+        t.head_before_truncate = std::mem::take(&mut t.head);
         if !sink(FollowEvent::Truncated {
             file: id,
             path: t.path.clone(),
@@ -327,6 +402,9 @@ fn drain(
         match t.file.read(buf) {
             Ok(0) => return true,
             Ok(n) => {
+                if t.offset == 0 || t.head.is_empty() {
+                    t.head = read_head(&t.file);
+                }
                 t.offset += n as u64;
                 counters.bytes.fetch_add(n as u64, Ordering::Relaxed);
                 let bytes = buf.get(..n).map(<[u8]>::to_vec).unwrap_or_default();
@@ -529,6 +607,40 @@ mod tests {
         std::fs::write(dir.join("notes.txt"), "ignored\n").unwrap();
         std::thread::sleep(Duration::from_millis(300));
         assert!(!text(&events).contains("ignored"));
+    }
+
+    #[test]
+    fn a_file_renamed_away_before_it_was_seen_is_still_read_and_copies_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("envoy.log.7"), "history\n").unwrap();
+        // Started with a long poll interval and no inotify wake-up for these files yet.
+        let (_f, events) = start(dir.path());
+        std::thread::sleep(Duration::from_millis(200));
+        // Created and renamed away in one go.
+        let log = dir.path().join("envoy.log");
+        std::fs::write(&log, "[t] missed line\n").unwrap();
+        std::fs::rename(&log, dir.path().join("envoy.log.1")).unwrap();
+        wait("missed line", || text(&events).contains("missed line"));
+        // copytruncate: a copy of the live file, then the truncation.
+        std::fs::write(&log, "[t] live line\n").unwrap();
+        wait("live line", || text(&events).contains("live line"));
+        std::fs::copy(&log, dir.path().join("envoy.log-20261122")).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&log)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        std::fs::write(&log, "[t] after copy\n").unwrap();
+        wait("after copy", || text(&events).contains("after copy"));
+        std::thread::sleep(Duration::from_millis(300));
+        let all = text(&events);
+        assert_eq!(all.matches("live line").count(), 1, "{all}");
+        assert!(!all.contains("history"), "{all}");
+        // Compressed rotations are never read.
+        std::fs::write(dir.path().join("envoy.log.2.gz"), "gz\n").unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(!text(&events).contains("gz"));
     }
 
     #[test]

@@ -146,6 +146,16 @@ impl Observer {
         }
     }
 
+    /// Re-reads iptables into `snap` (after the agent changed the rules itself).
+    pub async fn refresh_iptables(&self, snap: &mut Snapshot) {
+        if let Some(view) = snap.iptables.as_mut() {
+            view.v4 = iptables::save(&self.iptables, Family::V4, None).await;
+            if view.v6.is_some() {
+                view.v6 = Some(iptables::save(&self.iptables, Family::V6, None).await);
+            }
+        }
+    }
+
     /// One snapshot; sources are read concurrently and each has its own deadline.
     pub async fn snapshot(&self, check_control_plane: bool) -> Snapshot {
         let processes = procfs::envoy_processes(&self.proc_root);

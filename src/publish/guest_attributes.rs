@@ -43,10 +43,21 @@ const PRIORITY: [&str; 5] = [
 /// windows into one of its.
 const MINUTE_WINDOW: Duration = Duration::from_millis(61_000);
 const SECOND_WINDOW: Duration = Duration::from_millis(1_100);
-pub const WRITES_PER_MINUTE: usize = 10;
-pub const WRITES_PER_SECOND: usize = 3;
+/// The metadata server's limits (REFERENCE.md): per VM, whoever writes.
+pub const SERVER_WRITES_PER_MINUTE: usize = 10;
+pub const SERVER_WRITES_PER_SECOND: usize = 3;
+/// What the agent allows itself: the rest is left to install scripts (`report-bootstrap`),
+/// whose writes the server counts in the same budget. Over budget the server drops values
+/// silently (it still answers 200), so sharing badly would lose findings without an error.
+pub const WRITES_PER_MINUTE: usize = 8;
+pub const WRITES_PER_SECOND: usize = 2;
+/// Every so often all values are written again, so a value the server dropped (someone
+/// else spent the budget) does not stay wrong.
+pub const RESYNC_EVERY: Duration = Duration::from_secs(600);
 pub const DISABLED_RETRY: Duration = Duration::from_secs(300);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
+const HEARTBEAT_PRIORITY_AFTER: Duration = Duration::from_secs(120);
+pub const MIN_HEARTBEAT_SPACING: Duration = Duration::from_secs(15);
 
 /// Sliding-window limiter over the instants of past writes.
 #[derive(Debug, Clone)]
@@ -72,9 +83,9 @@ impl WriteBudget {
             at = at.max(*oldest + MINUTE_WINDOW);
         }
         if self.writes.len() >= WRITES_PER_SECOND
-            && let Some(third_last) = self.writes.get(self.writes.len() - WRITES_PER_SECOND)
+            && let Some(nth_last) = self.writes.get(self.writes.len() - WRITES_PER_SECOND)
         {
-            at = at.max(*third_last + SECOND_WINDOW);
+            at = at.max(*nth_last + SECOND_WINDOW);
         }
         at
     }
@@ -123,6 +134,10 @@ pub struct Publisher {
     retry_at: Option<Instant>,
     failures: u32,
     disabled: bool,
+    /// Nothing is written before the first complete set of values (the first cycle), so the
+    /// start-up burst coalesces instead of spending the budget on intermediate values.
+    held: bool,
+    last_resync: Option<Instant>,
 }
 
 impl Publisher {
@@ -137,7 +152,30 @@ impl Publisher {
             retry_at: None,
             failures: 0,
             disabled: false,
+            held: false,
+            last_resync: None,
         }
+    }
+
+    /// Forgets what was written once every [`RESYNC_EVERY`], so every value is written again.
+    fn maybe_resync(&mut self, now: Instant) {
+        match self.last_resync {
+            None => self.last_resync = Some(now),
+            Some(t) if now.saturating_duration_since(t) >= RESYNC_EVERY => {
+                self.published.clear();
+                self.last_resync = Some(now);
+            }
+            Some(_) => {}
+        }
+    }
+
+    /// Holds writes until [`Publisher::release`].
+    pub fn hold(&mut self) {
+        self.held = true;
+    }
+
+    pub fn release(&mut self) {
+        self.held = false;
     }
 
     pub fn set_heartbeat_interval(&mut self, interval: Duration) {
@@ -159,18 +197,29 @@ impl Publisher {
         self.disabled
     }
 
-    fn heartbeat_due(&self, now: Instant) -> bool {
-        self.heartbeat.is_some()
-            && self
-                .last_heartbeat_write
-                .is_none_or(|t| now.saturating_duration_since(t) >= self.heartbeat_interval)
+    /// Heartbeats are at least [`MIN_HEARTBEAT_SPACING`] apart whatever the interval, so at
+    /// most 4 of the 10 writes a minute go to them and changes keep the rest.
+    fn heartbeat_spacing(&self) -> Duration {
+        self.heartbeat_interval.max(MIN_HEARTBEAT_SPACING)
     }
 
-    fn heartbeat_overdue(&self, now: Instant) -> bool {
+    fn heartbeat_due(&self, now: Instant) -> bool {
+        let spacing = self.heartbeat_spacing();
         self.heartbeat.is_some()
             && self
                 .last_heartbeat_write
-                .is_none_or(|t| now.saturating_duration_since(t) >= self.heartbeat_interval * 2)
+                .is_none_or(|t| now.saturating_duration_since(t) >= spacing)
+    }
+
+    /// Overdue enough to go before changes: two intervals, and at least two minutes, so a
+    /// short heartbeat interval cannot starve real changes, while `status` (which calls a
+    /// heartbeat older than 5 minutes dead) never sees a live agent as dead.
+    fn heartbeat_overdue(&self, now: Instant) -> bool {
+        let overdue = (self.heartbeat_spacing() * 2).max(HEARTBEAT_PRIORITY_AFTER);
+        self.heartbeat.is_some()
+            && self
+                .last_heartbeat_write
+                .is_none_or(|t| now.saturating_duration_since(t) >= overdue)
     }
 
     fn pending_change(&self) -> Option<&'static str> {
@@ -203,6 +252,9 @@ impl Publisher {
 
     /// When the writer should look again (None: only when something is set).
     pub fn next_wake(&self, now: Instant) -> Option<Instant> {
+        if self.held {
+            return None;
+        }
         let blocked_until = self
             .retry_at
             .unwrap_or(now)
@@ -212,7 +264,7 @@ impl Publisher {
         }
         // Nothing now: the heartbeat becomes due later.
         let due = match (self.heartbeat.as_ref(), self.last_heartbeat_write) {
-            (Some(_), Some(t)) => t + self.heartbeat_interval,
+            (Some(_), Some(t)) => t + self.heartbeat_spacing(),
             _ => return None,
         };
         Some(due.max(blocked_until))
@@ -220,6 +272,10 @@ impl Publisher {
 
     /// The write to perform now, if the budget and backoff allow; it is counted in the budget.
     pub fn poll(&mut self, now: Instant) -> Option<(&'static str, String)> {
+        if self.held {
+            return None;
+        }
+        self.maybe_resync(now);
         if self.retry_at.is_some_and(|t| now < t) || self.budget.next_allowed(now) > now {
             return None;
         }
@@ -420,11 +476,11 @@ mod tests {
                 .take_while(|(u, _)| *u < *t + secs(1.0))
                 .count();
             assert!(
-                in_minute <= WRITES_PER_MINUTE,
+                in_minute <= SERVER_WRITES_PER_MINUTE - 2,
                 "{in_minute} writes in a minute from {t:?}"
             );
             assert!(
-                in_second <= WRITES_PER_SECOND,
+                in_second < SERVER_WRITES_PER_SECOND,
                 "{in_second} writes in a second from {t:?}"
             );
         }
@@ -488,6 +544,54 @@ mod tests {
             })
             .collect();
         assert_eq!(order, [keys::HEALTH, keys::FINDINGS, keys::PROXY_VERSION]);
+    }
+
+    #[test]
+    fn a_short_heartbeat_interval_does_not_starve_changes() {
+        let t0 = Instant::now();
+        let mut p = Publisher::new(secs(1.0));
+        let mut now = t0;
+        let mut written = Vec::new();
+        for i in 0..120 {
+            p.set_heartbeat(format!("hb{i}"));
+            p.set(keys::FINDINGS, &format!("F{}", i / 10));
+            if let Some((k, v)) = p.poll(now) {
+                written.push(k);
+                p.complete(k, v, Ok(()), now);
+            }
+            now += secs(1.0);
+        }
+        let changes = written.iter().filter(|k| **k == keys::FINDINGS).count();
+        let beats = written.iter().filter(|k| **k == keys::HEARTBEAT).count();
+        assert!(
+            changes >= 10,
+            "{changes} of 12 changes written: {written:?}"
+        );
+        assert!((6..=9).contains(&beats), "{beats} heartbeats: {written:?}");
+    }
+
+    #[test]
+    fn values_are_written_again_after_a_while() {
+        let t0 = Instant::now();
+        let mut p = Publisher::new(secs(60.0));
+        p.set(keys::HEALTH, "OK");
+        let (k, v) = p.poll(t0).unwrap();
+        p.complete(k, v, Ok(()), t0);
+        assert_eq!(p.poll(t0 + secs(30.0)), None);
+        let later = t0 + RESYNC_EVERY + secs(1.0);
+        assert_eq!(p.poll(later).map(|(k, _)| k), Some(keys::HEALTH));
+    }
+
+    #[test]
+    fn held_until_released() {
+        let t0 = Instant::now();
+        let mut p = Publisher::new(secs(60.0));
+        p.hold();
+        p.set(keys::HEALTH, "OK");
+        assert_eq!(p.poll(t0), None);
+        assert_eq!(p.next_wake(t0), None);
+        p.release();
+        assert_eq!(p.poll(t0).map(|(k, _)| k), Some(keys::HEALTH));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 pub const BIN: &str = env!("CARGO_BIN_EXE_service-proxy-agent");
 
 /// A command for the agent with a clean environment: no `SPA_*` from the caller, no config file
-/// from /etc (an explicit empty one), metrics off, and the metadata server given.
+/// from /etc (an explicit empty one), metrics and Cloud Logging off, the metadata server given.
 pub fn agent(metadata_host: &str, config_dir: &Path) -> Command {
     let config = config_dir.join("empty.toml");
     if !config.exists() {
@@ -20,13 +20,11 @@ pub fn agent(metadata_host: &str, config_dir: &Path) -> Command {
             cmd.env_remove(k);
         }
     }
+    // Through the environment, so a test's own flags override them (flag > env).
     cmd.env("GCE_METADATA_HOST", metadata_host)
-        .arg("--config")
-        .arg(config)
-        .arg("--metrics-addr")
-        .arg("off")
-        .arg("--cloud-logging")
-        .arg("off")
+        .env("SPA_CONFIG", config)
+        .env("SPA_METRICS_ADDR", "off")
+        .env("SPA_CLOUD_LOGGING", "off")
         .stdin(Stdio::null());
     cmd
 }

@@ -1,0 +1,71 @@
+//! `intercept plan|apply|clear` (SPEC §2): the daemon's interception, once, by hand.
+
+use crate::cli::InterceptAction;
+use crate::config::{InterceptionMode, Settings};
+use crate::intercept::apply::{FamilyOutcome, ReconcileReport, Reconciler};
+use crate::intercept::desired::desired_plan;
+use crate::observe::Observer;
+use crate::observe::iptables::{Family, Tools};
+
+/// Exit status: 0 done; 1 iptables refused (its message shown). Not being able to work out
+/// what is wanted (Envoy's admin down, Envoy UID unknown) is an error of the command (2).
+pub async fn run(settings: &Settings, action: InterceptAction) -> anyhow::Result<u8> {
+    let mut reconciler = Reconciler::new(Tools::system());
+    let report = match action {
+        InterceptAction::Clear => reconciler.clear().await,
+        InterceptAction::Plan | InterceptAction::Apply => {
+            // Only Envoy, the metadata and /proc are needed; iptables is read by the reconciler.
+            let mut s = settings.clone();
+            s.interception = InterceptionMode::Off;
+            let snap = Observer::new(&s).snapshot(false).await;
+            let plan = desired_plan(&snap)?;
+            for ig in &plan.ignored {
+                eprintln!("# ignored {} {:?}: {}", ig.field, ig.value, ig.reason);
+            }
+            if let Some(s) = &snap.listener_summary {
+                for r in &s.rejected {
+                    eprintln!(
+                        "# ignored listener {} prefix {:?}: {}",
+                        r.listener, r.raw, r.reason
+                    );
+                }
+            }
+            if matches!(action, InterceptAction::Plan) {
+                for family in Family::BOTH {
+                    let fp = plan.family(family);
+                    if let Some(text) = fp.restore_text() {
+                        println!("# {}-restore --noflush", family.command());
+                        print!("{text}");
+                    }
+                }
+                return Ok(0);
+            }
+            reconciler.reconcile(&plan).await
+        }
+    };
+    Ok(summarize(&report))
+}
+
+fn summarize(report: &ReconcileReport) -> u8 {
+    let mut code = 0;
+    for family in Family::BOTH {
+        let name = family.command();
+        match report.family(family) {
+            FamilyOutcome::Unchanged { rules } => {
+                println!("{name}: already as wanted ({rules} rules), nothing applied");
+            }
+            FamilyOutcome::Changed { rules, .. } => {
+                println!("{name}: applied ({rules} rules)");
+            }
+            FamilyOutcome::Skipped => {}
+            FamilyOutcome::Unavailable(e) => {
+                println!("{name}: not available ({e}); nothing of ours to change there");
+            }
+            FamilyOutcome::Failed(e) => {
+                eprintln!("{name}: refused: {e}");
+                code = 1;
+            }
+        }
+    }
+    code
+}

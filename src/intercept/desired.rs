@@ -1,0 +1,67 @@
+//! From an observation to the interception the agent wants: the VIPs Envoy's listeners serve,
+//! the serving ports, the Envoy UID, the proxy port and the `traffic-interception` options.
+
+use thiserror::Error;
+
+use crate::intercept::plan::{DesiredInput, Plan, TrafficInterception, plan};
+use crate::observe::Snapshot;
+
+/// Why no plan can be made from this snapshot. Interception is then left as it is: tearing
+/// rules down because Envoy's admin blinked would cut traffic.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum DesiredError {
+    #[error("Envoy's listeners are unknown ({0}); interception left as it is")]
+    ListenersUnknown(String),
+    #[error(
+        "the Envoy UID is unknown ({0}); without it outbound redirection would loop Envoy's own traffic, so interception is left as it is (give --envoy-user)"
+    )]
+    EnvoyUidUnknown(String),
+    #[error(
+        "Envoy is {0}, not LIVE: its listeners are not final yet, so interception is left as it is"
+    )]
+    NotLive(String),
+    #[error("{0}")]
+    Plan(String),
+}
+
+/// The plan for this snapshot. A restarting Envoy has no listeners until it has its config:
+/// planning from that would tear interception down and back up on every Envoy restart.
+pub fn desired_plan(snap: &Snapshot) -> Result<Plan, DesiredError> {
+    if let Ok(info) = &snap.server_info
+        && info.state.as_str() != "LIVE"
+    {
+        return Err(DesiredError::NotLive(info.state.as_str().to_owned()));
+    }
+    let summary = match (&snap.listener_summary, &snap.listeners) {
+        (Some(s), _) => s,
+        (None, Err(e)) => return Err(DesiredError::ListenersUnknown(e.to_string())),
+        (None, Ok(_)) => return Err(DesiredError::ListenersUnknown("not read".into())),
+    };
+    let envoy_uid = snap
+        .resolved
+        .envoy_uid
+        .ok_or_else(|| DesiredError::EnvoyUidUnknown(snap.resolved.envoy_uid_source.clone()))?;
+    let traffic = snap
+        .vm
+        .as_ref()
+        .ok()
+        .and_then(|vm| vm.service_proxy.as_ref().ok())
+        .and_then(Option::as_ref)
+        .map(|sp| TrafficInterception {
+            intercept_all_outbound: sp.traffic_interception.intercept_all_outbound,
+            exclude_outbound_ip_ranges: sp.traffic_interception.exclude_outbound_ip_ranges.clone(),
+            exclude_outbound_port_ranges: sp
+                .traffic_interception
+                .exclude_outbound_port_ranges
+                .clone(),
+        })
+        .unwrap_or_default();
+    plan(&DesiredInput {
+        vips: summary.vips.clone(),
+        serving_ports: snap.resolved.serving_ports.clone(),
+        envoy_uid,
+        proxy_port: snap.resolved.proxy_port,
+        traffic,
+    })
+    .map_err(|e| DesiredError::Plan(e.to_string()))
+}
