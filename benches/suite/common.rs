@@ -243,12 +243,17 @@ pub fn tool_version(program: &str, arg: &str) -> String {
             } else {
                 o.stdout
             };
-            String::from_utf8_lossy(&text)
+            // `curl 7.88.1 (x86_64-pc-linux-gnu) libcurl/...`: the name and version are enough.
+            let line = String::from_utf8_lossy(&text)
                 .lines()
                 .next()
                 .unwrap_or_default()
                 .trim()
-                .to_owned()
+                .to_owned();
+            line.split_whitespace()
+                .take(2)
+                .collect::<Vec<_>>()
+                .join(" ")
         })
         .unwrap_or_else(|| format!("{program}: not found"))
 }
@@ -296,19 +301,4 @@ pub fn parse_size(s: &str) -> anyhow::Result<u64> {
 
 pub fn mib(bytes: f64) -> f64 {
     bytes / (1024.0 * 1024.0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stats() {
-        let s = Stats::of(&[3.0, 1.0, 2.0]);
-        assert_eq!((s.median, s.min, s.max), (2.0, 1.0, 3.0));
-        let s = Stats::of(&[4.0, 1.0, 2.0, 3.0]);
-        assert_eq!(s.median, 2.5);
-        assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
-        assert_eq!(parse_size("64M").unwrap(), 64 << 20);
-    }
 }

@@ -29,7 +29,8 @@ use crate::common::{self, Row, Stats};
 pub const LISTENERS_DUMP: &str = "type.googleapis.com/envoy.admin.v3.ListenersConfigDump";
 pub const CLUSTERS_DUMP: &str = "type.googleapis.com/envoy.admin.v3.ClustersConfigDump";
 pub const ROUTES_DUMP: &str = "type.googleapis.com/envoy.admin.v3.RoutesConfigDump";
-const DYNAMIC_LISTENER: &str = "type.googleapis.com/envoy.admin.v3.ListenersConfigDump.DynamicListener";
+const DYNAMIC_LISTENER: &str =
+    "type.googleapis.com/envoy.admin.v3.ListenersConfigDump.DynamicListener";
 
 /// The query the product sends (the one `AdminClient::dynamic_listeners` uses).
 pub const PRODUCT_QUERY: &str = service_proxy_agent::observe::envoy_admin::PATH_DYNAMIC_LISTENERS;
@@ -80,18 +81,29 @@ fn resource_of(name: &str) -> Option<(&'static str, &'static str)> {
 }
 
 /// Fields holding a `google.protobuf.Any`: Envoy 1.40 answers 400 to a mask reaching into them.
-const ANY_FIELDS: &[&str] = &["listener", "cluster", "route_config", "failed_configuration"];
+const ANY_FIELDS: &[&str] = &[
+    "listener",
+    "cluster",
+    "route_config",
+    "failed_configuration",
+];
 
 /// Envoy's answer to `/config_dump?resource=R[&mask=M]` from the full dump: `Ok(body)` or
 /// `Err((status, body))`.
-pub fn answer(full: &Value, resource: Option<&str>, mask: Option<&str>) -> Result<Value, (u16, String)> {
+pub fn answer(
+    full: &Value,
+    resource: Option<&str>,
+    mask: Option<&str>,
+) -> Result<Value, (u16, String)> {
     let configs = full["configs"].as_array().cloned().unwrap_or_default();
     let mask: Option<Vec<Vec<&str>>> =
         mask.map(|m| m.split(',').map(|p| p.split('.').collect()).collect());
     if let Some(paths) = &mask
-        && paths
-            .iter()
-            .any(|p| p.iter().take(p.len().saturating_sub(1)).any(|s| ANY_FIELDS.contains(s)))
+        && paths.iter().any(|p| {
+            p.iter()
+                .take(p.len().saturating_sub(1))
+                .any(|s| ANY_FIELDS.contains(s))
+        })
     {
         return Err((400, "FieldMask could not be applied".into()));
     }
@@ -170,7 +182,8 @@ pub fn check_seed(dir: &Path) -> anyhow::Result<()> {
     let full = read(SEED_FULL)?;
     let listeners = read(SEED_LISTENERS)?;
     let masked = read(SEED_MASKED)?;
-    let ours = answer(&full, Some("dynamic_listeners"), None).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let ours =
+        answer(&full, Some("dynamic_listeners"), None).map_err(|e| anyhow::anyhow!("{e:?}"))?;
     if ours != listeners {
         bail!("the stand-in's ?resource=dynamic_listeners differs from the real Envoy's answer");
     }
@@ -251,7 +264,11 @@ pub fn scale(seed: &Value, vips: usize, clusters: usize) -> anyhow::Result<Value
                 let mut ch = template.clone();
                 let ip = vip(i);
                 rename(&mut ch, &old_ip, &ip);
-                rename(&mut ch, &old_route, &format!("URL_MAP/123.service-{}", i % clusters.max(1)));
+                rename(
+                    &mut ch,
+                    &old_route,
+                    &format!("URL_MAP/123.service-{}", i % clusters.max(1)),
+                );
                 ch["filter_chain_match"]["prefix_ranges"][0]["address_prefix"] = json!(ip);
                 chains.push(ch);
             }
@@ -260,7 +277,10 @@ pub fn scale(seed: &Value, vips: usize, clusters: usize) -> anyhow::Result<Value
             let dyn_clusters = c["dynamic_active_clusters"]
                 .as_array_mut()
                 .context("seed: no dynamic_active_clusters")?;
-            let template = dyn_clusters.first().context("seed: no dynamic cluster")?.clone();
+            let template = dyn_clusters
+                .first()
+                .context("seed: no dynamic cluster")?
+                .clone();
             let old = template["cluster"]["name"]
                 .as_str()
                 .context("seed: cluster without name")?
@@ -379,13 +399,17 @@ pub fn generate(dir: &Path, vips: usize, clusters: usize) -> anyhow::Result<Gene
     let full_bytes = put("/config_dump", envoy_json(&full))?;
     let product_bytes = put(
         PRODUCT_QUERY,
-        envoy_json(&answer(&full, Some("dynamic_listeners"), None).map_err(|e| anyhow::anyhow!("{e:?}"))?),
+        envoy_json(
+            &answer(&full, Some("dynamic_listeners"), None)
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?,
+        ),
     )?;
     let mask = "name,active_state,warming_state,error_state";
     let masked_bytes = put(
         &format!("/config_dump?resource=dynamic_listeners&mask={mask}"),
         envoy_json(
-            &answer(&full, Some("dynamic_listeners"), Some(mask)).map_err(|e| anyhow::anyhow!("{e:?}"))?,
+            &answer(&full, Some("dynamic_listeners"), Some(mask))
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?,
         ),
     )?;
     std::fs::write(dir.join("index.json"), serde_json::to_vec_pretty(&index)?)?;
@@ -577,7 +601,13 @@ fn sorted_lines(s: &str) -> Vec<String> {
 }
 
 /// The benchmark: generate, serve, run product and peers alternately, compare.
-pub fn bench(dir: &Path, vips: usize, clusters: usize, runs: usize, self_exe: &Path) -> anyhow::Result<Row> {
+pub fn bench(
+    dir: &Path,
+    vips: usize,
+    clusters: usize,
+    runs: usize,
+    self_exe: &Path,
+) -> anyhow::Result<Row> {
     common::require_tool("curl", "curl")?;
     common::require_tool("jq", "jq")?;
     let dir = dir.join(format!("config-{vips}-{clusters}"));
@@ -599,12 +629,19 @@ pub fn bench(dir: &Path, vips: usize, clusters: usize, runs: usize, self_exe: &P
     let (mut prod_rss, mut peer_rss) = (Vec::new(), Vec::new());
     for run in 0..runs {
         let p = common::run_measured(
-            Command::new(self_exe).arg("config-product").arg("--admin").arg(&base),
+            Command::new(self_exe)
+                .arg("config-product")
+                .arg("--admin")
+                .arg(&base),
             timeout,
         )?;
         let q = peer("/config_dump")?;
         let q2 = peer(PRODUCT_QUERY)?;
-        for (who, out) in [("product", &p), ("curl | jq", &q), ("curl resource= | jq", &q2)] {
+        for (who, out) in [
+            ("product", &p),
+            ("curl | jq", &q),
+            ("curl resource= | jq", &q2),
+        ] {
             let lines = sorted_lines(&out.stdout);
             if lines != g.expected {
                 bail!(
@@ -631,14 +668,22 @@ pub fn bench(dir: &Path, vips: usize, clusters: usize, runs: usize, self_exe: &P
         );
     }
     let ratios: Vec<f64> = peer_t.iter().zip(&prod_t).map(|(q, p)| q / p).collect();
-    let smart: Vec<f64> = peer_smart_t.iter().zip(&prod_t).map(|(q, p)| q / p).collect();
+    let smart: Vec<f64> = peer_smart_t
+        .iter()
+        .zip(&prod_t)
+        .map(|(q, p)| q / p)
+        .collect();
     let (rt, rs, rss) = (Stats::of(&ratios), Stats::of(&smart), Stats::of(&prod_rss));
     let bytes_ratio = g.full_bytes as f64 / g.product_bytes as f64;
     Ok(Row {
         what: format!("config analysis, {vips} VIPs + {clusters} clusters"),
-        product: format!("{} ms, peak RSS {} MiB", Stats::of(&prod_t).show(0), rss.show(1)),
+        product: format!(
+            "{} ms, peak RSS {} MiB",
+            Stats::of(&prod_t).show(0),
+            rss.show(1)
+        ),
         peer: format!(
-            "{} ms, peak RSS {} MiB (`curl /config_dump | jq`)",
+            "{} ms, peak RSS {} MiB (`curl /config_dump \\| jq`)",
             Stats::of(&peer_t).show(0),
             Stats::of(&peer_rss).show(1)
         ),
@@ -661,7 +706,9 @@ pub fn bench(dir: &Path, vips: usize, clusters: usize, runs: usize, self_exe: &P
 /// Envoy rejects, so the dump holds error states too.
 pub fn capture_seed(out: &Path) -> anyhow::Result<()> {
     use testkit::envoy::Envoy;
-    use testkit::xds::{ClusterSpec, ControlPlane, Discovery, HealthCheckSpec, InterceptionSpec, ServiceVip};
+    use testkit::xds::{
+        ClusterSpec, ControlPlane, Discovery, HealthCheckSpec, InterceptionSpec, ServiceVip,
+    };
     let cp = ControlPlane::start()?;
     let proxy_port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let mut bootstrap = cp.bootstrap("default", "123");
@@ -679,7 +726,11 @@ pub fn capture_seed(out: &Path) -> anyhow::Result<()> {
     cp.set_endpoints(clusters.iter().map(ClusterSpec::load_assignment).collect());
     let mut spec = InterceptionSpec::new(proxy_port, "123").serving_port(8080);
     for (i, c) in clusters.iter().enumerate() {
-        spec.add_service(ServiceVip::parse(&format!("10.0.0.{}:80", i + 1)).map_err(anyhow::Error::msg)?.to_cluster(c.name.clone()));
+        spec.add_service(
+            ServiceVip::parse(&format!("10.0.0.{}:80", i + 1))
+                .map_err(anyhow::Error::msg)?
+                .to_cluster(c.name.clone()),
+        );
     }
     cp.set_interception(&spec);
     let wait = Duration::from_secs(30);
@@ -688,7 +739,10 @@ pub fn capture_seed(out: &Path) -> anyhow::Result<()> {
         Ok(body.contains("10.0.0.3") && body.contains("active_state"))
     })?;
     // An update Envoy refuses: the listener keeps its active state and gains error_state.
-    let mut listeners = vec![spec.listener(), testkit::xds::resources::rejected_listener("rejected-listener", proxy_port + 1)];
+    let mut listeners = vec![
+        spec.listener(),
+        testkit::xds::resources::rejected_listener("rejected-listener", proxy_port + 1),
+    ];
     listeners.truncate(2);
     cp.set_listeners(listeners);
     envoy.wait_until(wait, "error_state", |e| {
@@ -708,7 +762,53 @@ pub fn capture_seed(out: &Path) -> anyhow::Result<()> {
         }
         std::fs::write(out.join(name), body)?;
     }
-    let (code, body) = envoy.admin_get(&format!("{PRODUCT_QUERY}&mask=active_state.listener.filter_chains"))?;
-    eprintln!("mask into active_state.listener: HTTP {code}: {}", body.trim());
+    let (code, body) = envoy.admin_get(&format!(
+        "{PRODUCT_QUERY}&mask=active_state.listener.filter_chains"
+    ))?;
+    eprintln!(
+        "mask into active_state.listener: HTTP {code}: {}",
+        body.trim()
+    );
+    Ok(())
+}
+
+/// Where parsing time goes, for one answer: serde_json skipping everything (the floor of any
+/// typed parse with serde_json), the product's typed parse, and the summary.
+pub fn parse_times(file: &Path) -> anyhow::Result<()> {
+    let body = std::fs::read(file)?;
+    let time = |f: &dyn Fn() -> anyhow::Result<()>| -> anyhow::Result<f64> {
+        let mut best = f64::MAX;
+        for _ in 0..5 {
+            let t = std::time::Instant::now();
+            f()?;
+            best = best.min(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        Ok(best)
+    };
+    let utf8 = time(&|| {
+        std::str::from_utf8(&body)?;
+        Ok(())
+    })?;
+    let skip = time(&|| {
+        let _: serde::de::IgnoredAny = serde_json::from_slice(&body)?;
+        Ok(())
+    })?;
+    let value = time(&|| {
+        let _: Value = serde_json::from_slice(&body)?;
+        Ok(())
+    })?;
+    let typed = time(&|| {
+        service_proxy_agent::observe::envoy_admin::parse_listeners(&body)?;
+        Ok(())
+    })?;
+    let parsed = service_proxy_agent::observe::envoy_admin::parse_listeners(&body)?;
+    let summary = time(&|| {
+        let _ = service_proxy_agent::observe::envoy_admin::summarize_listeners(&parsed);
+        Ok(())
+    })?;
+    eprintln!(
+        "{} bytes: utf8 {utf8:.1} ms, serde skip-all {skip:.1} ms, Value {value:.1} ms, product parse {typed:.1} ms, summary {summary:.1} ms",
+        body.len()
+    );
     Ok(())
 }

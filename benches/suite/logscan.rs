@@ -147,7 +147,7 @@ fn load_pools() -> anyhow::Result<Pools> {
     let corpus = std::fs::read_to_string(dir.join("corpus.txt"))
         .with_context(|| format!("read {}/corpus.txt", dir.display()))?;
     let mut case_text = String::new();
-    let mut flush = |text: &mut String, pools: &mut Pools| {
+    let flush = |text: &mut String, pools: &mut Pools| {
         for (entry, raw) in raw_entries(text) {
             if entry.time.is_none() || entry.level.is_none() {
                 continue;
@@ -340,8 +340,22 @@ impl Generator {
                         b'U' => write!(self.buf, "{}", vars.conn + 1),
                         b'S' => write!(self.buf, "{}", vars.stream),
                         b'N' => write!(self.buf, "{}", vars.n),
-                        b'I' => write!(self.buf, "10.128.{}.{}:{}", vars.n % 250, vars.conn % 250, 30000 + vars.n % 30000),
-                        b'R' => write!(self.buf, "{:08x}-{:04x}-4{:03x}-a{:03x}-{:012x}", vars.stream as u32, vars.n & 0xffff, vars.conn & 0xfff, vars.n & 0xfff, vars.stream >> 16),
+                        b'I' => write!(
+                            self.buf,
+                            "10.128.{}.{}:{}",
+                            vars.n % 250,
+                            vars.conn % 250,
+                            30000 + vars.n % 30000
+                        ),
+                        b'R' => write!(
+                            self.buf,
+                            "{:08x}-{:04x}-4{:03x}-a{:03x}-{:012x}",
+                            vars.stream as u32,
+                            vars.n & 0xffff,
+                            vars.conn & 0xfff,
+                            vars.n & 0xfff,
+                            vars.stream >> 16
+                        ),
                         b'L' => write!(self.buf, "{}", 100 + vars.n % 4000),
                         b'M' => write!(self.buf, "{}", 1 + vars.n % 40),
                         _ => write!(self.buf, "?"),
@@ -545,6 +559,7 @@ pub fn bench(opts: &Options, self_exe: &Path) -> anyhow::Result<Row> {
     let mut product_tp = Vec::new();
     let mut peer_tp = Vec::new();
     let mut product_rss = Vec::new();
+    let mut product_cpu = Vec::new();
     let mut counts = None;
     for run in 0..opts.runs {
         let out = common::run_measured(
@@ -585,6 +600,7 @@ pub fn bench(opts: &Options, self_exe: &Path) -> anyhow::Result<Row> {
         product_tp.push(gib / out.measurement.wall.as_secs_f64());
         peer_tp.push(gib / peer.measurement.wall.as_secs_f64());
         product_rss.push(out.measurement.max_rss_kib as f64 / 1024.0);
+        product_cpu.push(out.measurement.user_secs + out.measurement.sys_secs);
         eprintln!(
             "  run {}: product {:.2} GiB/s ({:.1} MiB RSS), rg {:.2} GiB/s ({:.1} MiB RSS)",
             run + 1,
@@ -605,19 +621,28 @@ pub fn bench(opts: &Options, self_exe: &Path) -> anyhow::Result<Row> {
     let (matching, failures) = counts.unwrap_or_default();
     Ok(Row {
         what: format!(
-            "log scanning, {:.2} GiB {} log",
-            gib,
+            "log scanning, {} {} log",
+            if gib >= 1.0 {
+                format!("{gib:.2} GiB")
+            } else {
+                format!("{:.0} MiB", gib * 1024.0)
+            },
             opts.profile.name()
         ),
         product: format!("{} GiB/s", p.show(2)),
-        peer: format!("{} GiB/s (`rg -j1 --count -F`, {} needles)", r.show(2), INTERESTING.len()),
+        peer: format!(
+            "{} GiB/s (`rg -j1 --count -F`, {} needles)",
+            r.show(2),
+            INTERESTING.len()
+        ),
         ratio: format!("{}×", ratio.show(2)),
         target: "≥ 0.5×, identical counts".into(),
         verdict: common::verdict(ratio.median >= 0.5),
         note: format!(
-            "{} lines, {matching} matching lines (product = rg = generator), {failures} failure entries classified (= generator); product peak RSS {} MiB; {} runs each, alternating, file in page cache",
+            "{} lines, {matching} matching lines (product = rg = generator), {failures} failure entries classified (= generator); product peak RSS {} MiB, CPU (user+sys) {} s; {} runs each, alternating, file in page cache",
             expected.lines,
             Stats::of(&product_rss).show(1),
+            Stats::of(&product_cpu).show(2),
             opts.runs
         ),
     })

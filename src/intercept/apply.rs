@@ -86,12 +86,15 @@ impl fmt::Display for FamilyOutcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             FamilyOutcome::Unchanged { rules } => write!(f, "unchanged ({rules} rules)"),
-            FamilyOutcome::Changed { rules, transaction } if !transaction.edited_chains.is_empty() => write!(
-                f,
-                "updated ({rules} rules; {} rules deleted, {} inserted in place)",
-                transaction.deleted_rules,
-                transaction.inserted_rules,
-            ),
+            FamilyOutcome::Changed { rules, transaction }
+                if !transaction.edited_chains.is_empty() =>
+            {
+                write!(
+                    f,
+                    "updated ({rules} rules; {} rules deleted, {} inserted in place)",
+                    transaction.deleted_rules, transaction.inserted_rules,
+                )
+            }
             FamilyOutcome::Changed { rules, transaction } => write!(
                 f,
                 "updated ({rules} rules; {} jumps deleted, {} added, {} stale chains removed)",
