@@ -776,6 +776,16 @@ pub fn capture_seed(out: &Path) -> anyhow::Result<()> {
 /// typed parse with serde_json), the product's typed parse, and the summary.
 pub fn parse_times(file: &Path) -> anyhow::Result<()> {
     let body = std::fs::read(file)?;
+    if let Some(n) = std::env::var("SPA_BENCH_PARSE_LOOP")
+        .ok()
+        .and_then(|n| n.parse().ok())
+    {
+        // Only the product's parse, `n` times (for a profiler).
+        for _ in 0..n {
+            service_proxy_agent::observe::envoy_admin::parse_listeners(&body)?;
+        }
+        return Ok(());
+    }
     let time = |f: &dyn Fn() -> anyhow::Result<()>| -> anyhow::Result<f64> {
         let mut best = f64::MAX;
         for _ in 0..5 {
