@@ -222,6 +222,67 @@ mod tests {
         assert!(!line.contains('\n'));
     }
 
+    /// Every flag with a valid value parses (clap checks types at run time, not compile time).
+    #[test]
+    fn every_flag_parses() {
+        let cli = Cli::try_parse_from([
+            "spa",
+            "doctor",
+            "--json",
+            "--wait",
+            "5s",
+            "--config",
+            "/x.toml",
+            "--envoy-admin",
+            "http://127.0.0.1:15000",
+            "--allow-remote-admin",
+            "--envoy-log-dir",
+            "/var/log/envoy",
+            "--envoy-user",
+            "envoy",
+            "--interception",
+            "enforce",
+            "--proxy-port",
+            "15001",
+            "--serving-ports",
+            "80,8080",
+            "--poll-interval",
+            "10s",
+            "--heartbeat-interval",
+            "60s",
+            "--finding-ttl",
+            "10m",
+            "--metrics-addr",
+            "127.0.0.1:15091",
+            "--allow-remote-metrics",
+            "false",
+            "--log-format",
+            "text",
+            "--serial-port",
+            "/dev/ttyS0",
+            "--cloud-logging",
+            "auto",
+            "--cloud-logging-endpoint",
+            "https://logging.googleapis.com",
+            "--control-plane",
+            "trafficdirector.googleapis.com:443",
+        ])
+        .unwrap();
+        assert_eq!(cli.common.serving_ports.map(|p| p.0), Some(vec![80, 8080]));
+        for args in [
+            vec!["spa", "run"],
+            vec!["spa", "status", "--json"],
+            vec!["spa", "intercept", "plan"],
+            vec!["spa", "intercept", "apply"],
+            vec!["spa", "intercept", "clear"],
+            vec!["spa", "report-bootstrap", "in-progress"],
+            vec!["spa", "envoy-bootstrap", "--out", "/tmp/b.json"],
+            vec!["spa", "version"],
+        ] {
+            Cli::try_parse_from(&args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        }
+    }
+
     #[test]
     fn global_flags_after_subcommand() {
         let cli =

@@ -123,6 +123,15 @@ pub fn parse_port(s: &str) -> Result<u16, String> {
         .ok_or_else(|| "expected a TCP port from 1 to 65535".into())
 }
 
+/// A port list as one flag value. A newtype so clap does not read `Vec` as "the flag takes
+/// several values".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortList(pub Vec<u16>);
+
+fn parse_port_list_arg(s: &str) -> Result<PortList, String> {
+    parse_port_list(s).map(PortList)
+}
+
 /// `80,8080` or `80;8080` (gcloud's form); ports 1–65535, duplicates removed, order kept.
 pub fn parse_port_list(s: &str) -> Result<Vec<u16>, String> {
     let mut ports = Vec::new();
@@ -259,8 +268,8 @@ pub struct CommonArgs {
     pub proxy_port: Option<u16>,
 
     /// Inbound ports to intercept, e.g. 80,8080 [default: gce-service-proxy serving-ports]
-    #[arg(long, global = true, env = "SPA_SERVING_PORTS", value_name = "LIST", value_parser = parse_port_list)]
-    pub serving_ports: Option<Vec<u16>>,
+    #[arg(long, global = true, env = "SPA_SERVING_PORTS", value_name = "LIST", value_parser = parse_port_list_arg)]
+    pub serving_ports: Option<PortList>,
 
     /// Admin/iptables/metadata polling period [default: 10s]
     #[arg(long, global = true, env = "SPA_POLL_INTERVAL", value_name = "DURATION", value_parser = parse_duration)]
@@ -468,7 +477,7 @@ impl Settings {
             interception: pick!(interception, "interception", parse_enum::<InterceptionMode>)
                 .unwrap_or(InterceptionMode::Verify),
             proxy_port: pick!(proxy_port, "proxy-port", parse_port),
-            serving_ports: pick!(serving_ports, "serving-ports", parse_port_list),
+            serving_ports: pick!(serving_ports, "serving-ports", parse_port_list_arg).map(|p| p.0),
             poll_interval: pick!(poll_interval, "poll-interval", parse_duration)
                 .unwrap_or(Duration::from_secs(10)),
             heartbeat_interval: pick!(heartbeat_interval, "heartbeat-interval", parse_duration)
@@ -627,6 +636,14 @@ mod tests {
         assert!(msg.contains("poll-interval in"), "{msg}");
         assert!(msg.contains(f.path().to_str().unwrap()), "{msg}");
         assert!(msg.contains("expected a duration"), "{msg}");
+    }
+
+    #[test]
+    fn serving_ports_flag_is_one_value() {
+        let s = Settings::resolve(&args(&["--serving-ports", "80,8080"]), no_env).unwrap();
+        assert_eq!(s.serving_ports, Some(vec![80, 8080]));
+        let s = Settings::resolve(&args(&["--serving-ports", "443;8443"]), no_env).unwrap();
+        assert_eq!(s.serving_ports, Some(vec![443, 8443]));
     }
 
     #[test]

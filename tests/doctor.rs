@@ -87,7 +87,8 @@ fn doctor_reports_real_envoy_version_state_and_vips() {
     cmd.args(["doctor", "--interception", "off"])
         .args(["--envoy-admin", &envoy.admin_url()])
         .arg("--envoy-log-dir")
-        .arg(envoy.dir());
+        .arg(envoy.dir())
+        .args(["--control-plane", &cp.addr().to_string()]);
     let (out, _) = run(cmd, Duration::from_secs(60));
     let text = stdout(&out);
     assert!(text.contains("  ✓ proxy             Envoy 1."), "{text}");

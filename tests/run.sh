@@ -22,4 +22,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 say "tests"
 cargo test --workspace --locked --no-fail-fast
 
+say "real-Envoy tests against every Envoy minor version on PyPI"
+tests/envoy-matrix.sh
+
 say "all tests passed"

@@ -6,6 +6,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use crate::observe::Snapshot;
+use crate::observe::envoy_admin::ServerState;
 
 /// How far back restarts are counted (SPEC: more than twice in 10 minutes).
 pub const RESTART_WINDOW: Duration = Duration::from_secs(600);
@@ -14,8 +15,11 @@ pub const RESTART_WINDOW: Duration = Duration::from_secs(600);
 pub struct History {
     /// Since when Envoy's state has been this non-LIVE value.
     pub not_live_since: Option<(String, Instant)>,
-    /// Since when `control_plane.connected_state` has been 0.
+    /// Since when `control_plane.connected_state` has been 0. When Envoy has never accepted a
+    /// listener update, its uptime bounds it from the first sight (no configuration since start).
     pub disconnected_since: Option<Instant>,
+    /// When `connected_state` was last seen other than 0 (bounds the uptime inference).
+    last_connected: Option<Instant>,
     /// Restarts seen (PID change or uptime going backwards), within [`RESTART_WINDOW`].
     pub restarts: VecDeque<Instant>,
     last_pid: Option<u32>,
@@ -27,6 +31,10 @@ pub struct History {
     pub lds_success: Counter,
     /// When a rejection counter last grew.
     pub rejected_grew_at: Option<Instant>,
+    /// When `lds.update_rejected` / `cds.update_rejected` last grew, and `lds.update_success`.
+    pub lds_rejected_grew_at: Option<Instant>,
+    pub cds_rejected_grew_at: Option<Instant>,
+    pub lds_accepted_at: Option<Instant>,
     /// Whether, in the latest snapshot, a rejection counter grew / an update was accepted.
     pub rejected_grew_now: bool,
     pub accepted_update_now: bool,
@@ -71,10 +79,15 @@ impl History {
                     match &self.not_live_since {
                         Some((s, _)) if *s == state => {}
                         _ => {
-                            // Without history, uptime bounds how long it has been so.
+                            // Without history, uptime bounds how long it has been so, but only
+                            // for the states Envoy starts in: DRAINING begins at any time.
+                            let starting = matches!(
+                                info.state,
+                                ServerState::PreInitializing | ServerState::Initializing
+                            );
                             let since = info
                                 .uptime_current_epoch
-                                .filter(|_| self.snapshots == 1)
+                                .filter(|_| self.snapshots == 1 && starting)
                                 .and_then(|u| now.checked_sub(u))
                                 .unwrap_or(now);
                             self.not_live_since = Some((state, since));
@@ -106,10 +119,14 @@ impl History {
         }
         if let Ok(stats) = &snap.stats {
             match stats.control_plane_connected_state {
-                Some(0) => {
-                    self.disconnected_since.get_or_insert(now);
+                Some(0) if self.disconnected_since.is_none() => {
+                    self.disconnected_since = Some(self.disconnected_start(snap, now));
                 }
-                Some(_) => self.disconnected_since = None,
+                Some(0) => {}
+                Some(_) => {
+                    self.disconnected_since = None;
+                    self.last_connected = Some(now);
+                }
                 None => {}
             }
             let lds = self.lds_rejected.update(stats.lds_update_rejected);
@@ -118,11 +135,48 @@ impl History {
             if self.rejected_grew_now {
                 self.rejected_grew_at = Some(now);
             }
+            if lds {
+                self.lds_rejected_grew_at = Some(now);
+            }
+            if cds {
+                self.cds_rejected_grew_at = Some(now);
+            }
             self.accepted_update_now = self.lds_success.update(stats.lds_update_success);
+            if self.accepted_update_now {
+                self.lds_accepted_at = Some(now);
+            }
         } else {
             self.disconnected_since = None;
             self.rejected_grew_now = false;
             self.accepted_update_now = false;
+        }
+    }
+}
+
+impl History {
+    /// When a disconnection just seen began. Envoy that has never accepted a listener update
+    /// has had no configuration since it started, so its uptime bounds it (later than the last
+    /// time it was seen connected, if it was).
+    fn disconnected_start(&self, snap: &Snapshot, now: Instant) -> Instant {
+        let never_configured = snap
+            .stats
+            .as_ref()
+            .is_ok_and(|s| s.lds_update_success == Some(0))
+            && snap
+                .listeners
+                .as_ref()
+                .is_ok_and(|ls| ls.iter().all(|l| l.active.is_none() && l.warming.is_none()));
+        let from_uptime = snap
+            .server_info
+            .as_ref()
+            .ok()
+            .and_then(|i| i.uptime_current_epoch)
+            .filter(|_| never_configured)
+            .and_then(|u| now.checked_sub(u));
+        match (from_uptime, self.last_connected) {
+            (Some(start), Some(seen)) => start.max(seen),
+            (Some(start), None) => start,
+            _ => now,
         }
     }
 }

@@ -452,7 +452,7 @@ fn resources_in_reason(reason: &str) -> (Option<String>, Vec<String>) {
 }
 
 /// Every `unable to open file 'P': E` → (P, E).
-fn unopenable_files(text: &str) -> Vec<(String, String)> {
+pub fn unopenable_files(text: &str) -> Vec<(String, String)> {
     const KEY: &str = "unable to open file '";
     let mut found: Vec<(String, String)> = Vec::new();
     let mut search = 0;

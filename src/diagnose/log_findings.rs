@@ -297,13 +297,28 @@ impl LogFindings {
     /// The findings active at `now`: seen within `ttl`, and, for CONTROL_PLANE_DISCONNECTED,
     /// repeated. Expired sightings are dropped.
     pub fn active(&mut self, now: Instant, ttl: Duration, ctx: &LogContext) -> Vec<Finding> {
+        self.active_keyed(now, ttl, ctx)
+            .into_iter()
+            .map(|(f, _)| f)
+            .collect()
+    }
+
+    /// [`Self::active`], each finding with its key: the path for ACCESS_LOG_NOT_WRITABLE, the
+    /// resource kind (`Listener`, `Cluster`, ...) for CONFIG_REJECTED, empty otherwise. Lets
+    /// the checks tell whether the snapshot already shows the same fault.
+    pub fn active_keyed(
+        &mut self,
+        now: Instant,
+        ttl: Duration,
+        ctx: &LogContext,
+    ) -> Vec<(Finding, String)> {
         self.sightings
             .retain(|_, s| now.saturating_duration_since(s.last) <= ttl);
         self.sightings
             .iter()
-            .filter_map(|((id, _), s)| {
+            .filter_map(|((id, key), s)| {
                 let why = s.qualified.as_deref()?;
-                Some(Finding::new(*id, detail(*id, s, why, ctx)))
+                Some((Finding::new(*id, detail(*id, s, why, ctx)), key.clone()))
             })
             .collect()
     }

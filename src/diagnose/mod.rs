@@ -4,13 +4,19 @@
 //! Envoy's admin is down, so its listeners cannot be judged). "Could not check" is reported as
 //! such, never as a pass.
 
+pub mod configuration;
+pub mod control_plane;
+pub mod endpoints;
 pub mod history;
 pub mod interception;
 pub mod log_classifier;
 pub mod log_findings;
 pub mod metadata;
 pub mod proxy;
+#[cfg(test)]
+pub(crate) mod testutil;
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -68,8 +74,55 @@ pub fn log_context(snap: &Snapshot) -> LogContext {
     }
 }
 
+/// Envoy retries a refused or failed xDS stream within its backoff (at most 30 s by default).
+pub const MAX_XDS_BACKOFF: Duration = Duration::from_secs(30);
+/// Envoy's default `--file-flush-interval-msec`.
+const DEFAULT_LOG_FLUSH: Duration = Duration::from_secs(10);
+
+/// How long a control-plane failure that is still going on can go without a log line: one
+/// retry, one flush of the log, and a margin. Connected now and nothing logged for that long
+/// means the failure is over, even when no update arrived to prove it (a `doctor` run after a
+/// fix: Envoy re-ACKs the same version, so no counter moves).
+pub fn quiet_period(snap: &Snapshot) -> Duration {
+    let flush = snap
+        .server_info
+        .as_ref()
+        .ok()
+        .and_then(|i| {
+            crate::observe::envoy_admin::parse_proto_duration(
+                &i.command_line_options.file_flush_interval,
+            )
+        })
+        .unwrap_or(DEFAULT_LOG_FLUSH)
+        .min(Duration::from_secs(600));
+    MAX_XDS_BACKOFF + flush + Duration::from_secs(20)
+}
+
+/// When Envoy last accepted a change to one of its active dynamic listeners (`last_updated`),
+/// on the monotonic clock of `now` (the snapshot's wall time maps to `now`).
+pub fn newest_listener_update(snap: &Snapshot, now: Instant) -> Option<Instant> {
+    let newest = snap
+        .listeners
+        .as_ref()
+        .ok()?
+        .iter()
+        .filter_map(|l| l.active.as_ref()?.last_updated.as_deref())
+        .filter_map(|t| humantime::parse_rfc3339_weak(t.trim()).ok())
+        .max()?;
+    let age = snap
+        .taken_at
+        .duration_since(newest)
+        .unwrap_or(Duration::ZERO);
+    now.checked_sub(age)
+}
+
 /// One diagnosis: folds the snapshot into the history, applies what the snapshot contradicts
 /// to the log-derived findings, runs every group's checks and merges the log findings in.
+///
+/// Log findings join their group's findings through the group's own rules
+/// ([`control_plane::merge_log_findings`], [`configuration::merge_log_findings`]): the same
+/// fault seen in the snapshot and in the log is reported once. A refusal by the control plane
+/// (5, 7, 16) explains NO_MESH_CONFIG, which then gives way.
 pub fn run(
     snap: &Snapshot,
     history: &mut History,
@@ -78,14 +131,22 @@ pub fn run(
     now: Instant,
 ) -> Diagnosis {
     history.update(snap, now);
-    let connected = snap
-        .stats
-        .as_ref()
-        .ok()
-        .and_then(|s| s.control_plane_connected_state)
-        == Some(1);
+    let connected = matches!(
+        snap.stats
+            .as_ref()
+            .ok()
+            .and_then(|s| s.control_plane_connected_state),
+        Some(1 | 2)
+    );
+    let listener_update = newest_listener_update(snap, now);
     if connected && history.accepted_update_now {
         logs.contradict(Contradiction::ControlPlaneServing, now);
+    } else if connected {
+        // Served listeners since, or quiet for longer than a failure can be.
+        let quiet = now.checked_sub(quiet_period(snap));
+        if let Some(at) = quiet.max(listener_update) {
+            logs.contradict(Contradiction::ControlPlaneServing, at);
+        }
     }
     let listener_errors = snap
         .listeners
@@ -94,6 +155,10 @@ pub fn run(
         .unwrap_or(true);
     if !listener_errors && history.accepted_update_now && !history.rejected_grew_now {
         logs.contradict(Contradiction::NoRejectedConfig, now);
+    } else if !listener_errors && let Some(at) = listener_update {
+        // No rejection is pending and a listener was accepted at `at`: rejections logged
+        // before are over (a `doctor` run after a fix sees no counter move).
+        logs.contradict(Contradiction::NoRejectedConfig, at);
     }
     let ctx = CheckContext {
         now,
@@ -102,29 +167,59 @@ pub fn run(
     };
     let mut outcomes = vec![
         (CheckGroup::Proxy, proxy::check(snap, &ctx)),
+        (CheckGroup::ControlPlane, control_plane::check(snap, &ctx)),
+        (CheckGroup::Configuration, configuration::check(snap, &ctx)),
         (CheckGroup::Interception, interception_group(snap)),
+        (CheckGroup::Endpoints, endpoints::check(snap, &ctx)),
         (CheckGroup::Metadata, metadata::check(snap, &ctx)),
     ];
-    for f in logs.active(now, settings.finding_ttl, &log_context(snap)) {
-        let group = CheckGroup::of(f.id);
-        match outcomes.iter_mut().find(|(g, _)| *g == group) {
-            Some((_, o)) => {
-                if !o
-                    .findings
-                    .iter()
-                    .any(|e| e.id == f.id && e.detail == f.detail)
-                {
-                    o.findings.push(f);
+    let mut by_group: BTreeMap<CheckGroup, Vec<(Finding, String)>> = BTreeMap::new();
+    for (f, key) in logs.active_keyed(now, settings.finding_ttl, &log_context(snap)) {
+        by_group
+            .entry(CheckGroup::of(f.id))
+            .or_default()
+            .push((f, key));
+    }
+    for (group, found) in by_group {
+        let pos = match outcomes.iter().position(|(g, _)| *g == group) {
+            Some(p) => p,
+            None => {
+                outcomes.push((group, GroupOutcome::default()));
+                outcomes.len() - 1
+            }
+        };
+        let Some((_, o)) = outcomes.get_mut(pos) else {
+            continue;
+        };
+        match group {
+            CheckGroup::ControlPlane => {
+                control_plane::merge_log_findings(o, found.into_iter().map(|(f, _)| f).collect());
+            }
+            CheckGroup::Configuration => configuration::merge_log_findings(o, found),
+            _ => {
+                for (f, _) in found {
+                    if !o
+                        .findings
+                        .iter()
+                        .any(|e| e.id == f.id && e.detail == f.detail)
+                    {
+                        o.findings.push(f);
+                    }
                 }
             }
-            None => outcomes.push((
-                group,
-                GroupOutcome {
-                    findings: vec![f],
-                    ..GroupOutcome::default()
-                },
-            )),
         }
+    }
+    let refusal = outcomes
+        .iter()
+        .flat_map(|(_, o)| &o.findings)
+        .map(|f| f.id)
+        .find(|id| control_plane::REFUSALS.contains(id));
+    if let Some(refusal) = refusal
+        && let Some((_, o)) = outcomes
+            .iter_mut()
+            .find(|(g, _)| *g == CheckGroup::Configuration)
+    {
+        configuration::explained_by_refusal(o, refusal);
     }
     outcomes.sort_by_key(|(g, _)| *g);
     Diagnosis::from_outcomes(outcomes)
@@ -218,16 +313,14 @@ impl CheckGroup {
             | MeshEntityNotFound
             | ControlPlanePermissionDenied
             | ControlPlaneUnauthenticated => CheckGroup::ControlPlane,
-            NodeMetadataMismatch | NoMeshConfig | ConfigRejected | AccessLogNotWritable => {
-                CheckGroup::Configuration
-            }
+            NodeMetadataMismatch | NoMeshConfig | ConfigRejected | AccessLogNotWritable
+            | ServerFirstProtocol => CheckGroup::Configuration,
             InterceptionMissing
             | InterceptionLoop
             | ServiceNotIntercepted
             | InboundPortNotIntercepted
             | InboundPortBlocked
-            | IptablesUnavailable
-            | ServerFirstProtocol => CheckGroup::Interception,
+            | IptablesUnavailable => CheckGroup::Interception,
             EndpointsUnhealthy | EndpointsPanic => CheckGroup::Endpoints,
             ScopesInsufficient | GuestAttributesDisabled | MetadataUnreachable => {
                 CheckGroup::Metadata
@@ -351,5 +444,188 @@ mod tests {
         assert_eq!(d.groups[3].status, GroupStatus::Fail);
         assert_eq!(d.findings[0].id, FindingId::ControlPlaneDisconnected);
         assert_eq!(d.health(), Health::Failing);
+    }
+
+    mod driver {
+        use super::super::*;
+        use crate::diagnose::log_classifier::{LogEvent, StreamClosed};
+        use crate::diagnose::testutil::{self, snapshot};
+        use crate::observe::envoy_admin::ServerState;
+
+        fn closed(code: u32, message: &str) -> LogEvent {
+            LogEvent::StreamClosed(StreamClosed {
+                method: Some("StreamAggregatedResources".into()),
+                target: Some("trafficdirector.googleapis.com:443".into()),
+                code,
+                message: message.into(),
+                since_secs: None,
+                previous: None,
+            })
+        }
+
+        const NOT_FOUND: &str = "Cloud Service Mesh configuration was not found for network \"default\" in project \"123456789012\".";
+
+        fn ids(d: &Diagnosis) -> Vec<FindingId> {
+            d.findings.iter().map(|f| f.id).collect()
+        }
+
+        fn base() -> Instant {
+            Instant::now() + Duration::from_secs(24 * 3600)
+        }
+
+        #[test]
+        fn a_refusal_explains_no_listener_and_a_disconnection() {
+            let now = base();
+            let mut s = snapshot();
+            s.listeners = Ok(Vec::new());
+            {
+                let st = s.stats.as_mut().unwrap();
+                st.lds_update_success = Some(0);
+                st.init_fetch_timeouts
+                    .insert("listener_manager.lds.init_fetch_timeout".into(), 1);
+            }
+            let mut logs = LogFindings::new();
+            logs.record(&closed(5, NOT_FOUND), now - Duration::from_secs(5));
+            // Sampled in the moment the stream is open: connected_state 1.
+            let d = run(
+                &s,
+                &mut History::new(),
+                &mut logs,
+                &testutil::settings(),
+                now,
+            );
+            assert_eq!(ids(&d), [FindingId::MeshConfigNotFound]);
+            // And while it is closed: 0 for the whole uptime, explained by the refusal too.
+            s.stats.as_mut().unwrap().control_plane_connected_state = Some(0);
+            let d = run(
+                &s,
+                &mut History::new(),
+                &mut logs,
+                &testutil::settings(),
+                now,
+            );
+            assert_eq!(ids(&d), [FindingId::MeshConfigNotFound]);
+            let cp = d
+                .groups
+                .iter()
+                .find(|g| g.group == CheckGroup::ControlPlane)
+                .unwrap();
+            assert!(
+                cp.note.contains("explained by MESH_CONFIG_NOT_FOUND"),
+                "{}",
+                cp.note
+            );
+        }
+
+        #[test]
+        fn connected_and_quiet_for_long_enough_ends_a_refusal() {
+            let now = base();
+            let s = snapshot();
+            assert_eq!(quiet_period(&s), Duration::from_secs(60));
+            let mut logs = LogFindings::new();
+            logs.record(&closed(7, "denied"), now - Duration::from_secs(30));
+            let d = run(
+                &s,
+                &mut History::new(),
+                &mut logs,
+                &testutil::settings(),
+                now,
+            );
+            assert_eq!(ids(&d), [FindingId::ControlPlanePermissionDenied]);
+            let d = run(
+                &s,
+                &mut History::new(),
+                &mut logs,
+                &testutil::settings(),
+                now + Duration::from_secs(31),
+            );
+            assert!(d.findings.is_empty(), "{d:?}");
+        }
+
+        #[test]
+        fn a_listener_accepted_after_the_lines_ends_them() {
+            let now = base();
+            let mut s = snapshot();
+            let updated = s.taken_at - Duration::from_secs(2);
+            s.listeners.as_mut().unwrap()[0]
+                .active
+                .as_mut()
+                .unwrap()
+                .last_updated = Some(humantime::format_rfc3339_millis(updated).to_string());
+            // Millisecond precision, as Envoy writes it.
+            let at = newest_listener_update(&s, now).unwrap();
+            let off =
+                (now - Duration::from_secs(2)).max(at) - (now - Duration::from_secs(2)).min(at);
+            assert!(off < Duration::from_millis(2), "{off:?}");
+            let mut logs = LogFindings::new();
+            logs.record(&closed(7, "denied"), now - Duration::from_secs(5));
+            logs.record(
+                &LogEvent::AccessLogDenied {
+                    path: "/var/log/envoy/access.log".into(),
+                    reason: "Permission denied".into(),
+                },
+                now - Duration::from_secs(5),
+            );
+            // A line newer than the update survives.
+            logs.record(&closed(16, "bad token"), now - Duration::from_secs(1));
+            let d = run(
+                &s,
+                &mut History::new(),
+                &mut logs,
+                &testutil::settings(),
+                now,
+            );
+            assert_eq!(ids(&d), [FindingId::ControlPlaneUnauthenticated]);
+        }
+
+        #[test]
+        fn draining_is_not_dated_from_the_start() {
+            let now = base();
+            let mut s = snapshot();
+            s.server_info.as_mut().unwrap().state = ServerState::Draining;
+            let mut h = History::new();
+            let mut logs = LogFindings::new();
+            let d = run(&s, &mut h, &mut logs, &testutil::settings(), now);
+            assert!(d.findings.is_empty(), "{d:?}");
+            let d = run(
+                &s,
+                &mut h,
+                &mut logs,
+                &testutil::settings(),
+                now + Duration::from_secs(61),
+            );
+            assert_eq!(ids(&d), [FindingId::EnvoyNotLive]);
+            // Initializing, by contrast, has been so since Envoy started (10 minutes).
+            s.server_info.as_mut().unwrap().state = ServerState::Initializing;
+            let d = run(
+                &s,
+                &mut History::new(),
+                &mut logs,
+                &testutil::settings(),
+                now,
+            );
+            assert_eq!(ids(&d), [FindingId::EnvoyNotLive]);
+            assert!(
+                d.findings[0].detail.contains("INITIALIZING for 10m"),
+                "{d:?}"
+            );
+        }
+
+        #[test]
+        fn every_group_reports_and_server_first_is_configuration() {
+            let d = run(
+                &snapshot(),
+                &mut History::new(),
+                &mut LogFindings::new(),
+                &testutil::settings(),
+                base(),
+            );
+            let groups: Vec<CheckGroup> = d.groups.iter().map(|g| g.group).collect();
+            assert_eq!(groups, CheckGroup::ALL);
+            assert_eq!(
+                CheckGroup::of(FindingId::ServerFirstProtocol),
+                CheckGroup::Configuration
+            );
+        }
     }
 }

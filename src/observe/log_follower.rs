@@ -250,18 +250,29 @@ fn run(
                         seen_ignored.insert(id);
                         continue;
                     }
+                    if kind == NameKind::Rotated && meta.len() == 0 {
+                        // Being created (a copy in progress?): decide when it has bytes.
+                        continue;
+                    }
                     let Ok(file) = File::open(&path) else {
                         counters.read_errors.fetch_add(1, Ordering::Relaxed);
                         continue;
                     };
                     let head = read_head(&file);
                     if kind == NameKind::Rotated {
-                        let copy = !head.is_empty()
-                            && tracked.values().any(|t| {
-                                t.head == head
-                                    || t.head_before_truncate == head
-                                    || read_head(&t.file) == head
-                            });
+                        if head.is_empty() {
+                            continue;
+                        }
+                        // A copy may be seen half-written: compare as prefixes.
+                        let same = |other: &[u8]| {
+                            !other.is_empty()
+                                && (other.starts_with(&head) || head.starts_with(other))
+                        };
+                        let copy = tracked.values().any(|t| {
+                            same(&t.head)
+                                || same(&t.head_before_truncate)
+                                || same(&read_head(&t.file))
+                        });
                         if copy {
                             ignored.insert(id);
                             seen_ignored.insert(id);

