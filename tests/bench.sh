@@ -9,7 +9,7 @@
 #
 # Arguments are passed to the suite (`cargo bench --bench suite -- all --help` lists them).
 # Needs root (private network namespaces for iptables), Debian's ripgrep, jq, curl, time and
-# iptables (installed here when missing), and Envoy (tests/setup-envoy.sh puts it in .venv).
+# iptables (tests/setup-system.sh installs them), and Envoy (tests/setup-envoy.sh, into .venv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -17,22 +17,8 @@ root=$(pwd)
 say() { printf '\n=== %s\n' "$*" >&2; }
 
 say "system packages"
-need=()
-for pair in rg:ripgrep jq:jq curl:curl /usr/bin/time:time iptables:iptables ip:iproute2 \
-            unshare:util-linux python3:python3; do
-  cmd=${pair%%:*} pkg=${pair#*:}
-  command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
-done
-python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
-if [ ${#need[@]} -gt 0 ]; then
-  if [ "$(id -u)" -ne 0 ]; then
-    echo "missing packages (${need[*]}) and not root: install them first" >&2
-    exit 1
-  fi
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+# ripgrep, jq, curl, time, iptables, iproute2, util-linux (the peers and the namespaces)
+tests/setup-system.sh >&2
 if [ "$(id -u)" -ne 0 ]; then
   echo "the interception, footprint and latency benchmarks need root (network namespaces)" >&2
   exit 1
