@@ -8,8 +8,10 @@ use std::fmt;
 use thiserror::Error;
 
 use crate::intercept::is_ours;
-use crate::intercept::plan::{FamilyPlan, Plan, PlanError, Transaction, transaction};
-use crate::observe::iptables::{self, Family, IptablesError, Ruleset, Tools};
+use crate::intercept::plan::{
+    FamilyPlan, Plan, PlanError, Transaction, transaction, transaction_with,
+};
+use crate::observe::iptables::{self, Family, IptablesError, Ruleset, Table, Tools, parse_save};
 
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
 pub enum InterceptError {
@@ -84,6 +86,15 @@ impl fmt::Display for FamilyOutcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             FamilyOutcome::Unchanged { rules } => write!(f, "unchanged ({rules} rules)"),
+            FamilyOutcome::Changed { rules, transaction }
+                if !transaction.edited_chains.is_empty() =>
+            {
+                write!(
+                    f,
+                    "updated ({rules} rules; {} rules deleted, {} inserted in place)",
+                    transaction.deleted_rules, transaction.inserted_rules,
+                )
+            }
             FamilyOutcome::Changed { rules, transaction } => write!(
                 f,
                 "updated ({rules} rules; {} jumps deleted, {} added, {} stale chains removed)",
@@ -143,6 +154,8 @@ pub struct Counters {
     pub saves: u64,
     pub restores: u64,
     pub failed_restores: u64,
+    /// Saves found equal to the plan from their text alone (no parse): the steady state.
+    pub unchanged_by_text: u64,
 }
 
 /// Applies plans. Keep one for the life of the daemon: it remembers that ip6tables holds
@@ -154,6 +167,9 @@ pub struct Reconciler {
     tools: Tools,
     v6_clean: bool,
     totals: Counters,
+    /// Per family (v4, v6): the last plan and its parsed table.
+    desired: [Option<(FamilyPlan, Table)>; 2],
+    empty: Table,
 }
 
 impl Reconciler {
@@ -162,6 +178,12 @@ impl Reconciler {
             tools,
             v6_clean: false,
             totals: Counters::default(),
+            desired: [None, None],
+            empty: Table {
+                name: "nat".into(),
+                chains: Vec::new(),
+                committed: true,
+            },
         }
     }
 
@@ -244,8 +266,12 @@ impl Reconciler {
         for family in Family::BOTH {
             let fp = plan.family(family);
             let r = match self.save_nat(family).await {
-                Ok(rs) => transaction(fp, rs.table("nat"), unparsed_in_ours(&rs))
-                    .map_err(|source| InterceptError::Plan { family, source }),
+                Ok(text) if fp.matches_saved_text(&text) => Ok(None),
+                Ok(text) => {
+                    let rs = parse_save(&text);
+                    transaction(fp, rs.table("nat"), unparsed_in_ours(&rs))
+                        .map_err(|source| InterceptError::Plan { family, source })
+                }
                 Err(source) if family == Family::V6 && !fp.is_active() => {
                     let _ = source;
                     Ok(None)
@@ -276,8 +302,8 @@ impl Reconciler {
             Some(rs) => rs,
             None => {
                 report.saves += 1;
-                saved = match self.save_nat(family).await {
-                    Ok(rs) => rs,
+                let text = match self.save_nat(family).await {
+                    Ok(text) => text,
                     Err(e) if idle_v6 => {
                         self.v6_clean = true;
                         return FamilyOutcome::Unavailable(e);
@@ -286,10 +312,21 @@ impl Reconciler {
                         return FamilyOutcome::Failed(InterceptError::Save { family, source });
                     }
                 };
+                if fp.matches_saved_text(&text) {
+                    self.totals.unchanged_by_text += 1;
+                    if idle_v6 {
+                        self.v6_clean = true;
+                    }
+                    return FamilyOutcome::Unchanged {
+                        rules: fp.rule_count(),
+                    };
+                }
+                saved = parse_save(&text);
                 &saved
             }
         };
-        let tx = match transaction(fp, rs.table("nat"), unparsed_in_ours(rs)) {
+        let want = self.desired_table(fp);
+        let tx = match transaction_with(fp, want, rs.table("nat"), unparsed_in_ours(rs)) {
             Ok(tx) => tx,
             Err(source) => return FamilyOutcome::Failed(InterceptError::Plan { family, source }),
         };
@@ -318,9 +355,27 @@ impl Reconciler {
         }
     }
 
-    async fn save_nat(&mut self, family: Family) -> Result<Ruleset, IptablesError> {
+    /// The nat table as `*-save` prints it: compared as text first, parsed only if it differs.
+    /// The plan as a parsed table, kept while the plan stays the same: parsing 10,000 planned
+    /// rules every poll would cost more than comparing them.
+    fn desired_table(&mut self, fp: &FamilyPlan) -> &Table {
+        let i = match fp.family {
+            Family::V4 => 0,
+            Family::V6 => 1,
+        };
+        let fresh = !matches!(self.desired.get(i), Some(Some((cached, _))) if cached == fp);
+        if fresh && let Some(slot) = self.desired.get_mut(i) {
+            *slot = Some((fp.clone(), fp.desired_table()));
+        }
+        match self.desired.get(i) {
+            Some(Some((_, table))) => table,
+            _ => &self.empty,
+        }
+    }
+
+    async fn save_nat(&mut self, family: Family) -> Result<String, IptablesError> {
         self.totals.saves += 1;
-        iptables::save(&self.tools, family, Some("nat")).await
+        iptables::save_text(&self.tools, family, Some("nat")).await
     }
 
     async fn restore(&mut self, family: Family, text: &str) -> Result<(), IptablesError> {

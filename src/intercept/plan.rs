@@ -171,6 +171,83 @@ impl FamilyPlan {
             })
     }
 
+    /// Whether `saved` (an `iptables-save -t nat` output, as text) already holds exactly this
+    /// plan: our chains declared, their rules and the jumps into them byte for byte as planned,
+    /// nothing else of ours. Only an exact match answers `true` (and then [`transaction`] would
+    /// answer `None`); any difference, formatting included, answers `false` and the caller
+    /// compares structurally. This is the steady state of every poll, so it costs one pass over
+    /// the text and no parse.
+    pub fn matches_saved_text(&self, saved: &str) -> bool {
+        let mut tables = 0;
+        let mut in_nat = false;
+        let mut declared: Vec<&str> = Vec::new();
+        let mut jumps: Vec<&str> = Vec::new();
+        // Our rules, chain by chain, in the order of `self.rules`.
+        let mut ours: Vec<(&str, Vec<&str>)> =
+            self.chains.iter().map(|c| (*c, Vec::new())).collect();
+        for raw in saved.lines() {
+            let line = raw.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            if let Some(name) = line.strip_prefix('*') {
+                in_nat = name.trim() == "nat";
+                tables += usize::from(in_nat);
+                continue;
+            }
+            if !in_nat || line == "COMMIT" {
+                continue;
+            }
+            if let Some(decl) = line.strip_prefix(':') {
+                let name = decl.split(' ').next().unwrap_or_default();
+                if is_ours(name) {
+                    declared.push(name);
+                }
+                continue;
+            }
+            let Some(rest) = line.strip_prefix("-A ") else {
+                if line.contains(crate::intercept::CHAIN_PREFIX) {
+                    return false;
+                }
+                continue;
+            };
+            let chain = rest.split(' ').next().unwrap_or_default();
+            if is_ours(chain) {
+                match ours.iter_mut().find(|(c, _)| *c == chain) {
+                    Some((_, lines)) => lines.push(line),
+                    None => return false,
+                }
+            } else if line.contains(" -j SERVICE_PROXY_") || line.contains(" -g SERVICE_PROXY_") {
+                jumps.push(line);
+            }
+        }
+        if tables > 1 {
+            return false;
+        }
+        declared.sort_unstable();
+        let mut want_chains: Vec<&str> = self.chains.clone();
+        want_chains.sort_unstable();
+        if declared != want_chains {
+            return false;
+        }
+        let mut want_jumps: Vec<&str> = self.jumps.iter().map(String::as_str).collect();
+        want_jumps.sort_unstable();
+        jumps.sort_unstable();
+        if jumps != want_jumps {
+            return false;
+        }
+        let mut want: Vec<(&str, Vec<&str>)> =
+            self.chains.iter().map(|c| (*c, Vec::new())).collect();
+        for r in &self.rules {
+            let chain = rule_chain(r);
+            match want.iter_mut().find(|(c, _)| Some(*c) == chain) {
+                Some((_, lines)) => lines.push(r),
+                None => return false,
+            }
+        }
+        ours == want
+    }
+
     /// The restore input that builds this state on a nat table holding nothing of ours (what
     /// `intercept plan` shows); `None` when there is nothing to do.
     pub fn restore_text(&self) -> Option<String> {
@@ -278,8 +355,17 @@ pub fn plan(input: &DesiredInput) -> Result<Plan, PlanError> {
         if all {
             rules.push(format!("-A {OUTPUT} -j {REDIRECT}"));
         }
+        // One rule per VIP: thousands on a big mesh, so each is written in one allocation.
+        rules.reserve(fam_vips.len() + 4);
         for v in &fam_vips {
-            rules.push(format!("-A {SERVICE_CIDRS}{} -j {REDIRECT}", dest(v)));
+            use std::fmt::Write as _;
+            let mut r = String::with_capacity(SERVICE_CIDRS.len() + REDIRECT.len() + 60);
+            let _ = if v.prefix_len() == 0 {
+                write!(r, "-A {SERVICE_CIDRS} -j {REDIRECT}")
+            } else {
+                write!(r, "-A {SERVICE_CIDRS} -d {v} -j {REDIRECT}")
+            };
+            rules.push(r);
         }
         rules.push(format!("-A {REDIRECT} {redirect}"));
         for p in &serving {
@@ -305,6 +391,11 @@ pub fn plan(input: &DesiredInput) -> Result<Plan, PlanError> {
         ignored,
         excluded_vips,
     })
+}
+
+/// The chain of a `-A CHAIN ...` line.
+fn rule_chain(line: &str) -> Option<&str> {
+    line.strip_prefix("-A ")?.split(' ').next()
 }
 
 /// ` -d <net>` as iptables-save prints it; nothing for a /0 (it matches everything).
@@ -360,6 +451,11 @@ pub struct Transaction {
     pub removed_chains: Vec<String>,
     /// Our chains (re)built: declared (which flushes them) and filled.
     pub rebuilt_chains: Vec<String>,
+    /// Our chains edited in place: only the rules that differ deleted or inserted.
+    pub edited_chains: Vec<String>,
+    /// Rules deleted from / inserted into the edited chains.
+    pub deleted_rules: usize,
+    pub inserted_rules: usize,
 }
 
 /// The transaction taking `current` (this family's nat table as saved, `None` when it has no
@@ -375,7 +471,17 @@ pub fn transaction(
     current: Option<&Table>,
     unparsed_in_ours: usize,
 ) -> Result<Option<Transaction>, PlanError> {
-    let want = desired.desired_table();
+    transaction_with(desired, &desired.desired_table(), current, unparsed_in_ours)
+}
+
+/// [`transaction`] with `want`, the plan's [`FamilyPlan::desired_table`], already parsed (the
+/// reconciler keeps it while the plan stays the same).
+pub fn transaction_with(
+    desired: &FamilyPlan,
+    want: &Table,
+    current: Option<&Table>,
+    unparsed_in_ours: usize,
+) -> Result<Option<Transaction>, PlanError> {
     let empty = Table {
         name: "nat".into(),
         chains: Vec::new(),
@@ -436,6 +542,17 @@ pub fn transaction(
         .filter(|c| !desired.chains.contains(c))
         .map(|c| (*c).to_owned())
         .collect();
+    // The usual change (a VIP added or removed): the same chains and jumps, a few rules
+    // differ. Editing just those keeps the transaction, and iptables' work, small.
+    if deletes.is_empty()
+        && adds.is_empty()
+        && stale.is_empty()
+        && unparsed_in_ours == 0
+        && cur_ours.len() == desired.chains.len()
+        && desired.chains.iter().all(|c| cur_ours.contains(c))
+    {
+        return Ok(Some(edit_chains(desired, want, cur)));
+    }
     // Chains referenced by a rule but never declared do not exist in the kernel.
     let mut text = String::from("*nat\n");
     for c in desired
@@ -468,7 +585,101 @@ pub fn transaction(
         added_jumps: adds.len(),
         removed_chains: stale,
         rebuilt_chains: desired.chains.iter().map(|c| (*c).to_owned()).collect(),
+        edited_chains: Vec::new(),
+        deleted_rules: 0,
+        inserted_rules: 0,
     }))
+}
+
+/// The transaction for tables whose chains and jumps are already right: each chain that
+/// differs is edited in place when that is unambiguous and shorter, else rebuilt.
+fn edit_chains(desired: &FamilyPlan, want: &Table, cur: &Table) -> Transaction {
+    let mut declarations = String::new();
+    let mut edits = String::new();
+    let mut refills = String::new();
+    let mut tx = Transaction {
+        text: String::new(),
+        deleted_jumps: 0,
+        added_jumps: 0,
+        removed_chains: Vec::new(),
+        rebuilt_chains: Vec::new(),
+        edited_chains: Vec::new(),
+        deleted_rules: 0,
+        inserted_rules: 0,
+    };
+    for name in &desired.chains {
+        let have = cur.chain(name).map(|c| &c.rules[..]).unwrap_or(&[]);
+        let wanted = want.chain(name).map(|c| &c.rules[..]).unwrap_or(&[]);
+        if same_specs(have, wanted) {
+            continue;
+        }
+        match chain_edits(name, have, wanted) {
+            Some((text, deleted, inserted)) => {
+                edits.push_str(&text);
+                tx.deleted_rules += deleted;
+                tx.inserted_rules += inserted;
+                tx.edited_chains.push((*name).to_owned());
+            }
+            None => {
+                declarations.push_str(&format!(":{name} - [0:0]\n"));
+                for r in wanted {
+                    refills.push_str(&r.text);
+                    refills.push('\n');
+                }
+                tx.rebuilt_chains.push((*name).to_owned());
+            }
+        }
+    }
+    tx.text = format!("*nat\n{declarations}{edits}{refills}COMMIT\n");
+    tx
+}
+
+/// `-D` lines for the rules of `have` that are not wanted, then `-I CHAIN N` lines for the
+/// wanted rules that are missing, at their final positions (deletes run first, inserts in
+/// increasing position). `None` when that would be ambiguous (a rule twice), when the rules
+/// kept are not in the wanted order, or when a rebuild is as short.
+fn chain_edits(name: &str, have: &[Rule], wanted: &[Rule]) -> Option<(String, usize, usize)> {
+    use std::collections::HashSet;
+    let want_specs: HashSet<&RuleSpec> = wanted.iter().map(|r| &r.spec).collect();
+    let mut have_specs = HashSet::with_capacity(have.len());
+    if want_specs.len() != wanted.len() || !have.iter().all(|r| have_specs.insert(&r.spec)) {
+        return None;
+    }
+    let mut text = String::new();
+    let mut kept: Vec<&RuleSpec> = Vec::with_capacity(have.len());
+    let mut deleted = 0;
+    for r in have {
+        if want_specs.contains(&r.spec) {
+            kept.push(&r.spec);
+        } else {
+            text.push_str(&delete_line(r).ok()?);
+            text.push('\n');
+            deleted += 1;
+        }
+    }
+    let mut inserted = 0;
+    let mut k = 0;
+    for (i, w) in wanted.iter().enumerate() {
+        if kept.get(k) == Some(&&w.spec) {
+            k += 1;
+            continue;
+        }
+        let rest = w.text.strip_prefix("-A ")?.strip_prefix(name)?;
+        if !rest.starts_with(' ') {
+            return None;
+        }
+        // The chain holds the kept rules and those inserted so far: past its end, append.
+        if i < kept.len() + inserted {
+            text.push_str(&format!("-I {name} {}{rest}\n", i + 1));
+        } else {
+            text.push_str(&format!("-A {name}{rest}\n"));
+        }
+        inserted += 1;
+    }
+    if k != kept.len() || deleted + inserted > wanted.len().max(have.len()) / 2 {
+        return None;
+    }
+    Some((text, deleted, inserted))
 }
 
 /// The transaction removing all our chains and the jumps into them, or `None` if there are
@@ -759,6 +970,193 @@ COMMIT
         assert_eq!(clear_transaction(None).unwrap(), None);
     }
 
+    fn saved_text(fp: &FamilyPlan, extra: &str) -> String {
+        let mut saved = String::from(
+            "# Generated by iptables-save\n*nat\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n",
+        );
+        for c in &fp.chains {
+            saved.push_str(&format!(":{c} - [0:0]\n"));
+        }
+        for l in fp.jumps.iter().chain(&fp.rules) {
+            saved.push_str(l);
+            saved.push('\n');
+        }
+        saved.push_str(extra);
+        saved.push_str("COMMIT\n# Completed\n");
+        saved
+    }
+
+    #[test]
+    fn saved_text_equal_to_the_plan_needs_no_parse() {
+        let p = plan(&input(&["10.0.0.1/32", "10.0.0.2/32"], &[80])).unwrap();
+        let fp = &p.v4;
+        let saved = saved_text(fp, "");
+        assert!(fp.matches_saved_text(&saved));
+        assert!(fp.matches_saved_text(&saved.replace('\n', "\r\n")));
+        // Foreign chains and rules are not ours to judge.
+        assert!(fp.matches_saved_text(&saved_text(
+            fp,
+            ":ISTIO_OUTPUT - [0:0]\n-A OUTPUT -p tcp -j ISTIO_OUTPUT\n-A ISTIO_OUTPUT -j RETURN\n"
+        )));
+        let other_tables =
+            format!("*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -j SERVICE_PROXY_X\nCOMMIT\n{saved}");
+        assert!(fp.matches_saved_text(&other_tables));
+        for (why, text) in [
+            (
+                "rule missing",
+                saved.replace(
+                    "-A SERVICE_PROXY_SERVICE_CIDRS -d 10.0.0.2/32 -j SERVICE_PROXY_REDIRECT\n",
+                    "",
+                ),
+            ),
+            (
+                "rules swapped",
+                saved
+                    .replace("10.0.0.1/32", "10.0.0.X")
+                    .replace("10.0.0.2/32", "10.0.0.1/32")
+                    .replace("10.0.0.X", "10.0.0.2/32"),
+            ),
+            (
+                "extra rule",
+                saved_text(
+                    fp,
+                    "-A SERVICE_PROXY_SERVICE_CIDRS -d 10.0.0.3/32 -j SERVICE_PROXY_REDIRECT\n",
+                ),
+            ),
+            (
+                "duplicate jump",
+                saved_text(fp, "-A OUTPUT -p tcp -j SERVICE_PROXY_OUTPUT\n"),
+            ),
+            (
+                "stray jump",
+                saved_text(fp, "-A POSTROUTING -g SERVICE_PROXY_REDIRECT\n"),
+            ),
+            (
+                "stale chain",
+                saved_text(fp, ":SERVICE_PROXY_OLD - [0:0]\n"),
+            ),
+            (
+                "undeclared chain",
+                saved_text(fp, "-A SERVICE_PROXY_OLD -j RETURN\n"),
+            ),
+            (
+                "jump from a foreign chain",
+                saved_text(fp, "-A ISTIO_OUTPUT -j SERVICE_PROXY_OUTPUT\n"),
+            ),
+            (
+                "other spelling",
+                saved.replace("-p tcp -j REDIRECT", "-p 6 -j REDIRECT"),
+            ),
+            (
+                "counters",
+                saved.replace(
+                    "-A SERVICE_PROXY_REDIRECT",
+                    "[1:60] -A SERVICE_PROXY_REDIRECT",
+                ),
+            ),
+            ("two nat tables", format!("{saved}{saved}")),
+            (
+                "missing chain",
+                saved.replace(":SERVICE_PROXY_INBOUND - [0:0]\n", ""),
+            ),
+        ] {
+            assert!(!fp.matches_saved_text(&text), "{why}:\n{text}");
+        }
+        // Nothing of ours wanted (an idle IPv6 plan): only a table without any of ours matches.
+        assert!(p.v6.matches_saved_text("*nat\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n"));
+        assert!(p.v6.matches_saved_text(""));
+        assert!(!p.v6.matches_saved_text(&saved));
+    }
+
+    /// Applies a restore transaction to a parsed table the way `iptables-restore --noflush`
+    /// does, for the statements our transactions use.
+    fn apply_restore(table: &mut Table, text: &str) {
+        let spec_of = |chain: &str, rest: &str| {
+            nat(&format!("*nat\n-A {chain} {rest}\nCOMMIT\n")).chains[0].rules[0].clone()
+        };
+        for line in text.lines() {
+            if line == "*nat" || line == "COMMIT" {
+                continue;
+            }
+            if let Some(decl) = line.strip_prefix(':') {
+                let name = decl.split(' ').next().unwrap();
+                match table.chains.iter_mut().find(|c| c.name == name) {
+                    Some(c) => c.rules.clear(),
+                    None => table.chains.push(crate::observe::iptables::Chain {
+                        name: name.into(),
+                        policy: None,
+                        declared: true,
+                        rules: Vec::new(),
+                    }),
+                }
+                continue;
+            }
+            let (op, rest) = line.split_once(' ').unwrap();
+            let (chain, rest) = rest.split_once(' ').unwrap_or((rest, ""));
+            if op == "-X" {
+                table.chains.retain(|c| c.name != chain);
+                continue;
+            }
+            let c = table.chains.iter_mut().find(|c| c.name == chain).unwrap();
+            match op {
+                "-A" => c.rules.push(spec_of(chain, rest)),
+                "-D" => {
+                    let r = spec_of(chain, rest);
+                    let at = c.rules.iter().position(|x| x.spec == r.spec).unwrap();
+                    c.rules.remove(at);
+                }
+                "-I" => {
+                    let (n, rest) = rest.split_once(' ').unwrap();
+                    let n: usize = n.parse().unwrap();
+                    assert!(
+                        n >= 1 && n <= c.rules.len(),
+                        "-I {n} into {} rules",
+                        c.rules.len()
+                    );
+                    c.rules.insert(n - 1, spec_of(chain, rest));
+                }
+                _ => panic!("unexpected statement {line}"),
+            }
+        }
+    }
+
+    #[test]
+    fn one_vip_changed_is_edited_in_place() {
+        let vips: Vec<String> = (1..=20).map(|i| format!("10.0.0.{i}/32")).collect();
+        let refs: Vec<&str> = vips.iter().map(String::as_str).collect();
+        let before = plan(&input(&refs, &[80])).unwrap();
+        let mut changed = refs.clone();
+        changed[7] = "10.9.0.1/32";
+        changed.push("10.0.0.0/24");
+        let after = plan(&input(&changed, &[80])).unwrap();
+        let mut cur = nat(&saved_text(&before.v4, ""));
+        let t = transaction(&after.v4, Some(&cur), 0).unwrap().unwrap();
+        assert_eq!(
+            t.text,
+            "*nat
+-D SERVICE_PROXY_SERVICE_CIDRS -d 10.0.0.8/32 -j SERVICE_PROXY_REDIRECT
+-I SERVICE_PROXY_SERVICE_CIDRS 1 -d 10.0.0.0/24 -j SERVICE_PROXY_REDIRECT
+-A SERVICE_PROXY_SERVICE_CIDRS -d 10.9.0.1/32 -j SERVICE_PROXY_REDIRECT
+COMMIT
+"
+        );
+        assert_eq!(t.edited_chains, vec![SERVICE_CIDRS]);
+        assert!(t.rebuilt_chains.is_empty());
+        assert_eq!((t.deleted_rules, t.inserted_rules), (1, 2));
+        apply_restore(&mut cur, &t.text);
+        assert_eq!(transaction(&after.v4, Some(&cur), 0).unwrap(), None);
+
+        // Most of a chain changed, or a small chain: rebuilt, alone.
+        let other = plan(&input(&["192.168.0.1/32"], &[8080])).unwrap();
+        let mut cur = nat(&saved_text(&before.v4, ""));
+        let t = transaction(&other.v4, Some(&cur), 0).unwrap().unwrap();
+        assert_eq!(t.rebuilt_chains, vec![SERVICE_CIDRS, INBOUND]);
+        assert!(t.edited_chains.is_empty());
+        assert!(!t.text.contains(OUTPUT), "{}", t.text);
+        apply_restore(&mut cur, &t.text);
+        assert_eq!(transaction(&other.v4, Some(&cur), 0).unwrap(), None);
+    }
+
     #[test]
     fn jump_with_other_spec_is_replaced() {
         let p = plan(&input(&[], &[])).unwrap();
@@ -814,6 +1212,42 @@ COMMIT
         use proptest::prelude::*;
 
         proptest! {
+            /// From any set of VIPs to any other (and ports), the transaction (in place or
+            /// not) takes the table exactly to the plan.
+            #[test]
+            fn any_change_reaches_the_plan(
+                a in prop::collection::btree_set(0u8..60, 0..40),
+                b in prop::collection::btree_set(0u8..60, 0..40),
+                pa in prop::collection::vec(1u16..6, 0..3),
+                pb in prop::collection::vec(1u16..6, 0..3),
+            ) {
+                let vips = |s: &std::collections::BTreeSet<u8>| -> Vec<String> {
+                    s.iter().map(|i| format!("10.0.{i}.0/{}", 16 + i % 17)).collect()
+                };
+                let (va, vb) = (vips(&a), vips(&b));
+                let ra: Vec<&str> = va.iter().map(String::as_str).collect();
+                let rb: Vec<&str> = vb.iter().map(String::as_str).collect();
+                let before = plan(&input(&ra, &pa)).unwrap();
+                let after = plan(&input(&rb, &pb)).unwrap();
+                let mut cur = nat(&saved_text(&before.v4, ""));
+                if let Some(t) = transaction(&after.v4, Some(&cur), 0).unwrap() {
+                    apply_restore(&mut cur, &t.text);
+                }
+                prop_assert_eq!(transaction(&after.v4, Some(&cur), 0).unwrap(), None);
+                let mut text = String::from("*nat\n");
+                for c in &cur.chains {
+                    text.push_str(&format!(":{} - [0:0]\n", c.name));
+                }
+                for c in &cur.chains {
+                    for r in &c.rules {
+                        text.push_str(&r.text);
+                        text.push('\n');
+                    }
+                }
+                text.push_str("COMMIT\n");
+                prop_assert!(after.v4.matches_saved_text(&text), "{}", text);
+            }
+
             /// A table already holding exactly the plan needs no transaction; an empty one gets
             /// one that declares every chain and adds every rule.
             #[test]
@@ -840,6 +1274,7 @@ COMMIT
                     saved.push_str("COMMIT\n");
                     let rs = parse_save(&saved);
                     prop_assert!(rs.unparsed.is_empty());
+                    prop_assert!(fp.matches_saved_text(&saved));
                     prop_assert_eq!(transaction(fp, rs.table("nat"), 0).unwrap(), None);
                     let fresh = transaction(fp, None, 0).unwrap();
                     prop_assert_eq!(fresh.is_some(), fp.is_active());

@@ -306,46 +306,73 @@ impl fmt::Display for JsonLeaf {
 
 impl<'de> Deserialize<'de> for JsonLeaf {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(LeafVisitor)
+        Ok(match d.deserialize_any(LeafVisitor)? {
+            JsonLeafRef::Text(t) => JsonLeaf::Text(t.into_owned()),
+            JsonLeafRef::Number(n) => JsonLeaf::Number(n),
+            JsonLeafRef::Bool(b) => JsonLeaf::Bool(b),
+            JsonLeafRef::Other(what) => JsonLeaf::Other(what),
+        })
     }
+}
+
+/// A [`JsonLeaf`] whose text is borrowed from the input when it can be: for leaves that are
+/// only looked at, never kept.
+enum JsonLeafRef<'de> {
+    Text(std::borrow::Cow<'de, str>),
+    Number(u64),
+    Bool(bool),
+    Other(&'static str),
 }
 
 struct LeafVisitor;
 
 impl<'de> Visitor<'de> for LeafVisitor {
-    type Value = JsonLeaf;
+    type Value = JsonLeafRef<'de>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("any JSON value")
     }
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<JsonLeaf, E> {
-        Ok(JsonLeaf::Text(v.to_owned()))
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(JsonLeafRef::Text(std::borrow::Cow::Borrowed(v)))
     }
-    fn visit_string<E: de::Error>(self, v: String) -> Result<JsonLeaf, E> {
-        Ok(JsonLeaf::Text(v))
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(JsonLeafRef::Text(std::borrow::Cow::Owned(v.to_owned())))
     }
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<JsonLeaf, E> {
-        Ok(JsonLeaf::Number(v))
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+        Ok(JsonLeafRef::Text(std::borrow::Cow::Owned(v)))
     }
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<JsonLeaf, E> {
-        Ok(u64::try_from(v).map_or(JsonLeaf::Other("a negative number"), JsonLeaf::Number))
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(JsonLeafRef::Number(v))
     }
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<JsonLeaf, E> {
-        Ok(JsonLeaf::Other("a fractional number"))
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(u64::try_from(v).map_or(JsonLeafRef::Other("a negative number"), JsonLeafRef::Number))
     }
-    fn visit_bool<E: de::Error>(self, v: bool) -> Result<JsonLeaf, E> {
-        Ok(JsonLeaf::Bool(v))
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(JsonLeafRef::Other("a fractional number"))
     }
-    fn visit_unit<E: de::Error>(self) -> Result<JsonLeaf, E> {
-        Ok(JsonLeaf::Other("null"))
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(JsonLeafRef::Bool(v))
     }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<JsonLeaf, A::Error> {
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(JsonLeafRef::Other("null"))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(JsonLeaf::Other("an array"))
+        Ok(JsonLeafRef::Other("an array"))
     }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<JsonLeaf, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-        Ok(JsonLeaf::Other("an object"))
+        Ok(JsonLeafRef::Other("an object"))
+    }
+}
+
+/// An object key compared with `K::KEY` as it is read, without copying it.
+struct KeyIs<K>(bool, PhantomData<K>);
+
+impl<'de, K: FieldKey> Deserialize<'de> for KeyIs<K> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let is = matches!(d.deserialize_str(LeafVisitor)?, JsonLeafRef::Text(t) if t == K::KEY);
+        Ok(KeyIs(is, PhantomData))
     }
 }
 
@@ -375,8 +402,8 @@ impl<'de, K: FieldKey> Visitor<'de> for PickVisitor<K> {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Pick<K>, A::Error> {
         let mut found = None;
-        while let Some(key) = map.next_key::<String>()? {
-            if key == K::KEY && found.is_none() {
+        while let Some(KeyIs(is_key, _)) = map.next_key::<KeyIs<K>>()? {
+            if is_key && found.is_none() {
                 found = map.next_value::<JsonLeaf>()?.into_text();
             } else {
                 map.next_value::<IgnoredAny>()?;
@@ -841,7 +868,7 @@ struct PrefixRangeRaw {
 
 #[derive(Deserialize)]
 struct FilterRaw {
-    name: Option<String>,
+    name: Option<FilterName>,
     typed_config: Option<TypedConfigRaw>,
 }
 
@@ -850,15 +877,57 @@ struct FilterRaw {
 #[derive(Deserialize)]
 struct TypedConfigRaw {
     #[serde(rename = "@type")]
-    type_url: Option<JsonLeaf>,
+    type_url: Option<TypeUrl>,
     route_config: Option<Pick<NameKey>>,
     rds: Option<Pick<RouteConfigNameKey>>,
     path: Option<JsonLeaf>,
 }
 
 impl TypedConfigRaw {
-    fn is_type(&self, suffix: &str) -> bool {
-        matches!(&self.type_url, Some(JsonLeaf::Text(t)) if t.ends_with(suffix))
+    fn is_type(&self, kind: KnownType) -> bool {
+        self.type_url == Some(TypeUrl(Some(kind)))
+    }
+}
+
+/// The `@type`s whose fields we read. A big mesh has thousands of filter chains, each with
+/// its filters' `@type`: they are recognised while parsing, not kept as strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KnownType {
+    Hcm,
+    FileAccessLog,
+    OriginalDst,
+}
+
+/// `@type`: one of [`KnownType`] (by suffix, whatever the API version prefix), or `None` for
+/// any other value, text or not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct TypeUrl(Option<KnownType>);
+
+impl<'de> Deserialize<'de> for TypeUrl {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let known = match d.deserialize_any(LeafVisitor)? {
+            JsonLeafRef::Text(t) if t.ends_with(HCM_TYPE) => Some(KnownType::Hcm),
+            JsonLeafRef::Text(t) if t.ends_with(FILE_ACCESS_LOG_TYPE) => {
+                Some(KnownType::FileAccessLog)
+            }
+            JsonLeafRef::Text(t) if t.ends_with(ORIGINAL_DST_TYPE) => Some(KnownType::OriginalDst),
+            _ => None,
+        };
+        Ok(TypeUrl(known))
+    }
+}
+
+/// A filter's `name`: all we need is whether it is the original-destination listener filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FilterName {
+    original_dst: bool,
+}
+
+impl<'de> Deserialize<'de> for FilterName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let original_dst =
+            matches!(d.deserialize_any(LeafVisitor)?, JsonLeafRef::Text(t) if t == ORIGINAL_DST_FILTER);
+        Ok(FilterName { original_dst })
     }
 }
 
@@ -893,7 +962,7 @@ fn convert_chain(raw: FilterChainRaw) -> FilterChain {
     let mut route_config_names = Vec::new();
     for f in raw.filters {
         let Some(tc) = f.typed_config else { continue };
-        if !tc.is_type(HCM_TYPE) {
+        if !tc.is_type(KnownType::Hcm) {
             continue;
         }
         let names = [tc.rds.and_then(|p| p.0), tc.route_config.and_then(|p| p.0)];
@@ -920,16 +989,16 @@ fn convert_listener(raw: ListenerRaw) -> Listener {
             port: port_of(s.port_value),
         });
     let original_dst_filter = raw.listener_filters.iter().any(|f| {
-        f.name.as_deref() == Some(ORIGINAL_DST_FILTER)
+        f.name.is_some_and(|n| n.original_dst)
             || f.typed_config
                 .as_ref()
-                .is_some_and(|t| t.is_type(ORIGINAL_DST_TYPE))
+                .is_some_and(|t| t.is_type(KnownType::OriginalDst))
     });
     let access_log_paths = raw
         .access_log
         .into_iter()
         .filter_map(|f| f.typed_config)
-        .filter(|t| t.is_type(FILE_ACCESS_LOG_TYPE))
+        .filter(|t| t.is_type(KnownType::FileAccessLog))
         .filter_map(|t| t.path.and_then(JsonLeaf::into_text))
         .collect();
     Listener {

