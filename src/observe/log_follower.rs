@@ -378,7 +378,7 @@ fn run(
         // Read every tracked file to its end; drop those that are gone and drained.
         let mut closed = Vec::new();
         for (id, t) in tracked.iter_mut() {
-            if !drain(*id, t, &mut buf, &mut sink, &counters) {
+            if !drain(*id, t, &cfg.dir, &mut buf, &mut sink, &counters) {
                 return;
             }
             if !t.present {
@@ -450,6 +450,7 @@ fn is_change(kind: &notify::EventKind) -> bool {
 fn drain(
     id: FileId,
     t: &mut Tracked,
+    dir: &Path,
     buf: &mut [u8],
     sink: &mut impl FnMut(FollowEvent) -> bool,
     counters: &FollowerCounters,
@@ -472,8 +473,15 @@ fn drain(
         counters.truncations.fetch_add(1, Ordering::Relaxed);
         // copytruncate: the lines written between our last read and the copy are in the copy.
         // Only those written between the copy and the truncation are lost (by that scheme).
-        if let Some((_, mut copy)) = t.copy.take()
-            && same_start(&read_head(&copy), &t.head)
+        // The copy was seen at a scan, or (made and the original truncated since the last
+        // scan, or still empty then) is looked for now.
+        let copy = t
+            .copy
+            .take()
+            .map(|(_, f)| f)
+            .filter(|c| same_start(&read_head(c), &t.head))
+            .or_else(|| find_copy(dir, &t.head));
+        if let Some(mut copy) = copy
             && !read_to_end_from(&mut copy, t.offset, id, &t.path, buf, sink, counters)
         {
             return false;
@@ -523,6 +531,22 @@ fn drain(
 fn same_start(a: &[u8], b: &[u8]) -> bool {
     let k = a.len().min(b.len());
     k > 0 && a.get(..k) == b.get(..k)
+}
+
+/// A rotated-named file in `dir` whose first bytes are `head`'s: the copy copytruncate made of
+/// the content that started so.
+fn find_copy(dir: &Path, head: &[u8]) -> Option<File> {
+    if head.is_empty() {
+        return None;
+    }
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| name_kind(p) == Some(NameKind::Rotated))
+        .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file()))
+        .filter_map(|p| File::open(p).ok())
+        .find(|f| same_start(&read_head(f), head))
 }
 
 /// Hands over `file`'s bytes from `offset` to its end as Data of `id`. False: stop.

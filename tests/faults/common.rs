@@ -20,6 +20,14 @@ pub fn free_addr() -> SocketAddr {
         .unwrap()
 }
 
+/// A loopback address that accepts TCP connections (the kernel completes the handshake), to
+/// stand for a reachable control plane so that its check raises no failure of its own.
+pub fn reachable_control_plane() -> (std::net::TcpListener, String) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    (l, addr)
+}
+
 pub fn attr(md: &MetadataEmulator, key: &str) -> Option<String> {
     md.guest_attributes(NS).get(key).cloned()
 }
