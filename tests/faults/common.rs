@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use testkit::http_stub::{Recorded, Reply};
@@ -285,4 +286,238 @@ pub fn target_dir() -> PathBuf {
         .parent()
         .unwrap()
         .to_path_buf()
+}
+
+/// A `/config_dump?resource=dynamic_listeners` answer: the interception listener with one
+/// filter chain per prefix range, each given as Envoy would print it (`address_prefix`,
+/// `prefix_len`), hostile ones included.
+pub fn listeners_dump(ranges: &[serde_json::Value]) -> Vec<u8> {
+    let chains: Vec<serde_json::Value> = ranges
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "filter_chain_match": {"prefix_ranges": [r], "destination_port": 80},
+                "filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                        "stat_prefix": "spa",
+                        "rds": {"route_config_name": "URL_MAP/123.service"}
+                    }
+                }]
+            })
+        })
+        .collect();
+    serde_json::to_vec_pretty(&serde_json::json!({
+        "configs": [{
+            "@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump.DynamicListener",
+            "name": "TRAFFICDIRECTOR_INTERCEPTION_LISTENER",
+            "active_state": {
+                "version_info": "1",
+                "listener": {
+                    "@type": "type.googleapis.com/envoy.config.listener.v3.Listener",
+                    "name": "TRAFFICDIRECTOR_INTERCEPTION_LISTENER",
+                    "address": {"socket_address": {"address": "0.0.0.0", "port_value": 15001}},
+                    "use_original_dst": true,
+                    "filter_chains": chains
+                },
+                "last_updated": "2026-11-22T10:00:00Z"
+            }
+        }]
+    }))
+    .unwrap()
+}
+
+/// A valid prefix range.
+pub fn range(addr: &str, len: u32) -> serde_json::Value {
+    serde_json::json!({"address_prefix": addr, "prefix_len": len})
+}
+
+/// A stand-in admin whose listeners carry `ranges`.
+pub fn admin_with(ranges: &[serde_json::Value]) -> StandInAdmin {
+    let mut a = AdminAnswers::healthy();
+    a.listeners = Arc::new(listeners_dump(ranges));
+    StandInAdmin::start(a)
+}
+
+impl StandInAdmin {
+    /// Envoy's listeners change to `ranges`.
+    pub fn set_listeners(&self, ranges: &[serde_json::Value]) {
+        self.set(
+            Endpoint::Listeners,
+            AdminFault::Body(Arc::new(listeners_dump(ranges))),
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Private mount namespaces
+
+fn ns_inode(path: &str) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).map(|m| m.ino()).unwrap_or(0)
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A thread in a mount namespace of its own (and in the network namespace of the thread that
+/// made it). Mounts made through it, and processes spawned through [`MountNs::run`], see a
+/// system whose binaries the test may hide or replace; the host's mounts are never touched:
+/// every mount first checks that the thread's mount namespace is not the process's.
+pub struct MountNs {
+    tx: Option<std::sync::mpsc::Sender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl MountNs {
+    pub fn new() -> anyhow::Result<MountNs> {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<anyhow::Result<()>>();
+        let thread = std::thread::Builder::new()
+            .name("mountns".into())
+            .spawn(move || {
+                let setup = || -> anyhow::Result<()> {
+                    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).map_err(|e| {
+                        anyhow::anyhow!(
+                            "cannot create a private mount namespace: unshare(CLONE_NEWNS): {e}; \
+                             these tests need root (CAP_SYS_ADMIN)"
+                        )
+                    })?;
+                    ensure_private_mountns()?;
+                    // Nothing mounted here may propagate back to the host.
+                    nix::mount::mount(
+                        None::<&str>,
+                        "/",
+                        None::<&str>,
+                        nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE,
+                        None::<&str>,
+                    )
+                    .map_err(|e| anyhow::anyhow!("cannot make / private: {e}"))?;
+                    Ok(())
+                };
+                let r = setup();
+                let ok = r.is_ok();
+                let _ = ready_tx.send(r);
+                if ok {
+                    for job in rx {
+                        job();
+                    }
+                }
+            })?;
+        ready_rx
+            .recv()
+            .map_err(|_| anyhow::anyhow!("mount namespace thread died"))??;
+        Ok(MountNs {
+            tx: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Runs `f` on the namespace's thread (processes it spawns live in the namespace).
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (rtx, rrx) = std::sync::mpsc::channel();
+        self.tx
+            .as_ref()
+            .unwrap()
+            .send(Box::new(move || {
+                let _ = rtx.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
+            }))
+            .unwrap();
+        match rrx.recv().unwrap() {
+            Ok(v) => v,
+            Err(p) => std::panic::resume_unwind(p),
+        }
+    }
+
+    /// `mount --bind SRC TARGET` in the namespace (a symlink TARGET is followed, as mount does).
+    pub fn bind(&self, src: impl Into<PathBuf>, target: impl Into<PathBuf>) -> anyhow::Result<()> {
+        let (src, target) = (src.into(), target.into());
+        self.run(move || {
+            ensure_private_mountns()?;
+            nix::mount::mount(
+                Some(&src),
+                &target,
+                None::<&str>,
+                nix::mount::MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .map_err(|e| anyhow::anyhow!("bind {} on {}: {e}", src.display(), target.display()))
+        })
+    }
+
+    /// An empty tmpfs over `target` in the namespace.
+    pub fn tmpfs(&self, target: impl Into<PathBuf>) -> anyhow::Result<()> {
+        let target = target.into();
+        self.run(move || {
+            ensure_private_mountns()?;
+            nix::mount::mount(
+                Some("spa-test"),
+                &target,
+                Some("tmpfs"),
+                nix::mount::MsFlags::empty(),
+                Some("mode=0755"),
+            )
+            .map_err(|e| anyhow::anyhow!("tmpfs on {}: {e}", target.display()))
+        })
+    }
+
+    pub fn umount(&self, target: impl Into<PathBuf>) -> anyhow::Result<()> {
+        let target = target.into();
+        self.run(move || {
+            ensure_private_mountns()?;
+            nix::mount::umount(&target)
+                .map_err(|e| anyhow::anyhow!("umount {}: {e}", target.display()))
+        })
+    }
+}
+
+impl Drop for MountNs {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn ensure_private_mountns() -> anyhow::Result<()> {
+    let own = ns_inode("/proc/thread-self/ns/mnt");
+    let process = ns_inode("/proc/self/ns/mnt");
+    if own == 0 || own == process {
+        anyhow::bail!("refusing to mount: this thread is in the process's mount namespace");
+    }
+    Ok(())
+}
+
+/// A copy of `/etc/alternatives` (its symlinks) where `replace` names point elsewhere: bound
+/// over `/etc/alternatives` in a [`MountNs`], it swaps one iptables program for another while
+/// the rest (`iptables-save`, ...) stay the system's.
+pub fn alternatives_with(replace: &[(&str, &Path)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir("/etc/alternatives").unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name();
+        let to = match replace.iter().find(|(n, _)| name == *n) {
+            Some((_, p)) => p.to_path_buf(),
+            None => match std::fs::read_link(e.path()) {
+                Ok(t) => t,
+                Err(_) => continue,
+            },
+        };
+        std::os::unix::fs::symlink(to, dir.path().join(&name)).unwrap();
+    }
+    for (n, p) in replace {
+        let link = dir.path().join(n);
+        if !link.exists() {
+            std::os::unix::fs::symlink(p, link).unwrap();
+        }
+    }
+    dir
+}
+
+/// `iptables-save -t nat` (or ip6tables, or the legacy ones) in the calling thread's private
+/// network namespace, through the host's binaries.
+pub fn nat_rules(program: &str) -> String {
+    testkit::netns::ensure_private().unwrap();
+    testkit::netns::run(Command::new(program).args(["-t", "nat"])).unwrap()
 }
