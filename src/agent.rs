@@ -63,6 +63,8 @@ struct CycleResult {
     snapshot: Snapshot,
     reconciler: Option<Reconciler>,
     reconcile: Option<Result<ReconcileReport, String>>,
+    /// Plan inputs left out (`field value: reason`), reported when they change.
+    ignored: Vec<String>,
 }
 
 struct Agent {
@@ -80,6 +82,10 @@ struct Agent {
     envoy_version: Option<String>,
     /// Last message per failure source, so a persisting failure is logged once, not per poll.
     failing: BTreeMap<&'static str, String>,
+    /// `*.log` files the follower cannot read, with why.
+    unreadable_logs: BTreeMap<std::path::PathBuf, String>,
+    /// Inputs kept away from iptables (listener prefixes, metadata ranges) as last reported.
+    ignored_inputs: Vec<String>,
     last_cp_check: Option<Instant>,
     log_output: LogOutput,
     cloud_tx: Option<mpsc::Sender<LogRecord>>,
@@ -163,6 +169,8 @@ impl Agent {
             active: BTreeMap::new(),
             envoy_version: None,
             failing: BTreeMap::new(),
+            unreadable_logs: BTreeMap::new(),
+            ignored_inputs: Vec::new(),
             last_cp_check: None,
             log_output,
             cloud_tx,
@@ -304,7 +312,15 @@ impl Agent {
                     ),
                     Some(EntryEvent::DirAvailable { dir }) => {
                         tracing::info!(dir = %dir.display(), "Envoy log directory available");
-                        self.failing.remove("envoy_log");
+                        self.cleared("envoy_log");
+                    }
+                    Some(EntryEvent::FileUnreadable { path, reason }) => {
+                        self.unreadable_logs.insert(path, reason);
+                        self.report_unreadable_logs();
+                    }
+                    Some(EntryEvent::FileReadable { path }) => {
+                        self.unreadable_logs.remove(&path);
+                        self.report_unreadable_logs();
                     }
                     None => {}
                 },
@@ -350,6 +366,7 @@ impl Agent {
         let enforce = self.settings.interception == InterceptionMode::Enforce;
         tokio::spawn(async move {
             let mut snapshot = observer.snapshot(check_cp).await;
+            let mut ignored = Vec::new();
             let reconcile = match (&mut reconciler, enforce) {
                 (Some(rec), true) => Some(match desired_plan(&snapshot) {
                     Ok(plan) => {
@@ -361,9 +378,11 @@ impl Agent {
                             // Judge what is there now, not what was there before the fix.
                             observer.refresh_iptables(&mut snapshot).await;
                         }
-                        for ig in &plan.ignored {
-                            tracing::debug!(field = ig.field, value = %ig.value, reason = %ig.reason, "ignored for interception");
-                        }
+                        ignored = plan
+                            .ignored
+                            .iter()
+                            .map(|ig| format!("{} {:?}: {}", ig.field, ig.value, ig.reason))
+                            .collect();
                         Ok(report)
                     }
                     Err(e) => Err(e.to_string()),
@@ -374,6 +393,7 @@ impl Agent {
                 snapshot,
                 reconciler,
                 reconcile,
+                ignored,
             }
         })
     }
@@ -383,6 +403,7 @@ impl Agent {
             mut snapshot,
             reconciler,
             reconcile,
+            ignored,
         } = r;
         if reconciler.is_some() {
             self.reconciler = reconciler;
@@ -393,6 +414,7 @@ impl Agent {
             GuestAttributesState::Unknown
         };
         self.note_agent_failures(&snapshot);
+        self.report_ignored(&snapshot, ignored);
         match reconcile {
             Some(Ok(report)) => {
                 if report.changed() {
@@ -410,7 +432,7 @@ impl Agent {
                 }
                 let errors: Vec<String> = report.errors().iter().map(ToString::to_string).collect();
                 if errors.is_empty() {
-                    self.failing.remove("iptables");
+                    self.cleared("iptables");
                 } else {
                     self.metrics
                         .interception_errors
@@ -467,18 +489,38 @@ impl Agent {
                 self.failure("metadata", format!("cannot read the VM's metadata: {e}"));
             }
             Ok(_) => {
-                self.failing.remove("metadata");
+                self.cleared("metadata");
             }
         }
-        if snap.server_info.is_err() {
-            self.metrics.poll_error("envoy_admin");
+        match &snap.server_info {
+            // ENVOY_NOT_RUNNING / ENVOY_ADMIN_UNREACHABLE say it, and nothing else was read.
+            Err(_) => self.metrics.poll_error("envoy_admin"),
+            Ok(_) => {
+                // Envoy answers, but an answer we need is unusable (malformed, too large, an
+                // error status, cut short): the checks built on it cannot run; say so.
+                let errors: Vec<String> = [
+                    snap.listeners.as_ref().err(),
+                    snap.clusters.as_ref().err(),
+                    snap.stats.as_ref().err(),
+                ]
+                .into_iter()
+                .flatten()
+                .map(ToString::to_string)
+                .collect();
+                if errors.is_empty() {
+                    self.cleared("envoy_admin");
+                } else {
+                    self.metrics.poll_error("envoy_admin");
+                    self.failure("envoy_admin", errors.join("; "));
+                }
+            }
         }
         if let Some(view) = &snap.iptables {
             if let Err(e) = &view.v4 {
                 self.metrics.poll_error("iptables");
                 self.failure("iptables_save", format!("iptables-save failed: {e}"));
             } else {
-                self.failing.remove("iptables_save");
+                self.cleared("iptables_save");
             }
         }
         match &snap.control_plane {
@@ -502,7 +544,7 @@ impl Agent {
                 );
             }
             Some(_) => {
-                self.failing.remove("control_plane");
+                self.cleared("control_plane");
             }
             None => {}
         }
@@ -526,10 +568,62 @@ impl Agent {
         self.publisher.update(|p| p.set(keys::LAST_FAILURE, &value));
     }
 
+    /// A failure source is fine again: logged once, so an operator sees the fault end.
+    fn cleared(&mut self, source: &'static str) {
+        if let Some(was) = self.failing.remove(source) {
+            tracing::info!(source, "recovered: {was}");
+        }
+    }
+
+    fn report_unreadable_logs(&mut self) {
+        if self.unreadable_logs.is_empty() {
+            self.cleared("envoy_log_file");
+            return;
+        }
+        let list: Vec<String> = self
+            .unreadable_logs
+            .iter()
+            .map(|(p, why)| format!("{}: {why}", p.display()))
+            .collect();
+        self.failure(
+            "envoy_log_file",
+            format!("cannot follow Envoy's log {}", list.join("; ")),
+        );
+    }
+
+    /// Inputs that are not valid networks, ports or ranges never reach iptables (SPEC §7); each
+    /// new set of them is reported once.
+    fn report_ignored(&mut self, snap: &Snapshot, plan_ignored: Vec<String>) {
+        let Some(summary) = &snap.listener_summary else {
+            // Listeners unread this time: what was reported still stands.
+            return;
+        };
+        let mut now: Vec<String> = summary
+            .rejected
+            .iter()
+            .map(|r| format!("listener {} prefix {:?}: {}", r.listener, r.raw, r.reason))
+            .chain(plan_ignored)
+            .collect();
+        now.sort();
+        now.dedup();
+        if now == self.ignored_inputs {
+            return;
+        }
+        if !now.is_empty() {
+            tracing::warn!(
+                source = "interception",
+                ignored = now.len() as u64,
+                "ignored for interception, never passed to iptables: {}",
+                now.join("; ")
+            );
+        }
+        self.ignored_inputs = now;
+    }
+
     fn on_publish_event(&mut self, ev: PublishEvent) {
         match ev {
             PublishEvent::Written { .. } => {
-                self.failing.remove("guest_attributes");
+                self.cleared("guest_attributes");
             }
             PublishEvent::Disabled => {
                 tracing::warn!(
@@ -681,7 +775,7 @@ impl Agent {
         }
         let restart_follower = s.envoy_log_dir != old.envoy_log_dir;
         let restart_metrics = s.metrics_addr != old.metrics_addr;
-        self.failing.remove("config");
+        self.cleared("config");
         tracing::info!(
             interception = self.settings.interception.as_str(),
             poll_interval = %humantime::format_duration(self.settings.poll_interval),

@@ -925,8 +925,7 @@ struct FilterName {
 
 impl<'de> Deserialize<'de> for FilterName {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let original_dst =
-            matches!(d.deserialize_any(LeafVisitor)?, JsonLeafRef::Text(t) if t == ORIGINAL_DST_FILTER);
+        let original_dst = matches!(d.deserialize_any(LeafVisitor)?, JsonLeafRef::Text(t) if t == ORIGINAL_DST_FILTER);
         Ok(FilterName { original_dst })
     }
 }

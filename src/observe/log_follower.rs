@@ -6,7 +6,9 @@
 //! - rotation by rename: the old inode keeps being read to its end before it is dropped, and the
 //!   new file is read from its start — no line is lost;
 //! - copytruncate: a size below our offset means the file was truncated; we restart at 0 and
-//!   count it (bytes written between the copy and the truncate are lost by that scheme itself);
+//!   count it. What was written after our last read and before the copy is read from the copy
+//!   (`envoy.log.1`, recognised by its first bytes); only bytes written between the end of the
+//!   copy and the truncation are lost, by that scheme itself (they are in neither file);
 //! - a missing directory is waited for;
 //! - a file created and renamed away between two looks (a fast rotation under a flood) is
 //!   found under its rotated name (`envoy.log.1`, `envoy.log-20261122`) and read from its start,
@@ -50,6 +52,11 @@ pub enum FollowEvent {
     DirUnavailable { dir: PathBuf, reason: String },
     /// The directory is back.
     DirAvailable { dir: PathBuf },
+    /// A `*.log` cannot be followed (permission denied, not a regular file): reported once
+    /// until it becomes readable or goes away, so a log Envoy writes unseen is not silent.
+    FileUnreadable { path: PathBuf, reason: String },
+    /// A file reported unreadable is readable now, or gone.
+    FileReadable { path: PathBuf },
 }
 
 #[derive(Debug, Clone)]
@@ -93,6 +100,9 @@ struct Tracked {
     /// last truncation: a rotated copy is recognised by them.
     head: Vec<u8>,
     head_before_truncate: Vec<u8>,
+    /// The latest copy made of this content (copytruncate's `envoy.log.1`): what was written
+    /// after our last read and before the truncation is read from it.
+    copy: Option<(FileId, File)>,
     /// Still has a name in the directory.
     present: bool,
 }
@@ -183,6 +193,8 @@ fn run(
     // Rotated files not to read: history present at start, and copytruncate copies.
     let mut ignored: std::collections::BTreeSet<FileId> = std::collections::BTreeSet::new();
     let mut buf = vec![0u8; cfg.chunk_bytes.max(4096)];
+    // `*.log` names that could not be opened, reported once each.
+    let mut unreadable: std::collections::BTreeSet<PathBuf> = std::collections::BTreeSet::new();
 
     while !stop.load(Ordering::Relaxed) {
         // (Re)arm inotify on the directory; it dies with the directory.
@@ -222,11 +234,24 @@ fn run(
                     .collect();
                 names.sort();
                 let mut seen_ignored = std::collections::BTreeSet::new();
+                let mut still_unreadable = std::collections::BTreeSet::new();
                 for (path, kind) in names {
                     let Ok(meta) = std::fs::metadata(&path) else {
                         continue;
                     };
                     if !meta.is_file() {
+                        // A FIFO would block an open for reading; a directory has no lines.
+                        if kind == NameKind::Live
+                            && !report_unreadable(
+                                &mut unreadable,
+                                &mut still_unreadable,
+                                &path,
+                                "not a regular file",
+                                &mut sink,
+                            )
+                        {
+                            return;
+                        }
                         continue;
                     }
                     let id = FileId {
@@ -250,30 +275,45 @@ fn run(
                         seen_ignored.insert(id);
                         continue;
                     }
-                    if kind == NameKind::Rotated && meta.len() == 0 {
-                        // Being created (a copy in progress?): decide when it has bytes.
-                        continue;
-                    }
-                    let Ok(file) = File::open(&path) else {
-                        counters.read_errors.fetch_add(1, Ordering::Relaxed);
-                        continue;
+                    let file = match File::open(&path) {
+                        Ok(f) => f,
+                        Err(e) => {
+                            counters.read_errors.fetch_add(1, Ordering::Relaxed);
+                            if kind == NameKind::Live
+                                && !report_unreadable(
+                                    &mut unreadable,
+                                    &mut still_unreadable,
+                                    &path,
+                                    &e.to_string(),
+                                    &mut sink,
+                                )
+                            {
+                                return;
+                            }
+                            continue;
+                        }
                     };
                     let head = read_head(&file);
                     if kind == NameKind::Rotated {
+                        // A copy being written may still be empty: judge it once it is not.
                         if head.is_empty() {
                             continue;
                         }
-                        // A copy may be seen half-written: compare as prefixes.
-                        let same = |other: &[u8]| {
-                            !other.is_empty()
-                                && (other.starts_with(&head) || head.starts_with(other))
-                        };
-                        let copy = tracked.values().any(|t| {
-                            same(&t.head)
-                                || same(&t.head_before_truncate)
-                                || same(&read_head(&t.file))
-                        });
-                        if copy {
+                        // A copy of what a tracked file holds (its first bytes, or their
+                        // beginning while the copy is being written) is not read as a new file.
+                        let copy_of = tracked
+                            .iter()
+                            .find(|(_, t)| {
+                                same_start(&t.head, &head) || same_start(&read_head(&t.file), &head)
+                            })
+                            .map(|(tid, _)| *tid);
+                        let old_copy = tracked
+                            .values()
+                            .any(|t| same_start(&t.head_before_truncate, &head));
+                        if copy_of.is_some() || old_copy {
+                            if let Some(t) = copy_of.and_then(|tid| tracked.get_mut(&tid)) {
+                                t.copy = Some((id, file));
+                            }
                             ignored.insert(id);
                             seen_ignored.insert(id);
                             continue;
@@ -293,11 +333,26 @@ fn run(
                             offset,
                             head,
                             head_before_truncate: Vec::new(),
+                            copy: None,
                             present: true,
                         },
                     );
                 }
                 ignored.retain(|id| seen_ignored.contains(id));
+                for t in tracked.values_mut() {
+                    if t.copy
+                        .as_ref()
+                        .is_some_and(|(cid, _)| !seen_ignored.contains(cid))
+                    {
+                        t.copy = None;
+                    }
+                }
+                for path in unreadable.difference(&still_unreadable) {
+                    if !sink(FollowEvent::FileReadable { path: path.clone() }) {
+                        return;
+                    }
+                }
+                unreadable = still_unreadable;
                 first_scan = false;
             }
             Err(e) => {
@@ -323,7 +378,7 @@ fn run(
         // Read every tracked file to its end; drop those that are gone and drained.
         let mut closed = Vec::new();
         for (id, t) in tracked.iter_mut() {
-            if !drain(*id, t, &mut buf, &mut sink, &counters) {
+            if !drain(*id, t, &cfg.dir, &mut buf, &mut sink, &counters) {
                 return;
             }
             if !t.present {
@@ -363,6 +418,25 @@ fn run(
     }
 }
 
+/// Notes `path` as unreadable and reports it if it was not already. False: the sink said stop.
+fn report_unreadable(
+    reported: &mut std::collections::BTreeSet<PathBuf>,
+    still: &mut std::collections::BTreeSet<PathBuf>,
+    path: &Path,
+    reason: &str,
+    sink: &mut impl FnMut(FollowEvent) -> bool,
+) -> bool {
+    still.insert(path.to_path_buf());
+    if reported.contains(path) {
+        return true;
+    }
+    reported.insert(path.to_path_buf());
+    sink(FollowEvent::FileUnreadable {
+        path: path.to_path_buf(),
+        reason: reason.to_owned(),
+    })
+}
+
 /// Events that can mean new bytes or a new, renamed or removed file.
 fn is_change(kind: &notify::EventKind) -> bool {
     use notify::EventKind;
@@ -376,6 +450,7 @@ fn is_change(kind: &notify::EventKind) -> bool {
 fn drain(
     id: FileId,
     t: &mut Tracked,
+    dir: &Path,
     buf: &mut [u8],
     sink: &mut impl FnMut(FollowEvent) -> bool,
     counters: &FollowerCounters,
@@ -396,6 +471,21 @@ fn drain(
     };
     if len < t.offset || (len > t.offset && rewritten()) {
         counters.truncations.fetch_add(1, Ordering::Relaxed);
+        // copytruncate: the lines written between our last read and the copy are in the copy.
+        // Only those written between the copy and the truncation are lost (by that scheme).
+        // The copy was seen at a scan, or (made and the original truncated since the last
+        // scan, or still empty then) is looked for now.
+        let copy = t
+            .copy
+            .take()
+            .map(|(_, f)| f)
+            .filter(|c| same_start(&read_head(c), &t.head))
+            .or_else(|| find_copy(dir, &t.head));
+        if let Some(mut copy) = copy
+            && !read_to_end_from(&mut copy, t.offset, id, &t.path, buf, sink, counters)
+        {
+            return false;
+        }
         t.offset = 0;
         t.head_before_truncate = std::mem::take(&mut t.head);
         if !sink(FollowEvent::Truncated {
@@ -436,6 +526,66 @@ fn drain(
     }
 }
 
+/// Whether two first-bytes samples agree on their common length (a copy being written has
+/// only the beginning of the original's).
+fn same_start(a: &[u8], b: &[u8]) -> bool {
+    let k = a.len().min(b.len());
+    k > 0 && a.get(..k) == b.get(..k)
+}
+
+/// A rotated-named file in `dir` whose first bytes are `head`'s: the copy copytruncate made of
+/// the content that started so.
+fn find_copy(dir: &Path, head: &[u8]) -> Option<File> {
+    if head.is_empty() {
+        return None;
+    }
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| name_kind(p) == Some(NameKind::Rotated))
+        .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file()))
+        .filter_map(|p| File::open(p).ok())
+        .find(|f| same_start(&read_head(f), head))
+}
+
+/// Hands over `file`'s bytes from `offset` to its end as Data of `id`. False: stop.
+fn read_to_end_from(
+    file: &mut File,
+    offset: u64,
+    id: FileId,
+    path: &Path,
+    buf: &mut [u8],
+    sink: &mut impl FnMut(FollowEvent) -> bool,
+    counters: &FollowerCounters,
+) -> bool {
+    if file.seek(SeekFrom::Start(offset)).is_err() {
+        counters.read_errors.fetch_add(1, Ordering::Relaxed);
+        return true;
+    }
+    loop {
+        match file.read(buf) {
+            Ok(0) => return true,
+            Ok(n) => {
+                counters.bytes.fetch_add(n as u64, Ordering::Relaxed);
+                let bytes = buf.get(..n).map(<[u8]>::to_vec).unwrap_or_default();
+                if !sink(FollowEvent::Data {
+                    file: id,
+                    path: path.to_path_buf(),
+                    bytes,
+                }) {
+                    return false;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => {
+                counters.read_errors.fetch_add(1, Ordering::Relaxed);
+                return true;
+            }
+        }
+    }
+}
+
 /// What the entry pipeline reports: assembled, prefiltered Envoy log entries and the state of
 /// the directory.
 #[derive(Debug, Clone)]
@@ -443,6 +593,8 @@ pub enum EntryEvent {
     Entry(Box<crate::observe::envoy_log::LogEntry>),
     DirUnavailable { dir: PathBuf, reason: String },
     DirAvailable { dir: PathBuf },
+    FileUnreadable { path: PathBuf, reason: String },
+    FileReadable { path: PathBuf },
 }
 
 /// Counts for proving nothing is lost: lines seen across every file.
@@ -492,6 +644,10 @@ pub fn follow_entries(
                 return sink(EntryEvent::DirUnavailable { dir, reason });
             }
             FollowEvent::DirAvailable { dir } => return sink(EntryEvent::DirAvailable { dir }),
+            FollowEvent::FileUnreadable { path, reason } => {
+                return sink(EntryEvent::FileUnreadable { path, reason });
+            }
+            FollowEvent::FileReadable { path } => return sink(EntryEvent::FileReadable { path }),
         }
         for e in out.drain(..) {
             if !sink(EntryEvent::Entry(Box::new(e))) {
@@ -652,6 +808,86 @@ mod tests {
         std::fs::write(dir.path().join("envoy.log.2.gz"), "gz\n").unwrap();
         std::thread::sleep(Duration::from_millis(300));
         assert!(!text(&events).contains("gz"));
+    }
+
+    #[test]
+    fn copytruncate_lines_unread_at_the_copy_are_read_from_the_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("envoy.log");
+        std::fs::write(&log, "").unwrap();
+        // Changes made through hard links outside the directory raise no inotify event in it,
+        // and the poll interval is long: the follower does not look between the append, the
+        // copy and the truncation, as when logrotate is faster than a scan.
+        let outside = tempfile::tempdir_in(dir.path().parent().unwrap()).unwrap();
+        let alias = outside.path().join("alias");
+        std::fs::hard_link(&log, &alias).unwrap();
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let e = events.clone();
+        let mut cfg = FollowerConfig::new(dir.path());
+        cfg.poll_interval = Duration::from_secs(30);
+        let _f = Follower::spawn(cfg, move |ev| {
+            e.lock().unwrap().push(ev);
+            true
+        })
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&log)
+            .unwrap()
+            .write_all(b"[t] one\n")
+            .unwrap();
+        wait("one", || text(&events).contains("one"));
+        let mut w = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&alias)
+            .unwrap();
+        w.write_all(b"[t] two\n").unwrap();
+        let copy = outside.path().join("copy");
+        std::fs::copy(&alias, &copy).unwrap();
+        w.set_len(0).unwrap();
+        w.write_all(b"[t] three after the truncation\n").unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(
+            !text(&events).contains("two"),
+            "the follower looked too early"
+        );
+        // The copy appears under its rotated name: that wakes the follower.
+        std::fs::hard_link(&copy, dir.path().join("envoy.log.1")).unwrap();
+        wait("three", || text(&events).contains("three"));
+        std::thread::sleep(Duration::from_millis(200));
+        let all = text(&events);
+        assert_eq!(all.matches("[t] one").count(), 1, "{all}");
+        assert_eq!(all.matches("[t] two").count(), 1, "{all}");
+    }
+
+    #[test]
+    fn a_log_that_cannot_be_read_is_reported_once_and_its_recovery_too() {
+        let dir = tempfile::tempdir().unwrap();
+        // A directory named like a log: never opened, reported.
+        std::fs::create_dir(dir.path().join("envoy.log")).unwrap();
+        let (_f, events) = start(dir.path());
+        let unreadable = |events: &Arc<Mutex<Vec<FollowEvent>>>| {
+            events
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|e| matches!(e, FollowEvent::FileUnreadable { .. }))
+                .count()
+        };
+        wait("reported", || unreadable(&events) == 1);
+        std::thread::sleep(Duration::from_millis(400));
+        assert_eq!(unreadable(&events), 1, "reported once");
+        std::fs::remove_dir(dir.path().join("envoy.log")).unwrap();
+        std::fs::write(dir.path().join("envoy.log"), "[t] fine\n").unwrap();
+        wait("readable again", || {
+            events
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|e| matches!(e, FollowEvent::FileReadable { .. }))
+        });
+        wait("fine", || text(&events).contains("fine"));
     }
 
     #[test]

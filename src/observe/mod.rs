@@ -29,6 +29,8 @@ pub const DEFAULT_PROXY_PORT: u16 = 15001;
 /// Admin bodies: `/server_info` alone is ~125 KB (every extension listed); config dumps of big
 /// meshes are megabytes.
 pub const ADMIN_MAX_BODY: usize = 64 << 20;
+/// `/stats` is read through an anchored filter: a few lines. A bigger answer is not Envoy's.
+pub const ADMIN_STATS_MAX_BODY: usize = 1 << 20;
 
 /// The iptables state as read for verification.
 #[derive(Debug, Clone)]
@@ -107,6 +109,8 @@ impl Snapshot {
 /// Reads the VM. Holds the clients; cheap to keep for the daemon's life.
 pub struct Observer {
     pub admin: AdminClient,
+    /// The same admin with the small cap of `/stats`.
+    admin_stats: AdminClient,
     pub metadata: MetadataClient,
     pub proc_root: PathBuf,
     pub iptables: Tools,
@@ -120,6 +124,11 @@ impl Observer {
                 &settings.envoy_admin,
                 Duration::from_secs(5),
                 ADMIN_MAX_BODY,
+            ),
+            admin_stats: AdminClient::new(
+                &settings.envoy_admin,
+                Duration::from_secs(5),
+                ADMIN_STATS_MAX_BODY,
             ),
             metadata: MetadataClient::new(&settings.metadata_host, Duration::from_secs(3)),
             proc_root: PathBuf::from("/proc"),
@@ -168,11 +177,16 @@ impl Observer {
                 let err = e.clone();
                 return (info, Err(err.clone()), Err(err.clone()), Err(err));
             }
-            let (listeners, clusters, stats) = tokio::join!(
-                self.admin.dynamic_listeners(),
-                self.admin.clusters(),
-                self.admin.stats()
-            );
+            // The two answers that can be megabytes are read one after the other, and `/stats`
+            // has a small cap, so a hostile or broken admin costs about one body cap of memory
+            // at a time (a hanging endpoint costs one more deadline per cycle, well within the
+            // watchdog).
+            let big = async {
+                let listeners = self.admin.dynamic_listeners().await;
+                let clusters = self.admin.clusters().await;
+                (listeners, clusters)
+            };
+            let ((listeners, clusters), stats) = tokio::join!(big, self.admin_stats.stats());
             (info, listeners, clusters, stats)
         };
         let reach = async {
