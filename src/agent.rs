@@ -87,7 +87,6 @@ struct Agent {
     /// Inputs kept away from iptables (listener prefixes, metadata ranges) as last reported.
     ignored_inputs: Vec<String>,
     last_cp_check: Option<Instant>,
-    log_output: LogOutput,
     cloud_tx: Option<mpsc::Sender<LogRecord>>,
     cloud_rx: Option<mpsc::Receiver<LogRecord>>,
     cloud_sink: Option<SinkHandle>,
@@ -172,7 +171,6 @@ impl Agent {
             unreadable_logs: BTreeMap::new(),
             ignored_inputs: Vec::new(),
             last_cp_check: None,
-            log_output,
             cloud_tx,
             cloud_rx,
             cloud_sink: None,
@@ -799,7 +797,6 @@ impl Agent {
             sink.shutdown(Duration::from_secs(2)).await;
         }
         drop(self.cloud_tx.take());
-        let _ = &self.log_output;
         tracing::info!("service-proxy-agent stopped");
     }
 }

@@ -62,17 +62,18 @@ for t in "${targets[@]}"; do
     status=FAILED
     failed+=("$t")
     tail -n 60 "$log"
-    artifact=$(grep -o 'Test unit written to [^ ]*' "$log" | tail -n 1 | sed 's/Test unit written to //')
+    artifact=$({ grep -o 'Test unit written to [^ ]*' "$log" || true; } | tail -n 1 | sed 's/Test unit written to //')
     if [ -n "$artifact" ]; then
       case $artifact in /*) ;; *) artifact="$root/fuzz/${artifact#./}" ;; esac
       echo "!!! $t: crash input at $artifact"
       echo "    replay: RUSTC_BOOTSTRAP=1 cargo fuzz run --target-dir $target_dir $t $artifact"
     fi
   fi
-  runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
-  corp=$(grep -o 'corp: [0-9]*/[0-9a-zA-Z]*' "$log" | tail -n 1 | sed 's/corp: //')
-  slowest=$(sed -n 's/^stat::slowest_unit_time_sec: *//p' "$log" | tail -n 1)
-  rss=$(sed -n 's/^stat::peak_rss_mb: *//p' "$log" | tail -n 1)
+  # A run that crashed prints no final stats: these may find nothing.
+  runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1) || true
+  corp=$({ grep -o 'corp: [0-9]*/[0-9a-zA-Z]*' "$log" || true; } | tail -n 1 | sed 's/corp: //')
+  slowest=$(sed -n 's/^stat::slowest_unit_time_sec: *//p' "$log" | tail -n 1) || true
+  rss=$(sed -n 's/^stat::peak_rss_mb: *//p' "$log" | tail -n 1) || true
   summary+=("$(printf '%-24s %-7s %11s runs %5ss  corpus %-14s slowest %ss  peak RSS %s MB' \
     "$t" "$status" "${runs:-?}" "$secs" "${corp:-?}" "${slowest:-?}" "${rss:-?}")")
 done

@@ -25,4 +25,7 @@ cargo test --workspace --locked --no-fail-fast
 say "real-Envoy tests against every Envoy minor version on PyPI"
 tests/envoy-matrix.sh
 
+say "fuzzing: every parser's cargo-fuzz target for a bounded time"
+tests/fuzz.sh
+
 say "all tests passed"

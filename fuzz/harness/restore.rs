@@ -34,10 +34,7 @@ pub fn assert_restore_text_safe(text: &str) {
     let as_rules: String = text
         .lines()
         .filter(|l| !l.starts_with("-X "))
-        .map(|l| match l.strip_prefix("-D ") {
-            Some(rest) => format!("-A {rest}\n"),
-            None => format!("{l}\n"),
-        })
+        .map(|l| format!("{}\n", as_append(l)))
         .collect();
     let rs = parse_save(&as_rules);
     assert!(
@@ -48,6 +45,30 @@ pub fn assert_restore_text_safe(text: &str) {
     assert_eq!(rs.tables.len(), 1, "{text:?}");
 }
 
+/// `-D CHAIN spec` and `-I CHAIN N spec` read as `-A CHAIN spec`, so our save parser can check
+/// the spec; the position of an insert must be a number from 1.
+fn as_append(line: &str) -> String {
+    if let Some(rest) = line.strip_prefix("-D ") {
+        return format!("-A {rest}");
+    }
+    if let Some((chain, pos, rest)) = insert_parts(line) {
+        assert!(pos >= 1, "-I at position 0: {line:?}");
+        return format!("-A {chain} {rest}");
+    }
+    line.to_owned()
+}
+
+/// `(chain, position, spec)` of an `-I CHAIN N spec` line.
+fn insert_parts(line: &str) -> Option<(&str, usize, &str)> {
+    let rest = line.strip_prefix("-I ")?;
+    let (chain, rest) = rest.split_once(' ')?;
+    let (pos, spec) = rest.split_once(' ')?;
+    let pos = pos
+        .parse()
+        .unwrap_or_else(|_| panic!("-I without a position: {line:?}"));
+    Some((chain, pos, spec))
+}
+
 /// What `iptables-restore --noflush` does with `tx` on `table` (the nat table), as far as the
 /// planner relies on it. Panics where the real command would refuse the transaction.
 pub fn apply(table: Option<&Table>, tx: &Transaction) -> Table {
@@ -56,7 +77,11 @@ pub fn apply(table: Option<&Table>, tx: &Transaction) -> Table {
         chains: Vec::new(),
         committed: true,
     });
-    let as_rules = tx.text.replace("\n-D ", "\n-A ");
+    let as_rules: String = tx
+        .text
+        .lines()
+        .map(|l| format!("{}\n", as_append(l)))
+        .collect();
     let parsed = parse_save(&as_rules);
     let Some(ops) = parsed.tables.first() else {
         panic!("no table in {:?}", tx.text)
@@ -93,7 +118,7 @@ pub fn apply(table: Option<&Table>, tx: &Transaction) -> Table {
                 tx.text
             );
             t.chains.remove(pos);
-        } else if line.starts_with("-A ") || line.starts_with("-D ") {
+        } else if line.starts_with("-A ") || line.starts_with("-D ") || line.starts_with("-I ") {
             let Some(rule) = rule_iter.next() else {
                 panic!("rule line not parsed: {line}")
             };
@@ -120,6 +145,19 @@ pub fn apply(table: Option<&Table>, tx: &Transaction) -> Table {
                     panic!("-D of a rule that does not exist: {line}\n{}", tx.text)
                 };
                 chain.rules.remove(pos);
+            } else if let Some((_, pos, _)) = insert_parts(line) {
+                assert!(
+                    pos <= chain.rules.len() + 1,
+                    "-I past the end of the chain: {line}\n{}",
+                    tx.text
+                );
+                let mut r = rule.clone();
+                r.text = format!(
+                    "-A {} {}",
+                    rule.chain,
+                    insert_parts(line).map_or("", |p| p.2)
+                );
+                chain.rules.insert(pos - 1, r);
             } else {
                 let mut r = rule.clone();
                 r.text = line.to_string();
