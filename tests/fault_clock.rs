@@ -205,5 +205,8 @@ fn the_daemon_survives_the_wall_clock_jumping() {
     assert!(status.success(), "{status}");
     // One log line per event: no error storm from the jumps.
     let lines = agent.lines().len() as f64;
-    assert!(lines < secs * 2.0 + 50.0, "{lines} log lines in {secs:.0} s");
+    assert!(
+        lines < secs * 2.0 + 50.0,
+        "{lines} log lines in {secs:.0} s"
+    );
 }

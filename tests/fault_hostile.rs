@@ -73,7 +73,14 @@ fn hostile_ranges() -> Vec<serde_json::Value> {
 
 /// Text of hostile ranges that must appear in no save.
 const NEVER_IN_IPTABLES: [&str; 9] = [
-    "10.0.0.1", "1.2.3.4", "10.0.0.4", "pwned", "10.0.0.6", "10.0.0.7", "10.0.0.8", "zzzz",
+    "10.0.0.1",
+    "1.2.3.4",
+    "10.0.0.4",
+    "pwned",
+    "10.0.0.6",
+    "10.0.0.7",
+    "10.0.0.8",
+    "zzzz",
     "10.0.0.10",
 ];
 
@@ -405,7 +412,12 @@ fn no_token_in_logs_attributes_or_metrics() {
     assert!(agent.is_running());
     agent.stop();
 
-    let secrets = [TOKEN, MD_TOKEN, "SPA-hostile-test-token", "metadata-server-token"];
+    let secrets = [
+        TOKEN,
+        MD_TOKEN,
+        "SPA-hostile-test-token",
+        "metadata-server-token",
+    ];
     let mut places: Vec<(String, String)> = agent
         .lines()
         .into_iter()
@@ -513,7 +525,10 @@ fn assert_allowed(progs: &[String]) {
             .unwrap_or_default();
         assert!(ALLOWED.contains(&name), "the agent executed {p}");
         let real = std::fs::canonicalize(p).unwrap_or_else(|_| p.into());
-        let real_name = real.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let real_name = real
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
         assert!(ALLOWED.contains(&real_name), "{p} is {}", real.display());
         for sh in ["sh", "bash", "dash", "zsh", "busybox", "env"] {
             assert_ne!(real_name, sh, "{p}");
@@ -578,10 +593,9 @@ fn no_program_but_iptables_is_ever_executed() {
         cycles_advance(metrics, 3, Duration::from_secs(30), "traced daemon");
         // SIGTERM to the agent (strace's child), then strace ends with it.
         let strace_pid = run.pid();
-        let children = std::fs::read_to_string(format!(
-            "/proc/{strace_pid}/task/{strace_pid}/children"
-        ))
-        .unwrap();
+        let children =
+            std::fs::read_to_string(format!("/proc/{strace_pid}/task/{strace_pid}/children"))
+                .unwrap();
         let agent_pid: i32 = children.split_whitespace().next().unwrap().parse().unwrap();
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(agent_pid),

@@ -268,10 +268,16 @@ fn inside(o: &Options) -> anyhow::Result<bool> {
     let ready = Instant::now() + Duration::from_secs(60);
     while metric(metrics, "spa_cycles_total").unwrap_or(0.0) < 1.0 {
         if let Some(status) = agent.try_wait()? {
-            bail!("the agent exited at start ({status}); see {}", o.dir.display());
+            bail!(
+                "the agent exited at start ({status}); see {}",
+                o.dir.display()
+            );
         }
         if Instant::now() > ready {
-            bail!("the agent completed no cycle in 60 s; see {}", o.dir.display());
+            bail!(
+                "the agent completed no cycle in 60 s; see {}",
+                o.dir.display()
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -418,9 +424,7 @@ fn inside(o: &Options) -> anyhow::Result<bool> {
     println!(
         "RSS growth after warm-up: {growth:+} KiB at the end, {growth_max:+} KiB at most (limit {RSS_GROWTH_MAX_KIB})"
     );
-    println!(
-        "fds: min {fds_min}, max {fds_max}; after warm-up {fds_warm}, at the end {fds_end}"
-    );
+    println!("fds: min {fds_min}, max {fds_max}; after warm-up {fds_warm}, at the end {fds_end}");
     println!("log lines written {written}, counted by the agent {counted}");
     println!(
         "rotations {rotations}, VIP changes {churn}, cycles {}, guest-attribute writes {writes}, budget violations {}",
