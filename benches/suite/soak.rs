@@ -346,6 +346,8 @@ fn inside(o: &Options) -> anyhow::Result<bool> {
         std::thread::sleep(Duration::from_millis(200));
     }
     let hwm = status_kib(pid, "VmHWM:").unwrap_or(0);
+    let restores = metric(metrics, "spa_interception_restores_total").unwrap_or(f64::NAN);
+    let restore_errors = metric(metrics, "spa_interception_errors_total").unwrap_or(f64::NAN);
     let violations = emulator.violations();
     let writes = emulator.writes().len();
     let _ = nix::sys::signal::kill(
@@ -432,6 +434,9 @@ fn inside(o: &Options) -> anyhow::Result<bool> {
         violations.len()
     );
     println!(
+        "iptables-restore transactions applied {restores}, interception errors {restore_errors}"
+    );
+    println!(
         "load average at the end: {}",
         std::fs::read_to_string("/proc/loadavg")
             .unwrap_or_default()
@@ -450,6 +455,12 @@ fn inside(o: &Options) -> anyhow::Result<bool> {
     if counted.is_nan() || (counted as u64) != written {
         fail(format!(
             "the agent counted {counted} log lines of the {written} written"
+        ));
+    }
+    // The VIPs move every second and the agent polls every second: most changes are applied.
+    if restores.is_nan() || restores < f64::from(churn) / 4.0 {
+        fail(format!(
+            "only {restores} iptables-restore transactions for {churn} VIP changes"
         ));
     }
     if !violations.is_empty() {
