@@ -5,7 +5,8 @@
 //! - missing: an empty tmpfs over `/usr/sbin` while the agent runs;
 //! - restore refused: `/etc/alternatives/iptables-restore` pointed at the real restore fed one
 //!   rule it must refuse (`tests/fixtures/faults/refusing-restore.sh`);
-//! - the xtables lock held by another process (`flock /run/xtables.lock`, on a private /run).
+//! - the xtables lock held by another process (the test's `flock` on `/run/xtables.lock`, on a
+//!   private /run).
 //!   With the nf_tables backend (Debian's default, iptables 1.8.9) the lock is not used and
 //!   `--wait` is a no-op (xtables-nft(8)): a held lock changes nothing, which the first lock test
 //!   shows. With the legacy backend (`xtables-legacy-multi` bound over the nft one) a restore
@@ -25,7 +26,7 @@ mod support;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -198,34 +199,37 @@ fn iptables_missing_then_refusing_a_restore() {
     .unwrap();
 }
 
-/// `flock /run/xtables.lock sleep` in the mount namespace, on a private /run: the lock is held
-/// by another process until killed.
-fn hold_xtables_lock(mnt: &MountNs) -> Child {
-    let mut holder = mnt.run(|| {
+/// The xtables lock (`flock(LOCK_EX)` on `/run/xtables.lock`, as iptables-legacy takes it),
+/// held by the test process on the mount namespace's private /run until [`release`].
+///
+/// Held here rather than by `flock FILE sleep N`: `flock` passes the locked descriptor to its
+/// command, so killing `flock` left `sleep` holding the lock and iptables never got it back.
+fn hold_xtables_lock(mnt: &MountNs) -> nix::fcntl::Flock<std::fs::File> {
+    let file = mnt.run(|| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open("/run/xtables.lock")
+            .expect("open /run/xtables.lock on the private /run")
+    });
+    let held = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map_err(|(_, e)| e)
+        .expect("flock /run/xtables.lock");
+    // Seen as held from the namespace: a non-blocking attempt by another process fails.
+    let code = mnt.run(|| {
         Command::new("flock")
-            .args(["/run/xtables.lock", "sleep", "600"])
+            .args(["-n", "/run/xtables.lock", "true"])
             .stdin(Stdio::null())
-            .spawn()
+            .status()
             .expect("flock (util-linux)")
     });
-    // Held once a non-blocking attempt fails.
-    eventually(Duration::from_secs(10), "lock held", || {
-        mnt.run(|| {
-            Command::new("flock")
-                .args(["-n", "/run/xtables.lock", "true"])
-                .status()
-                .unwrap()
-        })
-        .code()
-        .filter(|c| *c == 1)
-    });
-    assert!(holder.try_wait().unwrap().is_none(), "flock exited");
-    holder
+    assert_eq!(code.code(), Some(1), "the lock is not seen as held");
+    held
 }
 
-fn release(mut holder: Child) {
-    holder.kill().unwrap();
-    holder.wait().unwrap();
+fn release(held: nix::fcntl::Flock<std::fs::File>) {
+    held.unlock().map_err(|(_, e)| e).expect("unlock");
 }
 
 #[test]

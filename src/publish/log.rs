@@ -241,9 +241,21 @@ impl Collector {
     }
 }
 
+/// Bytes kept of one text field of a log event.
+pub const FIELD_MAX_BYTES: usize = 16 << 10;
+
+/// Text in a log event often comes from other programs (Envoy's version, its log lines,
+/// iptables' messages): no credentials, one line without terminal escapes, bounded.
+fn clean_field(value: &str) -> String {
+    crate::text::truncate_with_ellipsis(
+        &crate::text::strip_control(&redact_secrets(value)),
+        FIELD_MAX_BYTES,
+    )
+}
+
 impl Visit for Collector {
     fn record_str(&mut self, field: &Field, value: &str) {
-        let value = redact_secrets(value);
+        let value = clean_field(value);
         if field.name() == "message" {
             self.message = value;
         } else {
@@ -263,7 +275,7 @@ impl Visit for Collector {
         self.push(field, Value::from(value));
     }
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        let text = redact_secrets(&format!("{value:?}"));
+        let text = clean_field(&format!("{value:?}"));
         if field.name() == "message" {
             self.message = text;
         } else {
@@ -403,5 +415,24 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         let v: Value = serde_json::from_str(text.trim()).unwrap();
         assert_eq!(v["message"], "Envoy Version: x/1.40.0");
+    }
+
+    #[test]
+    fn fields_from_other_programs_are_one_bounded_line() {
+        let out = LogOutput::capturing();
+        let subscriber = tracing_subscriber::registry().with(AgentLogLayer::new(out.clone()));
+        let hostile = format!("1.40.0\u{1b}[31m\r\nforged: yes\u{0}{}", "é".repeat(50_000));
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(version = hostile.as_str(), "Envoy Version: {hostile}");
+        });
+        let rec = out.captured().pop().unwrap();
+        let line = rec.to_json_line();
+        let v: Value = serde_json::from_str(&line).unwrap();
+        for key in ["message", "version"] {
+            let m = v[key].as_str().unwrap();
+            assert!(!m.chars().any(char::is_control), "{key}: {m:?}");
+            assert!(m.len() <= FIELD_MAX_BYTES && m.ends_with('…'), "{key}");
+            assert!(m.contains("1.40.0 [31m  forged: yes "), "{key}");
+        }
     }
 }
