@@ -36,8 +36,6 @@ use testkit::http_stub::{HttpStub, Reply};
 use testkit::metadata_emulator::{MetadataEmulator, VmIdentity};
 use testkit::netns;
 
-const ENVOY_UID: &str = "65534";
-
 fn vm() -> MetadataEmulator {
     MetadataEmulator::start(VmIdentity {
         project_number: 123,
@@ -93,13 +91,9 @@ fn enforce_cmd(
     cp_addr: &str,
 ) -> Command {
     let mut cmd = agent(&md.host(), dir);
-    cmd.args(["--interception", "enforce", "--poll-interval", "1s"])
-        .args(["--envoy-admin", &admin.url()])
-        .arg("--envoy-log-dir")
-        .arg(dir)
-        .args(["--envoy-user", ENVOY_UID])
-        .args(["--metrics-addr", &metrics.to_string()])
-        .args(["--control-plane", cp_addr]);
+    enforce_flags(&mut cmd, &admin.url(), dir, cp_addr)
+        .args(["--poll-interval", "1s"])
+        .args(["--metrics-addr", &metrics.to_string()]);
     cmd
 }
 
@@ -553,13 +547,7 @@ fn no_program_but_iptables_is_ever_executed() {
         let dir = tempfile::tempdir().unwrap();
         let trace = dir.path().join("doctor.trace");
         let mut cmd = traced(&md, dir.path(), &trace);
-        cmd.args(["--interception", "enforce"])
-            .args(["--envoy-admin", &admin.url()])
-            .arg("--envoy-log-dir")
-            .arg(dir.path())
-            .args(["--envoy-user", ENVOY_UID])
-            .args(["--control-plane", &cp_addr])
-            .args(["doctor", "--json"]);
+        enforce_flags(&mut cmd, &admin.url(), dir.path(), &cp_addr).args(["doctor", "--json"]);
         let (out, _) = support::run(cmd, Duration::from_secs(60));
         assert!(out.status.code().is_some_and(|c| c < 2), "{out:?}");
         let progs = executed(&trace);
@@ -574,13 +562,9 @@ fn no_program_but_iptables_is_ever_executed() {
         let trace = dir.path().join("run.trace");
         let metrics = free_addr();
         let mut cmd = traced(&md, dir.path(), &trace);
-        cmd.args(["--interception", "enforce", "--poll-interval", "1s"])
-            .args(["--envoy-admin", &admin.url()])
-            .arg("--envoy-log-dir")
-            .arg(dir.path())
-            .args(["--envoy-user", ENVOY_UID])
-            .args(["--metrics-addr", &metrics.to_string()])
-            .args(["--control-plane", &cp_addr]);
+        enforce_flags(&mut cmd, &admin.url(), dir.path(), &cp_addr)
+            .args(["--poll-interval", "1s"])
+            .args(["--metrics-addr", &metrics.to_string()]);
         let mut run = Daemon::start(cmd, dir);
         eventually(Duration::from_secs(30), "VIP applied", || {
             all_rules().contains("-d 10.9.0.1/32").then_some(())

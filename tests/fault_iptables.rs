@@ -35,8 +35,6 @@ use support::agent;
 use testkit::metadata_emulator::{MetadataEmulator, VmIdentity};
 use testkit::netns;
 
-const ENVOY_UID: &str = "65534";
-
 struct Run {
     md: MetadataEmulator,
     admin: StandInAdmin,
@@ -58,13 +56,9 @@ fn start(mnt: &MountNs, ranges: &[serde_json::Value]) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let metrics = free_addr();
     let mut cmd = agent(&md.host(), dir.path());
-    cmd.args(["--interception", "enforce", "--poll-interval", "1s"])
-        .args(["--envoy-admin", &admin.url()])
-        .arg("--envoy-log-dir")
-        .arg(dir.path())
-        .args(["--envoy-user", ENVOY_UID])
-        .args(["--metrics-addr", &metrics.to_string()])
-        .args(["--control-plane", &cp_addr]);
+    enforce_flags(&mut cmd, &admin.url(), dir.path(), &cp_addr)
+        .args(["--poll-interval", "1s"])
+        .args(["--metrics-addr", &metrics.to_string()]);
     let agent = mnt.run(move || Daemon::start(cmd, dir));
     Run {
         md,

@@ -100,6 +100,14 @@ fn wait_finding(run: &Run, id: &str, timeout: Duration) {
     });
 }
 
+/// The agent logs that the log file is usable again, then the failure it held raises `finding`.
+fn recovers_with(run: &Run, skip: usize, finding: &str) {
+    wait_log(run, skip, "recovered", |l| {
+        l.contains("\"source\":\"envoy_log_file\"") && l.contains("recovered")
+    });
+    wait_finding(run, finding, Duration::from_secs(10));
+}
+
 fn wait_log(run: &Run, skip: usize, what: &str, pred: impl Fn(&str) -> bool) -> String {
     wait_line_after(
         || run.agent.lines(),
@@ -192,14 +200,7 @@ fn a_fifo_or_a_directory_named_like_a_log_is_reported_not_opened() {
     std::fs::remove_file(&fifo).unwrap();
     std::fs::remove_dir(run.logs.join("admin.log")).unwrap();
     append(&fifo, UNAUTHENTICATED.as_bytes());
-    wait_log(&run, skip, "recovered", |l| {
-        l.contains("\"source\":\"envoy_log_file\"") && l.contains("recovered")
-    });
-    wait_finding(
-        &run,
-        "CONTROL_PLANE_UNAUTHENTICATED",
-        Duration::from_secs(10),
-    );
+    recovers_with(&run, skip, "CONTROL_PLANE_UNAUTHENTICATED");
     assert!(run.agent.stop().0.success());
 }
 
@@ -232,15 +233,8 @@ fn a_log_the_agent_may_not_read_is_reported_and_read_once_permitted() {
 
     let skip = run.agent.lines().len();
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
-    wait_log(&run, skip, "recovered", |l| {
-        l.contains("\"source\":\"envoy_log_file\"") && l.contains("recovered")
-    });
     // What it could not read before is read now.
-    wait_finding(
-        &run,
-        "CONTROL_PLANE_PERMISSION_DENIED",
-        Duration::from_secs(10),
-    );
+    recovers_with(&run, skip, "CONTROL_PLANE_PERMISSION_DENIED");
     assert!(run.agent.stop().0.success());
 }
 

@@ -14,6 +14,25 @@ use testkit::metadata_emulator::MetadataEmulator;
 
 pub const NS: &str = "gce-service-proxy";
 
+/// The UID the fault tests give as Envoy's (`nobody`).
+pub const ENVOY_UID: &str = "65534";
+
+/// The flags of an enforce-mode agent against a (stand-in) admin at `admin_url`, following
+/// `log_dir`, with Envoy's UID and a control plane to check; callers add the rest.
+pub fn enforce_flags<'a>(
+    cmd: &'a mut Command,
+    admin_url: &str,
+    log_dir: &Path,
+    cp_addr: &str,
+) -> &'a mut Command {
+    cmd.args(["--interception", "enforce"])
+        .args(["--envoy-admin", admin_url])
+        .arg("--envoy-log-dir")
+        .arg(log_dir)
+        .args(["--envoy-user", ENVOY_UID])
+        .args(["--control-plane", cp_addr])
+}
+
 pub fn free_addr() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
