@@ -706,21 +706,24 @@ fn start_as_nobody(dir: &Path, bootstrap: &Value) -> Nobody {
         )
         .unwrap();
     }
-    let child =
-        Command::new(testkit::envoy::envoy_bin().expect("real Envoy (tests/setup-envoy.sh)"))
-            .arg("-c")
-            .arg(&boot)
-            .arg("--log-path")
-            .arg(&log)
-            .args(["--file-flush-interval-msec", "100", "-l", "info"])
-            .args(["--disable-hot-restart", "--concurrency", "1"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .uid(NOBODY)
-            .gid(NOBODY)
-            .spawn()
-            .expect("start Envoy as nobody");
+    let child = Command::new(
+        testkit::envoy::envoy_bin()
+            .and_then(|b| testkit::exec::reachable_by_all(&b))
+            .expect("real Envoy (tests/setup-envoy.sh), executable by nobody"),
+    )
+    .arg("-c")
+    .arg(&boot)
+    .arg("--log-path")
+    .arg(&log)
+    .args(["--file-flush-interval-msec", "100", "-l", "info"])
+    .args(["--disable-hot-restart", "--concurrency", "1"])
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .uid(NOBODY)
+    .gid(NOBODY)
+    .spawn()
+    .expect("start Envoy as nobody");
     Nobody { child, log }
 }
 

@@ -778,7 +778,8 @@ fn netns_without_root_fails_saying_so() {
         assert!(e.to_string().contains("needs root"), "{e}");
         return;
     }
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    let exe = testkit::exec::reachable_by_all(&std::env::current_exe().unwrap()).unwrap();
+    let mut cmd = Command::new(exe);
     cmd.args([
         "netns_without_root_fails_saying_so",
         "--exact",

@@ -167,6 +167,10 @@ impl Envoy {
             }
         }
 
+        let bin = match cfg.run_as {
+            Some(_) => crate::exec::reachable_by_all(&bin)?,
+            None => bin,
+        };
         let mut cmd = Command::new(&bin);
         cmd.arg("-c")
             .arg(&bootstrap_path)

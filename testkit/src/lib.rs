@@ -2,6 +2,7 @@
 //! plane over real gRPC, a runner for the real Envoy binary, and private network namespaces.
 
 pub mod envoy;
+pub mod exec;
 pub mod http_stub;
 pub mod metadata_emulator;
 pub mod netns;

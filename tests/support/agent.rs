@@ -14,7 +14,9 @@ pub fn agent(metadata_host: &str, config_dir: &Path) -> Command {
     if !config.exists() {
         std::fs::write(&config, "").unwrap();
     }
-    let mut cmd = Command::new(BIN);
+    // Some tests run it as an unprivileged UID.
+    let bin = testkit::exec::reachable_by_all(Path::new(BIN)).expect("the agent's binary");
+    let mut cmd = Command::new(bin);
     for (k, _) in std::env::vars() {
         if k.starts_with("SPA_") || k == "GOOGLE_APPLICATION_CREDENTIALS" {
             cmd.env_remove(k);
