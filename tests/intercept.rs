@@ -796,3 +796,87 @@ fn netns_without_root_fails_saying_so() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// nf_tables' ruleset generation stands for the whole ruleset: while it stands still a poll
+/// runs no save, and any change by anyone — to our chains, to another table — is seen by the
+/// next poll and repaired.
+#[test]
+fn steady_polls_skip_the_save_until_anything_changes() {
+    use service_proxy_agent::observe::iptables::SaveCache;
+    use service_proxy_agent::observe::nf_generation;
+    netns::in_new_netns(|| {
+        let before = nf_generation::current().context("reading nf_tables' generation")?;
+        let rt = runtime();
+        let mut rec = Reconciler::new(Tools::system());
+        let plan = desired(&[net("10.0.0.1/32"), net("10.7.240.0/20")], &[80]);
+        must_change(&rt.block_on(rec.reconcile(&plan)).v4);
+        let after = nf_generation::current()?;
+        assert_ne!(before, after, "a restore did not move the generation");
+
+        // First poll after the apply: one save, equal by text; then no save at all.
+        let r = rt.block_on(rec.reconcile(&plan));
+        assert!(matches!(r.v4, FamilyOutcome::Unchanged { .. }), "{r:?}");
+        assert_eq!(r.saves, 1);
+        for _ in 0..3 {
+            let r = rt.block_on(rec.reconcile(&plan));
+            assert!(matches!(r.v4, FamilyOutcome::Unchanged { .. }), "{r:?}");
+            assert_eq!((r.saves, r.restores), (0, 0), "{r:?}");
+        }
+        assert_eq!(rec.totals().unchanged_by_generation, 3);
+
+        // Someone deletes one of our rules: the generation moves, the poll saves and repairs.
+        netns::iptables(
+            false,
+            &[
+                "-t",
+                "nat",
+                "-D",
+                "SERVICE_PROXY_SERVICE_CIDRS",
+                "-d",
+                "10.0.0.1/32",
+                "-j",
+                "SERVICE_PROXY_REDIRECT",
+            ],
+        )?;
+        let r = rt.block_on(rec.reconcile(&plan));
+        must_change(&r.v4);
+        assert!(
+            netns::save(false, Some("nat"))?.contains("-d 10.0.0.1/32 -j SERVICE_PROXY_REDIRECT")
+        );
+
+        // A change of plan is never answered from the generation.
+        rt.block_on(rec.reconcile(&plan));
+        let other = desired(&[net("10.0.0.1/32")], &[80]);
+        must_change(&rt.block_on(rec.reconcile(&other)).v4);
+
+        // The daemon's read of every table: reused while nothing changes, fresh after a
+        // change in a table that is not ours.
+        let cache = SaveCache::default();
+        let tools = Tools::system();
+        let first = rt.block_on(cache.save(&tools, Family::V4))?;
+        let again = rt.block_on(cache.save(&tools, Family::V4))?;
+        assert_eq!(cache.reused(), 1);
+        assert_eq!(first, again);
+        netns::iptables(
+            false,
+            &[
+                "-t", "filter", "-A", "INPUT", "-p", "tcp", "--dport", "9", "-j", "DROP",
+            ],
+        )?;
+        let changed = rt.block_on(cache.save(&tools, Family::V4))?;
+        assert_eq!(
+            cache.reused(),
+            1,
+            "a changed ruleset was answered from the cache"
+        );
+        let filter = changed.table("filter").context("no filter table")?;
+        assert!(
+            filter
+                .chain("INPUT")
+                .is_some_and(|c| c.rules.iter().any(|r| r.text().contains("--dport 9"))),
+            "{changed:?}"
+        );
+        Ok(())
+    })
+    .unwrap();
+}

@@ -73,10 +73,16 @@ fn poll(
 pub struct ProductRun {
     pub first: f64,
     pub steady: f64,
+    /// The first poll after the apply (one save, compared by text), ms.
+    pub settle: f64,
+    /// Median poll after a change to another table (one save, compared by text), ms.
+    pub save_path: f64,
     pub changed: f64,
     pub steady_saves: u32,
     pub steady_restores: u32,
-    /// Steady polls decided from the save's text alone.
+    /// Steady polls decided from nf_tables' generation (no save).
+    pub by_generation: u64,
+    /// Polls after a foreign change decided from the save's text alone.
     pub text_compares: u64,
     /// The change was made by editing the one chain in place.
     pub in_place: bool,
@@ -98,14 +104,35 @@ pub fn product_run(n: usize, polls: usize) -> anyhow::Result<ProductRun> {
         if report.restores != 1 {
             bail!("first apply ran {} restores", report.restores);
         }
+        // The first poll after the apply saves and finds the table equal to the plan by its
+        // text; from then on polls read nf_tables' generation, and save only if it moved.
+        let (settle, rep) = poll(&rt, &mut r, &base)?;
+        if rep.saves != 1 || rep.restores != 0 {
+            bail!("the poll after the apply: {rep:?}");
+        }
         let mut steady = Vec::new();
         let (mut saves, mut restores) = (0, 0);
-        let by_text = r.totals().unchanged_by_text;
+        let by_gen = r.totals().unchanged_by_generation;
         for _ in 0..polls {
             let (t, rep) = poll(&rt, &mut r, &base)?;
             steady.push(t.as_secs_f64() * 1000.0);
             saves = saves.max(rep.saves);
             restores = restores.max(rep.restores);
+        }
+        let by_generation = r.totals().unchanged_by_generation - by_gen;
+        // Polls after someone else changed another table (a chain created or deleted in
+        // `filter`, outside the timing): the generation moved, so the poll saves the nat
+        // table and compares it by text, as every poll did before the generation check.
+        let mut save_path = Vec::new();
+        let by_text = r.totals().unchanged_by_text;
+        for i in 0..polls {
+            let op = if i % 2 == 0 { "-N" } else { "-X" };
+            netns::iptables(false, &["-t", "filter", op, "SPA_BENCH_OTHER"])?;
+            let (t, rep) = poll(&rt, &mut r, &base)?;
+            if rep.saves != 1 || rep.restores != 0 {
+                bail!("a poll after a foreign change: {rep:?}");
+            }
+            save_path.push(t.as_secs_f64() * 1000.0);
         }
         let text_compares = r.totals().unchanged_by_text - by_text;
         // Where a steady poll's time goes.
@@ -144,18 +171,26 @@ pub fn product_run(n: usize, polls: usize) -> anyhow::Result<ProductRun> {
                 );
             }
         }
-        // The daemon's way: the poll's one save (every table, parsed, for verification too)
-        // handed to `reconcile_with`.
+        // The daemon's way: the poll's read of every table (for verification too, reused
+        // from its cache while the generation stands still) handed to `reconcile_with`.
         let mut daemon_poll = Vec::new();
+        let cache = iptables::SaveCache::default();
+        rt.block_on(cache.save(&Tools::system(), Family::V4))?;
         for _ in 0..polls {
             let t = Instant::now();
             let p = plan(&base)?;
-            let rs = rt.block_on(iptables::save(&Tools::system(), Family::V4, None))?;
+            let rs = rt.block_on(cache.save(&Tools::system(), Family::V4))?;
             let rep = rt.block_on(r.reconcile_with(&p, Some(&rs), None));
             daemon_poll.push(t.elapsed().as_secs_f64() * 1000.0);
             if rep.restores != 0 || rep.saves != 0 || !rep.is_ok() {
                 bail!("the daemon's steady poll saved or restored: {rep:?}");
             }
+        }
+        if cache.reused() != polls as u64 {
+            bail!(
+                "the daemon's steady polls ran iptables-save ({} of {polls} reused)",
+                cache.reused()
+            );
         }
         let breakdown = (
             Stats::of(&t_plan).median,
@@ -192,9 +227,12 @@ pub fn product_run(n: usize, polls: usize) -> anyhow::Result<ProductRun> {
         Ok(ProductRun {
             first: first.as_secs_f64() * 1000.0,
             steady: Stats::of(&steady).median,
+            settle: settle.as_secs_f64() * 1000.0,
+            save_path: Stats::of(&save_path).median,
             changed: changed.as_secs_f64() * 1000.0,
             steady_saves: saves,
             steady_restores: restores,
+            by_generation,
             text_compares,
             in_place,
             rules,
@@ -245,12 +283,13 @@ pub fn bench(o: &Options) -> anyhow::Result<Vec<Row>> {
     for i in 0..o.runs {
         let r = product_run(o.vips, POLLS)?;
         eprintln!(
-            "  run {}: first apply {:.0} ms, steady poll {:.1} ms ({} save, {} restore; plan {:.1} + iptables-save {:.1} + compare {:.1}), one VIP changed {:.0} ms",
+            "  run {}: first apply {:.0} ms, steady poll {:.2} ms ({} save, {} restore), poll that saves {:.1} ms (plan {:.1} + iptables-save {:.1} + compare {:.1}), one VIP changed {:.0} ms",
             i + 1,
             r.first,
             r.steady,
             r.steady_saves,
             r.steady_restores,
+            r.save_path,
             r.breakdown.0,
             r.breakdown.1,
             r.breakdown.2,
@@ -277,11 +316,14 @@ pub fn bench(o: &Options) -> anyhow::Result<Vec<Row>> {
     let scale = o.vips as f64 / naive_n as f64;
     let naive_ms = naive_s.scaled(1000.0 * scale);
     let ratio = naive_ms.median / first.median;
-    let one_save = runs
-        .iter()
-        .all(|r| r.steady_saves == 1 && r.steady_restores == 0 && r.text_compares == POLLS as u64);
-    let in_place = runs.iter().all(|r| r.in_place);
     let part = |f: fn(&ProductRun) -> f64| Stats::of(&runs.iter().map(f).collect::<Vec<_>>());
+    let no_save = runs
+        .iter()
+        .all(|r| r.steady_saves == 0 && r.steady_restores == 0 && r.by_generation == POLLS as u64);
+    let by_text = runs.iter().all(|r| r.text_compares == POLLS as u64);
+    let save_path = part(|r| r.save_path);
+    let settle = part(|r| r.settle);
+    let in_place = runs.iter().all(|r| r.in_place);
     let daemon_poll = part(|r| r.daemon_poll);
     let (b_plan, b_save, b_cmp) = (
         part(|r| r.breakdown.0),
@@ -327,22 +369,29 @@ pub fn bench(o: &Options) -> anyhow::Result<Vec<Row>> {
         },
         Row {
             what: format!("reconcile, {} VIPs: steady-state poll", o.vips),
-            product: format!("{} ms", steady.show(1)),
+            product: format!("{} ms", steady.show(2)),
             peer: "—".into(),
             ratio: "—".into(),
-            target: "≤ 50 ms, one save, no restore".into(),
-            verdict: common::verdict(steady.median <= 50.0 && one_save),
+            target: "≤ 50 ms, no restore".into(),
+            verdict: common::verdict(steady.median <= 50.0 && no_save),
             note: format!(
-                "plan + `iptables-save -t nat` + compare, median of {POLLS} polls per run (parts: plan {} ms, iptables-save {} ms, text comparison {} ms); the daemon's poll instead shares one `iptables-save` of every table with verification, parses it and compares structurally against the kept plan: {} ms; {}",
+                "plan + nf_tables' ruleset generation (one netlink query) compared with the one the last matching save was read at, median of {POLLS} polls per run: {}. A poll that must save because the generation moved (another table changed; {POLLS} polls per run) takes {} ms: plan {} ms + `iptables-save -t nat` {} ms + text comparison {} ms, {}; the first poll after the apply (the same path) {} ms. The daemon's poll, reusing its cached read of every table and comparing structurally against the kept plan: {} ms",
+                if no_save {
+                    "no save, no restore"
+                } else {
+                    "A SAVE OR A RESTORE in a steady poll"
+                },
+                save_path.show(1),
                 b_plan.show(1),
                 b_save.show(1),
                 b_cmp.show(1),
-                daemon_poll.show(1),
-                if one_save {
-                    "exactly one save and no restore per poll, each decided from the save's text (no parse)"
+                if by_text {
+                    "each decided from the save's text (no parse)"
                 } else {
-                    "MORE than one save or a restore per poll, or a parse"
-                }
+                    "NOT all decided from the text"
+                },
+                settle.show(1),
+                daemon_poll.show(1),
             ),
         },
         Row {

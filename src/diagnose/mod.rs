@@ -240,8 +240,8 @@ fn interception_group(snap: &Snapshot) -> GroupOutcome {
         };
     };
     let input = interception::InterceptionInput {
-        v4: view.v4.as_ref(),
-        v6: view.v6.as_ref().map(Result::as_ref),
+        v4: view.v4.as_deref(),
+        v6: view.v6.as_ref().map(Result::as_deref),
         vips: &summary.vips,
         serving_ports: &snap.resolved.serving_ports,
         envoy_uid: snap.resolved.envoy_uid,

@@ -12,6 +12,7 @@ use crate::intercept::plan::{
     FamilyPlan, Plan, PlanError, Transaction, transaction, transaction_with,
 };
 use crate::observe::iptables::{self, Family, IptablesError, Ruleset, Table, Tools, parse_save};
+use crate::observe::nf_generation::Stamp;
 
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
 pub enum InterceptError {
@@ -154,8 +155,11 @@ pub struct Counters {
     pub saves: u64,
     pub restores: u64,
     pub failed_restores: u64,
-    /// Saves found equal to the plan from their text alone (no parse): the steady state.
+    /// Saves found equal to the plan from their text alone (no parse).
     pub unchanged_by_text: u64,
+    /// Polls that found nf_tables' ruleset generation where it was when the table last matched
+    /// the same plan, and so ran no save at all: the steady state.
+    pub unchanged_by_generation: u64,
 }
 
 /// Applies plans. Keep one for the life of the daemon: it remembers that ip6tables holds
@@ -169,6 +173,9 @@ pub struct Reconciler {
     totals: Counters,
     /// Per family (v4, v6): the last plan and its parsed table.
     desired: [Option<(FamilyPlan, Table)>; 2],
+    /// Per family: the stamp (ruleset generation, save program) read before the save that last
+    /// found the table equal to the plan held in `desired`.
+    in_step: [Option<Stamp>; 2],
     empty: Table,
 }
 
@@ -179,6 +186,7 @@ impl Reconciler {
             v6_clean: false,
             totals: Counters::default(),
             desired: [None, None],
+            in_step: [None, None],
             empty: Table {
                 name: "nat".into(),
                 chains: Vec::new(),
@@ -297,10 +305,24 @@ impl Reconciler {
         if family == Family::V6 && fp.is_active() {
             self.v6_clean = false;
         }
+        let i = slot(family);
         let saved;
         let rs = match given {
             Some(rs) => rs,
             None => {
+                let stamp = Stamp::read(self.tools.save_program(family));
+                if stamp.is_some()
+                    && self.in_step.get(i).copied().flatten() == stamp
+                    && self.holds(fp)
+                {
+                    self.totals.unchanged_by_generation += 1;
+                    return FamilyOutcome::Unchanged {
+                        rules: fp.rule_count(),
+                    };
+                }
+                if let Some(s) = self.in_step.get_mut(i) {
+                    *s = None;
+                }
                 report.saves += 1;
                 let text = match self.save_nat(family).await {
                     Ok(text) => text,
@@ -314,6 +336,12 @@ impl Reconciler {
                 };
                 if fp.matches_saved_text(&text) {
                     self.totals.unchanged_by_text += 1;
+                    if let Some(stamp) = Stamp::for_save(stamp, &text) {
+                        self.desired_table(fp);
+                        if let Some(s) = self.in_step.get_mut(i) {
+                            *s = Some(stamp);
+                        }
+                    }
                     if idle_v6 {
                         self.v6_clean = true;
                     }
@@ -359,18 +387,23 @@ impl Reconciler {
     /// The plan as a parsed table, kept while the plan stays the same: parsing 10,000 planned
     /// rules every poll would cost more than comparing them.
     fn desired_table(&mut self, fp: &FamilyPlan) -> &Table {
-        let i = match fp.family {
-            Family::V4 => 0,
-            Family::V6 => 1,
-        };
+        let i = slot(fp.family);
         let fresh = !matches!(self.desired.get(i), Some(Some((cached, _))) if cached == fp);
         if fresh && let Some(slot) = self.desired.get_mut(i) {
             *slot = Some((fp.clone(), fp.desired_table()));
+            if let Some(s) = self.in_step.get_mut(i) {
+                *s = None;
+            }
         }
         match self.desired.get(i) {
             Some(Some((_, table))) => table,
             _ => &self.empty,
         }
+    }
+
+    /// Whether `desired` holds this very plan.
+    fn holds(&self, fp: &FamilyPlan) -> bool {
+        matches!(self.desired.get(slot(fp.family)), Some(Some((cached, _))) if cached == fp)
     }
 
     async fn save_nat(&mut self, family: Family) -> Result<String, IptablesError> {
@@ -394,6 +427,13 @@ impl Reconciler {
         )
         .await
         .map(|_| ())
+    }
+}
+
+fn slot(family: Family) -> usize {
+    match family {
+        Family::V4 => 0,
+        Family::V6 => 1,
     }
 }
 

@@ -86,6 +86,9 @@ pub async fn get(
     .await
 }
 
+/// hyper's largest read buffer for one connection.
+const READ_BUF_MAX: usize = 64 << 10;
+
 async fn exchange(
     method: Method,
     authority: &str,
@@ -105,7 +108,10 @@ async fn exchange(
             reason: e.to_string(),
         })?;
     let _ = stream.set_nodelay(true);
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    // A small read buffer (hyper's grows to ~400 KB on a big body): the body is kept by us.
+    let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
+        .max_buf_size(READ_BUF_MAX)
+        .handshake(TokioIo::new(stream))
         .await
         .map_err(|e| protocol(e.to_string()))?;
     // The connection runs beside the exchange and is aborted with it (also on timeout). It is
@@ -164,16 +170,30 @@ enum ReadError {
 }
 
 /// Reads frames until the end or until more than `max` bytes arrived (then stops reading).
+/// The body in one buffer of its exact size. Envoy's admin answers are chunked (no length
+/// ahead), so the chunks are kept as they come and copied once at the end: growing one buffer
+/// by doubling would hold up to three times a megabyte-sized config dump at once.
 async fn read_capped(mut body: Incoming, max: usize) -> Result<Bytes, ReadError> {
-    let mut buf = BytesMut::new();
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut len = 0usize;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| ReadError::Body(e.to_string()))?;
         if let Ok(data) = frame.into_data() {
-            if buf.len() + data.len() > max {
+            len += data.len();
+            if len > max {
                 return Err(ReadError::TooLarge);
             }
-            buf.extend_from_slice(&data);
+            if !data.is_empty() {
+                chunks.push(data);
+            }
         }
+    }
+    if chunks.len() == 1 {
+        return Ok(chunks.pop().unwrap_or_default());
+    }
+    let mut buf = BytesMut::with_capacity(len);
+    for c in chunks.drain(..) {
+        buf.extend_from_slice(&c);
     }
     Ok(buf.freeze())
 }

@@ -10,7 +10,10 @@ use std::fmt;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
+
+use crate::observe::nf_generation::Stamp;
 
 use ipnet::IpNet;
 use thiserror::Error;
@@ -1060,6 +1063,58 @@ pub async fn save_text(
         Ok(text) => text,
         Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
     })
+}
+
+/// A save and the stamp read before it.
+type Kept = (Stamp, Arc<Ruleset>);
+
+/// Saves of every table, one per family, kept with the [`Stamp`] read before each and reused
+/// while the stamp holds: a daemon polling an unchanged 10,000-rule ruleset runs no
+/// `iptables-save` and parses nothing.
+#[derive(Debug, Default)]
+pub struct SaveCache {
+    kept: std::sync::Mutex<[Option<Kept>; 2]>,
+    /// Reads answered from the cache, for tests and metrics.
+    reused: std::sync::atomic::AtomicU64,
+}
+
+impl SaveCache {
+    /// All tables of `family`, from the cache if nothing changed since they were read.
+    pub async fn save(&self, tools: &Tools, family: Family) -> Result<Arc<Ruleset>, IptablesError> {
+        let i = match family {
+            Family::V4 => 0,
+            Family::V6 => 1,
+        };
+        let stamp = Stamp::read(tools.save_program(family));
+        if let Some(stamp) = stamp
+            && let Ok(kept) = self.kept.lock()
+            && let Some(Some((at, rs))) = kept.get(i)
+            && *at == stamp
+        {
+            self.reused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Ok(Arc::clone(rs));
+        }
+        let text = save_text(tools, family, None).await;
+        let keep = match &text {
+            Ok(t) => Stamp::for_save(stamp, t),
+            Err(_) => None,
+        };
+        let rs = text.map(|t| Arc::new(parse_save(&t)));
+        if let Ok(mut kept) = self.kept.lock()
+            && let Some(slot) = kept.get_mut(i)
+        {
+            *slot = match (keep, &rs) {
+                (Some(stamp), Ok(rs)) => Some((stamp, Arc::clone(rs))),
+                _ => None,
+            };
+        }
+        rs
+    }
+
+    pub fn reused(&self) -> u64 {
+        self.reused.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 #[cfg(test)]

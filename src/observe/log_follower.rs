@@ -62,8 +62,11 @@ pub enum FollowEvent {
 #[derive(Debug, Clone)]
 pub struct FollowerConfig {
     pub dir: PathBuf,
-    /// How often to look even without an inotify event.
+    /// How often to look when inotify cannot watch the directory.
     pub poll_interval: Duration,
+    /// How often to look while inotify watches it: only a safety net then, so an idle agent
+    /// does not list the directory twice a second.
+    pub watched_interval: Duration,
     /// How much of each file already present at start is read (its tail); files appearing
     /// later are read from the start.
     pub initial_tail_bytes: u64,
@@ -76,6 +79,7 @@ impl FollowerConfig {
         FollowerConfig {
             dir: dir.into(),
             poll_interval: Duration::from_millis(500),
+            watched_interval: Duration::from_secs(5),
             initial_tail_bytes: 256 * 1024,
             chunk_bytes: 256 * 1024,
         }
@@ -90,6 +94,8 @@ pub struct FollowerCounters {
     pub rotations: AtomicU64,
     pub read_errors: AtomicU64,
     pub inotify_active: AtomicBool,
+    /// Listings of the directory.
+    pub scans: AtomicU64,
 }
 
 struct Tracked {
@@ -196,7 +202,21 @@ fn run(
     // `*.log` names that could not be opened, reported once each.
     let mut unreadable: std::collections::BTreeSet<PathBuf> = std::collections::BTreeSet::new();
 
+    // The directory inotify watches (a directory renamed away and replaced keeps the watch on
+    // the old one), and whether the next round must list the directory: not when all that
+    // happened since is data appended to files already followed.
+    let mut watched_dir: Option<FileId> = None;
+    let mut scan = true;
+
     while !stop.load(Ordering::Relaxed) {
+        let dir_id = std::fs::metadata(&cfg.dir).ok().map(|m| FileId {
+            dev: m.dev(),
+            ino: m.ino(),
+        });
+        if watcher.is_some() && dir_id != watched_dir {
+            watcher = None;
+            scan = true;
+        }
         // (Re)arm inotify on the directory; it dies with the directory.
         if watcher.is_none() && cfg.dir.is_dir() {
             let tx = tx.clone();
@@ -212,10 +232,18 @@ fn run(
             counters
                 .inotify_active
                 .store(watcher.is_some(), Ordering::Relaxed);
+            watched_dir = dir_id;
         }
 
-        match std::fs::read_dir(&cfg.dir) {
-            Ok(entries) => {
+        let listing = if scan || watcher.is_none() {
+            counters.scans.fetch_add(1, Ordering::Relaxed);
+            Some(std::fs::read_dir(&cfg.dir))
+        } else {
+            None
+        };
+        match listing {
+            None => {}
+            Some(Ok(entries)) => {
                 if dir_down {
                     dir_down = false;
                     if !sink(FollowEvent::DirAvailable {
@@ -355,7 +383,7 @@ fn run(
                 unreadable = still_unreadable;
                 first_scan = false;
             }
-            Err(e) => {
+            Some(Err(e)) => {
                 if !dir_down {
                     dir_down = true;
                     watcher = None;
@@ -399,23 +427,51 @@ fn run(
         // Sleep until inotify says something changed, or the poll interval passes. Our own
         // reads and directory listings raise access/open events: they must not wake us, or we
         // would spin.
-        let deadline = std::time::Instant::now() + cfg.poll_interval;
-        loop {
+        let interval = if watcher.is_some() {
+            cfg.watched_interval
+        } else {
+            cfg.poll_interval
+        };
+        let deadline = std::time::Instant::now() + interval;
+        scan = loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match rx.recv_timeout(left) {
-                Ok(Ok(event)) if is_change(&event.kind) => break,
-                Ok(Err(_)) => break,
+                Ok(Ok(event)) if is_change(&event.kind) || event.need_rescan() => {
+                    break !appends_only(&event, &tracked);
+                }
+                Ok(Err(_)) => break true,
                 Ok(Ok(_)) => {}
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => break,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => break true,
                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
                     std::thread::sleep(left);
-                    break;
+                    break true;
                 }
             }
+        };
+        // Coalesce a burst of events into one round.
+        while let Ok(event) = rx.try_recv() {
+            scan |= match event {
+                Ok(event) => {
+                    (is_change(&event.kind) || event.need_rescan())
+                        && !appends_only(&event, &tracked)
+                }
+                Err(_) => true,
+            };
         }
-        // Coalesce a burst of events into one scan.
-        while rx.try_recv().is_ok() {}
     }
+}
+
+/// Whether an event only says that files we already follow were written to: reading them is
+/// then enough, the directory need not be listed again.
+fn appends_only(event: &notify::Event, tracked: &BTreeMap<FileId, Tracked>) -> bool {
+    use notify::event::{EventKind, ModifyKind};
+    matches!(event.kind, EventKind::Modify(ModifyKind::Data(_)))
+        && !event.need_rescan()
+        && !event.paths.is_empty()
+        && event
+            .paths
+            .iter()
+            .all(|p| tracked.values().any(|t| &t.path == p))
 }
 
 /// Notes `path` as unreadable and reports it if it was not already. False: the sink said stop.
@@ -808,6 +864,60 @@ mod tests {
         std::fs::write(dir.path().join("envoy.log.2.gz"), "gz\n").unwrap();
         std::thread::sleep(Duration::from_millis(300));
         assert!(!text(&events).contains("gz"));
+    }
+
+    #[test]
+    fn an_idle_watched_directory_is_not_listed_and_appends_are_read_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("envoy.log");
+        std::fs::write(&log, "").unwrap();
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let e = events.clone();
+        let mut cfg = FollowerConfig::new(dir.path());
+        cfg.poll_interval = Duration::from_millis(50);
+        cfg.watched_interval = Duration::from_secs(30);
+        let f = Follower::spawn(cfg, move |ev| {
+            e.lock().unwrap().push(ev);
+            true
+        })
+        .unwrap();
+        let counters = f.counters.clone();
+        wait("inotify", || {
+            counters.inotify_active.load(Ordering::Relaxed)
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let idle = counters.scans.load(Ordering::Relaxed);
+        // Appends to the followed file: read without listing the directory.
+        for i in 0..20 {
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(&log)
+                .unwrap()
+                .write_all(format!("[t] line {i}\n").as_bytes())
+                .unwrap();
+            wait("the line", || {
+                text(&events).contains(&format!("line {i}\n"))
+            });
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(idle <= 2, "{idle} listings while idle");
+        assert!(
+            counters.scans.load(Ordering::Relaxed) <= idle + 1,
+            "appends listed the directory: {} listings",
+            counters.scans.load(Ordering::Relaxed)
+        );
+        // A new file is a change of the directory: listed and read at once.
+        std::fs::write(dir.path().join("other.log"), "[t] new file\n").unwrap();
+        wait("new file", || text(&events).contains("new file"));
+        // The directory renamed away and replaced: the watch moves to the new one.
+        let moved = dir.path().with_extension("moved");
+        std::fs::rename(dir.path(), &moved).unwrap();
+        std::fs::create_dir(dir.path()).unwrap();
+        std::fs::write(dir.path().join("envoy.log"), "[t] in the new directory\n").unwrap();
+        wait("new directory", || {
+            text(&events).contains("in the new directory")
+        });
+        std::fs::remove_dir_all(&moved).unwrap();
     }
 
     #[test]

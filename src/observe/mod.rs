@@ -9,9 +9,11 @@ pub mod http;
 pub mod iptables;
 pub mod log_follower;
 pub mod metadata;
+pub mod nf_generation;
 pub mod procfs;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::config::{InterceptionMode, Settings, UserSpec};
@@ -20,7 +22,7 @@ use envoy_admin::{
     AdminClient, AdminError, ClusterStatus, DynamicListener, EnvoyStats, ListenerSummary,
     ServerInfo,
 };
-use iptables::{Family, IptablesError, Ruleset, Tools};
+use iptables::{Family, IptablesError, Ruleset, SaveCache, Tools};
 use metadata::{MetadataClient, MetadataError, VmMetadata};
 use procfs::{EnvoyProcess, ProcError};
 
@@ -35,9 +37,11 @@ pub const ADMIN_STATS_MAX_BODY: usize = 1 << 20;
 /// The iptables state as read for verification.
 #[derive(Debug, Clone)]
 pub struct IptablesView {
-    pub v4: Result<Ruleset, IptablesError>,
+    /// Shared with the save cache: a 1,000-rule ruleset is a megabyte, not to be copied each
+    /// poll.
+    pub v4: Result<Arc<Ruleset>, IptablesError>,
     /// Read only when there is something IPv6 to judge.
-    pub v6: Option<Result<Ruleset, IptablesError>>,
+    pub v6: Option<Result<Arc<Ruleset>, IptablesError>>,
 }
 
 /// Values derived from several sources, resolved once per snapshot so every check agrees.
@@ -114,6 +118,8 @@ pub struct Observer {
     pub metadata: MetadataClient,
     pub proc_root: PathBuf,
     pub iptables: Tools,
+    /// The last save of each family, reused while nf_tables' generation stands still.
+    pub iptables_saves: SaveCache,
     settings: Settings,
 }
 
@@ -133,6 +139,7 @@ impl Observer {
             metadata: MetadataClient::new(&settings.metadata_host, Duration::from_secs(3)),
             proc_root: PathBuf::from("/proc"),
             iptables: Tools::system(),
+            iptables_saves: SaveCache::default(),
             settings: settings.clone(),
         }
     }
@@ -158,9 +165,9 @@ impl Observer {
     /// Re-reads iptables into `snap` (after the agent changed the rules itself).
     pub async fn refresh_iptables(&self, snap: &mut Snapshot) {
         if let Some(view) = snap.iptables.as_mut() {
-            view.v4 = iptables::save(&self.iptables, Family::V4, None).await;
+            view.v4 = self.iptables_saves.save(&self.iptables, Family::V4).await;
             if view.v6.is_some() {
-                view.v6 = Some(iptables::save(&self.iptables, Family::V6, None).await);
+                view.v6 = Some(self.iptables_saves.save(&self.iptables, Family::V6).await);
             }
         }
     }
@@ -216,9 +223,9 @@ impl Observer {
         let iptables = if self.settings.interception == InterceptionMode::Off {
             None
         } else {
-            let v4 = iptables::save(&self.iptables, Family::V4, None).await;
+            let v4 = self.iptables_saves.save(&self.iptables, Family::V4).await;
             let v6 = if has_v6 {
-                Some(iptables::save(&self.iptables, Family::V6, None).await)
+                Some(self.iptables_saves.save(&self.iptables, Family::V6).await)
             } else {
                 None
             };
