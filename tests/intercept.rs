@@ -880,3 +880,63 @@ fn steady_polls_skip_the_save_until_anything_changes() {
     })
     .unwrap();
 }
+
+/// The observer reads Envoy's dynamic listeners again only when the listener manager's
+/// counters (or the Envoy process) change: a new LDS version is seen at once, an unchanged
+/// Envoy is not asked for its megabyte of config dump every poll.
+#[test]
+fn listeners_are_read_again_only_when_envoys_listener_counters_move() {
+    use service_proxy_agent::config::{CommonArgs, InterceptionMode, Settings};
+    use service_proxy_agent::observe::Observer;
+    use std::sync::Arc;
+    netns::in_new_netns(|| {
+        let mut mesh = Mesh::start(&[net("10.0.0.1/32")], &[])?;
+        let dir = tempfile::tempdir()?;
+        let config = dir.path().join("empty.toml");
+        std::fs::write(&config, "")?;
+        let settings = Settings::resolve(
+            &CommonArgs {
+                config: Some(config),
+                envoy_admin: Some(
+                    service_proxy_agent::config::parse_admin_url(&mesh.envoy.admin_url())
+                        .map_err(anyhow::Error::msg)?,
+                ),
+                interception: Some(InterceptionMode::Off),
+                ..CommonArgs::default()
+            },
+            |k| (k == "GCE_METADATA_HOST").then(|| "127.0.0.1:1".to_owned()),
+        )?;
+        let observer = Observer::new(&settings);
+        let rt = runtime();
+        let listeners = |snap: &service_proxy_agent::observe::Snapshot| {
+            snap.listeners
+                .as_ref()
+                .map(Arc::clone)
+                .map_err(|e| anyhow::anyhow!("{e}"))
+        };
+        let vips = |snap: &service_proxy_agent::observe::Snapshot| snap.listener_vips();
+        // Other tests' Envoys may start or stop between two snapshots (a new process is a
+        // reason to read again): a few tries for one pair read once.
+        let mut reused = false;
+        for _ in 0..5 {
+            let a = rt.block_on(observer.snapshot(false));
+            let b = rt.block_on(observer.snapshot(false));
+            assert_eq!(vips(&a), vec!["10.0.0.1/32"]);
+            if Arc::ptr_eq(&listeners(&a)?, &listeners(&b)?) {
+                reused = true;
+                break;
+            }
+        }
+        assert!(
+            reused,
+            "an unchanged Envoy's listeners were read at every snapshot"
+        );
+        let before = listeners(&rt.block_on(observer.snapshot(false)))?;
+        mesh.set(&[net("10.0.0.1/32"), net("10.0.0.2/32")], &[])?;
+        let after = rt.block_on(observer.snapshot(false));
+        assert!(!Arc::ptr_eq(&before, &listeners(&after)?));
+        assert_eq!(vips(&after), vec!["10.0.0.1/32", "10.0.0.2/32"]);
+        Ok(())
+    })
+    .unwrap();
+}

@@ -996,7 +996,7 @@ mod tests {
     #[test]
     fn no_mesh_config_when_connected_without_listeners() {
         let mut s = snapshot();
-        s.listeners = Ok(Vec::new());
+        s.listeners = Ok(Vec::new().into());
         let o = run(&s);
         assert_eq!(ids(&o), [FindingId::NoMeshConfig]);
         assert!(o.findings[0].detail.contains("accepted 1 listener update"));
@@ -1049,7 +1049,7 @@ mod tests {
         let reason = "Error adding/updating listener(s) L: error adding listener '127.0.0.1:9': multiple filter chains with the same matching rules are defined\n";
         let mut l = active_listener("L");
         l.error = rejected_entry(Some("L"), reason).error;
-        s.listeners = Ok(vec![l, rejected_entry(None, reason)]);
+        s.listeners = Ok(vec![l, rejected_entry(None, reason)].into());
         let o = run(&s);
         assert_eq!(ids(&o), [FindingId::ConfigRejected]);
         assert_eq!(
@@ -1188,7 +1188,7 @@ mod tests {
         let reason = "Error adding/updating listener(s) TRAFFICDIRECTOR_INTERCEPTION_LISTENER: unable to open file '/nonexistent-spa/access.log': Permission denied\n";
         let mut l = active_listener("TRAFFICDIRECTOR_INTERCEPTION_LISTENER");
         l.error = rejected_entry(Some("TRAFFICDIRECTOR_INTERCEPTION_LISTENER"), reason).error;
-        s.listeners = Ok(vec![l]);
+        s.listeners = Ok(vec![l].into());
         s.server_info
             .as_mut()
             .unwrap()

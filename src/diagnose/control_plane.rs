@@ -233,7 +233,7 @@ mod tests {
         s.server_info.as_mut().unwrap().uptime_current_epoch =
             Some(Duration::from_secs(uptime_secs));
         if success == 0 {
-            s.listeners = Ok(Vec::new());
+            s.listeners = Ok(Vec::new().into());
         }
         s
     }

@@ -477,7 +477,7 @@ mod tests {
         fn a_refusal_explains_no_listener_and_a_disconnection() {
             let now = base();
             let mut s = snapshot();
-            s.listeners = Ok(Vec::new());
+            s.listeners = Ok(Vec::new().into());
             {
                 let st = s.stats.as_mut().unwrap();
                 st.lds_update_success = Some(0);
@@ -547,7 +547,7 @@ mod tests {
             let now = base();
             let mut s = snapshot();
             let updated = s.taken_at - Duration::from_secs(2);
-            s.listeners.as_mut().unwrap()[0]
+            std::sync::Arc::make_mut(s.listeners.as_mut().unwrap())[0]
                 .active
                 .as_mut()
                 .unwrap()

@@ -105,9 +105,7 @@ pub fn snapshot() -> Snapshot {
             command_line_options: CommandLineOptions::default(),
             node: node("default", &PROJECT.to_string()),
         }),
-        listeners: Ok(vec![active_listener(
-            "TRAFFICDIRECTOR_INTERCEPTION_LISTENER",
-        )]),
+        listeners: Ok(vec![active_listener("TRAFFICDIRECTOR_INTERCEPTION_LISTENER")].into()),
         listener_summary: None,
         clusters: Ok(Vec::<ClusterStatus>::new()),
         stats: Ok(connected_stats()),

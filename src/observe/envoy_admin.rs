@@ -51,7 +51,18 @@ pub const PATH_STATS: &str = "/stats";
 /// The `/stats` lines the checks read: anchored so that no cluster or listener named like one
 /// of them can smuggle a value in, except `*.init_fetch_timeout`, which exists per xDS
 /// subscription (`listener_manager.lds.`, `cluster_manager.cds.`, `cluster.<name>.`...).
-pub const STATS_FILTER: &str = r"^(control_plane\.connected_state|listener_manager\.(lds\.(update_rejected|update_success|version_text)|total_listeners_(active|warming))|cluster_manager\.cds\.update_rejected)$|\.init_fetch_timeout$";
+/// The listener manager's change counters are read too: while they and the Envoy process stay
+/// the same, the dynamic listeners have not changed (see [`EnvoyStats::listener_fingerprint`]).
+pub const STATS_FILTER: &str = r"^(control_plane\.connected_state|listener_manager\.(lds\.(update_rejected|update_success|update_attempt|update_failure|update_time|version|version_text)|total_listeners_(active|warming|draining)|listener_(added|modified|removed|stopped|create_success|create_failure|in_place_updated))|cluster_manager\.cds\.update_rejected)$|\.init_fetch_timeout$";
+
+/// The counters without which the listener fingerprint is not trusted.
+const LISTENER_CHANGE_COUNTERS: [&str; 3] = [
+    "listener_manager.listener_added",
+    "listener_manager.listener_modified",
+    "listener_manager.listener_removed",
+];
+/// Bound on the `listener_manager.*` values kept for the fingerprint.
+const LISTENER_FINGERPRINT_MAX: usize = 32;
 
 /// How much of an error body is kept in [`AdminError::Status`].
 const ERROR_BODY_MAX: usize = 256;
@@ -1363,6 +1374,21 @@ pub struct EnvoyStats {
     pub init_fetch_timeout_total: u64,
     /// The non-zero `*.init_fetch_timeout` stats by full name (at most 256 kept).
     pub init_fetch_timeouts: BTreeMap<String, u64>,
+    /// Every `listener_manager.*` value read, as text (at most 32).
+    pub listener_manager: BTreeMap<String, String>,
+}
+
+impl EnvoyStats {
+    /// What the dynamic listeners depend on, as far as the listener manager tells: every
+    /// listener added, modified, removed, warmed, drained, or rejected moves one of these
+    /// counters or gauges. `None` unless the change counters are all there (an admin that
+    /// does not report them cannot be trusted to have changed nothing).
+    pub fn listener_fingerprint(&self) -> Option<&BTreeMap<String, String>> {
+        LISTENER_CHANGE_COUNTERS
+            .iter()
+            .all(|c| self.listener_manager.contains_key(*c))
+            .then_some(&self.listener_manager)
+    }
 }
 
 /// Parses Envoy's text stats (`name: value` per line). Lines that are not a known stat with a
@@ -1377,6 +1403,15 @@ pub fn parse_stats(text: &str) -> EnvoyStats {
         let value = value.trim();
         if name.is_empty() || name.contains(char::is_whitespace) {
             continue;
+        }
+        if name.starts_with("listener_manager.")
+            && (s.listener_manager.len() < LISTENER_FINGERPRINT_MAX
+                || s.listener_manager.contains_key(name))
+        {
+            s.listener_manager.insert(
+                crate::text::truncate_with_ellipsis(name, 128),
+                crate::text::truncate_with_ellipsis(value, 256),
+            );
         }
         if name == "listener_manager.lds.version_text" {
             if let Some(v) = value.strip_prefix('"').and_then(|v| v.strip_suffix('"')) {

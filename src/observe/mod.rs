@@ -64,7 +64,9 @@ pub struct Snapshot {
     /// The Envoy process serving the admin port, when it can be told.
     pub admin_pid: Option<u32>,
     pub server_info: Result<ServerInfo, AdminError>,
-    pub listeners: Result<Vec<DynamicListener>, AdminError>,
+    /// Shared with the observer's last read (reused while Envoy's listener counters stand
+    /// still).
+    pub listeners: Result<Arc<Vec<DynamicListener>>, AdminError>,
     pub listener_summary: Option<ListenerSummary>,
     pub clusters: Result<Vec<ClusterStatus>, AdminError>,
     pub stats: Result<EnvoyStats, AdminError>,
@@ -110,6 +112,26 @@ impl Snapshot {
     }
 }
 
+/// Reads of the dynamic listeners are reused at most this long, whatever the counters say.
+pub const LISTENERS_MAX_AGE: Duration = Duration::from_secs(60);
+
+/// What a read of the dynamic listeners was made under.
+#[derive(Debug, PartialEq, Eq)]
+struct ListenersKey {
+    /// Every Envoy process (PID, start time): a restart, a hot restart or a second Envoy
+    /// changes it.
+    envoys: Vec<(u32, u64)>,
+    version: String,
+    fingerprint: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug)]
+struct KeptListeners {
+    key: ListenersKey,
+    listeners: Arc<Vec<DynamicListener>>,
+    read_at: std::time::Instant,
+}
+
 /// Reads the VM. Holds the clients; cheap to keep for the daemon's life.
 pub struct Observer {
     pub admin: AdminClient,
@@ -120,6 +142,7 @@ pub struct Observer {
     pub iptables: Tools,
     /// The last save of each family, reused while nf_tables' generation stands still.
     pub iptables_saves: SaveCache,
+    listeners_kept: std::sync::Mutex<Option<KeptListeners>>,
     settings: Settings,
 }
 
@@ -140,6 +163,7 @@ impl Observer {
             proc_root: PathBuf::from("/proc"),
             iptables: Tools::system(),
             iptables_saves: SaveCache::default(),
+            listeners_kept: std::sync::Mutex::new(None),
             settings: settings.clone(),
         }
     }
@@ -160,6 +184,47 @@ impl Observer {
             Err(MetadataError::GuestAttributesDisabled) => GuestAttributesState::Disabled,
             Err(_) => GuestAttributesState::Unknown,
         }
+    }
+
+    /// Envoy's dynamic listeners: the last read again when Envoy is the same process, its
+    /// version the same and its listener manager's counters unchanged (and the last read is
+    /// younger than [`LISTENERS_MAX_AGE`]); else read and parsed (a megabyte for 1,000 VIPs).
+    async fn listeners(
+        &self,
+        processes: &Result<Vec<EnvoyProcess>, ProcError>,
+        info: &Result<ServerInfo, AdminError>,
+        stats: &Result<EnvoyStats, AdminError>,
+    ) -> Result<Arc<Vec<DynamicListener>>, AdminError> {
+        let key = match (processes, info, stats) {
+            (Ok(ps), Ok(info), Ok(stats)) if !ps.is_empty() => {
+                stats.listener_fingerprint().map(|f| ListenersKey {
+                    envoys: ps.iter().map(|p| (p.pid, p.start_ticks)).collect(),
+                    version: info.version.clone(),
+                    fingerprint: f.clone(),
+                })
+            }
+            _ => None,
+        };
+        if let Some(key) = &key
+            && let Ok(kept) = self.listeners_kept.lock()
+            && let Some(k) = kept.as_ref()
+            && k.key == *key
+            && k.read_at.elapsed() < LISTENERS_MAX_AGE
+        {
+            return Ok(Arc::clone(&k.listeners));
+        }
+        let read = self.admin.dynamic_listeners().await.map(Arc::new);
+        if let Ok(mut kept) = self.listeners_kept.lock() {
+            *kept = match (key, &read) {
+                (Some(key), Ok(l)) => Some(KeptListeners {
+                    key,
+                    listeners: Arc::clone(l),
+                    read_at: std::time::Instant::now(),
+                }),
+                _ => None,
+            };
+        }
+        read
     }
 
     /// Re-reads iptables into `snap` (after the agent changed the rules itself).
@@ -184,16 +249,13 @@ impl Observer {
                 let err = e.clone();
                 return (info, Err(err.clone()), Err(err.clone()), Err(err));
             }
-            // The two answers that can be megabytes are read one after the other, and `/stats`
-            // has a small cap, so a hostile or broken admin costs about one body cap of memory
-            // at a time (a hanging endpoint costs one more deadline per cycle, well within the
-            // watchdog).
-            let big = async {
-                let listeners = self.admin.dynamic_listeners().await;
-                let clusters = self.admin.clusters().await;
-                (listeners, clusters)
-            };
-            let ((listeners, clusters), stats) = tokio::join!(big, self.admin_stats.stats());
+            // `/stats` first: it says whether the listeners can have changed. The two answers
+            // that can be megabytes are read one after the other, and `/stats` has a small
+            // cap, so a hostile or broken admin costs about one body cap of memory at a time
+            // (a hanging endpoint costs one more deadline per cycle, well within the watchdog).
+            let stats = self.admin_stats.stats().await;
+            let listeners = self.listeners(&processes, &info, &stats).await;
+            let clusters = self.admin.clusters().await;
             (info, listeners, clusters, stats)
         };
         let reach = async {
