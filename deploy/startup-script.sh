@@ -419,6 +419,10 @@ Restart=always
 RestartSec=5s
 WatchdogSec=60s
 TimeoutStopSec=10s
+# glibc malloc: one arena, and blocks of 64 KiB or more (a config dump being parsed, a ruleset)
+# handed back to the kernel when freed, instead of the heap growing to the largest poll's needs
+# and keeping them.
+Environment=MALLOC_ARENA_MAX=1 MALLOC_MMAP_THRESHOLD_=65536 MALLOC_TRIM_THRESHOLD_=131072
 
 # Least privilege: root only for iptables (nf_tables netlink) and for reading Envoy's logs and
 # /proc; no other capability, no way to gain one.
