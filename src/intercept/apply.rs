@@ -148,8 +148,8 @@ impl ReconcileReport {
     }
 }
 
-/// Running totals, for the daemon's metrics and for tests ("steady state: one save per poll,
-/// no restore").
+/// Running totals, for the daemon's metrics and for tests ("steady state: no save, no
+/// restore").
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counters {
     pub saves: u64,
@@ -163,7 +163,7 @@ pub struct Counters {
 }
 
 /// Applies plans. Keep one for the life of the daemon: it remembers that ip6tables holds
-/// nothing of ours, so an IPv4-only VM runs a single `iptables-save` per poll. (A
+/// nothing of ours, so an IPv4-only VM reads a single family per poll. (A
 /// `SERVICE_PROXY_*` chain created in ip6tables by someone else after that is only noticed
 /// after a restart.)
 #[derive(Debug, Clone)]

@@ -175,8 +175,8 @@ impl FamilyPlan {
     /// plan: our chains declared, their rules and the jumps into them byte for byte as planned,
     /// nothing else of ours. Only an exact match answers `true` (and then [`transaction`] would
     /// answer `None`); any difference, formatting included, answers `false` and the caller
-    /// compares structurally. This is the steady state of every poll, so it costs one pass over
-    /// the text and no parse.
+    /// compares structurally. This is every poll that has to save (nf_tables' generation moved,
+    /// or the backend is legacy), so it costs one pass over the text and no parse.
     pub fn matches_saved_text(&self, saved: &str) -> bool {
         let mut tables = 0;
         let mut in_nat = false;
