@@ -35,10 +35,13 @@ pub fn reachable_by_all(program: &Path) -> Result<PathBuf> {
         std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755))?;
     }
     // Made under a private name and renamed: test processes may race for it.
+    // Unique per call: tests in one process link the same program from several threads.
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let tmp = dir.join(format!(
-        ".{}.{}",
+        ".{}.{}.{}",
         name.to_string_lossy(),
-        std::process::id()
+        std::process::id(),
+        CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
     let _ = std::fs::remove_file(&tmp);
     if std::fs::hard_link(&program, &tmp).is_err() {
@@ -74,6 +77,17 @@ mod tests {
         assert_eq!(std::fs::read(&out).unwrap(), b"#!/bin/true\n");
         // Twice: the same link.
         assert_eq!(reachable_by_all(&prog).unwrap(), out);
+        // Many threads at once, the target removed first (as on a fresh machine).
+        std::fs::remove_file(&out).unwrap();
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let prog = prog.clone();
+                std::thread::spawn(move || reachable_by_all(&prog))
+            })
+            .collect();
+        for t in threads {
+            assert_eq!(t.join().unwrap().unwrap(), out);
+        }
         // A reachable one is itself.
         assert_eq!(
             reachable_by_all(Path::new("/bin/sh")).unwrap(),
