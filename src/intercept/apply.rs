@@ -305,7 +305,7 @@ impl Reconciler {
         if family == Family::V6 && fp.is_active() {
             self.v6_clean = false;
         }
-        let i = slot(family);
+        let i = family.index();
         let saved;
         let rs = match given {
             Some(rs) => rs,
@@ -387,9 +387,10 @@ impl Reconciler {
     /// The plan as a parsed table, kept while the plan stays the same: parsing 10,000 planned
     /// rules every poll would cost more than comparing them.
     fn desired_table(&mut self, fp: &FamilyPlan) -> &Table {
-        let i = slot(fp.family);
-        let fresh = !matches!(self.desired.get(i), Some(Some((cached, _))) if cached == fp);
-        if fresh && let Some(slot) = self.desired.get_mut(i) {
+        let i = fp.family.index();
+        if !self.holds(fp)
+            && let Some(slot) = self.desired.get_mut(i)
+        {
             *slot = Some((fp.clone(), fp.desired_table()));
             if let Some(s) = self.in_step.get_mut(i) {
                 *s = None;
@@ -403,7 +404,7 @@ impl Reconciler {
 
     /// Whether `desired` holds this very plan.
     fn holds(&self, fp: &FamilyPlan) -> bool {
-        matches!(self.desired.get(slot(fp.family)), Some(Some((cached, _))) if cached == fp)
+        matches!(self.desired.get(fp.family.index()), Some(Some((cached, _))) if cached == fp)
     }
 
     async fn save_nat(&mut self, family: Family) -> Result<String, IptablesError> {
@@ -427,13 +428,6 @@ impl Reconciler {
         )
         .await
         .map(|_| ())
-    }
-}
-
-fn slot(family: Family) -> usize {
-    match family {
-        Family::V4 => 0,
-        Family::V6 => 1,
     }
 }
 

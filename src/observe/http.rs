@@ -169,10 +169,10 @@ enum ReadError {
     Body(String),
 }
 
-/// Reads frames until the end or until more than `max` bytes arrived (then stops reading).
-/// The body in one buffer of its exact size. Envoy's admin answers are chunked (no length
-/// ahead), so the chunks are kept as they come and copied once at the end: growing one buffer
-/// by doubling would hold up to three times a megabyte-sized config dump at once.
+/// Reads frames until the end or until more than `max` bytes arrived (then stops reading), and
+/// returns the body in one buffer of its exact size. Envoy's admin answers are chunked (no
+/// length ahead), so the chunks are kept as they come and copied once at the end: growing one
+/// buffer by doubling would hold up to three times a megabyte-sized config dump at once.
 async fn read_capped(mut body: Incoming, max: usize) -> Result<Bytes, ReadError> {
     let mut chunks: Vec<Bytes> = Vec::new();
     let mut len = 0usize;

@@ -38,6 +38,14 @@ impl Family {
         }
     }
 
+    /// Position in per-family arrays (`[v4, v6]`), in the order of [`Family::BOTH`].
+    pub fn index(self) -> usize {
+        match self {
+            Family::V4 => 0,
+            Family::V6 => 1,
+        }
+    }
+
     pub fn of_net(net: &IpNet) -> Family {
         match net {
             IpNet::V4(_) => Family::V4,
@@ -1081,10 +1089,7 @@ pub struct SaveCache {
 impl SaveCache {
     /// All tables of `family`, from the cache if nothing changed since they were read.
     pub async fn save(&self, tools: &Tools, family: Family) -> Result<Arc<Ruleset>, IptablesError> {
-        let i = match family {
-            Family::V4 => 0,
-            Family::V6 => 1,
-        };
+        let i = family.index();
         let stamp = Stamp::read(tools.save_program(family));
         if let Some(stamp) = stamp
             && let Ok(kept) = self.kept.lock()

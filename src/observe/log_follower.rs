@@ -209,7 +209,8 @@ fn run(
     let mut scan = true;
 
     while !stop.load(Ordering::Relaxed) {
-        let dir_id = std::fs::metadata(&cfg.dir).ok().map(|m| FileId {
+        let dir_meta = std::fs::metadata(&cfg.dir).ok();
+        let dir_id = dir_meta.as_ref().map(|m| FileId {
             dev: m.dev(),
             ino: m.ino(),
         });
@@ -218,7 +219,7 @@ fn run(
             scan = true;
         }
         // (Re)arm inotify on the directory; it dies with the directory.
-        if watcher.is_none() && cfg.dir.is_dir() {
+        if watcher.is_none() && dir_meta.as_ref().is_some_and(std::fs::Metadata::is_dir) {
             let tx = tx.clone();
             watcher = notify::recommended_watcher(move |e| {
                 let _ = tx.send(e);
@@ -436,11 +437,11 @@ fn run(
         scan = loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match rx.recv_timeout(left) {
-                Ok(Ok(event)) if is_change(&event.kind) || event.need_rescan() => {
-                    break !appends_only(&event, &tracked);
+                Ok(event) => {
+                    if let Some(list) = wake_for(&event, &tracked) {
+                        break list;
+                    }
                 }
-                Ok(Err(_)) => break true,
-                Ok(Ok(_)) => {}
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => break true,
                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
                     std::thread::sleep(left);
@@ -450,28 +451,35 @@ fn run(
         };
         // Coalesce a burst of events into one round.
         while let Ok(event) = rx.try_recv() {
-            scan |= match event {
-                Ok(event) => {
-                    (is_change(&event.kind) || event.need_rescan())
-                        && !appends_only(&event, &tracked)
-                }
-                Err(_) => true,
-            };
+            scan |= wake_for(&event, &tracked).unwrap_or(false);
         }
     }
 }
 
-/// Whether an event only says that files we already follow were written to: reading them is
-/// then enough, the directory need not be listed again.
-fn appends_only(event: &notify::Event, tracked: &BTreeMap<FileId, Tracked>) -> bool {
+/// What an inotify event asks of the follower: `None`, nothing (our own opens); `Some(false)`,
+/// a read of the files followed (data appended to them); `Some(true)`, a listing of the
+/// directory too (anything else, errors and overflows included).
+fn wake_for(
+    event: &notify::Result<notify::Event>,
+    tracked: &BTreeMap<FileId, Tracked>,
+) -> Option<bool> {
     use notify::event::{EventKind, ModifyKind};
-    matches!(event.kind, EventKind::Modify(ModifyKind::Data(_)))
-        && !event.need_rescan()
+    let Ok(event) = event else {
+        return Some(true);
+    };
+    if event.need_rescan() {
+        return Some(true);
+    }
+    if !is_change(&event.kind) {
+        return None;
+    }
+    let appends_only = matches!(event.kind, EventKind::Modify(ModifyKind::Data(_)))
         && !event.paths.is_empty()
         && event
             .paths
             .iter()
-            .all(|p| tracked.values().any(|t| &t.path == p))
+            .all(|p| tracked.values().any(|t| &t.path == p));
+    Some(!appends_only)
 }
 
 /// Notes `path` as unreadable and reports it if it was not already. False: the sink said stop.
