@@ -15,6 +15,10 @@ tests/setup-envoy.sh
 export SPA_ENVOY_BIN="$root/.venv/bin/envoy"
 "$SPA_ENVOY_BIN" --version
 
+say "Google's client libraries into .venv (they prove the API emulators; their discovery documents are the schemas)"
+SPA_DISCOVERY_DIR=$(tests/setup-google-clients.sh | tail -n 1)
+export SPA_DISCOVERY_DIR SPA_PYTHON="$root/.venv/bin/python"
+
 say "format and lints"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
