@@ -396,9 +396,16 @@ fn the_agents_own_traffic_is_never_redirected() {
         });
         assert!(
             !d.lines().iter().any(|l| l.contains("cannot read the VM's metadata")),
-            "{}",
-            d.lines().join("\n")
+            "{}\nrequests since the rules: {:?}",
+            d.lines().join("\n"),
+            md.requests().iter().skip(from).map(|r| format!("{} {} {}", r.peer, r.method, r.path)).collect::<Vec<_>>()
         );
+        // (Before the fix the agent lost the metadata, planned without intercept-all and the
+        // rules flapped; they stay.)
+        let rules = nat(false);
+        assert!(rules.contains("-A SERVICE_PROXY_OUTPUT -j SERVICE_PROXY_REDIRECT"), "{rules}");
+        assert!(rules.contains("-A SERVICE_PROXY_OUTPUT -m mark --mark 0x53000000 -j RETURN"), "{rules}");
+        assert!(rules.contains("-A SERVICE_PROXY_OUTPUT -d 169.254.169.254/32 -j RETURN"), "{rules}");
         Ok(())
     })
     .unwrap();
