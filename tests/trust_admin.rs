@@ -451,3 +451,38 @@ fn a_silent_admin_without_a_visible_envoy_is_unreachable() {
     assert_eq!(report["observed"]["proxy_state"], "UNREACHABLE");
     drop(silent);
 }
+
+/// Issue 15 item 9: an admin naming more VIPs than the cap (10,000) gets nothing programmed,
+/// and the command says why.
+#[test]
+fn more_vips_than_the_cap_are_not_programmed() {
+    netns::in_new_netns(|| {
+        let md = MetadataEmulator::start(VmIdentity::default())?;
+        let ranges: Vec<serde_json::Value> = (0..10_001u32)
+            .map(|i| range(&format!("10.{}.{}.1", i / 256, i % 256), 32))
+            .collect();
+        let admin = admin_with(&ranges);
+        let dir = tempfile::tempdir()?;
+        let mut c = agent(&md.host(), dir.path());
+        c.args(["intercept", "apply"])
+            .args(["--envoy-admin", &admin.url()])
+            .args(["--envoy-user", faults::ENVOY_UID]);
+        let (out, _) = run(with_unit_caps(c), Duration::from_secs(60));
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{}{}",
+            stdout(&out),
+            stderr(&out)
+        );
+        assert!(
+            stderr(&out).contains("name 10001 VIPs, more than the 10000 the agent programs"),
+            "{}",
+            stderr(&out)
+        );
+        let rules = nat(false);
+        assert!(!rules.contains("SERVICE_PROXY"), "{rules}");
+        Ok(())
+    })
+    .unwrap();
+}

@@ -89,6 +89,10 @@ pub struct Ignored {
 pub enum PlanError {
     #[error("the proxy port must be 1-65535, not 0")]
     ProxyPortZero,
+    #[error(
+        "Envoy's listeners name {count} VIPs, more than the {MAX_VIPS} the agent programs; interception left as it is"
+    )]
+    TooManyVips { count: usize },
     #[error("cannot delete the rule `{rule}` (line {line}) safely: {reason}; remove it by hand")]
     UnsafeRule {
         rule: String,
@@ -276,6 +280,10 @@ pub fn plan(input: &DesiredInput) -> Result<Plan, PlanError> {
         })
         .collect();
 
+    if vips.len() > MAX_VIPS {
+        return Err(PlanError::TooManyVips { count: vips.len() });
+    }
+
     let mut serving = BTreeSet::new();
     for &p in &input.serving_ports {
         if p == 0 {
@@ -419,6 +427,11 @@ pub const METADATA_SERVER: [IpAddr; 2] = [
     IpAddr::V4(Ipv4Addr::new(169, 254, 169, 254)),
     IpAddr::V6(Ipv6Addr::new(0xfd20, 0xce, 0, 0, 0, 0, 0, 0x254)),
 ];
+/// The most VIPs programmed (SPEC §11 bounds): the biggest meshes seen have a few thousand
+/// services; 450,000 from a hostile or broken admin cost 600–740 MB and as many rules. Above
+/// it nothing is changed and the agent says why.
+pub const MAX_VIPS: usize = 10_000;
+
 /// Shortest VIP prefix taken without `intercept-all-outbound` (SPEC §11): anything wider is
 /// "redirect a quarter of the Internet", which no service VIP is.
 pub const MIN_PREFIX_V4: u8 = 8;
@@ -857,6 +870,22 @@ mod tests {
             t.chains.iter().map(|c| c.rules.len()).sum::<usize>(),
             p.v4.rule_count()
         );
+    }
+
+    #[test]
+    fn vips_are_capped() {
+        let vips: Vec<String> = (0..=MAX_VIPS)
+            .map(|i| format!("10.{}.{}.0/24", i / 256, i % 256))
+            .collect();
+        let refs: Vec<&str> = vips.iter().map(String::as_str).collect();
+        assert_eq!(
+            plan(&input(&refs, &[])),
+            Err(PlanError::TooManyVips {
+                count: MAX_VIPS + 1
+            })
+        );
+        let p = plan(&input(&refs[..MAX_VIPS], &[])).unwrap();
+        assert_eq!(p.v4.rules.len(), MAX_VIPS + 5);
     }
 
     #[test]
