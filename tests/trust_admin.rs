@@ -486,3 +486,66 @@ fn more_vips_than_the_cap_are_not_programmed() {
     })
     .unwrap();
 }
+
+/// Issue 15 item 20: systemd's watchdog is fed while a cycle waits out its deadlines (here an
+/// admin that never answers /server_info: 5 s per cycle, past a 2 s watchdog), as it would be
+/// through a worst-case cycle of ~80 s under `WatchdogSec=60`.
+#[test]
+fn the_watchdog_is_fed_while_a_slow_cycle_waits() {
+    let md = MetadataEmulator::start(VmIdentity::default()).unwrap();
+    let admin = faults::StandInAdmin::start(AdminAnswers::healthy());
+    admin.set(faults::Endpoint::ServerInfo, faults::AdminFault::Hang);
+    let notify_dir = tempfile::tempdir().unwrap();
+    let path = notify_dir.path().join("notify");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let watchdog = Duration::from_secs(2);
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = agent(&md.host(), dir.path());
+    cmd.args(["--interception", "off", "--poll-interval", "1s"])
+        .args(["--envoy-admin", &admin.url()])
+        .arg("--envoy-log-dir")
+        .arg(dir.path())
+        .env("NOTIFY_SOCKET", &path)
+        .env("WATCHDOG_USEC", watchdog.as_micros().to_string());
+    let d = Daemon::start(with_unit_caps(cmd), dir);
+    let mut feeds: Vec<Instant> = Vec::new();
+    let mut ready = None;
+    let end = Instant::now() + Duration::from_secs(14);
+    let mut buf = [0u8; 4096];
+    while Instant::now() < end {
+        if let Ok(n) = sock.recv(&mut buf) {
+            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if msg.lines().any(|l| l == "READY=1") {
+                ready.get_or_insert(Instant::now());
+            }
+            if msg.lines().any(|l| l == "WATCHDOG=1") {
+                feeds.push(Instant::now());
+            }
+        }
+    }
+    let ready = ready.expect("READY=1 never came");
+    assert!(
+        admin.hits(faults::Endpoint::ServerInfo) >= 2,
+        "the cycles never asked the admin"
+    );
+    let mut last = ready;
+    for f in feeds.iter().filter(|f| **f >= ready) {
+        assert!(
+            f.duration_since(last) <= watchdog,
+            "no WATCHDOG=1 for {:?} (watchdog {watchdog:?}); feeds at {:?}",
+            f.duration_since(last),
+            feeds
+                .iter()
+                .map(|f| f.duration_since(ready))
+                .collect::<Vec<_>>()
+        );
+        last = *f;
+    }
+    assert!(
+        end.duration_since(last) <= watchdog + Duration::from_millis(300),
+        "the feeding stopped"
+    );
+    drop(d);
+}
