@@ -273,6 +273,15 @@ impl Agent {
         };
         let mut cycle: Option<tokio::task::JoinHandle<CycleResult>> = Some(self.spawn_cycle());
         let mut next = self.next_cycle();
+        // systemd's watchdog is fed from this loop's own tick, so it proves the loop is alive
+        // even while a cycle waits out its deadlines (~80 s at worst, past WatchdogSec=60);
+        // a cycle stuck longer than CYCLE_STUCK stops the feeding (issue 15 item 20).
+        let mut cycle_started = Instant::now();
+        let mut watchdog = tokio::time::interval(
+            sd_notify::watchdog_enabled().map_or(Duration::from_secs(3600), |w| {
+                (w / 2).max(Duration::from_millis(100))
+            }),
+        );
         let mut rediagnose_at: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
@@ -298,7 +307,9 @@ impl Agent {
                 }
                 () = tokio::time::sleep_until(next), if cycle.is_none() => {
                     cycle = Some(self.spawn_cycle());
+                    cycle_started = Instant::now();
                 }
+                _ = watchdog.tick() => feed_watchdog(cycle.is_some(), cycle_started),
                 ev = log_rx.recv() => match ev {
                     Some(EntryEvent::Entry(entry)) => {
                         self.logs.record_entry(&entry, Instant::now());
@@ -460,7 +471,6 @@ impl Agent {
         self.publish(&snapshot, &diagnosis, true);
         self.publisher.update(|p| p.release());
         self.last_snapshot = Some(snapshot);
-        let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
     }
 
     /// Log lines arrived: judge them against the last snapshot now, not at the next poll.
@@ -798,6 +808,16 @@ impl Agent {
         }
         drop(self.cloud_tx.take());
         tracing::info!("service-proxy-agent stopped");
+    }
+}
+
+/// A cycle running longer than this is stuck, not slow (each of its calls has a deadline).
+const CYCLE_STUCK: Duration = Duration::from_secs(300);
+
+/// `WATCHDOG=1` while the main loop runs and no cycle is stuck.
+fn feed_watchdog(cycle_running: bool, cycle_started: Instant) {
+    if !cycle_running || cycle_started.elapsed() < CYCLE_STUCK {
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
     }
 }
 

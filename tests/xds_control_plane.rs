@@ -610,20 +610,35 @@ fn rejected_listener_is_nacked_with_envoys_message() {
     );
 }
 
+/// A loopback port bound to a socket that does not listen: connections to it are refused, and
+/// nobody else can listen on it while the socket is held.
+fn bound_not_listening() -> (std::os::fd::OwnedFd, std::net::SocketAddr) {
+    use nix::sys::socket::{
+        AddressFamily, SockFlag, SockType, SockaddrIn, bind, getsockname, socket,
+    };
+    use std::os::fd::AsRawFd;
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .unwrap();
+    bind(fd.as_raw_fd(), &SockaddrIn::new(127, 0, 0, 1, 0)).unwrap();
+    let addr: SockaddrIn = getsockname(fd.as_raw_fd()).unwrap();
+    (fd, std::net::SocketAddr::V4(addr.into()))
+}
+
 #[test]
 fn clusters_with_health_checks_report_unhealthy_hosts() {
     use testkit::xds::{ClusterSpec, Discovery, HealthCheckSpec};
     let cp = ControlPlane::start().unwrap();
     // Endpoints on loopback ports nobody listens on: every host fails its active health check.
-    let dead = ClusterSpec::new(
-        "dead-backends",
-        vec![
-            format!("127.0.0.1:{}", free_port()).parse().unwrap(),
-            format!("127.0.0.1:{}", free_port()).parse().unwrap(),
-        ],
-        Discovery::Eds,
-    )
-    .with_health_check(HealthCheckSpec::tcp());
+    // The ports stay bound (without listening) for the whole test, so no other test running
+    // beside it can listen there and make a "dead" host alive.
+    let (dead1, dead2) = (bound_not_listening(), bound_not_listening());
+    let dead = ClusterSpec::new("dead-backends", vec![dead1.1, dead2.1], Discovery::Eds)
+        .with_health_check(HealthCheckSpec::tcp());
     // A listening socket accepts the TCP check (the kernel completes the handshake).
     let alive_socket = TcpListener::bind("127.0.0.1:0").unwrap();
     let alive = ClusterSpec::new(
@@ -655,10 +670,16 @@ fn clusters_with_health_checks_report_unhealthy_hosts() {
             Ok(hs.len() == 2 && hs.iter().all(|h| h["failed_active_health_check"] == true))
         })
         .unwrap();
+    // Until its first health check passes, Envoy shows the host as `failed_active_health_check`
+    // (and `pending_active_hc`): waiting for `eds_health_status` alone raced that first check
+    // when tests ran side by side (issue 15 item 22).
     envoy
         .wait_until(WAIT, "alive host healthy", |e| {
             let hs = health(e, "alive-backends");
-            Ok(hs.len() == 1 && hs[0]["eds_health_status"] == "HEALTHY")
+            Ok(hs.len() == 1
+                && hs[0]["eds_health_status"] == "HEALTHY"
+                && hs[0].get("failed_active_health_check").is_none()
+                && hs[0].get("pending_active_hc").is_none())
         })
         .unwrap();
     let alive_health = health(&envoy, "alive-backends");

@@ -25,7 +25,18 @@ pub fn check(snap: &Snapshot, ctx: &CheckContext<'_>) -> GroupOutcome {
 
     match &snap.server_info {
         Err(e) => {
+            // Something accepted the connection (it timed out or spoke garbage) or listens
+            // there: an admin that does not answer, even when no process named envoy is
+            // visible (Envoy in a container, or renamed).
+            let accepted =
+                e.is_unreachable_but_accepted() || snap.resolved.admin_trust.something_listens();
             match count {
+                Some(0) if accepted => out.findings.push(Finding::new(
+                    FindingId::EnvoyAdminUnreachable,
+                    format!(
+                        "no process named envoy is visible in /proc, but something listens on {admin} and does not answer ({e})"
+                    ),
+                )),
                 Some(0) => out.findings.push(Finding::new(
                     FindingId::EnvoyNotRunning,
                     format!("no process named envoy in /proc, and its admin {admin} does not answer ({e})"),

@@ -115,7 +115,11 @@ pub fn snapshot() -> Snapshot {
         guest_attributes: GuestAttributesState::Unknown,
         resolved: Resolved {
             envoy_uid: Some(1337),
-            envoy_uid_source: "owner of the running envoy".into(),
+            envoy_uid_source: "owner of the admin socket".into(),
+            admin_trust: crate::observe::admin_trust::AdminTrust::Trusted {
+                uid: 1337,
+                inode: 1,
+            },
             proxy_port: 15001,
             serving_ports: Vec::new(),
         },

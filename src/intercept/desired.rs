@@ -5,6 +5,7 @@ use thiserror::Error;
 
 use crate::intercept::plan::{DesiredInput, Plan, TrafficInterception, plan};
 use crate::observe::Snapshot;
+use crate::observe::admin_trust::AdminTrust;
 
 /// Why no plan can be made from this snapshot. Interception is then left as it is: tearing
 /// rules down because Envoy's admin blinked would cut traffic.
@@ -13,13 +14,11 @@ pub enum DesiredError {
     #[error("Envoy's listeners are unknown ({0}); interception left as it is")]
     ListenersUnknown(String),
     #[error(
-        "the Envoy UID is unknown ({0}); without it outbound redirection would loop Envoy's own traffic, so interception is left as it is (give --envoy-user)"
-    )]
-    EnvoyUidUnknown(String),
-    #[error(
         "Envoy is {0}, not LIVE: its listeners are not final yet, so interception is left as it is"
     )]
     NotLive(String),
+    #[error("Envoy's admin is not trusted: {0}; nothing is programmed (SPEC §11)")]
+    AdminUntrusted(String),
     #[error("{0}")]
     Plan(String),
 }
@@ -37,10 +36,12 @@ pub fn desired_plan(snap: &Snapshot) -> Result<Plan, DesiredError> {
         (None, Err(e)) => return Err(DesiredError::ListenersUnknown(e.to_string())),
         (None, Ok(_)) => return Err(DesiredError::ListenersUnknown("not read".into())),
     };
-    let envoy_uid = snap
-        .resolved
-        .envoy_uid
-        .ok_or_else(|| DesiredError::EnvoyUidUnknown(snap.resolved.envoy_uid_source.clone()))?;
+    // Only a trusted admin's listeners are acted on, and the UID excluded is its socket's
+    // owner (SPEC §11), whatever else names a UID.
+    let envoy_uid = match &snap.resolved.admin_trust {
+        AdminTrust::Trusted { uid, .. } => *uid,
+        AdminTrust::Untrusted { why, .. } => return Err(DesiredError::AdminUntrusted(why.clone())),
+    };
     let traffic = snap
         .vm
         .as_ref()

@@ -15,10 +15,11 @@ pub use plan::{
     DesiredInput, FamilyPlan, Ignored, Plan, PlanError, TrafficInterception, Transaction, plan,
 };
 
-/// Every chain whose name starts with this is the agent's; nothing else is.
+/// The prefix of our chains' names. Not every chain with it is ours: a user's own
+/// `SERVICE_PROXY_FOO` is left alone (SPEC §11).
 pub const CHAIN_PREFIX: &str = "SERVICE_PROXY_";
 
-/// Whether a chain (or a jump target) is one of ours.
+/// Whether a chain (or a jump target) is one of ours: exactly the chains of SPEC §7.
 pub fn is_ours(chain: &str) -> bool {
-    chain.starts_with(CHAIN_PREFIX)
+    plan::CHAINS.contains(&chain)
 }

@@ -18,7 +18,8 @@
 //!
 //! With `intercept-all-outbound`, `SERVICE_PROXY_OUTPUT` becomes: the UID and loopback
 //! RETURNs, `-o lo -j RETURN` (traffic that never leaves the VM has no service to reach; this
-//! keeps e.g. a local DNS resolver on 127.0.0.53 working), one RETURN per excluded IP range and
+//! keeps e.g. a local DNS resolver on 127.0.0.53 working), a RETURN for the agent's own
+//! marked sockets and one for the metadata server (SPEC §11), one RETURN per excluded IP range and
 //! per excluded port range (the user's explicit exclusions win, even over a VIP), the jump to
 //! `SERVICE_PROXY_SERVICE_CIDRS` (kept so the guide's "look for your VIP there" still holds),
 //! and finally `-j SERVICE_PROXY_REDIRECT` for everything else. Exclusions of one family only
@@ -88,6 +89,10 @@ pub struct Ignored {
 pub enum PlanError {
     #[error("the proxy port must be 1-65535, not 0")]
     ProxyPortZero,
+    #[error(
+        "Envoy's listeners name {count} VIPs, more than the {MAX_VIPS} the agent programs; interception left as it is"
+    )]
+    TooManyVips { count: usize },
     #[error("cannot delete the rule `{rule}` (line {line}) safely: {reason}; remove it by hand")]
     UnsafeRule {
         rule: String,
@@ -217,7 +222,7 @@ impl FamilyPlan {
                     Some((_, lines)) => lines.push(line),
                     None => return false,
                 }
-            } else if line.contains(" -j SERVICE_PROXY_") || line.contains(" -g SERVICE_PROXY_") {
+            } else if jump_target(line).is_some_and(is_ours) {
                 jumps.push(line);
             }
         }
@@ -261,7 +266,23 @@ pub fn plan(input: &DesiredInput) -> Result<Plan, PlanError> {
         return Err(PlanError::ProxyPortZero);
     }
     let mut ignored = Vec::new();
-    let vips: BTreeSet<IpNet> = input.vips.iter().map(IpNet::trunc).collect();
+    let all = input.traffic.intercept_all_outbound;
+    let vips: BTreeSet<IpNet> = input
+        .vips
+        .iter()
+        .map(IpNet::trunc)
+        .filter(|v| match unsafe_vip(v, all) {
+            Some(why) => {
+                ignored.push(ignore("prefix_ranges", &v.to_string(), why));
+                false
+            }
+            None => true,
+        })
+        .collect();
+
+    if vips.len() > MAX_VIPS {
+        return Err(PlanError::TooManyVips { count: vips.len() });
+    }
 
     let mut serving = BTreeSet::new();
     for &p in &input.serving_ports {
@@ -278,7 +299,6 @@ pub fn plan(input: &DesiredInput) -> Result<Plan, PlanError> {
         }
     }
 
-    let all = input.traffic.intercept_all_outbound;
     let mut excl_nets = BTreeSet::new();
     for raw in &input.traffic.exclude_outbound_ip_ranges {
         if !all {
@@ -295,6 +315,9 @@ pub fn plan(input: &DesiredInput) -> Result<Plan, PlanError> {
             }
             Err(e) => ignored.push(ignore("exclude-outbound-ip-ranges", raw, &e)),
         }
+    }
+    if all {
+        excl_nets.extend(METADATA_SERVER.iter().map(|m| IpNet::from(*m)));
     }
     let mut excl_ports = BTreeSet::new();
     for raw in &input.traffic.exclude_outbound_port_ranges {
@@ -341,6 +364,12 @@ pub fn plan(input: &DesiredInput) -> Result<Plan, PlanError> {
         ];
         if all {
             rules.push(format!("-A {OUTPUT} -o lo -j RETURN"));
+            // The agent's own traffic is never redirected (SPEC §11): with Envoy down, the agent
+            // must still be able to say so. The metadata server is among the exclusions.
+            rules.push(format!(
+                "-A {OUTPUT} -m mark --mark {:#x} -j RETURN",
+                crate::observe::own_traffic::MARK
+            ));
             for n in excl_nets.iter().filter(|n| Family::of_net(n) == family) {
                 rules.push(format!("-A {OUTPUT}{} -j RETURN", dest(n)));
             }
@@ -391,6 +420,59 @@ pub fn plan(input: &DesiredInput) -> Result<Plan, PlanError> {
         ignored,
         excluded_vips,
     })
+}
+
+/// The metadata server (IPv4, and the IPv6 address Compute Engine gives it).
+pub const METADATA_SERVER: [IpAddr; 2] = [
+    IpAddr::V4(Ipv4Addr::new(169, 254, 169, 254)),
+    IpAddr::V6(Ipv6Addr::new(0xfd20, 0xce, 0, 0, 0, 0, 0, 0x254)),
+];
+/// The most VIPs programmed (SPEC §11 bounds): the biggest meshes seen have a few thousand
+/// services; 450,000 from a hostile or broken admin cost 600–740 MB and as many rules. Above
+/// it nothing is changed and the agent says why.
+pub const MAX_VIPS: usize = 10_000;
+
+/// Shortest VIP prefix taken without `intercept-all-outbound` (SPEC §11): anything wider is
+/// "redirect a quarter of the Internet", which no service VIP is.
+pub const MIN_PREFIX_V4: u8 = 8;
+pub const MIN_PREFIX_V6: u8 = 32;
+
+/// Why a listener prefix must not be redirected (SPEC §11), or `None`. Loopback and the
+/// metadata server are never redirected (the agent's tokens and every local service would go
+/// to whoever answers as Envoy); a prefix shorter than /8 (IPv6 /32) only when all outbound
+/// traffic is intercepted anyway.
+fn unsafe_vip(v: &IpNet, intercept_all: bool) -> Option<&'static str> {
+    let loopback = match v {
+        IpNet::V4(_) => IpNet::V4(ipnet::Ipv4Net::new(Ipv4Addr::new(127, 0, 0, 0), 8).ok()?),
+        IpNet::V6(_) => IpNet::from(IpAddr::V6(Ipv6Addr::LOCALHOST)),
+    };
+    if v.contains(&loopback) || loopback.contains(v) {
+        return Some("it covers loopback, which is never redirected");
+    }
+    if METADATA_SERVER.iter().any(|m| v.contains(m)) {
+        return Some("it covers the metadata server, which is never redirected");
+    }
+    let min = match v {
+        IpNet::V4(_) => MIN_PREFIX_V4,
+        IpNet::V6(_) => MIN_PREFIX_V6,
+    };
+    if !intercept_all && v.prefix_len() < min {
+        return Some(
+            "a prefix this wide is only redirected with intercept-all-outbound (shortest /8, IPv6 /32)",
+        );
+    }
+    None
+}
+
+/// The target of a rule's `-j`/`-g`, if any.
+fn jump_target(line: &str) -> Option<&str> {
+    let mut words = line.split(' ');
+    while let Some(w) = words.next() {
+        if w == "-j" || w == "-g" {
+            return words.next();
+        }
+    }
+    None
 }
 
 /// The chain of a `-A CHAIN ...` line.
@@ -791,6 +873,62 @@ mod tests {
     }
 
     #[test]
+    fn vips_are_capped() {
+        let vips: Vec<String> = (0..=MAX_VIPS)
+            .map(|i| format!("10.{}.{}.0/24", i / 256, i % 256))
+            .collect();
+        let refs: Vec<&str> = vips.iter().map(String::as_str).collect();
+        assert_eq!(
+            plan(&input(&refs, &[])),
+            Err(PlanError::TooManyVips {
+                count: MAX_VIPS + 1
+            })
+        );
+        let p = plan(&input(&refs[..MAX_VIPS], &[])).unwrap();
+        assert_eq!(p.v4.rules.len(), MAX_VIPS + 5);
+    }
+
+    #[test]
+    fn redirected_prefixes_are_bounded() {
+        let vips = [
+            "0.0.0.0/1",
+            "128.0.0.0/1",
+            "127.0.0.0/8",
+            "127.0.0.5/32",
+            "169.254.0.0/16",
+            "169.254.169.254/32",
+            "10.0.0.0/8",
+            "10.1.0.0/16",
+            "::1/128",
+            "::/0",
+            "fd00::/16",
+            "fd20:ce::254/128",
+            "fd00:1::/32",
+            "12.0.0.0/6",
+        ];
+        let cidrs = |fp: &FamilyPlan| -> Vec<String> {
+            fp.rules
+                .iter()
+                .filter(|r| r.starts_with("-A SERVICE_PROXY_SERVICE_CIDRS"))
+                .map(|r| r.split(' ').nth(3).unwrap_or("").to_owned())
+                .collect()
+        };
+        let p = plan(&input(&vips, &[])).unwrap();
+        assert_eq!(cidrs(&p.v4), ["10.0.0.0/8", "10.1.0.0/16"]);
+        assert_eq!(cidrs(&p.v6), ["fd00:1::/32"]);
+        let ignored: Vec<&str> = p.ignored.iter().map(|i| i.value.as_str()).collect();
+        assert_eq!(ignored.len(), 11, "{ignored:?}");
+        assert!(p.ignored.iter().all(|i| i.field == "prefix_ranges"));
+        // With intercept-all-outbound a wide prefix is fine; loopback and metadata never are.
+        let mut i = input(&vips, &[]);
+        i.traffic.intercept_all_outbound = true;
+        let p = plan(&i).unwrap();
+        // (128.0.0.0/1 covers 169.254.169.254.)
+        assert_eq!(cidrs(&p.v4), ["10.0.0.0/8", "10.1.0.0/16", "12.0.0.0/6"]);
+        assert_eq!(cidrs(&p.v6), ["fd00::/16", "fd00:1::/32"]);
+    }
+
+    #[test]
     fn ipv6_only_when_there_is_an_ipv6_vip() {
         let p = plan(&input(&["fd00:10::1/128", "10.0.0.1/32"], &[80])).unwrap();
         assert!(p.v6.is_active());
@@ -842,6 +980,7 @@ mod tests {
                 "-A SERVICE_PROXY_OUTPUT -m owner --uid-owner 1006 -j RETURN",
                 "-A SERVICE_PROXY_OUTPUT -d 127.0.0.1/32 -j RETURN",
                 "-A SERVICE_PROXY_OUTPUT -o lo -j RETURN",
+                "-A SERVICE_PROXY_OUTPUT -m mark --mark 0x53000000 -j RETURN",
                 "-A SERVICE_PROXY_OUTPUT -d 169.254.169.254/32 -j RETURN",
                 "-A SERVICE_PROXY_OUTPUT -d 192.168.0.0/16 -j RETURN",
                 "-A SERVICE_PROXY_OUTPUT -p tcp -m tcp --dport 22 -j RETURN",
@@ -926,37 +1065,32 @@ mod tests {
 COMMIT
 ";
         let t = transaction(&p.v4, Some(&nat(saved)), 0).unwrap().unwrap();
+        // SERVICE_PROXY_OLD is not one of SPEC §7's chains: someone else's, left alone with
+        // the jumps into it (SPEC §11).
         let head = "*nat
 :SERVICE_PROXY_OUTPUT - [0:0]
 :SERVICE_PROXY_SERVICE_CIDRS - [0:0]
 :SERVICE_PROXY_REDIRECT - [0:0]
 :SERVICE_PROXY_INBOUND - [0:0]
 :SERVICE_PROXY_IN_REDIRECT - [0:0]
-:SERVICE_PROXY_OLD - [0:0]
 -D OUTPUT -p tcp -j SERVICE_PROXY_OUTPUT
--D OUTPUT -m comment --comment \"old agent\" -j SERVICE_PROXY_OLD
--D POSTROUTING -g SERVICE_PROXY_OLD
 -A PREROUTING -p tcp -j SERVICE_PROXY_INBOUND
--X SERVICE_PROXY_OLD
 -A SERVICE_PROXY_OUTPUT -m owner";
         assert!(t.text.starts_with(head), "{}", t.text);
         assert!(t.text.ends_with("COMMIT\n"));
         assert!(!t.text.contains("MINE"));
-        assert_eq!((t.deleted_jumps, t.added_jumps), (3, 1));
-        assert_eq!(t.removed_chains, vec!["SERVICE_PROXY_OLD"]);
+        assert!(!t.text.contains("SERVICE_PROXY_OLD"), "{}", t.text);
+        assert_eq!((t.deleted_jumps, t.added_jumps), (1, 1));
+        assert!(t.removed_chains.is_empty());
 
         let c = clear_transaction(Some(&nat(saved))).unwrap().unwrap();
         assert_eq!(
             c.text,
             "*nat
 :SERVICE_PROXY_OUTPUT - [0:0]
-:SERVICE_PROXY_OLD - [0:0]
 -D OUTPUT -p tcp -j SERVICE_PROXY_OUTPUT
 -D OUTPUT -p tcp -j SERVICE_PROXY_OUTPUT
--D OUTPUT -m comment --comment \"old agent\" -j SERVICE_PROXY_OLD
--D POSTROUTING -g SERVICE_PROXY_OLD
 -X SERVICE_PROXY_OUTPUT
--X SERVICE_PROXY_OLD
 COMMIT
 "
         );
@@ -998,6 +1132,11 @@ COMMIT
             fp,
             ":ISTIO_OUTPUT - [0:0]\n-A OUTPUT -p tcp -j ISTIO_OUTPUT\n-A ISTIO_OUTPUT -j RETURN\n"
         )));
+        // A user's own SERVICE_PROXY_* chain, and a jump into it, are not ours (SPEC §11).
+        assert!(fp.matches_saved_text(&saved_text(
+            fp,
+            ":SERVICE_PROXY_FOO - [0:0]\n-A OUTPUT -j SERVICE_PROXY_FOO\n-A SERVICE_PROXY_FOO -j RETURN\n"
+        )));
         let other_tables =
             format!("*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -j SERVICE_PROXY_X\nCOMMIT\n{saved}");
         assert!(fp.matches_saved_text(&other_tables));
@@ -1030,14 +1169,6 @@ COMMIT
             (
                 "stray jump",
                 saved_text(fp, "-A POSTROUTING -g SERVICE_PROXY_REDIRECT\n"),
-            ),
-            (
-                "stale chain",
-                saved_text(fp, ":SERVICE_PROXY_OLD - [0:0]\n"),
-            ),
-            (
-                "undeclared chain",
-                saved_text(fp, "-A SERVICE_PROXY_OLD -j RETURN\n"),
             ),
             (
                 "jump from a foreign chain",

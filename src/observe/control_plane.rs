@@ -57,7 +57,7 @@ pub async fn check(
     }
     let mut last_error = String::new();
     for addr in &addrs {
-        match tokio::time::timeout(tcp_timeout, tokio::net::TcpStream::connect(addr)).await {
+        match tokio::time::timeout(tcp_timeout, super::own_traffic::connect_addr(*addr)).await {
             Ok(Ok(_)) => {
                 return Reachability::Reachable {
                     addr: addr.to_string(),

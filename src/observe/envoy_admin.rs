@@ -121,6 +121,15 @@ impl AdminError {
         )
     }
 
+    /// Something accepted the connection and then did not answer properly: an admin that
+    /// hangs, not a missing one.
+    pub fn is_unreachable_but_accepted(&self) -> bool {
+        matches!(
+            self,
+            AdminError::Timeout { .. } | AdminError::Protocol { .. }
+        )
+    }
+
     fn from_http(endpoint: &'static str, e: HttpError) -> Self {
         match e {
             HttpError::Connect { reason, .. } => AdminError::Unreachable { endpoint, reason },

@@ -10,7 +10,6 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use thiserror::Error;
-use tokio::net::TcpStream;
 
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum HttpError {
@@ -101,7 +100,7 @@ async fn exchange(
         authority: authority.to_owned(),
         reason,
     };
-    let stream = TcpStream::connect(authority)
+    let stream = crate::observe::own_traffic::connect(authority)
         .await
         .map_err(|e| HttpError::Connect {
             authority: authority.to_owned(),
@@ -171,31 +170,73 @@ enum ReadError {
 
 /// Reads frames until the end or until more than `max` bytes arrived (then stops reading), and
 /// returns the body in one buffer of its exact size. Envoy's admin answers are chunked (no
-/// length ahead), so the chunks are kept as they come and copied once at the end: growing one
-/// buffer by doubling would hold up to three times a megabyte-sized config dump at once.
+/// length ahead). Small chunks are copied into segments of [`SEGMENT`] bytes as they come (a
+/// peer sending 1-byte chunks must not cost a `Bytes` handle, and a pin on hyper's read buffer,
+/// per byte); big ones are kept as they are. The segments are joined once at the end: growing
+/// one buffer by doubling would hold up to three times a megabyte-sized config dump at once.
 async fn read_capped(mut body: Incoming, max: usize) -> Result<Bytes, ReadError> {
-    let mut chunks: Vec<Bytes> = Vec::new();
-    let mut len = 0usize;
+    let mut body_chunks = Coalesced::default();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| ReadError::Body(e.to_string()))?;
         if let Ok(data) = frame.into_data() {
-            len += data.len();
-            if len > max {
+            if body_chunks.len + data.len() > max {
                 return Err(ReadError::TooLarge);
             }
-            if !data.is_empty() {
-                chunks.push(data);
+            body_chunks.push(data);
+        }
+    }
+    Ok(body_chunks.finish())
+}
+
+/// Segment size for coalescing small chunks.
+const SEGMENT: usize = 64 << 10;
+
+#[derive(Default)]
+struct Coalesced {
+    done: Vec<Bytes>,
+    open: BytesMut,
+    len: usize,
+}
+
+impl Coalesced {
+    fn push(&mut self, data: Bytes) {
+        self.len += data.len();
+        if data.len() >= SEGMENT / 4 {
+            self.seal();
+            self.done.push(data);
+            return;
+        }
+        if self.open.len() + data.len() > SEGMENT {
+            self.seal();
+        }
+        // Grows by doubling up to one segment: a small body stays small.
+        self.open.extend_from_slice(&data);
+    }
+
+    /// The open segment becomes a finished one, trimmed to its length.
+    fn seal(&mut self) {
+        if !self.open.is_empty() {
+            let seg = std::mem::take(&mut self.open);
+            // Copied only when most of its capacity would be held for nothing.
+            if seg.capacity() - seg.len() > seg.len() {
+                self.done.push(Bytes::copy_from_slice(&seg));
+            } else {
+                self.done.push(seg.freeze());
             }
         }
     }
-    if chunks.len() == 1 {
-        return Ok(chunks.pop().unwrap_or_default());
+
+    fn finish(mut self) -> Bytes {
+        self.seal();
+        if self.done.len() == 1 {
+            return self.done.pop().unwrap_or_default();
+        }
+        let mut buf = BytesMut::with_capacity(self.len);
+        for c in self.done.drain(..) {
+            buf.extend_from_slice(&c);
+        }
+        buf.freeze()
     }
-    let mut buf = BytesMut::with_capacity(len);
-    for c in chunks.drain(..) {
-        buf.extend_from_slice(&c);
-    }
-    Ok(buf.freeze())
 }
 
 #[cfg(test)]
@@ -246,6 +287,29 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(e, HttpError::Timeout { .. }), "{e}");
+    }
+
+    #[test]
+    fn tiny_chunks_are_coalesced() {
+        let mut c = Coalesced::default();
+        for i in 0..200_000u32 {
+            c.push(Bytes::copy_from_slice(&[(i % 251) as u8]));
+        }
+        // 200,000 one-byte chunks: a handful of 64 KiB segments, not 200,000 handles.
+        assert!(c.done.len() <= 4, "{} segments", c.done.len());
+        let big = Bytes::from(vec![7u8; SEGMENT]);
+        c.push(big.clone());
+        c.push(Bytes::from_static(b"end"));
+        let body = c.finish();
+        assert_eq!(body.len(), 200_000 + SEGMENT + 3);
+        assert!(
+            body.iter()
+                .take(200_000)
+                .enumerate()
+                .all(|(i, b)| *b == (i % 251) as u8)
+        );
+        assert!(body.ends_with(b"end"));
+        assert_eq!(Coalesced::default().finish().len(), 0);
     }
 
     #[tokio::test]

@@ -2,6 +2,7 @@
 //! typed results and its own error type. No diagnosis here: [`Observer::snapshot`] gathers one
 //! [`Snapshot`] of plain values that the checks in `diagnose` judge.
 
+pub mod admin_trust;
 pub mod control_plane;
 pub mod envoy_admin;
 pub mod envoy_log;
@@ -10,6 +11,7 @@ pub mod iptables;
 pub mod log_follower;
 pub mod metadata;
 pub mod nf_generation;
+pub mod own_traffic;
 pub mod procfs;
 
 use std::path::PathBuf;
@@ -47,9 +49,13 @@ pub struct IptablesView {
 /// Values derived from several sources, resolved once per snapshot so every check agrees.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resolved {
-    /// The UID excluded from interception, and where it came from.
+    /// The UID excluded from interception, and where it came from: the admin socket's owner
+    /// when the admin is trusted, else `--envoy-user` or the user `envoy` (for verification
+    /// only: nothing is programmed from an untrusted admin).
     pub envoy_uid: Option<u32>,
     pub envoy_uid_source: String,
+    /// Whether the admin's answers may be acted on (SPEC §11).
+    pub admin_trust: admin_trust::AdminTrust,
     pub proxy_port: u16,
     pub serving_ports: Vec<u16>,
 }
@@ -102,7 +108,13 @@ impl Snapshot {
     pub fn proxy_state(&self) -> String {
         match (&self.server_info, &self.processes) {
             (Ok(info), _) => info.state.as_str().to_owned(),
-            (Err(_), Ok(p)) if p.is_empty() => "NOT_RUNNING".into(),
+            (Err(e), Ok(p))
+                if p.is_empty()
+                    && !e.is_unreachable_but_accepted()
+                    && !self.resolved.admin_trust.something_listens() =>
+            {
+                "NOT_RUNNING".into()
+            }
             _ => "UNREACHABLE".into(),
         }
     }
@@ -240,6 +252,8 @@ impl Observer {
     /// One snapshot; sources are read concurrently and each has its own deadline.
     pub async fn snapshot(&self, check_control_plane: bool) -> Snapshot {
         let processes = procfs::envoy_processes(&self.proc_root);
+        // The admin's socket is read before and after its answers (SPEC §11).
+        let trust_before = self.admin_trust(&processes);
         let admin = async {
             let info = self.admin.server_info().await;
             if let Err(e) = &info
@@ -302,14 +316,8 @@ impl Observer {
             }
             _ => None,
         };
-        let resolved = resolve(
-            &self.settings,
-            &processes,
-            admin_pid,
-            &self.proc_root,
-            &server_info,
-            &vm,
-        );
+        let trust = admin_trust::both(trust_before, self.admin_trust(&processes));
+        let resolved = resolve(&self.settings, trust, &server_info, &vm);
         Snapshot {
             taken_at: SystemTime::now(),
             interception_mode: self.settings.interception,
@@ -329,12 +337,48 @@ impl Observer {
     }
 }
 
-/// SPEC §2's precedence for the Envoy UID, proxy port and serving ports.
+impl Observer {
+    /// The verdict on the socket serving `--envoy-admin` now.
+    fn admin_trust(
+        &self,
+        processes: &Result<Vec<EnvoyProcess>, ProcError>,
+    ) -> admin_trust::AdminTrust {
+        let admin = &self.settings.envoy_admin;
+        let user = match &self.settings.envoy_user {
+            Some(UserSpec::Uid(uid)) => admin_trust::EnvoyUser::Given(*uid),
+            Some(UserSpec::Name(name)) => match procfs::resolve_user(name) {
+                Some(uid) => admin_trust::EnvoyUser::Given(uid),
+                None => admin_trust::EnvoyUser::Unknown(crate::text::strip_control(name)),
+            },
+            None => admin_trust::EnvoyUser::Default {
+                process_uids: processes
+                    .as_ref()
+                    .ok()
+                    .map(|ps| ps.iter().map(|p| p.uid).collect()),
+                user_envoy: procfs::resolve_user("envoy"),
+            },
+        };
+        let shown = format!("{}:{}", admin.host, admin.port);
+        match procfs::listen_sockets(&self.proc_root, admin.port) {
+            Ok(sockets) => admin_trust::judge(
+                &shown,
+                &admin_trust::admin_addresses(&admin.host),
+                &sockets,
+                &user,
+            ),
+            Err(e) => admin_trust::AdminTrust::Untrusted {
+                owner: None,
+                why: format!("cannot tell who owns the socket of {shown}: {e}"),
+            },
+        }
+    }
+}
+
+/// SPEC §2's precedence for the Envoy UID, proxy port and serving ports; SPEC §11: the UID is
+/// the trusted admin socket's owner.
 fn resolve(
     settings: &Settings,
-    processes: &Result<Vec<EnvoyProcess>, ProcError>,
-    admin_pid: Option<u32>,
-    proc_root: &std::path::Path,
+    admin_trust: admin_trust::AdminTrust,
     server_info: &Result<ServerInfo, AdminError>,
     vm: &Result<VmMetadata, MetadataError>,
 ) -> Resolved {
@@ -344,31 +388,19 @@ fn resolve(
         .and_then(|vm| vm.service_proxy.as_ref().ok())
         .and_then(Option::as_ref);
 
-    let (envoy_uid, envoy_uid_source) = match &settings.envoy_user {
-        Some(UserSpec::Uid(uid)) => (Some(*uid), "--envoy-user".to_owned()),
-        Some(UserSpec::Name(name)) => (procfs::resolve_user(name), format!("--envoy-user {name}")),
-        None => {
-            let owner = processes.as_ref().ok().and_then(|ps| {
-                admin_pid
-                    .and_then(|pid| ps.iter().find(|p| p.pid == pid))
-                    .or_else(|| ps.first())
-                    .map(|p| p.uid)
-            });
-            // Without ptrace rights the admin socket's owner still names the UID.
-            let socket_owner = || {
-                procfs::listen_sockets(proc_root, settings.envoy_admin.port)
-                    .ok()
-                    .and_then(|s| s.first().map(|s| s.uid))
-            };
-            match owner {
-                Some(uid) => (Some(uid), "owner of the running envoy".to_owned()),
-                None => match procfs::resolve_user("envoy") {
-                    Some(uid) => (Some(uid), "user envoy".to_owned()),
-                    None => match socket_owner() {
-                        Some(uid) => (Some(uid), "owner of the admin socket".to_owned()),
-                        None => (None, "unknown".to_owned()),
-                    },
-                },
+    let (envoy_uid, envoy_uid_source) = match (&admin_trust, &settings.envoy_user) {
+        (admin_trust::AdminTrust::Trusted { uid, .. }, _) => {
+            (Some(*uid), "owner of the admin socket".to_owned())
+        }
+        (_, Some(UserSpec::Uid(uid))) => (Some(*uid), "--envoy-user".to_owned()),
+        (_, Some(UserSpec::Name(name))) => {
+            (procfs::resolve_user(name), format!("--envoy-user {name}"))
+        }
+        // Never the owner of a process merely named envoy: anyone can name a process so.
+        (admin_trust::AdminTrust::Untrusted { why, .. }, None) => {
+            match procfs::resolve_user("envoy") {
+                Some(uid) => (Some(uid), "user envoy".to_owned()),
+                None => (None, why.clone()),
             }
         }
     };
@@ -394,6 +426,7 @@ fn resolve(
     Resolved {
         envoy_uid,
         envoy_uid_source,
+        admin_trust,
         proxy_port,
         serving_ports,
     }

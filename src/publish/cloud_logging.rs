@@ -203,8 +203,16 @@ fn https_client() -> Result<HttpsClient, CloudLoggingError> {
         .map_err(|e| CloudLoggingError::Write(format!("no TLS root certificates: {e}")))?
         .https_or_http()
         .enable_http1()
-        .build();
+        .wrap_connector(marked_http_connector());
     Ok(Client::builder(TokioExecutor::new()).build(connector))
+}
+
+/// Marked as the agent's own traffic, so `intercept-all-outbound` never sends it to Envoy.
+fn marked_http_connector() -> HttpConnector {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_mark(crate::observe::own_traffic::mark());
+    http
 }
 
 async fn post(

@@ -68,14 +68,36 @@ pub struct HttpStub {
 impl HttpStub {
     /// Starts on 127.0.0.1:0 with its own runtime thread.
     pub fn start(handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static) -> HttpStub {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        Self::serve(listener, handler)
+    }
+
+    /// Like [`HttpStub::start`], with a listening socket that the kernel records as created
+    /// by `uid` (as `/proc/net/tcp` shows it): what a server run by that user would have. The
+    /// socket is made on a thread of its own whose file-system UID is `uid` (`setfsuid`,
+    /// per thread; the socket's owner is its creator's fsuid), so nothing else in the test
+    /// process changes identity. Needs root.
+    pub fn start_owned_by(
+        uid: u32,
+        handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static,
+    ) -> HttpStub {
+        Self::serve(listener_owned_by(uid, "127.0.0.1:0"), handler)
+    }
+
+    fn serve(
+        listener: std::net::TcpListener,
+        handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static,
+    ) -> HttpStub {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .expect("runtime");
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .expect("bind loopback");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let listener = {
+            let _guard = runtime.enter();
+            tokio::net::TcpListener::from_std(listener).expect("listener")
+        };
         let addr = listener.local_addr().expect("addr");
         let requests: Arc<Mutex<Vec<Recorded>>> = Arc::default();
         let handler: Arc<Mutex<Arc<Handler>>> = Arc::new(Mutex::new(Arc::new(handler)));
@@ -179,4 +201,19 @@ impl HttpStub {
         }
         pred(&self.requests.lock().unwrap())
     }
+}
+
+/// A TCP listener on `addr` whose owner, as `/proc/net/tcp` shows it, is `uid` (see
+/// [`HttpStub::start_owned_by`]). Panics when it cannot be made.
+pub fn listener_owned_by(uid: u32, addr: &str) -> std::net::TcpListener {
+    let addr = addr.to_owned();
+    std::thread::spawn(move || {
+        // setfsuid returns the previous value and cannot report failure: check the result.
+        nix::unistd::setfsuid(nix::unistd::Uid::from_raw(uid));
+        let now = nix::unistd::setfsuid(nix::unistd::Uid::from_raw(uid));
+        assert_eq!(now.as_raw(), uid, "setfsuid({uid}) needs root");
+        std::net::TcpListener::bind(&addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"))
+    })
+    .join()
+    .expect("the socket thread")
 }

@@ -220,7 +220,10 @@ impl StandInAdmin {
     pub fn start(answers: AdminAnswers) -> StandInAdmin {
         let faults: Arc<Mutex<Vec<(Endpoint, AdminFault)>>> = Arc::default();
         let f = faults.clone();
-        let stub = testkit::http_stub::HttpStub::start(move |r: &Recorded| {
+        // Its socket is owned by Envoy's UID, as a real Envoy's would be: the agent trusts an
+        // admin only then (SPEC §11).
+        let uid: u32 = ENVOY_UID.parse().unwrap();
+        let stub = testkit::http_stub::HttpStub::start_owned_by(uid, move |r: &Recorded| {
             let ep = Endpoint::of(&r.path);
             let fault = f
                 .lock()
