@@ -5,16 +5,29 @@
 //! link to a file only root may read, does not read a 64 GiB sparse log through, and counts a
 //! line once when copytruncate copies onto a rotated file it still holds.
 
+#[path = "faults/common.rs"]
+mod common;
+#[path = "support/daemon.rs"]
+mod daemon;
+#[path = "support/agent.rs"]
+mod support;
+
 use std::io::Write;
+use std::net::SocketAddr;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::*;
+use daemon::{Daemon, eventually};
 use service_proxy_agent::observe::log_follower::{FollowEvent, Follower, FollowerConfig};
+use support::{agent, closed_port};
+use testkit::metadata_emulator::{MetadataEmulator, VmIdentity};
 
 const NOBODY: u32 = 65534;
 
@@ -275,4 +288,181 @@ fn copytruncate_onto_a_held_rotated_file_counts_each_line_once() {
     // Any change in the directory wakes the follower.
     std::fs::write(dir.path().join("wake.log"), "").unwrap();
     f.wait_text("rewr", Duration::from_secs(5)).unwrap();
+}
+
+/// The daemon, as its unit runs it but with interception off, following a log directory every
+/// UID may write; `prepare` fills the directory before the start.
+struct Running {
+    _control_plane: std::net::TcpListener,
+    md: MetadataEmulator,
+    daemon: Daemon,
+    metrics: SocketAddr,
+    logs: PathBuf,
+}
+
+fn start_agent(prepare: impl FnOnce(&Path)) -> Running {
+    let md = MetadataEmulator::start(VmIdentity::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let logs = dir.path().join("envoy");
+    std::fs::create_dir(&logs).unwrap();
+    std::fs::set_permissions(&logs, std::fs::Permissions::from_mode(0o777)).unwrap();
+    prepare(&logs);
+    let metrics = free_addr();
+    let (control_plane, cp_addr) = reachable_control_plane();
+    let mut cmd = agent(&md.host(), dir.path());
+    cmd.args([
+        "--envoy-admin",
+        &format!("http://127.0.0.1:{}", closed_port()),
+    ])
+    .arg("--envoy-log-dir")
+    .arg(&logs)
+    .args(["--interception", "off", "--poll-interval", "1s"])
+    .args(["--metrics-addr", &metrics.to_string()])
+    .args(["--control-plane", &cp_addr]);
+    let daemon = Daemon::start(cmd, dir);
+    eventually(Duration::from_secs(20), "first publication", || {
+        attr(&md, "findings")
+    });
+    Running {
+        _control_plane: control_plane,
+        md,
+        daemon,
+        metrics,
+        logs,
+    }
+}
+
+/// Item 8: UID 65534 opens 300 connections to the metrics port, each sending ~400 KiB of
+/// request headers and holding on. The agent's memory stays bounded, and a scrape made during
+/// the attack is answered.
+#[test]
+fn a_slowloris_on_the_metrics_port_neither_grows_memory_nor_stops_scrapes() {
+    let mut run = start_agent(|_| {});
+    cycles_advance(run.metrics, 1, Duration::from_secs(15), "start");
+    let pid = run.daemon.pid();
+    let hwm_before = status_kib(pid, "VmHWM").unwrap();
+    let attack = format!(
+        r#"use IO::Socket::INET; $SIG{{PIPE}} = "IGNORE";
+        my $head = "GET /metrics HTTP/1.1\r\nHost: x\r\nX-Pad: " . ("a" x (400 * 1024));
+        my @c;
+        for (1 .. 300) {{
+            my $s = IO::Socket::INET->new(PeerAddr => "{addr}", Blocking => 0) or next;
+            push @c, [$s, 0];
+        }}
+        my $end = time + 6;
+        while (time < $end) {{
+            for my $c (@c) {{
+                next if $c->[1] >= length $head;
+                my $n = syswrite($c->[0], $head, 65536, $c->[1]);
+                $c->[1] += $n if defined $n && $n > 0;
+            }}
+            select(undef, undef, undef, 0.01);
+        }}"#,
+        addr = run.metrics
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let mut attacker = as_nobody(tmp.path(), &attack);
+    std::thread::sleep(Duration::from_secs(1));
+    let started = Instant::now();
+    let scraped = eventually(
+        Duration::from_secs(10),
+        "a scrape during the attack",
+        || metric(run.metrics, "spa_cycles_total"),
+    );
+    eprintln!(
+        "scrape during the attack answered after {:?}",
+        started.elapsed()
+    );
+    assert!(scraped >= 1.0);
+    assert!(attacker.wait().unwrap().success(), "the attacker's program");
+    let hwm = status_kib(pid, "VmHWM").unwrap();
+    eprintln!("VmHWM {hwm_before} KiB before, {hwm} KiB after the attack");
+    assert!(
+        hwm < hwm_before + 32 * 1024,
+        "memory grew from {hwm_before} KiB to {hwm} KiB"
+    );
+    cycles_advance(run.metrics, 1, Duration::from_secs(15), "after the attack");
+    assert!(run.daemon.stop().0.success());
+}
+
+/// Item 6: 1,500 files named `*.log` made by UID 65534: the agent holds a bounded number of
+/// descriptors, keeps cycling, still follows `envoy.log`, and reports the excess in one line.
+#[test]
+fn thousands_of_logs_are_capped_and_the_excess_reported() {
+    let mut run = start_agent(|logs| {
+        std::fs::write(logs.join("envoy.log"), "").unwrap();
+        std::fs::set_permissions(
+            logs.join("envoy.log"),
+            std::fs::Permissions::from_mode(0o666),
+        )
+        .unwrap();
+    });
+    let pid = run.daemon.pid();
+    let fds_before = fd_count(pid);
+    let mut attacker = as_nobody(
+        &run.logs,
+        r#"for my $i (1 .. 1500) { open(my $f, ">", sprintf("x%04d.log", $i)) or die; print $f "[t] x\n"; close $f; }"#,
+    );
+    assert!(attacker.wait().unwrap().success(), "the attacker's program");
+    cycles_advance(run.metrics, 2, Duration::from_secs(15), "many files");
+    let fds = fd_count(pid);
+    assert!(
+        fds < fds_before + 80,
+        "{fds_before} descriptors before, {fds} with 1,500 logs"
+    );
+    let l = run
+        .daemon
+        .wait_log(Duration::from_secs(15), "the excess reported", |l| {
+            l.contains("\"source\":\"envoy_log_file\"") && l.contains("files followed at once")
+        });
+    assert!(l.len() < 1024, "{l}");
+    append(
+        &run.logs.join("envoy.log"),
+        "[2026-11-22 10:00:00.000][7][warning][config] [./source/extensions/config_subscription/grpc/grpc_stream.h:189] StreamAggregatedResources gRPC config stream to trafficdirector closed: 7, permission denied\n",
+    );
+    // Through the metric: guest-attribute writes are rate-limited.
+    eventually(Duration::from_secs(15), "envoy.log still followed", || {
+        metrics_text(run.metrics)
+            .lines()
+            .any(|l| {
+                l.starts_with("spa_finding_active{id=\"CONTROL_PLANE_PERMISSION_DENIED\"")
+                    && l.ends_with(" 1")
+            })
+            .then_some(())
+    });
+
+    assert!(run.daemon.stop().0.success());
+}
+
+/// Item 7: 1,500 FIFOs named `*.log` made by UID 65534: reported in a handful of short lines,
+/// not one line per FIFO listing them all.
+#[test]
+fn thousands_of_fifos_are_reported_in_a_few_short_lines() {
+    let mut run = start_agent(|_| {});
+    let skip = run.daemon.lines().len();
+    let mut attacker = as_nobody(
+        &run.logs,
+        r#"use POSIX; for my $i (1 .. 1500) { POSIX::mkfifo(sprintf("p%04d.log", $i), 0644) or die; }"#,
+    );
+    assert!(attacker.wait().unwrap().success(), "the attacker's program");
+    run.daemon
+        .wait_log(Duration::from_secs(15), "the FIFOs reported", |l| {
+            l.contains("\"source\":\"envoy_log_file\"") && l.contains("not a regular file")
+        });
+    cycles_advance(run.metrics, 2, Duration::from_secs(15), "many FIFOs");
+    let lines = run.daemon.lines();
+    let reports: Vec<&String> = lines
+        .iter()
+        .skip(skip)
+        .filter(|l| l.contains("\"source\":\"envoy_log_file\""))
+        .collect();
+    let bytes: usize = reports.iter().map(|l| l.len()).sum();
+    eprintln!("{} report lines, {bytes} bytes", reports.len());
+    assert!(
+        reports.len() <= 10 && bytes < 10 * 1024,
+        "{} lines, {bytes} bytes",
+        reports.len()
+    );
+    assert!(run.daemon.stop().0.success());
 }

@@ -24,7 +24,7 @@ pub const MAX_FOLLOWED: usize = 64;
 /// Most bytes read from a file in one go when catching up with what it already holds (a file
 /// seen for the first time, a copy read from an offset): a 64 GiB sparse log costs one bounded
 /// read of its tail, not minutes of zeros.
-pub const MAX_CATCH_UP_BYTES: u64 = 4 << 20;
+pub const MAX_CATCH_UP_BYTES: u64 = 16 << 20;
 /// Names given in a [`NotFollowed`] summary.
 const SAMPLE: usize = 5;
 /// Least time between two summaries while the set of files not followed keeps changing.
