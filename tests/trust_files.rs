@@ -466,3 +466,72 @@ fn thousands_of_fifos_are_reported_in_a_few_short_lines() {
     );
     assert!(run.daemon.stop().0.success());
 }
+
+/// The agent binary for a one-shot command against `md`.
+fn command(md: &MetadataEmulator, config: &Path, args: &[&str]) -> Command {
+    let mut cmd = agent(&md.host(), config);
+    cmd.args(args);
+    cmd
+}
+
+/// Item 21: a command whose reader goes away before it prints (`status | true`) ends quietly,
+/// with the status of a death by SIGPIPE (141), never a panic and an abort.
+#[test]
+fn a_reader_that_goes_away_ends_a_command_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let md = MetadataEmulator::start(VmIdentity::default()).unwrap();
+    md.seed_guest_attribute(
+        "gce-service-proxy",
+        "agent-heartbeat",
+        "2026-11-22T10:00:00Z",
+    );
+    let config = tempfile::tempdir().unwrap();
+    for args in [&["status"][..], &["status", "--json"], &["version"]] {
+        let mut child = command(&md, config.path(), args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The read end closed before the command writes anything.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            (out.status.code(), out.status.signal()),
+            (Some(141), None),
+            "{args:?}: {stderr}"
+        );
+        assert!(stderr.is_empty(), "{args:?}: {stderr}");
+    }
+}
+
+/// Item 17: `status` prints no terminal escape from an attribute value (any local root, or an
+/// install script, writes them), and a heartbeat in the future is not an agent alive.
+#[test]
+fn status_prints_no_escapes_and_a_future_heartbeat_is_not_alive() {
+    let md = MetadataEmulator::start(VmIdentity::default()).unwrap();
+    md.seed_guest_attribute(
+        "gce-service-proxy",
+        "agent-heartbeat",
+        "2099-01-01T00:00:00Z",
+    );
+    md.seed_guest_attribute(
+        "gce-service-proxy",
+        "bootstrap-last-failure",
+        "fine\u{1b}]0;pwned\u{7}\u{1b}[2J\rforged line",
+    );
+    let config = tempfile::tempdir().unwrap();
+    let out = command(&md, config.path(), &["status"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !stdout.chars().any(|c| c.is_control() && c != '\n'),
+        "{stdout:?}"
+    );
+    assert!(stdout.contains("forged line"), "{stdout}");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a future heartbeat is not alive: {stdout}"
+    );
+    assert!(stdout.contains("in the future"), "{stdout}");
+}
