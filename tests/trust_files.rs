@@ -298,6 +298,8 @@ struct Running {
     daemon: Daemon,
     metrics: SocketAddr,
     logs: PathBuf,
+    /// The config file the daemon reads (`SPA_CONFIG`), empty at start.
+    config: PathBuf,
 }
 
 fn start_agent(prepare: impl FnOnce(&Path)) -> Running {
@@ -311,15 +313,18 @@ fn start_agent(prepare: impl FnOnce(&Path)) -> Running {
     let metrics = free_addr();
     let (control_plane, cp_addr) = reachable_control_plane();
     let mut cmd = agent(&md.host(), dir.path());
+    let config = dir.path().join("empty.toml");
     cmd.args([
         "--envoy-admin",
         &format!("http://127.0.0.1:{}", closed_port()),
     ])
     .arg("--envoy-log-dir")
     .arg(&logs)
-    .args(["--interception", "off", "--poll-interval", "1s"])
+    .args(["--interception", "off"])
     .args(["--metrics-addr", &metrics.to_string()])
     .args(["--control-plane", &cp_addr]);
+    // Through the config file, so a reload can change it.
+    std::fs::write(&config, "poll-interval = \"1s\"\n").unwrap();
     let daemon = Daemon::start(cmd, dir);
     eventually(Duration::from_secs(20), "first publication", || {
         attr(&md, "findings")
@@ -330,6 +335,7 @@ fn start_agent(prepare: impl FnOnce(&Path)) -> Running {
         daemon,
         metrics,
         logs,
+        config,
     }
 }
 
@@ -534,4 +540,61 @@ fn status_prints_no_escapes_and_a_future_heartbeat_is_not_alive() {
         "a future heartbeat is not alive: {stdout}"
     );
     assert!(stdout.contains("in the future"), "{stdout}");
+}
+
+/// Item 14: a duration too large for the clock (`300000000000y`) is a one-line error naming
+/// the flag, not an abort; in the config file on SIGHUP, the reload is refused, naming the key,
+/// and the daemon goes on.
+#[test]
+fn absurd_durations_are_refused_naming_the_flag_or_key() {
+    let md = MetadataEmulator::start(VmIdentity::default()).unwrap();
+    let config = tempfile::tempdir().unwrap();
+    for flag in ["--poll-interval", "--heartbeat-interval", "--finding-ttl"] {
+        let out = command(&md, config.path(), &["run", flag, "300000000000y"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag}: {stderr}");
+        assert!(
+            stderr.contains(flag) && stderr.lines().count() == 1,
+            "{flag}: {stderr}"
+        );
+    }
+
+    let mut run = start_agent(|_| {});
+    std::fs::write(&run.config, "poll-interval = \"300000000000y\"\n").unwrap();
+    run.daemon.signal(nix::sys::signal::Signal::SIGHUP);
+    run.daemon
+        .wait_log(Duration::from_secs(10), "the reload refused", |l| {
+            l.contains("config not reloaded") && l.contains("poll-interval")
+        });
+    cycles_advance(
+        run.metrics,
+        2,
+        Duration::from_secs(15),
+        "after the bad reload",
+    );
+    assert!(run.daemon.is_running());
+    assert!(run.daemon.stop().0.success());
+}
+
+/// Item 15: the config file replaced by a FIFO (nobody writes it), then SIGHUP: the reload is
+/// refused at once and the loop goes on cycling.
+#[test]
+fn a_fifo_as_config_file_does_not_hang_the_reload() {
+    let mut run = start_agent(|_| {});
+    std::fs::remove_file(&run.config).unwrap();
+    nix::unistd::mkfifo(&run.config, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    run.daemon.signal(nix::sys::signal::Signal::SIGHUP);
+    run.daemon
+        .wait_log(Duration::from_secs(10), "the reload refused", |l| {
+            l.contains("config not reloaded")
+        });
+    cycles_advance(
+        run.metrics,
+        2,
+        Duration::from_secs(15),
+        "after SIGHUP with a FIFO",
+    );
+    assert!(run.daemon.stop().0.success());
 }
