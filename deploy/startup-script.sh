@@ -419,6 +419,9 @@ Restart=always
 RestartSec=5s
 WatchdogSec=60s
 TimeoutStopSec=10s
+# Descriptors: at most 64 followed logs and 32 metrics connections (both capped in the code),
+# a few dozen others; fixed here so a changed system default changes nothing.
+LimitNOFILE=1024
 # glibc malloc: one arena, and blocks of 64 KiB or more (a config dump being parsed, a ruleset)
 # handed back to the kernel when freed, instead of the heap growing to the largest poll's needs
 # and keeping them.

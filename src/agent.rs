@@ -83,7 +83,7 @@ struct Agent {
     /// Last message per failure source, so a persisting failure is logged once, not per poll.
     failing: BTreeMap<&'static str, String>,
     /// `*.log` files the follower cannot read, with why.
-    unreadable_logs: BTreeMap<std::path::PathBuf, String>,
+    unreadable_logs: crate::observe::log_files::NotFollowed,
     /// Inputs kept away from iptables (listener prefixes, metadata ranges) as last reported.
     ignored_inputs: Vec<String>,
     last_cp_check: Option<Instant>,
@@ -168,7 +168,7 @@ impl Agent {
             active: BTreeMap::new(),
             envoy_version: None,
             failing: BTreeMap::new(),
-            unreadable_logs: BTreeMap::new(),
+            unreadable_logs: Default::default(),
             ignored_inputs: Vec::new(),
             last_cp_check: None,
             cloud_tx,
@@ -323,12 +323,8 @@ impl Agent {
                         tracing::info!(dir = %dir.display(), "Envoy log directory available");
                         self.cleared("envoy_log");
                     }
-                    Some(EntryEvent::FileUnreadable { path, reason }) => {
-                        self.unreadable_logs.insert(path, reason);
-                        self.report_unreadable_logs();
-                    }
-                    Some(EntryEvent::FileReadable { path }) => {
-                        self.unreadable_logs.remove(&path);
+                    Some(EntryEvent::NotFollowed(n)) => {
+                        self.unreadable_logs = n;
                         self.report_unreadable_logs();
                     }
                     None => {}
@@ -588,15 +584,7 @@ impl Agent {
             self.cleared("envoy_log_file");
             return;
         }
-        let list: Vec<String> = self
-            .unreadable_logs
-            .iter()
-            .map(|(p, why)| format!("{}: {why}", p.display()))
-            .collect();
-        self.failure(
-            "envoy_log_file",
-            format!("cannot follow Envoy's log {}", list.join("; ")),
-        );
+        self.failure("envoy_log_file", self.unreadable_logs.describe());
     }
 
     /// Inputs that are not valid networks, ports or ranges never reach iptables (SPEC §7); each

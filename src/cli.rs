@@ -150,7 +150,10 @@ pub fn main() -> ExitCode {
         }
     };
     if let Command::Version = cli.command {
-        println!("service-proxy-agent {}", env!("CARGO_PKG_VERSION"));
+        crate::text::print_out(format_args!(
+            "service-proxy-agent {}\n",
+            env!("CARGO_PKG_VERSION")
+        ));
         return ExitCode::SUCCESS;
     }
     let settings = match Settings::resolve(&cli.common, |k| std::env::var(k).ok()) {

@@ -106,11 +106,18 @@ pub fn parse_host_port(s: &str) -> Result<HostPort, String> {
         .ok_or_else(|| "expected HOST:PORT, e.g. trafficdirector.googleapis.com:443".into())
 }
 
+/// Longest duration accepted anywhere: the loop adds and multiplies durations, and a value
+/// near the clock's range (`300000000000y`) would overflow it.
+pub const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
+
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s.trim())
         .map_err(|_| "expected a duration such as 10s, 1m30s or 500ms".to_owned())?;
     if d.is_zero() {
         return Err("expected a duration greater than zero, such as 10s".into());
+    }
+    if d > MAX_DURATION {
+        return Err("expected a duration of at most 7 days, such as 10s".into());
     }
     Ok(d)
 }
@@ -515,21 +522,38 @@ impl Settings {
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
-    let meta = std::fs::metadata(path).map_err(|e| ConfigError::Unreadable {
+    let unreadable = |e: std::io::Error| ConfigError::Unreadable {
         path: path.to_owned(),
         reason: e.to_string(),
-    })?;
+    };
+    // O_NONBLOCK: a FIFO in its place must not hang the loop on SIGHUP; only a regular file
+    // is read (checked on the descriptor).
+    let file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+            .open(path)
+            .map_err(unreadable)?
+    };
+    let meta = file.metadata().map_err(unreadable)?;
+    if !meta.is_file() {
+        return Err(ConfigError::Unreadable {
+            path: path.to_owned(),
+            reason: "not a regular file".into(),
+        });
+    }
     // A config file is a handful of lines; refuse anything absurd rather than read it.
-    if meta.len() > 1024 * 1024 {
+    const MAX_BYTES: u64 = 1024 * 1024;
+    if meta.len() > MAX_BYTES {
         return Err(ConfigError::Malformed {
             path: path.to_owned(),
             reason: format!("{} bytes is too large for a config file", meta.len()),
         });
     }
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Unreadable {
-        path: path.to_owned(),
-        reason: e.to_string(),
-    })?;
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut std::io::Read::take(file, MAX_BYTES), &mut text)
+        .map_err(unreadable)?;
     parse_file(&text).map_err(|reason| ConfigError::Malformed {
         path: path.to_owned(),
         reason,
@@ -706,6 +730,9 @@ mod tests {
         assert_eq!(parse_user("envoy").unwrap(), UserSpec::Name("envoy".into()));
         assert!(parse_duration("0s").is_err());
         assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
+        // Beyond the clock's arithmetic: refused, not an overflow later (issue 15 item 14).
+        assert!(parse_duration("300000000000y").is_err());
+        assert_eq!(parse_duration("7d").unwrap(), MAX_DURATION);
     }
 
     #[test]

@@ -145,9 +145,12 @@ fn plural(n: usize) -> &'static str {
 pub async fn run(settings: &Settings, json: bool, wait: Option<Duration>) -> anyhow::Result<u8> {
     let report = observe_and_diagnose(settings, wait).await;
     if json {
-        println!("{}", serde_json::to_string_pretty(&report.to_json())?);
+        crate::text::print_out(format_args!(
+            "{}\n",
+            serde_json::to_string_pretty(&report.to_json())?
+        ));
     } else {
-        print!("{}", report.to_text());
+        crate::text::print_out(format_args!("{}", report.to_text()));
     }
     Ok(report.exit_code())
 }

@@ -10,6 +10,7 @@ use crate::cli::BootstrapStatus;
 use crate::config::Settings;
 use crate::observe::metadata::{MetadataClient, MetadataError};
 use crate::publish::guest_attributes::{NAMESPACE, keys};
+use crate::text::strip_control;
 
 /// The guide: a heartbeat older than 5 minutes means the agent is stuck.
 pub const STALE_AFTER: Duration = Duration::from_secs(300);
@@ -30,10 +31,20 @@ fn client(settings: &Settings) -> MetadataClient {
     MetadataClient::new(&settings.metadata_host, Duration::from_secs(5))
 }
 
-/// The heartbeat's age at `now`, if it parses.
-pub fn heartbeat_age(value: &str, now: SystemTime) -> Option<Duration> {
+/// How far ahead of this VM's clock a heartbeat may be (a clock stepped back a little since it
+/// was written). The agent writes it with this very clock: more is a forged or broken value,
+/// and must not make a stopped agent look alive forever.
+pub const FUTURE_TOLERANCE: Duration = Duration::from_secs(60);
+
+/// The heartbeat's age at `now`: `Ok(age)` (zero within [`FUTURE_TOLERANCE`] ahead), `Err(ahead)`
+/// when it is further in the future; `None` when it does not parse.
+pub fn heartbeat_age(value: &str, now: SystemTime) -> Option<Result<Duration, Duration>> {
     let t = humantime::parse_rfc3339_weak(value.trim()).ok()?;
-    Some(now.duration_since(t).unwrap_or(Duration::ZERO))
+    Some(match now.duration_since(t) {
+        Ok(age) => Ok(age),
+        Err(e) if e.duration() <= FUTURE_TOLERANCE => Ok(Duration::ZERO),
+        Err(e) => Err(e.duration()),
+    })
 }
 
 pub async fn status(settings: &Settings, json_out: bool) -> anyhow::Result<u8> {
@@ -56,12 +67,16 @@ pub async fn status(settings: &Settings, json_out: bool) -> anyhow::Result<u8> {
     let age = values
         .get(keys::HEARTBEAT)
         .and_then(|v| heartbeat_age(v, now));
-    let alive = age.is_some_and(|a| a < STALE_AFTER);
+    let alive = age.is_some_and(|a| a.is_ok_and(|a| a < STALE_AFTER));
     let verdict = match (values.get(keys::HEARTBEAT), age) {
         (None, _) => "no agent-heartbeat: the agent has never published on this VM".to_owned(),
         (Some(v), None) => format!("agent-heartbeat {v:?} is not an RFC 3339 time"),
-        (Some(_), Some(a)) if alive => format!("agent alive (heartbeat {} ago)", human(a)),
-        (Some(_), Some(a)) => format!(
+        (Some(_), Some(Err(ahead))) => format!(
+            "agent-heartbeat is {} in the future: not a time this agent wrote",
+            human(ahead)
+        ),
+        (Some(_), Some(Ok(a))) if alive => format!("agent alive (heartbeat {} ago)", human(a)),
+        (Some(_), Some(Ok(a))) => format!(
             "agent stuck or stopped: heartbeat {} ago (more than 5 minutes)",
             human(a)
         ),
@@ -70,13 +85,16 @@ pub async fn status(settings: &Settings, json_out: bool) -> anyhow::Result<u8> {
         let out = json!({
             "namespace": NAMESPACE,
             "attributes": values,
-            "heartbeat_age_seconds": age.map(|a| a.as_secs()),
+            "heartbeat_age_seconds": age.and_then(Result::ok).map(|a| a.as_secs()),
             "alive": alive,
             "verdict": verdict,
         });
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        crate::text::print_out(format_args!("{}\n", serde_json::to_string_pretty(&out)?));
     } else {
-        println!("guest attributes {NAMESPACE}/ on {}:", md.authority());
+        crate::text::print_out(format_args!(
+            "guest attributes {NAMESPACE}/ on {}:\n",
+            md.authority()
+        ));
         let width = ORDER
             .iter()
             .map(|k| k.len())
@@ -98,10 +116,12 @@ pub async fn status(settings: &Settings, json_out: bool) -> anyhow::Result<u8> {
                 None if key == keys::BOOTSTRAP_STATUS => "[none]".to_owned(),
                 None => "(absent)".to_owned(),
             };
-            println!("  {key:<width$}  {value}");
+            // Values come from whoever can write guest attributes: no terminal escapes.
+            let (k, v) = (strip_control(&key), strip_control(&value));
+            crate::text::print_out(format_args!("  {k:<width$}  {v}\n"));
             shown.push(key);
         }
-        println!("{verdict}");
+        crate::text::print_out(format_args!("{}\n", strip_control(&verdict)));
     }
     Ok(if alive { 0 } else { 1 })
 }
@@ -109,7 +129,7 @@ pub async fn status(settings: &Settings, json_out: bool) -> anyhow::Result<u8> {
 fn unreachable(md: &MetadataClient, e: &MetadataError, json_out: bool) -> u8 {
     let msg = format!("cannot read guest attributes from {}: {e}", md.authority());
     if json_out {
-        println!("{}", json!({"error": msg, "alive": false}));
+        crate::text::print_out(format_args!("{}\n", json!({"error": msg, "alive": false})));
     } else {
         eprintln!("service-proxy-agent: {msg}");
     }
@@ -151,13 +171,18 @@ mod tests {
         let now = humantime::parse_rfc3339("2026-11-22T10:05:00Z").unwrap();
         assert_eq!(
             heartbeat_age("2026-11-22T10:00:00Z", now),
-            Some(Duration::from_secs(300))
+            Some(Ok(Duration::from_secs(300)))
         );
         assert_eq!(heartbeat_age("yesterday", now), None);
-        // A clock ahead of ours is age zero, not an error.
+        // A clock stepped back a little: age zero.
         assert_eq!(
             heartbeat_age("2026-11-22T10:06:00Z", now),
-            Some(Duration::ZERO)
+            Some(Ok(Duration::ZERO))
+        );
+        // Further ahead: not alive, whatever its distance (issue 15 item 17).
+        assert_eq!(
+            heartbeat_age("2099-01-01T00:00:00Z", now).map(|r| r.is_err()),
+            Some(true)
         );
     }
 }

@@ -28,6 +28,24 @@ pub fn strip_control(s: &str) -> String {
         .collect()
 }
 
+/// Writes a command's output to stdout. A reader that went away (`status | head -1`,
+/// `status | true`) ends the process quietly with the status a death by SIGPIPE would give
+/// (141), instead of a panic and an abort; any other write error ends it with status 2.
+pub fn print_out(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(141);
+        }
+        let _ = writeln!(
+            std::io::stderr(),
+            "service-proxy-agent: cannot write output: {e}"
+        );
+        std::process::exit(2);
+    }
+}
+
 /// A value fit for a guest attribute: one line, no control characters, at most 1024 bytes.
 pub fn attribute_value(s: &str) -> String {
     truncate_with_ellipsis(&strip_control(s), ATTRIBUTE_MAX_BYTES)

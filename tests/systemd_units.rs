@@ -186,3 +186,23 @@ fn envoy_unit_is_confined_too() {
     let unit = shipped("envoy.service");
     assert!(unit.contains("\nUser=envoy\n"), "{unit}");
 }
+
+/// The agent's descriptor budget in its unit covers its caps (SPEC §11: files under the log
+/// directory and metrics connections are bounded in number) with room for everything else.
+#[test]
+fn agent_unit_limits_descriptors_above_the_agents_own_caps() {
+    let unit = shipped("service-proxy-agent.service");
+    let limit: usize = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("LimitNOFILE="))
+        .expect("LimitNOFILE= in the agent's unit")
+        .trim()
+        .parse()
+        .expect("one number");
+    let caps = service_proxy_agent::observe::log_files::MAX_FOLLOWED
+        + service_proxy_agent::publish::metrics::MAX_CONNECTIONS;
+    assert!(
+        limit >= 4 * caps,
+        "LimitNOFILE={limit} leaves too little beside {caps} capped descriptors"
+    );
+}

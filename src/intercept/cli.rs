@@ -34,8 +34,11 @@ pub async fn run(settings: &Settings, action: InterceptAction) -> anyhow::Result
                 for family in Family::BOTH {
                     let fp = plan.family(family);
                     if let Some(text) = fp.restore_text() {
-                        println!("# {}-restore --noflush", family.command());
-                        print!("{text}");
+                        crate::text::print_out(format_args!(
+                            "# {}-restore --noflush\n",
+                            family.command()
+                        ));
+                        crate::text::print_out(format_args!("{text}"));
                     }
                 }
                 return Ok(0);
@@ -52,14 +55,18 @@ fn summarize(report: &ReconcileReport) -> u8 {
         let name = family.command();
         match report.family(family) {
             FamilyOutcome::Unchanged { rules } => {
-                println!("{name}: already as wanted ({rules} rules), nothing applied");
+                crate::text::print_out(format_args!(
+                    "{name}: already as wanted ({rules} rules), nothing applied\n"
+                ));
             }
             FamilyOutcome::Changed { rules, .. } => {
-                println!("{name}: applied ({rules} rules)");
+                crate::text::print_out(format_args!("{name}: applied ({rules} rules)\n"));
             }
             FamilyOutcome::Skipped => {}
             FamilyOutcome::Unavailable(e) => {
-                println!("{name}: not available ({e}); nothing of ours to change there");
+                crate::text::print_out(format_args!(
+                    "{name}: not available ({e}); nothing of ours to change there\n"
+                ));
             }
             FamilyOutcome::Failed(e) => {
                 eprintln!("{name}: refused: {e}");

@@ -847,6 +847,9 @@ pub fn read_recent(dir: &Path, max_bytes_per_file: u64) -> Result<Vec<FileTail>,
             paths.push(item.path());
         }
     }
+    // As many as the follower follows, Envoy's own names first (SPEC §11: bounded numbers).
+    paths.sort_by_cached_key(|p| crate::observe::log_files::priority(p));
+    paths.truncate(crate::observe::log_files::MAX_FOLLOWED);
     paths.sort();
     Ok(paths
         .into_iter()
@@ -863,10 +866,17 @@ pub fn read_tail(path: &Path, max_bytes: u64) -> Result<Tail, LogError> {
         path: path.to_path_buf(),
         reason: e.to_string(),
     };
+    // A link or a special file is not opened at all (opening some devices has effects).
+    if std::fs::symlink_metadata(path).is_ok_and(|m| !m.is_file()) {
+        return Err(LogError::NotAFile {
+            path: path.to_path_buf(),
+        });
+    }
     // O_NONBLOCK: a FIFO named *.log must not hang `doctor`; it is refused just below.
+    // O_NOFOLLOW: a link may lead to a file only root may read (SPEC §11).
     let mut file: File = OpenOptions::new()
         .read(true)
-        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+        .custom_flags((nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_NOFOLLOW).bits())
         .open(path)
         .map_err(file_err)?;
     let meta = file.metadata().map_err(file_err)?;

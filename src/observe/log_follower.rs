@@ -28,6 +28,10 @@ use std::time::Duration;
 
 use notify::Watcher;
 
+use crate::observe::log_files::{
+    self, Debounce, Identity, MAX_CATCH_UP_BYTES, MAX_FOLLOWED, NotFollowed, open_regular,
+};
+
 /// Identifies one file across renames: device and inode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct FileId {
@@ -52,11 +56,10 @@ pub enum FollowEvent {
     DirUnavailable { dir: PathBuf, reason: String },
     /// The directory is back.
     DirAvailable { dir: PathBuf },
-    /// A `*.log` cannot be followed (permission denied, not a regular file): reported once
-    /// until it becomes readable or goes away, so a log Envoy writes unseen is not silent.
-    FileUnreadable { path: PathBuf, reason: String },
-    /// A file reported unreadable is readable now, or gone.
-    FileReadable { path: PathBuf },
+    /// The `*.log` files that cannot be followed (permission denied, not a regular file, a
+    /// link, beyond the cap), each time that set changes (at most once a second), so a log
+    /// Envoy writes unseen is not silent; an empty set after a report is the recovery.
+    NotFollowed(NotFollowed),
 }
 
 #[derive(Debug, Clone)]
@@ -108,9 +111,18 @@ struct Tracked {
     head_before_truncate: Vec<u8>,
     /// The latest copy made of this content (copytruncate's `envoy.log.1`): what was written
     /// after our last read and before the truncation is read from it.
-    copy: Option<(FileId, File)>,
+    copy: Option<(Identity, File)>,
     /// Still has a name in the directory.
     present: bool,
+    /// Modification time at the last read: an equal-length rewrite changes it.
+    modified: (i64, i64),
+    /// Rewritten under a rotated name (copytruncate copying onto the file it renamed before):
+    /// what it holds now is a copy, not to be read again.
+    became_copy: bool,
+}
+
+fn modified(meta: &std::fs::Metadata) -> (i64, i64) {
+    (meta.mtime(), meta.mtime_nsec())
 }
 
 /// Handle to the follower thread; dropping it stops the thread at its next wake-up.
@@ -196,11 +208,13 @@ fn run(
     let mut tracked: BTreeMap<FileId, Tracked> = BTreeMap::new();
     let mut first_scan = true;
     let mut dir_down = false;
-    // Rotated files not to read: history present at start, and copytruncate copies.
-    let mut ignored: std::collections::BTreeSet<FileId> = std::collections::BTreeSet::new();
+    // Rotated files not to read: history present at start, and copytruncate copies. Keyed by
+    // more than the inode (reused at once after an unlink), and never consulted for a live name.
+    let mut ignored: std::collections::BTreeSet<Identity> = std::collections::BTreeSet::new();
     let mut buf = vec![0u8; cfg.chunk_bytes.max(4096)];
-    // `*.log` names that could not be opened, reported once each.
-    let mut unreadable: std::collections::BTreeSet<PathBuf> = std::collections::BTreeSet::new();
+    // `*.log` names that cannot be followed, and when that was last reported.
+    let mut not_followed: BTreeMap<PathBuf, String> = BTreeMap::new();
+    let mut debounce = Debounce::default();
 
     // The directory inotify watches (a directory renamed away and replaced keeps the watch on
     // the old one), and whether the next round must list the directory: not when all that
@@ -261,25 +275,18 @@ fn run(
                     .map(|e| e.path())
                     .filter_map(|p| name_kind(&p).map(|k| (p, k)))
                     .collect();
-                names.sort();
+                names.sort_by_cached_key(|(p, _)| log_files::priority(p));
                 let mut seen_ignored = std::collections::BTreeSet::new();
-                let mut still_unreadable = std::collections::BTreeSet::new();
+                not_followed.clear();
                 for (path, kind) in names {
-                    let Ok(meta) = std::fs::metadata(&path) else {
+                    let Ok(meta) = std::fs::symlink_metadata(&path) else {
                         continue;
                     };
-                    if !meta.is_file() {
-                        // A FIFO would block an open for reading; a directory has no lines.
-                        if kind == NameKind::Live
-                            && !report_unreadable(
-                                &mut unreadable,
-                                &mut still_unreadable,
-                                &path,
-                                "not a regular file",
-                                &mut sink,
-                            )
-                        {
-                            return;
+                    // A FIFO would block an open for reading, a link may lead anywhere (another
+                    // user's file, /dev/zero), a directory has no lines: none is opened.
+                    if let Err(why) = log_files::classify(&meta) {
+                        if kind == NameKind::Live {
+                            not_followed.insert(path, why.to_owned());
                         }
                         continue;
                     }
@@ -295,33 +302,41 @@ fn run(
                         t.present = true;
                         continue;
                     }
-                    if ignored.contains(&id) {
-                        seen_ignored.insert(id);
+                    let identity = Identity::of(&meta);
+                    if kind == NameKind::Rotated {
+                        if ignored.contains(&identity) {
+                            seen_ignored.insert(identity);
+                            continue;
+                        }
+                        if first_scan {
+                            ignored.insert(identity);
+                            seen_ignored.insert(identity);
+                            continue;
+                        }
+                    }
+                    if tracked.len() >= MAX_FOLLOWED {
+                        if kind == NameKind::Live {
+                            not_followed.insert(
+                                path,
+                                format!("beyond the {MAX_FOLLOWED} files followed at once"),
+                            );
+                        }
                         continue;
                     }
-                    if kind == NameKind::Rotated && first_scan {
-                        ignored.insert(id);
-                        seen_ignored.insert(id);
-                        continue;
-                    }
-                    let file = match File::open(&path) {
+                    let (file, meta) = match open_regular(&path) {
                         Ok(f) => f,
-                        Err(e) => {
+                        Err(why) => {
                             counters.read_errors.fetch_add(1, Ordering::Relaxed);
-                            if kind == NameKind::Live
-                                && !report_unreadable(
-                                    &mut unreadable,
-                                    &mut still_unreadable,
-                                    &path,
-                                    &e.to_string(),
-                                    &mut sink,
-                                )
-                            {
-                                return;
+                            if kind == NameKind::Live {
+                                not_followed.insert(path, why);
                             }
                             continue;
                         }
                     };
+                    if (meta.dev(), meta.ino()) != (id.dev, id.ino) {
+                        // Replaced between the listing and the open: judged at the next look.
+                        continue;
+                    }
                     let head = read_head(&file);
                     if kind == NameKind::Rotated {
                         // A copy being written may still be empty: judge it once it is not.
@@ -341,18 +356,20 @@ fn run(
                             .any(|t| same_start(&t.head_before_truncate, &head));
                         if copy_of.is_some() || old_copy {
                             if let Some(t) = copy_of.and_then(|tid| tracked.get_mut(&tid)) {
-                                t.copy = Some((id, file));
+                                t.copy = Some((identity, file));
                             }
-                            ignored.insert(id);
-                            seen_ignored.insert(id);
+                            ignored.insert(identity);
+                            seen_ignored.insert(identity);
                             continue;
                         }
                         counters.rotations.fetch_add(1, Ordering::Relaxed);
                     }
+                    // A file seen for the first time is read from its start, but never more
+                    // than a bounded tail of it (a 64 GiB sparse file is not read through).
                     let offset = if first_scan {
                         meta.len().saturating_sub(cfg.initial_tail_bytes)
                     } else {
-                        0
+                        meta.len().saturating_sub(MAX_CATCH_UP_BYTES)
                     };
                     tracked.insert(
                         id,
@@ -364,6 +381,8 @@ fn run(
                             head_before_truncate: Vec::new(),
                             copy: None,
                             present: true,
+                            modified: modified(&meta),
+                            became_copy: false,
                         },
                     );
                 }
@@ -376,12 +395,6 @@ fn run(
                         t.copy = None;
                     }
                 }
-                for path in unreadable.difference(&still_unreadable) {
-                    if !sink(FollowEvent::FileReadable { path: path.clone() }) {
-                        return;
-                    }
-                }
-                unreadable = still_unreadable;
                 first_scan = false;
             }
             Some(Err(e)) => {
@@ -410,19 +423,29 @@ fn run(
             if !drain(*id, t, &cfg.dir, &mut buf, &mut sink, &counters) {
                 return;
             }
-            if !t.present {
+            if !t.present || t.became_copy {
                 closed.push(*id);
             }
         }
         for id in closed {
-            if let Some(t) = tracked.remove(&id)
-                && !sink(FollowEvent::Closed {
+            if let Some(t) = tracked.remove(&id) {
+                if t.became_copy
+                    && let Ok(m) = t.file.metadata()
+                {
+                    ignored.insert(Identity::of(&m));
+                }
+                if !sink(FollowEvent::Closed {
                     file: id,
                     path: t.path,
-                })
-            {
-                return;
+                }) {
+                    return;
+                }
             }
+        }
+        if let Some(summary) = debounce.poll(&not_followed, std::time::Instant::now())
+            && !sink(FollowEvent::NotFollowed(summary))
+        {
+            return;
         }
 
         // Sleep until inotify says something changed, or the poll interval passes. Our own
@@ -433,7 +456,13 @@ fn run(
         } else {
             cfg.poll_interval
         };
-        let deadline = std::time::Instant::now() + interval;
+        let mut deadline = std::time::Instant::now() + interval;
+        // A change of the files not followed held back by the debounce is reported when due.
+        if debounce.changed(&not_followed)
+            && let Some(due) = debounce.due()
+        {
+            deadline = deadline.min(due);
+        }
         scan = loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match rx.recv_timeout(left) {
@@ -482,25 +511,6 @@ fn wake_for(
     Some(!appends_only)
 }
 
-/// Notes `path` as unreadable and reports it if it was not already. False: the sink said stop.
-fn report_unreadable(
-    reported: &mut std::collections::BTreeSet<PathBuf>,
-    still: &mut std::collections::BTreeSet<PathBuf>,
-    path: &Path,
-    reason: &str,
-    sink: &mut impl FnMut(FollowEvent) -> bool,
-) -> bool {
-    still.insert(path.to_path_buf());
-    if reported.contains(path) {
-        return true;
-    }
-    reported.insert(path.to_path_buf());
-    sink(FollowEvent::FileUnreadable {
-        path: path.to_path_buf(),
-        reason: reason.to_owned(),
-    })
-}
-
 /// Events that can mean new bytes or a new, renamed or removed file.
 fn is_change(kind: &notify::EventKind) -> bool {
     use notify::EventKind;
@@ -519,21 +529,30 @@ fn drain(
     sink: &mut impl FnMut(FollowEvent) -> bool,
     counters: &FollowerCounters,
 ) -> bool {
-    let len = match t.file.metadata() {
-        Ok(m) => m.len(),
+    let (len, changed) = match t.file.metadata() {
+        Ok(m) => (m.len(), modified(&m)),
         Err(_) => {
             counters.read_errors.fetch_add(1, Ordering::Relaxed);
             return true;
         }
     };
-    // Truncated: shorter than what we read, or (truncated and rewritten past our offset
-    // before we looked) different first bytes.
+    // Truncated: shorter than what we read, or (truncated and rewritten past our offset, or to
+    // the very same length, before we looked) different first bytes.
     let rewritten = || {
         let now = read_head(&t.file);
         let k = now.len().min(t.head.len());
         t.offset > 0 && k > 0 && now.get(..k) != t.head.get(..k)
     };
-    if len < t.offset || (len > t.offset && rewritten()) {
+    let written = len > t.offset || (len == t.offset && changed != t.modified);
+    t.modified = changed;
+    if len < t.offset || (written && rewritten()) {
+        if name_kind(&t.path) == Some(NameKind::Rotated) {
+            // A file renamed away, then overwritten in place (copytruncate copying onto it):
+            // it holds a copy of the live file now, read there. Reading it again would count
+            // every line twice.
+            t.became_copy = true;
+            return true;
+        }
         counters.truncations.fetch_add(1, Ordering::Relaxed);
         // copytruncate: the lines written between our last read and the copy are in the copy.
         // Only those written between the copy and the truncation are lost (by that scheme).
@@ -545,8 +564,8 @@ fn drain(
             .map(|(_, f)| f)
             .filter(|c| same_start(&read_head(c), &t.head))
             .or_else(|| find_copy(dir, &t.head));
-        if let Some(mut copy) = copy
-            && !read_to_end_from(&mut copy, t.offset, id, &t.path, buf, sink, counters)
+        if let Some(copy) = copy
+            && !read_to_end_from(copy, t.offset, id, &t.path, buf, sink, counters)
         {
             return false;
         }
@@ -559,18 +578,27 @@ fn drain(
             return false;
         }
     }
+    // Far behind (a sparse jump of gigabytes): only a bounded tail is worth reading.
+    t.offset = t.offset.max(len.saturating_sub(MAX_CATCH_UP_BYTES));
     if t.file.seek(SeekFrom::Start(t.offset)).is_err() {
         counters.read_errors.fetch_add(1, Ordering::Relaxed);
         return true;
     }
+    // Up to the length seen now: a file that grows as fast as it is read ends this round.
+    let mut left = len.saturating_sub(t.offset);
     loop {
-        match t.file.read(buf) {
+        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let Some(chunk) = buf.get_mut(..want) else {
+            return true;
+        };
+        match t.file.read(chunk) {
             Ok(0) => return true,
             Ok(n) => {
                 if t.offset == 0 || t.head.is_empty() {
                     t.head = read_head(&t.file);
                 }
                 t.offset += n as u64;
+                left = left.saturating_sub(n as u64);
                 counters.bytes.fetch_add(n as u64, Ordering::Relaxed);
                 let bytes = buf.get(..n).map(<[u8]>::to_vec).unwrap_or_default();
                 if !sink(FollowEvent::Data {
@@ -608,14 +636,16 @@ fn find_copy(dir: &Path, head: &[u8]) -> Option<File> {
         .filter_map(Result::ok)
         .map(|e| e.path())
         .filter(|p| name_kind(p) == Some(NameKind::Rotated))
-        .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file()))
-        .filter_map(|p| File::open(p).ok())
+        .filter(|p| std::fs::symlink_metadata(p).is_ok_and(|m| log_files::classify(&m).is_ok()))
+        .filter_map(|p| open_regular(&p).ok())
+        .map(|(f, _)| f)
         .find(|f| same_start(&read_head(f), head))
 }
 
-/// Hands over `file`'s bytes from `offset` to its end as Data of `id`. False: stop.
+/// Hands over `file`'s bytes from `offset` to its length now (at most a bounded tail) as Data
+/// of `id`. False: stop.
 fn read_to_end_from(
-    file: &mut File,
+    file: File,
     offset: u64,
     id: FileId,
     path: &Path,
@@ -623,7 +653,13 @@ fn read_to_end_from(
     sink: &mut impl FnMut(FollowEvent) -> bool,
     counters: &FollowerCounters,
 ) -> bool {
-    if file.seek(SeekFrom::Start(offset)).is_err() {
+    let Ok(len) = file.metadata().map(|m| m.len()) else {
+        counters.read_errors.fetch_add(1, Ordering::Relaxed);
+        return true;
+    };
+    let offset = offset.max(len.saturating_sub(MAX_CATCH_UP_BYTES));
+    let mut file = file.take(len.saturating_sub(offset));
+    if file.get_mut().seek(SeekFrom::Start(offset)).is_err() {
         counters.read_errors.fetch_add(1, Ordering::Relaxed);
         return true;
     }
@@ -657,8 +693,7 @@ pub enum EntryEvent {
     Entry(Box<crate::observe::envoy_log::LogEntry>),
     DirUnavailable { dir: PathBuf, reason: String },
     DirAvailable { dir: PathBuf },
-    FileUnreadable { path: PathBuf, reason: String },
-    FileReadable { path: PathBuf },
+    NotFollowed(NotFollowed),
 }
 
 /// Counts for proving nothing is lost: lines seen across every file.
@@ -708,10 +743,7 @@ pub fn follow_entries(
                 return sink(EntryEvent::DirUnavailable { dir, reason });
             }
             FollowEvent::DirAvailable { dir } => return sink(EntryEvent::DirAvailable { dir }),
-            FollowEvent::FileUnreadable { path, reason } => {
-                return sink(EntryEvent::FileUnreadable { path, reason });
-            }
-            FollowEvent::FileReadable { path } => return sink(EntryEvent::FileReadable { path }),
+            FollowEvent::NotFollowed(n) => return sink(EntryEvent::NotFollowed(n)),
         }
         for e in out.drain(..) {
             if !sink(EntryEvent::Entry(Box::new(e))) {
@@ -990,7 +1022,7 @@ mod tests {
                 .lock()
                 .unwrap()
                 .iter()
-                .filter(|e| matches!(e, FollowEvent::FileUnreadable { .. }))
+                .filter(|e| matches!(e, FollowEvent::NotFollowed(n) if n.total == 1))
                 .count()
         };
         wait("reported", || unreadable(&events) == 1);
@@ -1003,7 +1035,7 @@ mod tests {
                 .lock()
                 .unwrap()
                 .iter()
-                .any(|e| matches!(e, FollowEvent::FileReadable { .. }))
+                .any(|e| matches!(e, FollowEvent::NotFollowed(n) if n.is_empty()))
         });
         wait("fine", || text(&events).contains("fine"));
     }

@@ -8,6 +8,7 @@ pub mod envoy_admin;
 pub mod envoy_log;
 pub mod http;
 pub mod iptables;
+pub mod log_files;
 pub mod log_follower;
 pub mod metadata;
 pub mod nf_generation;

@@ -316,9 +316,18 @@ pub async fn serve(
     metrics: Arc<AgentMetrics>,
     max_age: Duration,
 ) {
+    // Any local user can connect (SPEC §11): connections, header bytes and time are bounded,
+    // so a flood of slow, huge requests costs at most MAX_CONNECTIONS × MAX_REQUEST_BUFFER.
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        // Full: closed at once rather than left queued, so a scraper retries into a slot
+        // freed by the header timeout instead of waiting behind the flood.
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            drop(stream);
             continue;
         };
         let metrics = metrics.clone();
@@ -328,12 +337,25 @@ pub async fn serve(
                 async move { Ok::<_, Infallible>(route(&req, &metrics, max_age)) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
+                .max_buf_size(MAX_REQUEST_BUFFER)
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), svc);
-            // A client that never finishes its request does not keep a task forever.
-            let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
+            // A client that never finishes does not keep its slot forever.
+            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
+            drop(slot);
         });
     }
 }
+
+/// Connections served at once; Prometheus needs one.
+pub const MAX_CONNECTIONS: usize = 32;
+/// Bytes of a request buffered (hyper's least): a scrape's request is a few hundred bytes.
+pub const MAX_REQUEST_BUFFER: usize = 8192;
+/// Time for a client to send its request headers.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Life of a connection, keep-alive included.
+pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(addr).await
