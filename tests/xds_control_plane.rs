@@ -2,7 +2,7 @@
 //! interception listener, follows updates, and logs the real lines for each way Cloud Service
 //! Mesh fails.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -610,23 +610,15 @@ fn rejected_listener_is_nacked_with_envoys_message() {
     );
 }
 
-/// A loopback port bound to a socket that does not listen: connections to it are refused, and
-/// nobody else can listen on it while the socket is held.
-fn bound_not_listening() -> (std::os::fd::OwnedFd, std::net::SocketAddr) {
-    use nix::sys::socket::{
-        AddressFamily, SockFlag, SockType, SockaddrIn, bind, getsockname, socket,
-    };
-    use std::os::fd::AsRawFd;
-    let fd = socket(
-        AddressFamily::Inet,
-        SockType::Stream,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-    .unwrap();
-    bind(fd.as_raw_fd(), &SockaddrIn::new(127, 0, 0, 1, 0)).unwrap();
-    let addr: SockaddrIn = getsockname(fd.as_raw_fd()).unwrap();
-    (fd, std::net::SocketAddr::V4(addr.into()))
+/// A loopback port held by a socket that does not listen: the client end of a connection the
+/// test keeps open. Connections to that port are refused (nothing listens), and while the
+/// socket is held nobody else can listen on it (the port is bound without SO_REUSEADDR).
+fn bound_not_listening() -> ((TcpStream, TcpStream), SocketAddr) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let (server, _) = l.accept().unwrap();
+    let addr = client.local_addr().unwrap();
+    ((client, server), addr)
 }
 
 #[test]
