@@ -71,7 +71,7 @@ pub enum InterceptAction {
     Plan,
     /// Apply it once
     Apply,
-    /// Remove every SERVICE_PROXY_* chain and jump, nothing else
+    /// Remove the agent's SERVICE_PROXY_* chains (those of SPEC §7) and their jumps, nothing else
     Clear,
 }
 

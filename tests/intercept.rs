@@ -526,26 +526,43 @@ fn refused_restore_leaves_previous_rules_and_carries_iptables_message() {
     netns::in_new_netns(|| {
         let rt = runtime();
         let mut rec = Reconciler::new(Tools::system());
-        assert!(rt.block_on(rec.reconcile(&desired(&[net("10.0.0.1/32")], &[]))).is_ok());
+        assert!(
+            rt.block_on(rec.reconcile(&desired(&[net("10.0.0.1/32")], &[])))
+                .is_ok()
+        );
         let before = netns::save(false, Some("nat"))?;
 
-        // A stale chain of ours that a user's chain still jumps to: deleting it is refused by
-        // the kernel, so the whole transaction (which also adds 10.0.0.2) is refused.
+        // A user's chain jumps into one of ours: deleting ours (clear) is refused by the kernel,
+        // so the whole transaction (which also deletes the other chains and the jumps) is.
         netns::restore(
             false,
-            "*nat\n:SERVICE_PROXY_OLD - [0:0]\n:MINE - [0:0]\n-A MINE -j SERVICE_PROXY_OLD\nCOMMIT\n",
+            "*nat\n:MINE - [0:0]\n-A MINE -j SERVICE_PROXY_REDIRECT\nCOMMIT\n",
         )?;
         let with_stale = netns::save(false, Some("nat"))?;
-        let r = rt.block_on(rec.reconcile(&desired(&[net("10.0.0.2/32")], &[])));
+        let r = rt.block_on(rec.clear());
         let err = r.v4.error().expect("the restore must be refused");
-        assert!(matches!(err, InterceptError::Restore { family: Family::V4, .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                InterceptError::Restore {
+                    family: Family::V4,
+                    ..
+                }
+            ),
+            "{err}"
+        );
         let msg = err.iptables_message().unwrap();
         assert!(!msg.is_empty() && msg.len() <= ipt::MESSAGE_MAX, "{msg}");
         eprintln!("iptables refused with: {err}");
         let after = netns::save(false, Some("nat"))?;
-        let strip = |s: &str| s.lines().filter(|l| !l.starts_with('#')).collect::<Vec<_>>().join("\n");
+        let strip = |s: &str| {
+            s.lines()
+                .filter(|l| !l.starts_with('#'))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
         assert_eq!(strip(&after), strip(&with_stale));
-        assert!(after.contains("-d 10.0.0.1/32 -j SERVICE_PROXY_REDIRECT") && !after.contains("10.0.0.2"));
+        assert!(after.contains("-d 10.0.0.1/32 -j SERVICE_PROXY_REDIRECT"));
         assert!(strip(&before).lines().all(|l| after.contains(l)));
         assert_eq!(rec.totals().failed_restores, 1);
         Ok(())
@@ -700,14 +717,17 @@ fn damaged_state_from_an_older_agent_is_repaired_in_one_transaction() {
         assert_eq!(r.restores, 1, "{r:?}");
         match &r.v4 {
             FamilyOutcome::Changed { transaction, .. } => {
-                assert_eq!(transaction.removed_chains, vec!["SERVICE_PROXY_LEGACY"]);
-                assert_eq!((transaction.deleted_jumps, transaction.added_jumps), (2, 0));
+                // SERVICE_PROXY_LEGACY is not one of SPEC §7's chains: not ours, left alone
+                // with the jump into it (SPEC §11).
+                assert!(transaction.removed_chains.is_empty(), "{transaction:?}");
+                assert_eq!((transaction.deleted_jumps, transaction.added_jumps), (1, 0));
             }
             other => panic!("{other}"),
         }
         assert_eq!(foreign_state(false), foreign);
         let saved = netns::save(false, Some("nat"))?;
-        assert!(!saved.contains("LEGACY"), "{saved}");
+        assert!(saved.contains(":SERVICE_PROXY_LEGACY"), "{saved}");
+        assert!(saved.contains("-j SERVICE_PROXY_LEGACY"), "{saved}");
         let preview = rt.block_on(rec.preview(&p));
         assert!(
             preview.iter().all(|(_, r)| matches!(r, Ok(None))),

@@ -239,8 +239,8 @@ impl Reconciler {
         report
     }
 
-    /// Removes every `SERVICE_PROXY_*` chain and every jump into them, nothing else, one
-    /// transaction per family that has any.
+    /// Removes our chains (exactly those of SPEC §7) and every jump into them, nothing else (a
+    /// user's own `SERVICE_PROXY_FOO` stays), one transaction per family that has any.
     pub async fn clear(&mut self) -> ClearReport {
         self.v6_clean = false;
         let nothing = |family| FamilyPlan {

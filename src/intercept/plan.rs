@@ -27,7 +27,7 @@
 //!
 //! IPv6 gets rules only when there is an IPv6 VIP: redirecting IPv6 to a proxy that does not
 //! listen on IPv6 would cut the VM off. An IPv6 plan with nothing to do still exists, with no
-//! chains, so that reconciling it removes stale `SERVICE_PROXY_*` chains from ip6tables.
+//! chains, so that reconciling it removes our stale chains from ip6tables.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};

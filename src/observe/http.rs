@@ -313,6 +313,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_body_in_one_byte_chunks_arrives_whole() {
+        let mut wire = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+        for i in 0..5_000u32 {
+            wire.extend_from_slice(format!("1\r\n{}\r\n", i % 10).as_bytes());
+        }
+        wire.extend_from_slice(b"0\r\n\r\n");
+        let addr = serve_once(Box::leak(wire.into_boxed_slice())).await;
+        let r = get(&addr, "/x", &[], Duration::from_secs(10), 10_000)
+            .await
+            .unwrap();
+        assert_eq!(r.body.len(), 5_000);
+        assert!(
+            r.body
+                .iter()
+                .enumerate()
+                .all(|(i, b)| *b == b'0' + (i % 10) as u8)
+        );
+    }
+
+    #[tokio::test]
     async fn refused_connection() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap().to_string();
