@@ -11,6 +11,8 @@ pub mod log_follower;
 pub mod metadata;
 pub mod nf_generation;
 pub mod procfs;
+pub mod project;
+pub mod token;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -197,7 +197,7 @@ pub struct SinkCounters {
 
 type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
-fn https_client() -> Result<HttpsClient, CloudLoggingError> {
+pub(crate) fn https_client() -> Result<HttpsClient, CloudLoggingError> {
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_native_roots()
         .map_err(|e| CloudLoggingError::Write(format!("no TLS root certificates: {e}")))?
