@@ -28,6 +28,8 @@ pub struct Report {
     pub generated_at: SystemTime,
     pub diagnosis: Diagnosis,
     pub observed: Observed,
+    /// The project-side checks, each passed / found / not checked (SPEC §10).
+    pub project: crate::diagnose::project::ProjectReport,
 }
 
 #[derive(Serialize)]
@@ -37,6 +39,7 @@ struct JsonReport<'a> {
     findings: &'a [Finding],
     observed: &'a Observed,
     checks: &'a [GroupReport],
+    project: &'a crate::diagnose::project::ProjectReport,
 }
 
 impl Report {
@@ -61,6 +64,7 @@ impl Report {
             findings: &self.diagnosis.findings,
             observed: &self.observed,
             checks: &self.diagnosis.groups,
+            project: &self.project,
         })
         .unwrap_or(serde_json::Value::Null)
     }
@@ -86,6 +90,11 @@ impl Report {
                 _ => g.note.clone(),
             };
             let _ = writeln!(out, "  {mark} {:<17} {text}", g.group.title());
+        }
+        // The project group comes last: its checks one by one, each with what it saw or why not.
+        for c in &self.project.checks {
+            let status = c.status.replace('_', " ");
+            let _ = writeln!(out, "      {:<17} {status}: {}", c.check, c.detail);
         }
         for f in &self.diagnosis.findings {
             let mark = match f.severity {
@@ -224,7 +233,9 @@ pub async fn observe_and_diagnose(settings: &Settings, wait: Option<Duration>) -
         }
     }
     drop(follower);
+    let project = crate::project_checks::once(settings, &snap, &mut diagnosis).await;
     Report {
+        project,
         generated_at: SystemTime::now(),
         observed: Observed {
             proxy_version: snap.proxy_version().map(str::to_owned),
@@ -245,6 +256,7 @@ mod tests {
 
     fn report(findings: Vec<Finding>) -> Report {
         Report {
+            project: Default::default(),
             generated_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
             diagnosis: Diagnosis::from_outcomes(vec![
                 (

@@ -368,7 +368,7 @@ impl ProjectApis {
         let mut page: Option<String> = None;
         for _ in 0..MAX_PAGES {
             let mut url = format!(
-                "{}/compute/v1/projects/{project_id}/aggregated/forwardingRules?filter=loadBalancingScheme%3D%22INTERNAL_SELF_MANAGED%22&returnPartialSuccess=true",
+                "{}/compute/v1/projects/{project_id}/aggregated/forwardingRules?filter=loadBalancingScheme%3D%22INTERNAL_SELF_MANAGED%22",
                 self.endpoints.compute
             );
             if let Some(p) = &page {
