@@ -775,6 +775,10 @@ impl Agent {
             );
         }
         self.checks = CheckSettings::from_settings(s);
+        if s.cloud_checks != old.cloud_checks || s.api_endpoints != old.api_endpoints {
+            let calls = self.metrics.project_api_calls.clone();
+            self.project = crate::project_checks::ProjectChecks::new(s, calls);
+        }
         self.observer = Arc::new(Observer::new(s));
         let hb = s.heartbeat_interval;
         self.publisher.update(|p| p.set_heartbeat_interval(hb));

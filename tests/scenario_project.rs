@@ -372,7 +372,7 @@ fn daemon_call_budget_and_a_hanging_api_never_delay_the_poll() {
         ])
         .args(endpoint_flags(&apis.url()))
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(std::fs::File::create(dir.path().join("out.log")).unwrap())
         .stderr(Stdio::null());
     let mut child = cmd.spawn().unwrap();
     let scrape = || -> Option<String> {
@@ -437,9 +437,24 @@ fn daemon_call_budget_and_a_hanging_api_never_delay_the_poll() {
         "{text}"
     );
     assert_eq!(apis.requests().len(), 2);
+    // The hanging call ended at its deadline: "not checked" with the reason, logged once; the
+    // token in no line.
+    let log = || std::fs::read_to_string(dir.path().join("out.log")).unwrap_or_default();
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline && !log().contains("project check iam not checked") {
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
     );
     let _ = child.wait();
+    let log = log();
+    assert_eq!(
+        log.matches("project check iam not checked: no answer within")
+            .count(),
+        1,
+        "{log}"
+    );
+    assert!(!log.contains(&md.token()), "the token leaked into the log");
 }
