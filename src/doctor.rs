@@ -311,6 +311,28 @@ mod tests {
     }
 
     #[test]
+    fn project_checks_are_listed_one_by_one_in_text_and_json() {
+        let mut r = report(vec![]);
+        let mut d = r.diagnosis.clone();
+        r.project = crate::diagnose::project::apply(
+            &mut d,
+            crate::diagnose::project::ProjectInput::Off("--cloud-checks off"),
+            r.generated_at,
+        );
+        r.diagnosis = d;
+        let t = r.to_text();
+        assert!(t.contains("  ! project           "), "{t}");
+        assert!(
+            t.contains("      iam               not checked: --cloud-checks off"),
+            "{t}"
+        );
+        let j = r.to_json();
+        assert_eq!(j["project"]["checks"][0]["check"], "iam");
+        assert_eq!(j["project"]["checks"][0]["status"], "not_checked");
+        assert_eq!(j["project"]["checks"][0]["detail"], "--cloud-checks off");
+    }
+
+    #[test]
     fn text_has_group_lines_findings_and_verdict() {
         let r = report(vec![Finding::new(
             FindingId::EnvoyNotRunning,
