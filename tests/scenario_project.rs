@@ -205,6 +205,49 @@ fn iam_api_and_xds_sync_from_the_projects_apis() {
     r.lacks("XDS_NOT_SYNCED");
 }
 
+/// The control plane stops pushing: it holds a newer listener version that Envoy never got, so
+/// its own view (CSDS) says STALE; beyond the grace period that is XDS_NOT_SYNCED.
+#[test]
+fn a_control_plane_that_stops_pushing_is_xds_not_synced_stale() {
+    let md = vm();
+    let p = project();
+    let cp = ControlPlane::start().unwrap();
+    let (envoy, spec) = connected_envoy(&cp, &p);
+    let apis = apis(&md);
+    apis.feed_csds(cp.handle());
+    let r = doctor(&md, &envoy, &cp, &apis);
+    r.lacks("XDS_NOT_SYNCED");
+    cp.fail_ads(Failure::new(14, "upstream connect error"));
+    envoy
+        .wait_until(WAIT, "disconnected", |e| {
+            Ok(stat(e, "control_plane.connected_state").as_deref() == Some("0"))
+        })
+        .unwrap();
+    let mut more = spec.clone();
+    more.add_service(ServiceVip::parse("10.0.0.2:80").unwrap());
+    cp.set_listeners(vec![more.listener()]);
+    let newer = cp.version(testkit::xds::LISTENER_TYPE).unwrap();
+    // Just sent: within the grace period, not a fault yet.
+    let r = doctor(&md, &envoy, &cp, &apis);
+    r.lacks("XDS_NOT_SYNCED");
+    apis.update(|s| s.stale_for = Some(Duration::from_secs(600)));
+    let r = doctor(&md, &envoy, &cp, &apis);
+    let f = r.one("XDS_NOT_SYNCED");
+    assert_eq!(f["severity"], "warning");
+    contains_all(
+        f["detail"].as_str().unwrap(),
+        &[&format!("version {newer}: STALE for 10m")],
+    );
+    // Envoy really does not have it.
+    assert!(
+        !envoy
+            .admin_get("/config_dump?resource=dynamic_listeners")
+            .unwrap()
+            .1
+            .contains("10.0.0.2")
+    );
+}
+
 #[test]
 fn envoys_close_message_is_control_plane_api_disabled() {
     let md = vm();

@@ -129,6 +129,9 @@ pub struct ProjectState {
     /// Answer CSDS in the older per-type `xdsConfig` form.
     pub legacy_csds: bool,
     pub csds_overrides: BTreeMap<(String, String), CsdsOverride>,
+    /// How long ago the control plane sent what Envoy has not answered (`STALE`): minutes
+    /// cannot pass in a test, so the test says how many did. `None`: as first seen.
+    pub stale_for: Option<Duration>,
     csds: Option<CsdsFeed>,
 }
 
@@ -154,6 +157,7 @@ impl ProjectState {
             faults: BTreeMap::new(),
             legacy_csds: false,
             csds_overrides: BTreeMap::new(),
+            stale_for: None,
             csds: None,
         }
     }
@@ -401,6 +405,11 @@ fn answer(st: &ProjectState, api: Api, path: &str, req: &Recorded) -> Reply {
                 .to_owned();
             let mut generic = st.csds.as_ref().map_or_else(Vec::new, |f| f(&node_id));
             for g in &mut generic {
+                if let Some(d) = st.stale_for
+                    && g["configStatus"] == "STALE"
+                {
+                    g["lastUpdated"] = json!(rfc3339(SystemTime::now() - d));
+                }
                 let key = (
                     g["typeUrl"].as_str().unwrap_or_default().to_owned(),
                     g["name"].as_str().unwrap_or_default().to_owned(),
