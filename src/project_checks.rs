@@ -229,10 +229,24 @@ impl ProjectChecks {
         self.log_not_checked(&report, matches!(input, ProjectInput::Observed(_)));
     }
 
-    /// Each check that cannot run is logged once per reason (SPEC §4.1).
+    /// Each check that cannot run is logged once per reason (SPEC §4.1); when none can run,
+    /// one line says why.
     fn log_not_checked(&mut self, report: &ProjectReport, observed: bool) {
+        if !observed {
+            let reason = report.checks.first().map(|l| l.detail.clone());
+            if let Some(reason) = reason
+                && !reason.contains("under way")
+                && self.logged.get("all") != Some(&reason)
+            {
+                tracing::info!("project checks not checked: {reason}");
+                self.logged.clear();
+                self.logged.insert("all", reason);
+            }
+            return;
+        }
+        self.logged.remove("all");
         for line in &report.checks {
-            if line.status != "not_checked" || (!observed && line.detail.contains("under way")) {
+            if line.status != "not_checked" {
                 continue;
             }
             if self.logged.get(line.check) != Some(&line.detail) {
