@@ -161,6 +161,25 @@ fn iam_api_and_xds_sync_from_the_projects_apis() {
     .unwrap();
     let r = doctor(&md, &envoy, &cp, &apis);
     r.lacks("XDS_NOT_SYNCED");
+    // The control plane counts a listener version as acknowledged that Envoy does not have.
+    apis.update(|s| {
+        s.csds_overrides.insert(
+            (testkit::xds::LISTENER_TYPE.into(), spec.listener().name),
+            testkit::project_apis::CsdsOverride {
+                config_status: "SYNCED".into(),
+                client_status: "ACKED".into(),
+                version: Some("999".into()),
+                last_updated: None,
+            },
+        );
+    });
+    let r = doctor(&md, &envoy, &cp, &apis);
+    contains_all(
+        &r.detail("XDS_NOT_SYNCED"),
+        &[&format!(
+            "version 999: the control plane counts it as acknowledged, Envoy has version {good}"
+        )],
+    );
     apis.update(|s| {
         s.csds_overrides.insert(
             (testkit::xds::LISTENER_TYPE.into(), spec.listener().name),
