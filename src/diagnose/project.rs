@@ -306,28 +306,35 @@ fn not_synced(
                 &r.version
             }
         );
+        let age = r
+            .last_updated
+            .as_deref()
+            .and_then(|t| humantime::parse_rfc3339_weak(t.trim_end_matches('Z')).ok())
+            .and_then(|t| now.duration_since(t).ok())
+            .map(|a| Duration::from_secs(a.as_secs()));
+        let for_how_long = |a: Option<Duration>| {
+            a.map(|a| format!(" for {}", humantime::format_duration(a)))
+                .unwrap_or_default()
+        };
         if r.client_status == "NACKED" || r.config_status == "ERROR" {
             error = true;
-            let mut s = format!("{what}: {}/{}", r.config_status, r.client_status);
+            let mut s = format!(
+                "{what}: {}/{}{}",
+                r.config_status,
+                r.client_status,
+                for_how_long(age)
+            );
             if let Some(e) = &r.error {
                 s.push_str(&format!(" ({e})"));
             }
             items.push(s);
         } else if r.config_status == "NOT_SENT" {
-            items.push(format!("{what}: NOT_SENT"));
+            items.push(format!("{what}: NOT_SENT{}", for_how_long(age)));
         } else if r.config_status == "STALE" {
-            let age = r
-                .last_updated
-                .as_deref()
-                .and_then(|t| humantime::parse_rfc3339_weak(t.trim_end_matches('Z')).ok())
-                .and_then(|t| now.duration_since(t).ok());
             if let Some(age) = age
                 && age > STALE_GRACE
             {
-                items.push(format!(
-                    "{what}: STALE for {}",
-                    humantime::format_duration(Duration::from_secs(age.as_secs()))
-                ));
+                items.push(format!("{what}: STALE{}", for_how_long(Some(age))));
             }
         } else if r.type_url == LISTENER_TYPE
             && (r.config_status == "SYNCED" || r.client_status == "ACKED")
