@@ -93,6 +93,7 @@ struct Agent {
     follower: Option<(Follower, Arc<EntryCounters>)>,
     log_tx: mpsc::Sender<EntryEvent>,
     metrics_task: Option<tokio::task::JoinHandle<()>>,
+    project: crate::project_checks::ProjectChecks,
 }
 
 /// `service-proxy-agent run`.
@@ -154,6 +155,10 @@ impl Agent {
             _ => (None, None),
         };
         Agent {
+            project: crate::project_checks::ProjectChecks::new(
+                &settings,
+                metrics.project_api_calls.clone(),
+            ),
             observer: Arc::new(Observer::new(&settings)),
             checks: CheckSettings::from_settings(&settings),
             reconciler: (settings.interception == InterceptionMode::Enforce)
@@ -457,13 +462,14 @@ impl Agent {
             tracing::info!(version = v, "Envoy Version: {v}");
             self.envoy_version = Some(v.to_owned());
         }
-        let diagnosis = diagnose::run(
+        let mut diagnosis = diagnose::run(
             &snapshot,
             &mut self.history,
             &mut self.logs,
             &self.checks,
             Instant::now(),
         );
+        self.project.after_diagnosis(&snapshot, &mut diagnosis);
         self.publish(&snapshot, &diagnosis, true);
         self.publisher.update(|p| p.release());
         self.last_snapshot = Some(snapshot);
@@ -474,13 +480,14 @@ impl Agent {
         let Some(snap) = self.last_snapshot.take() else {
             return;
         };
-        let diagnosis = diagnose::run(
+        let mut diagnosis = diagnose::run(
             &snap,
             &mut self.history,
             &mut self.logs,
             &self.checks,
             Instant::now(),
         );
+        self.project.after_diagnosis(&snap, &mut diagnosis);
         self.publish(&snap, &diagnosis, false);
         self.last_snapshot = Some(snap);
     }
@@ -728,8 +735,14 @@ impl Agent {
             zone: vm.zone.clone(),
             instance_id: vm.instance_id.to_string(),
         };
-        let tokens = GcpAuthTokens::new(self.settings.metadata_host == DEFAULT_METADATA_HOST);
-        match cloud_logging::spawn(target, tokens, rx) {
+        // On a VM the token comes from its metadata server (the project checks' tokens);
+        // gcp_auth only for a key file or gcloud's credentials.
+        let spawned = if GcpAuthTokens::credentials_present(false) {
+            cloud_logging::spawn(target, GcpAuthTokens::new(false), rx)
+        } else {
+            cloud_logging::spawn(target, self.project.tokens(), rx)
+        };
+        match spawned {
             Ok(handle) => {
                 self.metrics.set_cloud_logging(handle.counters.clone());
                 self.cloud_sink = Some(handle);
@@ -760,6 +773,10 @@ impl Agent {
             );
         }
         self.checks = CheckSettings::from_settings(s);
+        if s.cloud_checks != old.cloud_checks || s.api_endpoints != old.api_endpoints {
+            let calls = self.metrics.project_api_calls.clone();
+            self.project = crate::project_checks::ProjectChecks::new(s, calls);
+        }
         self.observer = Arc::new(Observer::new(s));
         let hb = s.heartbeat_interval;
         self.publisher.update(|p| p.set_heartbeat_interval(hb));

@@ -317,6 +317,26 @@ pub struct CommonArgs {
     /// Target of the control-plane reachability check [default: trafficdirector.googleapis.com:443]
     #[arg(long, global = true, env = "SPA_CONTROL_PLANE", value_name = "HOST:PORT", value_parser = parse_host_port)]
     pub control_plane: Option<HostPort>,
+
+    /// on | off: the project-side checks with Google's APIs (SPEC §10) [default: on]
+    #[arg(long, global = true, env = "SPA_CLOUD_CHECKS", value_name = "on|off", value_parser = parse_bool)]
+    pub cloud_checks: Option<bool>,
+
+    /// Compute API base URL [default: https://compute.googleapis.com]
+    #[arg(long, global = true, env = "SPA_COMPUTE_ENDPOINT", value_name = "URL", value_parser = parse_endpoint)]
+    pub compute_endpoint: Option<String>,
+
+    /// Traffic Director API base URL (CSDS) [default: https://trafficdirector.googleapis.com]
+    #[arg(long, global = true, env = "SPA_TRAFFICDIRECTOR_ENDPOINT", value_name = "URL", value_parser = parse_endpoint)]
+    pub trafficdirector_endpoint: Option<String>,
+
+    /// Cloud Resource Manager API base URL [default: https://cloudresourcemanager.googleapis.com]
+    #[arg(long, global = true, env = "SPA_RESOURCEMANAGER_ENDPOINT", value_name = "URL", value_parser = parse_endpoint)]
+    pub resourcemanager_endpoint: Option<String>,
+
+    /// Service Usage API base URL [default: https://serviceusage.googleapis.com]
+    #[arg(long, global = true, env = "SPA_SERVICEUSAGE_ENDPOINT", value_name = "URL", value_parser = parse_endpoint)]
+    pub serviceusage_endpoint: Option<String>,
 }
 
 pub fn parse_endpoint(s: &str) -> Result<String, String> {
@@ -353,6 +373,11 @@ struct FileConfig {
     cloud_logging: Option<toml::Value>,
     cloud_logging_endpoint: Option<toml::Value>,
     control_plane: Option<toml::Value>,
+    cloud_checks: Option<toml::Value>,
+    compute_endpoint: Option<toml::Value>,
+    trafficdirector_endpoint: Option<toml::Value>,
+    resourcemanager_endpoint: Option<toml::Value>,
+    serviceusage_endpoint: Option<toml::Value>,
 }
 
 /// A TOML scalar or list as the text a flag would have held.
@@ -392,6 +417,9 @@ pub struct Settings {
     pub control_plane: HostPort,
     /// `host[:port]` of the metadata server (`GCE_METADATA_HOST`, as Google's libraries do).
     pub metadata_host: String,
+    /// `--cloud-checks` (SPEC §10).
+    pub cloud_checks: bool,
+    pub api_endpoints: crate::observe::project::ApiEndpoints,
 }
 
 impl Settings {
@@ -512,6 +540,32 @@ impl Settings {
                     port: 443,
                 },
             ),
+            cloud_checks: pick!(cloud_checks, "cloud-checks", parse_bool).unwrap_or(true),
+            api_endpoints: {
+                use crate::observe::project as p;
+                p::ApiEndpoints {
+                    compute: pick!(compute_endpoint, "compute-endpoint", parse_endpoint)
+                        .unwrap_or_else(|| p::DEFAULT_COMPUTE.to_owned()),
+                    trafficdirector: pick!(
+                        trafficdirector_endpoint,
+                        "trafficdirector-endpoint",
+                        parse_endpoint
+                    )
+                    .unwrap_or_else(|| p::DEFAULT_TRAFFICDIRECTOR.to_owned()),
+                    resourcemanager: pick!(
+                        resourcemanager_endpoint,
+                        "resourcemanager-endpoint",
+                        parse_endpoint
+                    )
+                    .unwrap_or_else(|| p::DEFAULT_RESOURCEMANAGER.to_owned()),
+                    serviceusage: pick!(
+                        serviceusage_endpoint,
+                        "serviceusage-endpoint",
+                        parse_endpoint
+                    )
+                    .unwrap_or_else(|| p::DEFAULT_SERVICEUSAGE.to_owned()),
+                }
+            },
             metadata_host: env("GCE_METADATA_HOST")
                 .map(|h| h.trim().to_owned())
                 .filter(|h| !h.is_empty())

@@ -28,6 +28,8 @@ pub struct Report {
     pub generated_at: SystemTime,
     pub diagnosis: Diagnosis,
     pub observed: Observed,
+    /// The project-side checks, each passed / found / not checked (SPEC §10).
+    pub project: crate::diagnose::project::ProjectReport,
 }
 
 #[derive(Serialize)]
@@ -37,6 +39,7 @@ struct JsonReport<'a> {
     findings: &'a [Finding],
     observed: &'a Observed,
     checks: &'a [GroupReport],
+    project: &'a crate::diagnose::project::ProjectReport,
 }
 
 impl Report {
@@ -61,6 +64,7 @@ impl Report {
             findings: &self.diagnosis.findings,
             observed: &self.observed,
             checks: &self.diagnosis.groups,
+            project: &self.project,
         })
         .unwrap_or(serde_json::Value::Null)
     }
@@ -86,6 +90,11 @@ impl Report {
                 _ => g.note.clone(),
             };
             let _ = writeln!(out, "  {mark} {:<17} {text}", g.group.title());
+        }
+        // The project group comes last: its checks one by one, each with what it saw or why not.
+        for c in &self.project.checks {
+            let status = c.status.replace('_', " ");
+            let _ = writeln!(out, "      {:<17} {status}: {}", c.check, c.detail);
         }
         for f in &self.diagnosis.findings {
             let mark = match f.severity {
@@ -227,7 +236,9 @@ pub async fn observe_and_diagnose(settings: &Settings, wait: Option<Duration>) -
         }
     }
     drop(follower);
+    let project = crate::project_checks::once(settings, &snap, &mut diagnosis).await;
     Report {
+        project,
         generated_at: SystemTime::now(),
         observed: Observed {
             proxy_version: snap.proxy_version().map(str::to_owned),
@@ -248,6 +259,7 @@ mod tests {
 
     fn report(findings: Vec<Finding>) -> Report {
         Report {
+            project: Default::default(),
             generated_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
             diagnosis: Diagnosis::from_outcomes(vec![
                 (
@@ -299,6 +311,28 @@ mod tests {
         assert_eq!(j["observed"]["serving_ports"][0], 80);
         assert_eq!(j["observed"]["interception"], "verify");
         assert_eq!(r.exit_code(), 0);
+    }
+
+    #[test]
+    fn project_checks_are_listed_one_by_one_in_text_and_json() {
+        let mut r = report(vec![]);
+        let mut d = r.diagnosis.clone();
+        r.project = crate::diagnose::project::apply(
+            &mut d,
+            crate::diagnose::project::ProjectInput::Off("--cloud-checks off"),
+            r.generated_at,
+        );
+        r.diagnosis = d;
+        let t = r.to_text();
+        assert!(t.contains("  ! project           "), "{t}");
+        assert!(
+            t.contains("      iam               not checked: --cloud-checks off"),
+            "{t}"
+        );
+        let j = r.to_json();
+        assert_eq!(j["project"]["checks"][0]["check"], "iam");
+        assert_eq!(j["project"]["checks"][0]["status"], "not_checked");
+        assert_eq!(j["project"]["checks"][0]["detail"], "--cloud-checks off");
     }
 
     #[test]

@@ -170,6 +170,15 @@ catalogue! {
     MetadataUnreachable => Error, doc::GUEST_ATTRIBUTES,
         "The metadata server does not answer",
         "The agent must run on Compute Engine, where metadata.google.internal answers; check the VM's network configuration and DNS.";
+    IamPermissionMissing => Error, doc::PROXY_NOT_CONNECTING,
+        "The VM's service account lacks permissions Cloud Service Mesh needs",
+        "Grant the VM's service account roles/trafficdirector.client (and roles/logging.logWriter for Cloud Logging) on the project: `gcloud projects add-iam-policy-binding PROJECT --member=serviceAccount:ACCOUNT --role=roles/trafficdirector.client`.";
+    ControlPlaneApiDisabled => Error, doc::PROXY_NOT_CONNECTING,
+        "The Traffic Director API is not enabled in the project",
+        "Enable it: `gcloud services enable trafficdirector.googleapis.com --project PROJECT`.";
+    XdsNotSynced => Warning, doc::CONFIG_ERRORS_IN_LOG,
+        "The control plane's view of this proxy differs from what Envoy has",
+        "Compare `curl localhost:15000/config_dump` with the control plane's view (the detail names the resource); a NACKED resource is rejected configuration to fix, a STALE or NOT_SENT one means the control plane has not delivered it.";
 }
 
 impl FindingId {
@@ -203,6 +212,9 @@ impl FindingId {
             FindingId::EndpointsPanic => "ENDPOINTS_PANIC",
             FindingId::GuestAttributesDisabled => "GUEST_ATTRIBUTES_DISABLED",
             FindingId::MetadataUnreachable => "METADATA_UNREACHABLE",
+            FindingId::IamPermissionMissing => "IAM_PERMISSION_MISSING",
+            FindingId::ControlPlaneApiDisabled => "CONTROL_PLANE_API_DISABLED",
+            FindingId::XdsNotSynced => "XDS_NOT_SYNCED",
         }
     }
 
@@ -320,7 +332,7 @@ mod tests {
             assert_eq!(json, format!("\"{}\"", id.as_str()));
             assert_eq!(FindingId::from_name(id.as_str()), Some(*id));
         }
-        assert_eq!(FindingId::ALL.len(), 27);
+        assert_eq!(FindingId::ALL.len(), 30);
     }
 
     #[test]

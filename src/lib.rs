@@ -25,6 +25,7 @@ pub mod doctor;
 pub mod finding;
 pub mod intercept;
 pub mod observe;
+pub mod project_checks;
 pub mod publish;
 pub mod status;
 pub mod text;

@@ -1187,6 +1187,21 @@ const COVERAGE: &[(&str, &str, &str)] = &[
         "scenarios.rs",
         "metadata_faults_from_the_emulator",
     ),
+    (
+        "IAM_PERMISSION_MISSING",
+        "scenario_project.rs",
+        "iam_api_and_xds_sync_from_the_projects_apis",
+    ),
+    (
+        "CONTROL_PLANE_API_DISABLED",
+        "scenario_project.rs",
+        "envoys_close_message_is_control_plane_api_disabled",
+    ),
+    (
+        "XDS_NOT_SYNCED",
+        "scenario_project.rs",
+        "iam_api_and_xds_sync_from_the_projects_apis",
+    ),
 ];
 
 /// The test's body: from `fn NAME(` to the next `\n}\n`.
@@ -1206,6 +1221,7 @@ fn every_finding_has_a_scenario() {
             include_str!("scenario_interception.rs"),
         ),
         ("doctor.rs", include_str!("doctor.rs")),
+        ("scenario_project.rs", include_str!("scenario_project.rs")),
     ];
     for id in FindingId::ALL {
         let name = id.as_str();

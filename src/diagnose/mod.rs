@@ -12,6 +12,7 @@ pub mod interception;
 pub mod log_classifier;
 pub mod log_findings;
 pub mod metadata;
+pub mod project;
 pub mod proxy;
 #[cfg(test)]
 pub(crate) mod testutil;
@@ -275,16 +276,19 @@ pub enum CheckGroup {
     Interception,
     Endpoints,
     Metadata,
+    /// SPEC §10: asked of Google's APIs (see `project`).
+    Project,
 }
 
 impl CheckGroup {
-    pub const ALL: [CheckGroup; 6] = [
+    pub const ALL: [CheckGroup; 7] = [
         CheckGroup::Proxy,
         CheckGroup::ControlPlane,
         CheckGroup::Configuration,
         CheckGroup::Interception,
         CheckGroup::Endpoints,
         CheckGroup::Metadata,
+        CheckGroup::Project,
     ];
 
     pub fn title(self) -> &'static str {
@@ -295,6 +299,7 @@ impl CheckGroup {
             CheckGroup::Interception => "interception",
             CheckGroup::Endpoints => "endpoints",
             CheckGroup::Metadata => "metadata & agent",
+            CheckGroup::Project => "project",
         }
     }
 
@@ -325,6 +330,7 @@ impl CheckGroup {
             ScopesInsufficient | GuestAttributesDisabled | MetadataUnreachable => {
                 CheckGroup::Metadata
             }
+            IamPermissionMissing | ControlPlaneApiDisabled | XdsNotSynced => CheckGroup::Project,
         }
     }
 }
@@ -621,7 +627,8 @@ mod tests {
                 base(),
             );
             let groups: Vec<CheckGroup> = d.groups.iter().map(|g| g.group).collect();
-            assert_eq!(groups, CheckGroup::ALL);
+            // The project group joins later, from its own task's answers (`project::apply`).
+            assert_eq!(groups, CheckGroup::ALL[..6]);
             assert_eq!(
                 CheckGroup::of(FindingId::ServerFirstProtocol),
                 CheckGroup::Configuration

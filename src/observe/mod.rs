@@ -14,6 +14,8 @@ pub mod metadata;
 pub mod nf_generation;
 pub mod own_traffic;
 pub mod procfs;
+pub mod project;
+pub mod token;
 
 use std::path::PathBuf;
 use std::sync::Arc;

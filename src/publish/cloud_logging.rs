@@ -1,11 +1,13 @@
 //! Direct `entries:write` to Cloud Logging (SPEC §6): records come from the logger through a
-//! bounded queue, are batched, and posted with a token from `gcp_auth`. Failures back off; the
-//! agent's loop is never blocked (the logger drops and counts when the queue is full).
+//! bounded queue, are batched, and posted with a bearer token from a [`TokenSource`]. Failures
+//! back off; the agent's loop is never blocked (the logger drops and counts when the queue is
+//! full).
 //!
-//! Credentials are chosen explicitly rather than with `gcp_auth::provider()`, because that also
-//! runs the `gcloud` command and, on a VM, talks to a hard-coded `metadata.google.internal`
-//! (REFERENCE.md): we use a key file (`GOOGLE_APPLICATION_CREDENTIALS`), else gcloud's ADC
-//! file, else — only when the metadata server is the real one — the VM's service account.
+//! On a VM the token is the VM's own, from its metadata server through the agent's metadata
+//! client (`observe::token`, honouring `GCE_METADATA_HOST`). `gcp_auth` is kept for credentials
+//! off Compute Engine, chosen explicitly rather than with `gcp_auth::provider()` (which also runs
+//! the `gcloud` command and talks to a hard-coded `metadata.google.internal`, REFERENCE.md): a
+//! key file (`GOOGLE_APPLICATION_CREDENTIALS`), else gcloud's ADC file.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -197,7 +199,7 @@ pub struct SinkCounters {
 
 type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
-fn https_client() -> Result<HttpsClient, CloudLoggingError> {
+pub(crate) fn https_client() -> Result<HttpsClient, CloudLoggingError> {
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_native_roots()
         .map_err(|e| CloudLoggingError::Write(format!("no TLS root certificates: {e}")))?

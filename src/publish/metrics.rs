@@ -50,6 +50,8 @@ pub struct AgentMetrics {
     pub log: Arc<LogCounters>,
     pub guest_attributes: Arc<PublishCounters>,
     pub cloud_logging: Mutex<Option<Arc<SinkCounters>>>,
+    /// Calls to Google's APIs by the project-side checks (SPEC §10's budget).
+    pub project_api_calls: Arc<crate::observe::project::CallCounter>,
 }
 
 impl AgentMetrics {
@@ -65,6 +67,7 @@ impl AgentMetrics {
             log,
             guest_attributes,
             cloud_logging: Mutex::new(None),
+            project_api_calls: Arc::default(),
         })
     }
 
@@ -298,6 +301,12 @@ impl Collector for AgentMetrics {
             "spa_interception_restores",
             "iptables-restore transactions applied",
             &[(vec![], load(&self.interception_restores))],
+        )?;
+        counter(
+            &mut enc,
+            "spa_project_api_calls",
+            "Calls to Google's APIs by the project-side checks",
+            &[(vec![], load(&self.project_api_calls.calls))],
         )?;
         counter(
             &mut enc,

@@ -6,4 +6,5 @@ pub mod exec;
 pub mod http_stub;
 pub mod metadata_emulator;
 pub mod netns;
+pub mod project_apis;
 pub mod xds;

@@ -277,6 +277,16 @@ impl ControlPlaneHandle {
             .map(|t| t.version.to_string())
     }
 
+    /// What is served for `type_url`: its version and resource names (`None`: never set). The
+    /// CSDS emulator (`project_apis`) reports the control plane's view from this.
+    pub fn served(&self, type_url: &str) -> Option<(String, Vec<String>)> {
+        self.shared
+            .lock()
+            .resources
+            .get(type_url)
+            .map(|t| (t.version.to_string(), t.resources.keys().cloned().collect()))
+    }
+
     /// Closes every ADS stream, current and future, with this status, until [`Self::recover`].
     pub fn fail_ads(&self, failure: Failure) {
         self.shared.lock().ads_failure = Some(failure);
