@@ -598,3 +598,47 @@ fn a_fifo_as_config_file_does_not_hang_the_reload() {
     );
     assert!(run.daemon.stop().0.success());
 }
+
+/// Item 16: `doctor` shows the log line behind a finding; a token in it is redacted as the
+/// daemon redacts it (one redaction for both), in the text and the JSON report.
+#[test]
+fn doctor_redacts_tokens_from_log_lines() {
+    let md = MetadataEmulator::start(VmIdentity::default()).unwrap();
+    let config = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    append(
+        &logs.path().join("envoy.log"),
+        "[2026-11-22 10:00:00.000][7][warning][config] [./source/extensions/config_subscription/grpc/grpc_stream.h:189] StreamAggregatedResources gRPC config stream to trafficdirector closed: 7, permission denied; authorization: Bearer ya29.SECRET-TOKEN-0123456789\n",
+    );
+    let (_cp, cp_addr) = reachable_control_plane();
+    for json in [false, true] {
+        let mut cmd = command(&md, config.path(), &["doctor"]);
+        if json {
+            cmd.arg("--json");
+        }
+        let out = cmd
+            .args([
+                "--envoy-admin",
+                &format!("http://127.0.0.1:{}", closed_port()),
+            ])
+            .arg("--envoy-log-dir")
+            .arg(logs.path())
+            .args(["--control-plane", &cp_addr])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains("CONTROL_PLANE_PERMISSION_DENIED"),
+            "json {json}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains("permission denied"),
+            "json {json}: {stdout}"
+        );
+        assert!(!stdout.contains("SECRET-TOKEN"), "json {json}: {stdout}");
+        if json {
+            serde_json::from_str::<serde_json::Value>(&stdout).expect("the report stays JSON");
+        }
+    }
+}
