@@ -166,8 +166,12 @@ pub enum PutError {
     /// 403 `Guest attributes endpoint access is disabled.`
     #[error("guest attributes are disabled on this VM")]
     Disabled,
+    /// The server answered with an error: the write will not be processed later.
     #[error("{0}")]
     Failed(String),
+    /// No answer (a timeout): the server may still hold the write and process it later.
+    #[error("{0}")]
+    Unanswered(String),
 }
 
 /// What happened to a write, for logs and metrics.
@@ -347,6 +351,12 @@ impl Publisher {
         Some(write)
     }
 
+    fn failed(&mut self, key: &'static str, error: String, now: Instant) -> PublishEvent {
+        self.failures = self.failures.saturating_add(1);
+        self.retry_at = Some(now + backoff(self.failures));
+        PublishEvent::Failed { key, error }
+    }
+
     /// Records the outcome of a write handed out by [`Publisher::poll`].
     pub fn complete(
         &mut self,
@@ -383,12 +393,11 @@ impl Publisher {
                     PublishEvent::Disabled
                 }
             }
-            Err(PutError::Failed(error)) => {
+            Err(PutError::Unanswered(error)) => {
                 self.budget.unconfirmed(now);
-                self.failures = self.failures.saturating_add(1);
-                self.retry_at = Some(now + backoff(self.failures));
-                PublishEvent::Failed { key, error }
+                self.failed(key, error, now)
             }
+            Err(PutError::Failed(error)) => self.failed(key, error, now),
         }
     }
 }
@@ -510,7 +519,12 @@ mod tests {
                 if now < stall_end {
                     processed.push(stall_end);
                     now += Duration::from_secs(5);
-                    p.complete(key, value, Err(PutError::Failed("timed out".into())), now);
+                    p.complete(
+                        key,
+                        value,
+                        Err(PutError::Unanswered("timed out".into())),
+                        now,
+                    );
                 } else {
                     processed.push(now);
                     now += Duration::from_millis(20);
