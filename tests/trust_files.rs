@@ -294,7 +294,7 @@ fn copytruncate_onto_a_held_rotated_file_counts_each_line_once() {
 /// UID may write; `prepare` fills the directory before the start.
 struct Running {
     _control_plane: std::net::TcpListener,
-    md: MetadataEmulator,
+    _md: MetadataEmulator,
     daemon: Daemon,
     metrics: SocketAddr,
     logs: PathBuf,
@@ -331,7 +331,7 @@ fn start_agent(prepare: impl FnOnce(&Path)) -> Running {
     });
     Running {
         _control_plane: control_plane,
-        md,
+        _md: md,
         daemon,
         metrics,
         logs,
