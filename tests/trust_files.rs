@@ -642,3 +642,77 @@ fn doctor_redacts_tokens_from_log_lines() {
         }
     }
 }
+
+/// Item 18, the mechanism the unit relies on, with the real legacy iptables: in a private mount
+/// namespace, /run read-only as `ProtectSystem=strict` makes it. Without the lock file,
+/// `ReadWritePaths=-/run/xtables.lock` has nothing to open and every restore fails ("Read-only
+/// file system"); with the file created first (the unit's `ExecStartPre=-+touch`) and bound
+/// writable over itself (what `ReadWritePaths=` does), the restore works. Each restore runs in
+/// a private network namespace (`unshare -n`).
+#[test]
+fn the_legacy_backend_needs_the_lock_file_made_before_the_sandbox() {
+    use nix::mount::{MsFlags, mount};
+    let ns = MountNs::new().unwrap();
+    ns.tmpfs("/run").unwrap();
+    let remount = |flags: MsFlags| {
+        ns.run(move || {
+            mount(
+                None::<&str>,
+                "/run",
+                None::<&str>,
+                MsFlags::MS_REMOUNT | flags,
+                None::<&str>,
+            )
+            .unwrap()
+        })
+    };
+    let restore = || {
+        ns.run(|| {
+            let mut child = Command::new("unshare")
+                .args(["-n", "iptables-legacy-restore", "--noflush"])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("unshare and iptables-legacy-restore (Debian: util-linux, iptables)");
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(b"*filter\n:SERVICE_PROXY_TEST - [0:0]\nCOMMIT\n")
+                .unwrap();
+            child.wait_with_output().unwrap()
+        })
+    };
+
+    // The sandbox built while the file is absent: /run stays read-only.
+    remount(MsFlags::MS_RDONLY);
+    let out = restore();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("Read-only file system"),
+        "{stderr}"
+    );
+
+    // The file made first, then the sandbox: the file bound writable over itself.
+    remount(MsFlags::empty());
+    ns.run(|| std::fs::write("/run/xtables.lock", "").unwrap());
+    remount(MsFlags::MS_RDONLY);
+    ns.bind("/run/xtables.lock", "/run/xtables.lock").unwrap();
+    ns.run(|| {
+        mount(
+            None::<&str>,
+            "/run/xtables.lock",
+            None::<&str>,
+            MsFlags::MS_REMOUNT | MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .unwrap()
+    });
+    let out = restore();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
