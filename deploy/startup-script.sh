@@ -413,6 +413,10 @@ After=network-online.target envoy.service
 [Service]
 Type=notify
 NotifyAccess=main
+# The legacy iptables backend takes /run/xtables.lock (creating it when absent). Under
+# ProtectSystem=strict /run is read-only and ReadWritePaths= below can only open an existing
+# file: create it first, outside the sandbox ('+'), and never fail the start on it ('-').
+ExecStartPre=-+/usr/bin/touch /run/xtables.lock
 ExecStart=/usr/local/bin/service-proxy-agent run --interception=enforce --serial-port=/dev/ttyS0
 ExecReload=/bin/kill -HUP $MAINPID
 Restart=always

@@ -53,6 +53,7 @@ impl AttributeSink for MetadataSink {
         match self.0.put_guest_attribute(NAMESPACE, key, value).await {
             Ok(()) => Ok(()),
             Err(MetadataError::GuestAttributesDisabled) => Err(PutError::Disabled),
+            Err(e @ MetadataError::Timeout { .. }) => Err(PutError::Unanswered(e.to_string())),
             Err(e) => Err(PutError::Failed(e.to_string())),
         }
     }

@@ -581,7 +581,8 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
         reason: e.to_string(),
     };
     // O_NONBLOCK: a FIFO in its place must not hang the loop on SIGHUP; only a regular file
-    // is read (checked on the descriptor).
+    // or a character device (`--config /dev/null`: no file) is read, checked on the
+    // descriptor, and never more than MAX_BYTES.
     let file = {
         use std::os::unix::fs::OpenOptionsExt;
         std::fs::OpenOptions::new()
@@ -591,7 +592,7 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
             .map_err(unreadable)?
     };
     let meta = file.metadata().map_err(unreadable)?;
-    if !meta.is_file() {
+    if !meta.is_file() && !std::os::unix::fs::FileTypeExt::is_char_device(&meta.file_type()) {
         return Err(ConfigError::Unreadable {
             path: path.to_owned(),
             reason: "not a regular file".into(),

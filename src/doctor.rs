@@ -153,13 +153,14 @@ fn plural(n: usize) -> &'static str {
 /// status of SPEC §2.
 pub async fn run(settings: &Settings, json: bool, wait: Option<Duration>) -> anyhow::Result<u8> {
     let report = observe_and_diagnose(settings, wait).await;
+    // Redacted as the daemon redacts what it publishes: log lines can hold tokens.
     if json {
-        crate::text::print_out(format_args!(
-            "{}\n",
-            serde_json::to_string_pretty(&report.to_json())?
-        ));
+        let mut j = report.to_json();
+        crate::text::redact_json(&mut j);
+        crate::text::print_out(format_args!("{}\n", serde_json::to_string_pretty(&j)?));
     } else {
-        crate::text::print_out(format_args!("{}", report.to_text()));
+        let text = crate::text::redact_lines(&report.to_text());
+        crate::text::print_out(format_args!("{text}"));
     }
     Ok(report.exit_code())
 }

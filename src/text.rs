@@ -91,6 +91,35 @@ pub fn redact_secrets(s: &str) -> String {
     }
 }
 
+/// [`redact_secrets`] on every string of a JSON value (keys too), so the redaction cannot
+/// break the document's syntax as redacting its serialized text could.
+pub fn redact_json(v: &mut serde_json::Value) {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => *s = redact_secrets(s),
+        Value::Array(a) => a.iter_mut().for_each(redact_json),
+        Value::Object(o) => {
+            let old = std::mem::take(o);
+            for (k, mut val) in old {
+                redact_json(&mut val);
+                o.insert(redact_secrets(&k), val);
+            }
+        }
+        Value::Null | Value::Bool(_) | Value::Number(_) => {}
+    }
+}
+
+/// [`redact_secrets`] line by line: a report is many lines, and a key's pattern that runs to
+/// the end of its text must not swallow the lines after it.
+pub fn redact_lines(text: &str) -> String {
+    text.split_inclusive('\n')
+        .map(|l| match l.strip_suffix('\n') {
+            Some(body) => redact_secrets(body) + "\n",
+            None => redact_secrets(l),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,6 +141,13 @@ mod tests {
             }
         }
         assert_eq!(redact_secrets("plain text"), "plain text");
+        let mut v = serde_json::json!({"a": ["Bearer abc.def", {"k": "ya29.x"}], "n": 1});
+        redact_json(&mut v);
+        assert!(!v.to_string().contains("abc.def") && !v.to_string().contains("ya29.x"));
+        assert_eq!(
+            redact_lines("-----BEGIN PRIVATE KEY----- MIIE\nnext line\n"),
+            "[redacted]\nnext line\n"
+        );
     }
 
     #[test]

@@ -4,7 +4,8 @@ set -euo pipefail
 need=()
 for pair in iptables:iptables ip:iproute2 curl:curl jq:jq rg:ripgrep shellcheck:shellcheck \
             openssl:openssl unshare:util-linux nsenter:util-linux setpriv:util-linux \
-            systemd-analyze:systemd strace:strace faketime:faketime python3:python3; do
+            systemd-analyze:systemd strace:strace faketime:faketime python3:python3 \
+            perl:perl-base; do
   cmd=${pair%%:*} pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done

@@ -74,6 +74,7 @@ fn verify_root(units: &[(&str, String)]) -> tempfile::TempDir {
         .find(|p| p.is_file())
         .expect("kill (procps)");
     link_or_copy(kill, &r.join("usr/bin/kill"));
+    link_or_copy(Path::new("/usr/bin/touch"), &r.join("usr/bin/touch"));
     link_or_copy(
         Path::new(support::BIN),
         &r.join("usr/local/bin/service-proxy-agent"),
@@ -205,4 +206,25 @@ fn agent_unit_limits_descriptors_above_the_agents_own_caps() {
         limit >= 4 * caps,
         "LimitNOFILE={limit} leaves too little beside {caps} capped descriptors"
     );
+}
+
+/// The legacy iptables backend needs /run/xtables.lock writable; under `ProtectSystem=strict`
+/// `ReadWritePaths=-/run/xtables.lock` only works when the file exists before the sandbox is
+/// built (else every restore failed with "Read-only file system"): the unit creates it first,
+/// outside the sandbox, without failing the start on it.
+#[test]
+fn agent_unit_creates_the_xtables_lock_before_its_sandbox() {
+    let unit = shipped("service-proxy-agent.service");
+    let lines: Vec<&str> = unit.lines().collect();
+    let pre = lines
+        .iter()
+        .position(|l| *l == "ExecStartPre=-+/usr/bin/touch /run/xtables.lock")
+        .expect("ExecStartPre creating /run/xtables.lock outside the sandbox");
+    let start = lines
+        .iter()
+        .position(|l| l.starts_with("ExecStart="))
+        .expect("ExecStart=");
+    assert!(pre < start);
+    assert!(lines.contains(&"ReadWritePaths=-/run/xtables.lock"));
+    assert!(lines.contains(&"ProtectSystem=strict"));
 }

@@ -118,7 +118,8 @@ fn as_nobody(dir: &Path, program: &str) -> std::process::Child {
 fn a_live_log_that_reuses_an_ignored_inode_is_read() {
     let mut reused = false;
     for attempt in 0..50 {
-        let dir = tempfile::tempdir().unwrap();
+        // Under target/ (the build's disk, ext4 on CI), not /tmp (often tmpfs: never reuses).
+        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
         let history = dir.path().join("envoy.log.1");
         std::fs::write(&history, "[t] history\n").unwrap();
         let ino = std::fs::metadata(&history).unwrap().ino();
@@ -144,7 +145,9 @@ fn a_live_log_that_reuses_an_ignored_inode_is_read() {
     }
     assert!(
         reused,
-        "the file system never reused an inode number in 50 tries"
+        "the file system of {} never reused an inode number in 50 tries (tmpfs and btrfs do \
+         not): this test needs one that does, such as ext4 or XFS",
+        env!("CARGO_TARGET_TMPDIR")
     );
 
     let dir = tempfile::tempdir().unwrap();
@@ -294,7 +297,7 @@ fn copytruncate_onto_a_held_rotated_file_counts_each_line_once() {
 /// UID may write; `prepare` fills the directory before the start.
 struct Running {
     _control_plane: std::net::TcpListener,
-    md: MetadataEmulator,
+    _md: MetadataEmulator,
     daemon: Daemon,
     metrics: SocketAddr,
     logs: PathBuf,
@@ -331,7 +334,7 @@ fn start_agent(prepare: impl FnOnce(&Path)) -> Running {
     });
     Running {
         _control_plane: control_plane,
-        md,
+        _md: md,
         daemon,
         metrics,
         logs,
@@ -597,4 +600,122 @@ fn a_fifo_as_config_file_does_not_hang_the_reload() {
         "after SIGHUP with a FIFO",
     );
     assert!(run.daemon.stop().0.success());
+}
+
+/// Item 16: `doctor` shows the log line behind a finding; a token in it is redacted as the
+/// daemon redacts it (one redaction for both), in the text and the JSON report.
+#[test]
+fn doctor_redacts_tokens_from_log_lines() {
+    let md = MetadataEmulator::start(VmIdentity::default()).unwrap();
+    let config = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    append(
+        &logs.path().join("envoy.log"),
+        "[2026-11-22 10:00:00.000][7][warning][config] [./source/extensions/config_subscription/grpc/grpc_stream.h:189] StreamAggregatedResources gRPC config stream to trafficdirector closed: 7, permission denied; authorization: Bearer ya29.SECRET-TOKEN-0123456789\n",
+    );
+    let (_cp, cp_addr) = reachable_control_plane();
+    for json in [false, true] {
+        let mut cmd = command(&md, config.path(), &["doctor"]);
+        if json {
+            cmd.arg("--json");
+        }
+        let out = cmd
+            .args([
+                "--envoy-admin",
+                &format!("http://127.0.0.1:{}", closed_port()),
+            ])
+            .arg("--envoy-log-dir")
+            .arg(logs.path())
+            .args(["--control-plane", &cp_addr])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains("CONTROL_PLANE_PERMISSION_DENIED"),
+            "json {json}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains("permission denied"),
+            "json {json}: {stdout}"
+        );
+        assert!(!stdout.contains("SECRET-TOKEN"), "json {json}: {stdout}");
+        if json {
+            serde_json::from_str::<serde_json::Value>(&stdout).expect("the report stays JSON");
+        }
+    }
+}
+
+/// Item 18, the mechanism the unit relies on, with the real legacy iptables: in a private mount
+/// namespace, /run read-only as `ProtectSystem=strict` makes it. Without the lock file,
+/// `ReadWritePaths=-/run/xtables.lock` has nothing to open and every restore fails ("Read-only
+/// file system"); with the file created first (the unit's `ExecStartPre=-+touch`) and bound
+/// writable over itself (what `ReadWritePaths=` does), the restore works. Each restore runs in
+/// a private network namespace (`unshare -n`).
+#[test]
+fn the_legacy_backend_needs_the_lock_file_made_before_the_sandbox() {
+    use nix::mount::{MsFlags, mount};
+    let ns = MountNs::new().unwrap();
+    ns.tmpfs("/run").unwrap();
+    let remount = |flags: MsFlags| {
+        ns.run(move || {
+            mount(
+                None::<&str>,
+                "/run",
+                None::<&str>,
+                MsFlags::MS_REMOUNT | flags,
+                None::<&str>,
+            )
+            .unwrap()
+        })
+    };
+    let restore = || {
+        ns.run(|| {
+            let mut child = Command::new("unshare")
+                .args(["-n", "iptables-legacy-restore", "--noflush"])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("unshare and iptables-legacy-restore (Debian: util-linux, iptables)");
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(b"*filter\n:SERVICE_PROXY_TEST - [0:0]\nCOMMIT\n")
+                .unwrap();
+            child.wait_with_output().unwrap()
+        })
+    };
+
+    // The sandbox built while the file is absent: /run stays read-only.
+    remount(MsFlags::MS_RDONLY);
+    let out = restore();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("Read-only file system"),
+        "{stderr}"
+    );
+
+    // The file made first, then the sandbox: the file bound writable over itself.
+    remount(MsFlags::empty());
+    ns.run(|| std::fs::write("/run/xtables.lock", "").unwrap());
+    remount(MsFlags::MS_RDONLY);
+    ns.bind("/run/xtables.lock", "/run/xtables.lock").unwrap();
+    ns.run(|| {
+        mount(
+            None::<&str>,
+            "/run/xtables.lock",
+            None::<&str>,
+            MsFlags::MS_REMOUNT | MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .unwrap()
+    });
+    let out = restore();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

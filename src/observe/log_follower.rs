@@ -13,7 +13,11 @@
 //! - a file created and renamed away between two looks (a fast rotation under a flood) is
 //!   found under its rotated name (`envoy.log.1`, `envoy.log-20261122`) and read from its start,
 //!   unless its first bytes show it is a copytruncate copy of a file already read. Rotated files
-//!   present when the agent starts are history and are not read.
+//!   present when the agent starts are history and are not read;
+//! - a file followed under a rotated name that is rewritten in place (copytruncate copying onto
+//!   it) is a copy now: dropped, not read again;
+//! - what may be opened, how, and how many is `log_files`' (SPEC §11): no links, no FIFOs or
+//!   devices, at most `MAX_FOLLOWED` files, reads bounded by the length seen and by a tail.
 //!
 //! The follower runs on its own thread; it blocks (does not drop) when the consumer is slow.
 

@@ -59,35 +59,69 @@ const MAX_BACKOFF: Duration = Duration::from_secs(300);
 const HEARTBEAT_PRIORITY_AFTER: Duration = Duration::from_secs(120);
 pub const MIN_HEARTBEAT_SPACING: Duration = Duration::from_secs(15);
 
+/// How long a failed write (a timeout: the server may have it and process it later) is taken
+/// to be still arriving, unless a later write succeeds first.
+pub const UNCONFIRMED_FOR: Duration = MINUTE_WINDOW;
+
 /// Sliding-window limiter over the instants of past writes.
+///
+/// A write that failed may still reach the server: one that stalls, then processes the
+/// requests it held, sees them all at once. Such a write counts as happening *now* until a
+/// later write succeeds (the server is answering again: it is counted then) or
+/// [`UNCONFIRMED_FOR`] has passed (counted at that instant), so the writes the server can
+/// process together stay within its limits.
 #[derive(Debug, Clone)]
 pub struct WriteBudget {
     writes: VecDeque<Instant>,
+    /// Failed writes, by the instant until which they are taken as still arriving.
+    unconfirmed: Vec<Instant>,
 }
 
 impl Default for WriteBudget {
     fn default() -> Self {
         WriteBudget {
             writes: VecDeque::with_capacity(WRITES_PER_MINUTE),
+            unconfirmed: Vec::new(),
         }
     }
 }
 
 impl WriteBudget {
+    /// Whether one more write at `at` stays within both windows.
+    fn fits(&self, at: Instant) -> bool {
+        [
+            (WRITES_PER_SECOND, SECOND_WINDOW),
+            (WRITES_PER_MINUTE, MINUTE_WINDOW),
+        ]
+        .iter()
+        .all(|&(limit, window)| {
+            // An unconfirmed write counts as a write at its expiry, and as one now before it.
+            let counted = self
+                .writes
+                .iter()
+                .chain(&self.unconfirmed)
+                .filter(|x| at < **x + window)
+                .count();
+            counted < limit
+        })
+    }
+
     /// The earliest instant at or after `now` when one more write stays within both windows.
     pub fn next_allowed(&self, now: Instant) -> Instant {
-        let mut at = now;
-        if self.writes.len() >= WRITES_PER_MINUTE
-            && let Some(oldest) = self.writes.get(self.writes.len() - WRITES_PER_MINUTE)
-        {
-            at = at.max(*oldest + MINUTE_WINDOW);
-        }
-        if self.writes.len() >= WRITES_PER_SECOND
-            && let Some(nth_last) = self.writes.get(self.writes.len() - WRITES_PER_SECOND)
-        {
-            at = at.max(*nth_last + SECOND_WINDOW);
-        }
-        at
+        // Counts only fall as time passes, at an entry's instant plus a window.
+        let mut candidates: Vec<Instant> = self
+            .writes
+            .iter()
+            .chain(&self.unconfirmed)
+            .flat_map(|x| [*x + SECOND_WINDOW, *x + MINUTE_WINDOW])
+            .filter(|c| *c > now)
+            .collect();
+        candidates.push(now);
+        candidates.sort();
+        candidates
+            .into_iter()
+            .find(|c| self.fits(*c))
+            .unwrap_or(now + MINUTE_WINDOW + UNCONFIRMED_FOR)
     }
 
     pub fn record(&mut self, at: Instant) {
@@ -96,6 +130,35 @@ impl WriteBudget {
             self.writes.pop_front();
         }
     }
+
+    /// A write handed out (and recorded) failed at `now`: the server may still process it.
+    pub fn unconfirmed(&mut self, now: Instant) {
+        self.unconfirmed.push(now + UNCONFIRMED_FOR);
+        self.settle(now);
+    }
+
+    /// A write succeeded at `now`: the server answers again, so the failed writes it held have
+    /// been processed by now (or never will be).
+    pub fn confirmed(&mut self, now: Instant) {
+        for x in std::mem::take(&mut self.unconfirmed) {
+            self.writes.push_back(x.min(now));
+        }
+        self.settle(now);
+    }
+
+    /// Unconfirmed writes whose time is up become writes at that time.
+    fn settle(&mut self, now: Instant) {
+        let (due, keep): (Vec<Instant>, Vec<Instant>) =
+            self.unconfirmed.iter().partition(|x| **x <= now);
+        self.unconfirmed = keep;
+        for x in due {
+            self.writes.push_back(x);
+        }
+        let mut sorted: Vec<Instant> = self.writes.drain(..).collect();
+        sorted.sort();
+        let skip = sorted.len().saturating_sub(WRITES_PER_MINUTE);
+        self.writes.extend(sorted.into_iter().skip(skip));
+    }
 }
 
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
@@ -103,8 +166,12 @@ pub enum PutError {
     /// 403 `Guest attributes endpoint access is disabled.`
     #[error("guest attributes are disabled on this VM")]
     Disabled,
+    /// The server answered with an error: the write will not be processed later.
     #[error("{0}")]
     Failed(String),
+    /// No answer (a timeout): the server may still hold the write and process it later.
+    #[error("{0}")]
+    Unanswered(String),
 }
 
 /// What happened to a write, for logs and metrics.
@@ -284,6 +351,12 @@ impl Publisher {
         Some(write)
     }
 
+    fn failed(&mut self, key: &'static str, error: String, now: Instant) -> PublishEvent {
+        self.failures = self.failures.saturating_add(1);
+        self.retry_at = Some(now + backoff(self.failures));
+        PublishEvent::Failed { key, error }
+    }
+
     /// Records the outcome of a write handed out by [`Publisher::poll`].
     pub fn complete(
         &mut self,
@@ -294,6 +367,7 @@ impl Publisher {
     ) -> PublishEvent {
         match result {
             Ok(()) => {
+                self.budget.confirmed(now);
                 let was_disabled = std::mem::take(&mut self.disabled);
                 self.failures = 0;
                 self.retry_at = None;
@@ -319,11 +393,11 @@ impl Publisher {
                     PublishEvent::Disabled
                 }
             }
-            Err(PutError::Failed(error)) => {
-                self.failures = self.failures.saturating_add(1);
-                self.retry_at = Some(now + backoff(self.failures));
-                PublishEvent::Failed { key, error }
+            Err(PutError::Unanswered(error)) => {
+                self.budget.unconfirmed(now);
+                self.failed(key, error, now)
             }
+            Err(PutError::Failed(error)) => self.failed(key, error, now),
         }
     }
 }
@@ -425,6 +499,76 @@ pub fn spawn_writer<S: AttributeSink>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A metadata server that stalls from the start for `stall`: writes sent meanwhile time
+    /// out (after 5 s) on our side but are processed when the stall ends, as the server may;
+    /// later writes are processed and answered at once. Values change every 300 ms and the
+    /// heartbeat every second, for 5 minutes. Returns the instants the server processed writes.
+    fn stalled_server_run(stall: Duration) -> Vec<Instant> {
+        let t0 = Instant::now();
+        let stall_end = t0 + stall;
+        let mut p = Publisher::new(Duration::from_secs(15));
+        let mut processed = Vec::new();
+        let mut now = t0;
+        let mut n = 0u64;
+        while now < t0 + Duration::from_secs(300) {
+            n += 1;
+            p.set(keys::FINDINGS, &format!("v{}", n / 3));
+            p.set_heartbeat(format!("h{}", n / 10));
+            if let Some((key, value)) = p.poll(now) {
+                if now < stall_end {
+                    processed.push(stall_end);
+                    now += Duration::from_secs(5);
+                    p.complete(
+                        key,
+                        value,
+                        Err(PutError::Unanswered("timed out".into())),
+                        now,
+                    );
+                } else {
+                    processed.push(now);
+                    now += Duration::from_millis(20);
+                    p.complete(key, value, Ok(()), now);
+                }
+            }
+            now += Duration::from_millis(100);
+        }
+        processed.sort();
+        processed
+    }
+
+    /// The most writes the server processed in any window of `w` (windows ending at a write).
+    fn densest(processed: &[Instant], w: Duration) -> usize {
+        processed
+            .iter()
+            .map(|end| {
+                processed
+                    .iter()
+                    .filter(|t| **t <= *end && *end - **t < w)
+                    .count()
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn a_stalled_server_processing_timed_out_writes_late_stays_within_its_limits() {
+        for secs in [3, 8, 12, 20, 30, 45, 60] {
+            let processed = stalled_server_run(Duration::from_secs(secs));
+            let per_second = densest(&processed, Duration::from_secs(1));
+            let per_minute = densest(&processed, Duration::from_secs(60));
+            assert!(
+                per_second <= SERVER_WRITES_PER_SECOND && per_minute <= SERVER_WRITES_PER_MINUTE,
+                "stall {secs}s: {per_second}/s, {per_minute}/min"
+            );
+            // And the agent is not silenced: writes go on after the stall.
+            assert!(
+                processed.len() > 20,
+                "stall {secs}s: {} writes",
+                processed.len()
+            );
+        }
+    }
 
     fn secs(s: f64) -> Duration {
         Duration::from_secs_f64(s)
