@@ -12,7 +12,7 @@ use crate::config::{CommonArgs, Settings, parse_duration};
 #[derive(Debug, Parser)]
 #[command(
     name = "service-proxy-agent",
-    version,
+    version = VERSION,
     about = "Watches the Envoy sidecar of a Cloud Service Mesh VM, names its faults, publishes them and keeps interception in step",
     propagate_version = true
 )]
@@ -93,6 +93,14 @@ impl BootstrapStatus {
     }
 }
 
+/// The version `--version` and `version` print: the crate's and the commit (see build.rs).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("SPA_GIT_COMMIT"),
+    ")"
+);
+
 /// Exit status 2: the command itself could not run (bad flags, unreadable config...).
 pub const EXIT_USAGE: u8 = 2;
 
@@ -150,7 +158,7 @@ pub fn main() -> ExitCode {
         }
     };
     if let Command::Version = cli.command {
-        println!("service-proxy-agent {}", env!("CARGO_PKG_VERSION"));
+        println!("service-proxy-agent {VERSION}");
         return ExitCode::SUCCESS;
     }
     let settings = match Settings::resolve(&cli.common, |k| std::env::var(k).ok()) {

@@ -10,6 +10,7 @@ pub mod iptables;
 pub mod log_follower;
 pub mod metadata;
 pub mod nf_generation;
+pub mod own_process;
 pub mod procfs;
 
 use std::path::PathBuf;
