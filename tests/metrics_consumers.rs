@@ -140,15 +140,10 @@ fn promtool_and_the_openmetrics_parser_accept_the_endpoint() {
         value(&classic, "spa_poll_errors_total{source=\"envoy_admin\"}").is_some_and(|n| n >= 1.0),
         "{classic}"
     );
-    let version = support::run(
-        {
-            let mut c = agent(&md.host(), tempfile::tempdir().unwrap().path());
-            c.arg("version");
-            c
-        },
-        Duration::from_secs(10),
-    )
-    .0;
+    let version_dir = tempfile::tempdir().unwrap();
+    let mut version = agent(&md.host(), version_dir.path());
+    version.arg("version");
+    let version = support::run(version, Duration::from_secs(10)).0;
     let version = support::stdout(&version);
     let commit = version
         .split("(commit ")

@@ -37,6 +37,8 @@ pub struct CycleView {
     pub listeners: u64,
     pub vips: u64,
     pub heartbeat_unix: i64,
+    /// Findings set aside by `ignore-findings` rules in force.
+    pub ignored: Vec<FindingId>,
 }
 
 /// Shared by the loop (writer) and the metrics endpoint (reader).
@@ -192,6 +194,18 @@ impl AgentMetrics {
             );
         }
         out.push(findings);
+        let mut ignored = Family::new(
+            "spa_finding_ignored",
+            "Whether a finding is present but set aside by an ignore-findings rule (1) or not (0)",
+            Gauge,
+        );
+        for id in FindingId::ALL {
+            ignored = ignored.with(
+                &[("id", id.as_str()), ("severity", id.severity().as_str())],
+                Int(i64::from(view.ignored.contains(id))),
+            );
+        }
+        out.push(ignored);
         let mut health = Family::new(
             "spa_health",
             "The agent's verdict: OK, DEGRADED or FAILING",

@@ -5,3 +5,4 @@ pub mod exposition;
 pub mod guest_attributes;
 pub mod log;
 pub mod metrics;
+pub mod silenced;
