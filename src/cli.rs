@@ -63,6 +63,15 @@ pub enum Command {
     },
     /// Print the agent's version
     Version,
+    /// Print a completion script for SHELL, generated from this command line
+    #[command(hide = true)]
+    Completions {
+        #[arg(value_enum)]
+        shell: crate::completions::Shell,
+    },
+    /// Print the man page (roff, section 8), generated from this command line
+    #[command(hide = true)]
+    Man,
 }
 
 #[derive(Debug, Clone, Copy, Subcommand)]
@@ -157,9 +166,25 @@ pub fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    if let Command::Version = cli.command {
-        println!("service-proxy-agent {VERSION}");
-        return ExitCode::SUCCESS;
+    match cli.command {
+        Command::Version => {
+            println!("service-proxy-agent {VERSION}");
+            return ExitCode::SUCCESS;
+        }
+        Command::Completions { shell } => {
+            crate::completions::completions(shell, &mut std::io::stdout().lock());
+            return ExitCode::SUCCESS;
+        }
+        Command::Man => {
+            return match crate::completions::man_page(&mut std::io::stdout().lock()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("service-proxy-agent: cannot write the man page: {e}");
+                    ExitCode::from(EXIT_USAGE)
+                }
+            };
+        }
+        _ => {}
     }
     let settings = match Settings::resolve(&cli.common, |k| std::env::var(k).ok()) {
         Ok(s) => s,
@@ -191,7 +216,8 @@ async fn dispatch(cli: Cli, settings: Settings) -> ExitCode {
             crate::status::report_bootstrap(&settings, status, reason.as_deref()).await
         }
         Command::EnvoyBootstrap { out } => crate::bootstrap::run(&settings, out.as_deref()).await,
-        Command::Version => Ok(0),
+        // Answered before the settings are read.
+        Command::Version | Command::Completions { .. } | Command::Man => Ok(0),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -146,6 +146,7 @@ fn an_ignored_finding_stops_counting_stays_visible_and_comes_back_at_until() {
         panic!("doctor --json ({e}): {}", support::stderr(&out));
     });
     assert_eq!(out.status.code(), Some(0), "{report:#}");
+    assert_eq!(report["schema_version"], 1, "{report:#}");
     assert_eq!(report["health"], "OK", "{report:#}");
     assert_eq!(report["findings"], serde_json::json!([]), "{report:#}");
     assert_eq!(
