@@ -202,18 +202,28 @@ fn parse_with_offset(t: &str) -> Option<SystemTime> {
 }
 
 /// The TOML form of the config file's `ignore-findings` (an array of tables; `until` a string
-/// or a TOML date-time) as the JSON [`parse_rules`] reads.
+/// or a TOML date-time) as the JSON [`parse_rules`] reads. Nesting deeper than a rule can have
+/// is cut off (read as `null`, which the parser then names), so a hostile file costs no stack.
 pub fn toml_to_json(v: &toml::Value) -> Value {
+    toml_to_json_at(v, 0)
+}
+
+fn toml_to_json_at(v: &toml::Value, depth: usize) -> Value {
+    if depth > 4 {
+        return Value::Null;
+    }
     match v {
         toml::Value::String(s) => Value::String(s.clone()),
         toml::Value::Integer(i) => Value::from(*i),
         toml::Value::Float(f) => Value::from(*f),
         toml::Value::Boolean(b) => Value::Bool(*b),
         toml::Value::Datetime(d) => Value::String(d.to_string()),
-        toml::Value::Array(a) => Value::Array(a.iter().map(toml_to_json).collect()),
+        toml::Value::Array(a) => {
+            Value::Array(a.iter().map(|x| toml_to_json_at(x, depth + 1)).collect())
+        }
         toml::Value::Table(t) => Value::Object(
             t.iter()
-                .map(|(k, v)| (k.clone(), toml_to_json(v)))
+                .map(|(k, v)| (k.clone(), toml_to_json_at(v, depth + 1)))
                 .collect(),
         ),
     }
@@ -322,6 +332,16 @@ mod tests {
         assert_eq!(problems.len(), 1);
         assert!(rules[0].reason.chars().count() <= MAX_REASON);
         assert!(!rules[0].reason.contains('\u{1b}'));
+    }
+
+    #[test]
+    fn deep_toml_is_cut_off_not_recursed() {
+        let deep = format!("x = {}1{}", "[".repeat(100), "]".repeat(100));
+        if let Ok(file) = toml::from_str::<toml::Table>(&deep) {
+            let (rules, problems) = parse_rules(&toml_to_json(&file["x"]), RuleSource::ConfigFile);
+            assert!(rules.is_empty());
+            assert!(!problems.is_empty());
+        }
     }
 
     #[test]
