@@ -108,10 +108,12 @@ fn promtool_and_the_openmetrics_parser_accept_the_endpoint() {
     .args(["--control-plane", &format!("127.0.0.1:{}", closed_port())]);
     let _agent = Daemon::start(cmd, dir);
 
-    // After the first cycle; no error has happened to the sinks yet.
+    // After the first cycle (and the first CPU tick); no error has happened to the sinks yet.
     let (ctype, classic) = eventually(Duration::from_secs(30), "a first cycle", || {
-        scrape(metrics, None)
-            .filter(|(_, b)| value(b, "spa_cycles_total").is_some_and(|c| c >= 1.0))
+        scrape(metrics, None).filter(|(_, b)| {
+            value(b, "spa_cycles_total").is_some_and(|c| c >= 1.0)
+                && value(b, "process_cpu_seconds_total").is_some_and(|s| s > 0.0)
+        })
     });
     assert_eq!(ctype, "text/plain; version=0.0.4; charset=utf-8");
 
