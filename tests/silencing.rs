@@ -96,6 +96,30 @@ fn an_ignored_finding_stops_counting_stays_visible_and_comes_back_at_until() {
         || published("FAILING", "SCOPES_INSUFFICIENT").then_some(()),
     );
 
+    // The same rule from a config file, read by doctor through the same decision.
+    let conf_dir = tempfile::tempdir().unwrap();
+    let conf = conf_dir.path().join("config.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "[[ignore-findings]]\nid = \"SCOPES_INSUFFICIENT\"\nreason = \"{REASON}\"\nuntil = {}\n",
+            humantime::format_rfc3339_seconds(SystemTime::now() + Duration::from_secs(3600))
+        ),
+    )
+    .unwrap();
+    let mut cmd = agent(&md.host(), conf_dir.path());
+    cmd.args(["doctor", "--json"]).arg("--config").arg(&conf);
+    common(&mut cmd);
+    let (out, _) = run(cmd, Duration::from_secs(60));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("doctor --json ({e}): {}", support::stderr(&out)));
+    assert_eq!(out.status.code(), Some(0), "{report:#}");
+    assert_eq!(
+        report["ignored"][0]["id"], "SCOPES_INSUFFICIENT",
+        "{report:#}"
+    );
+    assert_eq!(report["ignored"][0]["source"], "config", "{report:#}");
+
     // Accepted for an hour: it stops counting everywhere, and says so.
     md.set_service_proxy(&ignore_until(SystemTime::now() + Duration::from_secs(3600)));
     eventually(Duration::from_secs(30), "OK while ignored", || {
