@@ -80,6 +80,8 @@ struct Agent {
     reconciler: Option<Reconciler>,
     last_snapshot: Option<Snapshot>,
     active: BTreeMap<FindingId, Finding>,
+    /// Findings set aside by `ignore-findings`, as last logged.
+    ignored: crate::publish::silenced::IgnoredLog,
     envoy_version: Option<String>,
     /// Last message per failure source, so a persisting failure is logged once, not per poll.
     failing: BTreeMap<&'static str, String>,
@@ -172,6 +174,7 @@ impl Agent {
             metrics,
             last_snapshot: None,
             active: BTreeMap::new(),
+            ignored: Default::default(),
             envoy_version: None,
             failing: BTreeMap::new(),
             unreadable_logs: Default::default(),
@@ -675,11 +678,14 @@ impl Agent {
                 }
             }
         }
+        let now_ignored: Vec<FindingId> = diagnosis.ignored.iter().map(|i| i.finding.id).collect();
         for id in self.active.keys() {
-            if !now_ids.contains_key(id) {
+            // One set aside now is logged as ignored just below, not as cleared.
+            if !now_ids.contains_key(id) && !now_ignored.contains(id) {
                 tracing::info!(finding = id.as_str(), "{} cleared", id.as_str());
             }
         }
+        self.ignored.update(diagnosis);
         self.active = diagnosis
             .findings
             .iter()
@@ -719,6 +725,7 @@ impl Agent {
                     heartbeat_unix: SystemTime::now()
                         .duration_since(SystemTime::UNIX_EPOCH)
                         .map_or(0, |d| d.as_secs() as i64),
+                    ignored: now_ignored,
                     ..CycleView::default()
                 },
                 Instant::now(),

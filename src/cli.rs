@@ -12,7 +12,7 @@ use crate::config::{CommonArgs, Settings, parse_duration};
 #[derive(Debug, Parser)]
 #[command(
     name = "service-proxy-agent",
-    version,
+    version = VERSION,
     about = "Watches the Envoy sidecar of a Cloud Service Mesh VM, names its faults, publishes them and keeps interception in step",
     propagate_version = true
 )]
@@ -63,6 +63,15 @@ pub enum Command {
     },
     /// Print the agent's version
     Version,
+    /// Print a completion script for SHELL, generated from this command line
+    #[command(hide = true)]
+    Completions {
+        #[arg(value_enum)]
+        shell: crate::completions::Shell,
+    },
+    /// Print the man page (roff, section 8), generated from this command line
+    #[command(hide = true)]
+    Man,
 }
 
 #[derive(Debug, Clone, Copy, Subcommand)]
@@ -92,6 +101,14 @@ impl BootstrapStatus {
         }
     }
 }
+
+/// The version `--version` and `version` print: the crate's and the commit (see build.rs).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("SPA_GIT_COMMIT"),
+    ")"
+);
 
 /// Exit status 2: the command itself could not run (bad flags, unreadable config...).
 pub const EXIT_USAGE: u8 = 2;
@@ -149,12 +166,25 @@ pub fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    if let Command::Version = cli.command {
-        crate::text::print_out(format_args!(
-            "service-proxy-agent {}\n",
-            env!("CARGO_PKG_VERSION")
-        ));
-        return ExitCode::SUCCESS;
+    match cli.command {
+        Command::Version => {
+            crate::text::print_out(format_args!("service-proxy-agent {VERSION}\n"));
+            return ExitCode::SUCCESS;
+        }
+        Command::Completions { shell } => {
+            crate::completions::completions(shell, &mut std::io::stdout().lock());
+            return ExitCode::SUCCESS;
+        }
+        Command::Man => {
+            return match crate::completions::man_page(&mut std::io::stdout().lock()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("service-proxy-agent: cannot write the man page: {e}");
+                    ExitCode::from(EXIT_USAGE)
+                }
+            };
+        }
+        _ => {}
     }
     let settings = match Settings::resolve(&cli.common, |k| std::env::var(k).ok()) {
         Ok(s) => s,
@@ -186,7 +216,8 @@ async fn dispatch(cli: Cli, settings: Settings) -> ExitCode {
             crate::status::report_bootstrap(&settings, status, reason.as_deref()).await
         }
         Command::EnvoyBootstrap { out } => crate::bootstrap::run(&settings, out.as_deref()).await,
-        Command::Version => Ok(0),
+        // Answered before the settings are read.
+        Command::Version | Command::Completions { .. } | Command::Man => Ok(0),
     };
     match result {
         Ok(code) => ExitCode::from(code),

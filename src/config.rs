@@ -378,6 +378,8 @@ struct FileConfig {
     trafficdirector_endpoint: Option<toml::Value>,
     resourcemanager_endpoint: Option<toml::Value>,
     serviceusage_endpoint: Option<toml::Value>,
+    /// File only (a list of tables has no flag form): see `diagnose::silence`.
+    ignore_findings: Option<toml::Value>,
 }
 
 /// A TOML scalar or list as the text a flag would have held.
@@ -420,6 +422,8 @@ pub struct Settings {
     /// `--cloud-checks` (SPEC §10).
     pub cloud_checks: bool,
     pub api_endpoints: crate::observe::project::ApiEndpoints,
+    /// The config file's `ignore-findings`.
+    pub ignore_findings: Vec<crate::diagnose::silence::IgnoreRule>,
 }
 
 impl Settings {
@@ -504,7 +508,9 @@ impl Settings {
             });
         }
 
+        let ignore_findings = ignore_findings_of(&file, config_path.as_deref())?;
         Ok(Settings {
+            ignore_findings,
             envoy_admin,
             envoy_log_dir: pick!(envoy_log_dir, "envoy-log-dir", as_path)
                 .unwrap_or_else(|| PathBuf::from("/var/log/envoy")),
@@ -575,6 +581,27 @@ impl Settings {
     }
 }
 
+/// The file's `ignore-findings`, strictly: an entry the agent cannot use is an error at start
+/// (and on SIGHUP), naming it, rather than a silencing that quietly does not happen.
+fn ignore_findings_of(
+    file: &FileConfig,
+    path: Option<&Path>,
+) -> Result<Vec<crate::diagnose::silence::IgnoreRule>, ConfigError> {
+    use crate::diagnose::silence;
+    let Some(v) = &file.ignore_findings else {
+        return Ok(Vec::new());
+    };
+    let (rules, problems) =
+        silence::parse_rules(&silence::toml_to_json(v), silence::RuleSource::ConfigFile);
+    match problems.first() {
+        None => Ok(rules),
+        Some(p) => Err(ConfigError::Malformed {
+            path: path.map(Path::to_path_buf).unwrap_or_default(),
+            reason: p.clone(),
+        }),
+    }
+}
+
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     let unreadable = |e: std::io::Error| ConfigError::Unreadable {
         path: path.to_owned(),
@@ -638,7 +665,10 @@ fn parse_file(text: &str) -> Result<FileConfig, String> {
 
 /// Checks that a TOML text is a valid config file (used by the fuzz target and SIGHUP path).
 pub fn validate_file_text(text: &str) -> Result<(), String> {
-    parse_file(text).map(|_| ())
+    let file = parse_file(text)?;
+    ignore_findings_of(&file, None)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -723,6 +753,29 @@ mod tests {
         assert_eq!(s.serving_ports, Some(vec![80, 8080]));
         let s = Settings::resolve(&args(&["--serving-ports", "443;8443"]), no_env).unwrap();
         assert_eq!(s.serving_ports, Some(vec![443, 8443]));
+    }
+
+    #[test]
+    fn ignore_findings_from_the_file_strictly() {
+        let (_f, s) = with_file(
+            &[],
+            "[[ignore-findings]]\nid = \"SERVER_FIRST_PROTOCOL\"\nreason = \"MySQL\"\nuntil = 2027-01-31T00:00:00Z\n",
+        );
+        let s = s.unwrap();
+        assert_eq!(s.ignore_findings.len(), 1);
+        assert_eq!(
+            s.ignore_findings[0].id,
+            crate::finding::FindingId::ServerFirstProtocol
+        );
+        let bad = "[[ignore-findings]]\nid = \"SERVER_FIRST_PROTOCOL\"\nuntil = \"2027-01-31T00:00:00Z\"\n";
+        let (f, s) = with_file(&[], bad);
+        let msg = s.unwrap_err().to_string();
+        assert!(
+            msg.contains("ignore-findings[0]: reason is missing"),
+            "{msg}"
+        );
+        assert!(msg.contains(f.path().to_str().unwrap()), "{msg}");
+        assert!(validate_file_text(bad).is_err());
     }
 
     #[test]

@@ -32,14 +32,22 @@ pub struct Report {
     pub project: crate::diagnose::project::ProjectReport,
 }
 
+/// The version of `doctor --json`'s shape: raised when a key changes meaning or goes away
+/// (new keys may appear without a raise).
+pub const JSON_SCHEMA_VERSION: u32 = 1;
+
 #[derive(Serialize)]
 struct JsonReport<'a> {
+    schema_version: u32,
     health: Health,
     generated_at: String,
     findings: &'a [Finding],
     observed: &'a Observed,
     checks: &'a [GroupReport],
     project: &'a crate::diagnose::project::ProjectReport,
+    /// Findings set aside by `ignore-findings` (not counted in `health` or the exit status).
+    ignored: &'a [crate::diagnose::silence::Ignored],
+    ignore_problems: &'a [String],
 }
 
 impl Report {
@@ -59,12 +67,15 @@ impl Report {
 
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::to_value(JsonReport {
+            schema_version: JSON_SCHEMA_VERSION,
             health: self.health(),
             generated_at: humantime::format_rfc3339_seconds(self.generated_at).to_string(),
             findings: &self.diagnosis.findings,
             observed: &self.observed,
             checks: &self.diagnosis.groups,
             project: &self.project,
+            ignored: &self.diagnosis.ignored,
+            ignore_problems: &self.diagnosis.ignore_problems,
         })
         .unwrap_or(serde_json::Value::Null)
     }
@@ -110,17 +121,46 @@ impl Report {
             let _ = writeln!(out, "    what to do:  {}", f.remediation);
             let _ = writeln!(out, "    guide:       {}", f.doc);
         }
+        for i in &self.diagnosis.ignored {
+            let f = &i.finding;
+            let _ = writeln!(out);
+            let _ = writeln!(
+                out,
+                "- {} ({}, ignored until {}): {}",
+                f.id,
+                f.severity,
+                i.until_text(),
+                f.summary
+            );
+            let _ = writeln!(
+                out,
+                "    ignored:     {} ({})",
+                i.reason,
+                i.source.describe()
+            );
+            if !f.detail.is_empty() {
+                let _ = writeln!(out, "    detail:      {}", f.detail);
+            }
+        }
+        for p in &self.diagnosis.ignore_problems {
+            let _ = writeln!(out);
+            let _ = writeln!(out, "! {p}");
+        }
         let errors = count(&self.diagnosis.findings, Severity::Error);
         let warnings = count(&self.diagnosis.findings, Severity::Warning);
         let _ = writeln!(out);
         let _ = writeln!(
             out,
-            "Verdict: {} ({} error{}, {} warning{})",
+            "Verdict: {} ({} error{}, {} warning{}{})",
             self.health(),
             errors,
             plural(errors),
             warnings,
-            plural(warnings)
+            plural(warnings),
+            match self.diagnosis.ignored.len() {
+                0 => String::new(),
+                n => format!(", {n} ignored"),
+            }
         );
         let vips = if self.observed.listener_vips.is_empty() {
             "none".to_owned()
@@ -287,6 +327,45 @@ mod tests {
                 interception: InterceptionMode::Verify,
             },
         }
+    }
+
+    #[test]
+    fn ignored_findings_are_shown_with_their_reason_and_do_not_count() {
+        use crate::diagnose::silence::{Ignored, RuleSource};
+        let mut r = report(vec![]);
+        r.diagnosis.ignored = vec![Ignored {
+            finding: Finding::new(FindingId::ServerFirstProtocol, "port 3306 (MySQL)"),
+            reason: "MySQL stays outside the mesh (TICKET-1)".into(),
+            until: SystemTime::UNIX_EPOCH + Duration::from_secs(1_900_000_000),
+            source: RuleSource::Metadata,
+        }];
+        assert_eq!(r.exit_code(), 0);
+        let j = r.to_json();
+        assert_eq!(j["schema_version"], JSON_SCHEMA_VERSION);
+        assert_eq!(j["health"], "OK");
+        assert_eq!(j["findings"], serde_json::json!([]));
+        let i = &j["ignored"][0];
+        assert_eq!(i["id"], "SERVER_FIRST_PROTOCOL");
+        assert_eq!(i["severity"], "warning");
+        assert_eq!(i["detail"], "port 3306 (MySQL)");
+        assert_eq!(i["reason"], "MySQL stays outside the mesh (TICKET-1)");
+        assert_eq!(i["until"], "2030-03-17T17:46:40Z");
+        assert_eq!(i["source"], "metadata");
+        let text = r.to_text();
+        assert!(
+            text.contains("- SERVER_FIRST_PROTOCOL (warning, ignored until 2030-03-17T17:46:40Z)"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "ignored:     MySQL stays outside the mesh (TICKET-1) (gce-service-proxy metadata)"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("Verdict: OK (0 errors, 0 warnings, 1 ignored)"),
+            "{text}"
+        );
     }
 
     #[test]

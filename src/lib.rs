@@ -19,6 +19,7 @@
 pub mod agent;
 pub mod bootstrap;
 pub mod cli;
+pub mod completions;
 pub mod config;
 pub mod diagnose;
 pub mod doctor;

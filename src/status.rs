@@ -83,6 +83,7 @@ pub async fn status(settings: &Settings, json_out: bool) -> anyhow::Result<u8> {
     };
     if json_out {
         let out = json!({
+            "schema_version": JSON_SCHEMA_VERSION,
             "namespace": NAMESPACE,
             "attributes": values,
             "heartbeat_age_seconds": age.and_then(Result::ok).map(|a| a.as_secs()),
@@ -126,10 +127,17 @@ pub async fn status(settings: &Settings, json_out: bool) -> anyhow::Result<u8> {
     Ok(if alive { 0 } else { 1 })
 }
 
+/// The version of `status --json`'s shape: raised when a key changes meaning or goes away (new
+/// keys may appear without a raise).
+pub const JSON_SCHEMA_VERSION: u32 = 1;
+
 fn unreachable(md: &MetadataClient, e: &MetadataError, json_out: bool) -> u8 {
     let msg = format!("cannot read guest attributes from {}: {e}", md.authority());
     if json_out {
-        crate::text::print_out(format_args!("{}\n", json!({"error": msg, "alive": false})));
+        crate::text::print_out(format_args!(
+            "{}\n",
+            json!({"schema_version": JSON_SCHEMA_VERSION, "error": msg, "alive": false})
+        ));
     } else {
         eprintln!("service-proxy-agent: {msg}");
     }

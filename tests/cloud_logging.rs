@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use service_proxy_agent::publish::cloud_logging::{self, GcpAuthTokens, Target};
 use service_proxy_agent::publish::log::{AgentLogLayer, LogOutput};
+use testkit::discovery_schema::Discovery;
 use testkit::http_stub::{HttpStub, Reply};
 use tracing_subscriber::prelude::*;
 
@@ -91,6 +92,7 @@ fn entries_reach_cloud_logging_with_a_gcp_auth_token_and_the_token_is_never_logg
         let sink = cloud_logging::spawn(target, GcpAuthTokens::with_key_file(&key), rx).unwrap();
         tracing::info!(target: "service_proxy_agent", "Envoy Version: abc/1.40.0/Clean/RELEASE/BoringSSL");
         tracing::error!(target: "service_proxy_agent", finding = "MESH_CONFIG_NOT_FOUND", detail = "network \"wrong\" vs VM network \"default\"", "finding raised");
+        tracing::info!(target: "service_proxy_agent", event = "state", health = "FAILING", findings = "MESH_CONFIG_NOT_FOUND", "state");
 
         // First attempt fails, then recovers.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -98,12 +100,12 @@ fn entries_reach_cloud_logging_with_a_gcp_auth_token_and_the_token_is_never_logg
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         logging.set_handler(|_| Reply::json(200, "{}"));
-        while sink.counters.entries_sent.load(std::sync::atomic::Ordering::Relaxed) < 2
+        while sink.counters.entries_sent.load(std::sync::atomic::Ordering::Relaxed) < 3
             && tokio::time::Instant::now() < deadline
         {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        assert_eq!(sink.counters.entries_sent.load(std::sync::atomic::Ordering::Relaxed), 2);
+        assert_eq!(sink.counters.entries_sent.load(std::sync::atomic::Ordering::Relaxed), 3);
         assert!(sink.counters.requests_failed.load(std::sync::atomic::Ordering::Relaxed) >= 1);
         sink.shutdown(Duration::from_secs(1)).await;
     });
@@ -134,7 +136,7 @@ fn entries_reach_cloud_logging_with_a_gcp_auth_token_and_the_token_is_never_logg
         json!({"project_id": "demo-project", "zone": "us-central1-a", "instance_id": "4242"})
     );
     let entries = body["entries"].as_array().unwrap();
-    assert_eq!(entries.len(), 2, "{body}");
+    assert_eq!(entries.len(), 3, "{body}");
     assert_eq!(entries[0]["severity"], "INFO");
     assert_eq!(
         entries[0]["jsonPayload"]["message"],
@@ -146,6 +148,61 @@ fn entries_reach_cloud_logging_with_a_gcp_auth_token_and_the_token_is_never_logg
         entries[1]["jsonPayload"]["finding"],
         "MESH_CONFIG_NOT_FOUND"
     );
+    assert_eq!(
+        entries[1]["labels"],
+        json!({"finding": "MESH_CONFIG_NOT_FOUND"})
+    );
+    assert_eq!(entries[2]["labels"], json!({"health": "FAILING"}));
+    assert!(entries[0].get("labels").is_none(), "{body}");
+
+    // Every request, the failed one included, is a WriteLogEntriesRequest as logging.v2's
+    // discovery document defines it (unknown fields, types, enums, output-only fields).
+    let logging_v2 = Discovery::load("logging.v2.json").expect("logging.v2 discovery document");
+    for w in &writes {
+        let body: Value = serde_json::from_slice(&w.body).unwrap();
+        logging_v2.assert_valid("WriteLogEntriesRequest", &body);
+    }
+    // The retried batch carries the same insertIds (and timestamps) as the failed attempt, so
+    // Cloud Logging keeps one copy of each entry; the entries' IDs differ from each other.
+    let first: Value = serde_json::from_slice(&writes[0].body).unwrap();
+    let ids = |b: &Value| -> Vec<(String, String)> {
+        b["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["insertId"].as_str().unwrap().to_owned(),
+                    e["timestamp"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    assert!(writes.len() >= 2, "no retry happened");
+    let first_ids = ids(&first);
+    assert_eq!(
+        first_ids,
+        ids(&body)[..first_ids.len()],
+        "retry changed insertIds"
+    );
+    let unique: std::collections::BTreeSet<String> =
+        ids(&body).into_iter().map(|(id, _)| id).collect();
+    assert_eq!(unique.len(), 3, "{body}");
+    // The checker reads the real document: what the API would refuse, it refuses.
+    for wrong in [
+        json!({"entries": [{"severity": "LOUD"}]}),
+        json!({"entries": [{"insertID": "x"}]}),
+        json!({"entries": [{"labels": {"finding": 1}}]}),
+        json!({"entries": [{"timestamp": "yesterday"}]}),
+        json!({"entries": [{"receiveTimestamp": "2026-12-06T00:00:00Z"}]}),
+    ] {
+        assert!(
+            !logging_v2
+                .check("WriteLogEntriesRequest", &wrong)
+                .is_empty(),
+            "{wrong} passed"
+        );
+    }
 
     // The failure was logged (locally only) and nothing anywhere carries the token.
     let lines: Vec<String> = out.captured().iter().map(|r| r.to_json_line()).collect();

@@ -14,4 +14,9 @@ if ! "$venv/bin/python" -c 'import googleapiclient, google.cloud.compute, google
   "$venv/bin/pip" install --quiet --disable-pip-version-check \
     'google-api-python-client==2.202.0' 'google-cloud-compute==1.56.0' 'google-cloud-logging==3.17.0'
 fi
+# The OpenMetrics parser of Prometheus' own Python client: the consumer the agent's
+# OpenMetrics answer is checked with (tests/metrics_consumers.rs).
+if ! "$venv/bin/python" -c 'import prometheus_client.openmetrics.parser' 2>/dev/null; then
+  "$venv/bin/pip" install --quiet --disable-pip-version-check 'prometheus-client==0.26.0'
+fi
 "$venv/bin/python" -c 'import googleapiclient, os; print(os.path.join(os.path.dirname(googleapiclient.__file__), "discovery_cache", "documents"))'

@@ -5,7 +5,7 @@ need=()
 for pair in iptables:iptables ip:iproute2 curl:curl jq:jq rg:ripgrep shellcheck:shellcheck \
             openssl:openssl unshare:util-linux nsenter:util-linux setpriv:util-linux \
             systemd-analyze:systemd strace:strace faketime:faketime python3:python3 \
-            perl:perl-base; do
+            perl:perl-base promtool:prometheus zsh:zsh fish:fish man:man-db groff:groff-base; do
   cmd=${pair%%:*} pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done
@@ -20,4 +20,8 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   # shellcheck disable=SC2046
   apt-get install -y -qq --no-install-recommends $(printf '%s\n' "${need[@]}" | sort -u) >/dev/null
+  # Only promtool is wanted from `prometheus`: don't leave its server running on :9090.
+  if printf '%s\n' "${need[@]}" | grep -qx prometheus && command -v systemctl >/dev/null 2>&1; then
+    systemctl disable --now prometheus >/dev/null 2>&1 || true
+  fi
 fi

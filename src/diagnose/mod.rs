@@ -14,6 +14,7 @@ pub mod log_findings;
 pub mod metadata;
 pub mod project;
 pub mod proxy;
+pub mod silence;
 #[cfg(test)]
 pub(crate) mod testutil;
 
@@ -39,6 +40,8 @@ pub struct CheckSettings {
     pub disconnected_grace: Duration,
     pub finding_ttl: Duration,
     pub control_plane: String,
+    /// `ignore-findings` from the config file (the metadata's come with each snapshot).
+    pub ignore_findings: Vec<silence::IgnoreRule>,
 }
 
 impl CheckSettings {
@@ -52,6 +55,7 @@ impl CheckSettings {
             disconnected_grace: grace,
             finding_ttl: s.finding_ttl,
             control_plane: s.control_plane.to_string(),
+            ignore_findings: s.ignore_findings.clone(),
         }
     }
 }
@@ -223,7 +227,44 @@ pub fn run(
         configuration::explained_by_refusal(o, refusal);
     }
     outcomes.sort_by_key(|(g, _)| *g);
-    Diagnosis::from_outcomes(outcomes)
+    // Silencing last, per group, so a group whose only finding is ignored shows as passed.
+    let (rules, ignore_problems) = silence_rules(snap, settings);
+    let mut ignored = Vec::new();
+    for (_, o) in &mut outcomes {
+        let s = silence::apply(std::mem::take(&mut o.findings), &rules, snap.taken_at);
+        o.findings = s.active;
+        ignored.extend(s.ignored);
+    }
+    let mut d = Diagnosis::from_outcomes(outcomes);
+    d.ignored = ignored;
+    d.ignore_problems = ignore_problems;
+    d
+}
+
+/// The config file's rules and those of the `gce-service-proxy` metadata, with what was wrong
+/// in the metadata's (the file's were checked when it was read).
+fn silence_rules(
+    snap: &Snapshot,
+    settings: &CheckSettings,
+) -> (Vec<silence::IgnoreRule>, Vec<String>) {
+    let mut rules = settings.ignore_findings.clone();
+    let mut problems = Vec::new();
+    let from_metadata = snap
+        .vm
+        .as_ref()
+        .ok()
+        .and_then(|vm| vm.service_proxy.as_ref().ok())
+        .and_then(Option::as_ref)
+        .and_then(|sp| sp.ignore_findings.as_ref());
+    if let Some(v) = from_metadata {
+        let (r, p) = silence::parse_rules(v, silence::RuleSource::Metadata);
+        rules.extend(r);
+        problems.extend(
+            p.into_iter()
+                .map(|p| format!("gce-service-proxy metadata agent.{p}")),
+        );
+    }
+    (rules, problems)
 }
 
 /// The verify-side interception checks over the snapshot's iptables view.
@@ -367,8 +408,13 @@ pub struct GroupOutcome {
 /// Findings and group lines of one diagnosis.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Diagnosis {
+    /// The findings that count (health, `findings`, exit status, alerts).
     pub findings: Vec<Finding>,
     pub groups: Vec<GroupReport>,
+    /// Findings set aside by `ignore-findings` rules in force.
+    pub ignored: Vec<silence::Ignored>,
+    /// Entries of the metadata's `ignore-findings` that could not be used.
+    pub ignore_problems: Vec<String>,
 }
 
 impl Diagnosis {
@@ -393,7 +439,12 @@ impl Diagnosis {
             findings.extend(outcome.findings);
         }
         sort_findings(&mut findings);
-        Diagnosis { findings, groups }
+        Diagnosis {
+            findings,
+            groups,
+            ignored: Vec::new(),
+            ignore_problems: Vec::new(),
+        }
     }
 
     pub fn health(&self) -> Health {

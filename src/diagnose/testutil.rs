@@ -134,6 +134,7 @@ pub fn settings() -> CheckSettings {
         disconnected_grace: Duration::from_secs(60),
         finding_ttl: Duration::from_secs(600),
         control_plane: "trafficdirector.googleapis.com:443".into(),
+        ignore_findings: Vec::new(),
     }
 }
 

@@ -141,6 +141,9 @@ pub struct ServiceProxyConfig {
     pub traffic_interception: TrafficInterception,
     /// `--service-proxy-labels`, which gcloud also copies into Envoy's node metadata.
     pub labels: BTreeMap<String, String>,
+    /// `agent.ignore-findings` as given (read by `diagnose::silence`, which names what is
+    /// unusable in it).
+    pub ignore_findings: Option<Value>,
     /// One line per field that was present but unusable (and so defaulted).
     pub warnings: Vec<String>,
 }
@@ -739,6 +742,10 @@ pub fn parse_service_proxy(text: &str) -> Result<ServiceProxyConfig, MetadataErr
                 cfg.labels.insert(k.clone(), v);
             }
         }
+    }
+
+    if let Some(agent) = object_field(&top, "agent", "agent", &mut w) {
+        cfg.ignore_findings = present(agent, "ignore-findings").cloned();
     }
 
     cfg.warnings = w.0;

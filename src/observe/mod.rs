@@ -12,6 +12,7 @@ pub mod log_files;
 pub mod log_follower;
 pub mod metadata;
 pub mod nf_generation;
+pub mod own_process;
 pub mod own_traffic;
 pub mod procfs;
 pub mod project;

@@ -99,7 +99,7 @@ fn read_envoy_process(dir: &Path, pid: u32, btime: Option<u64>, hz: u64) -> Opti
 }
 
 /// `btime` + ticks; `None` rather than a panic if hostile numbers overflow.
-fn start_time(btime: u64, ticks: u64, hz: u64) -> Option<SystemTime> {
+pub(crate) fn start_time(btime: u64, ticks: u64, hz: u64) -> Option<SystemTime> {
     let since_boot = Duration::from_secs(ticks / hz).checked_add(Duration::from_nanos(
         (ticks % hz).checked_mul(1_000_000_000)? / hz,
     ))?;
@@ -109,7 +109,7 @@ fn start_time(btime: u64, ticks: u64, hz: u64) -> Option<SystemTime> {
 }
 
 /// Reads at most `max` bytes; `None` on any error (the process may be gone).
-fn read_small(path: &Path, max: usize) -> Option<Vec<u8>> {
+pub(crate) fn read_small(path: &Path, max: usize) -> Option<Vec<u8>> {
     let f = fs::File::open(path).ok()?;
     let mut buf = Vec::new();
     f.take(u64::try_from(max).unwrap_or(u64::MAX))
@@ -135,7 +135,7 @@ fn parse_stat_start_ticks(stat: &str) -> Option<u64> {
     after.split_whitespace().nth(19)?.parse().ok()
 }
 
-fn boot_time(proc_root: &Path) -> Option<u64> {
+pub(crate) fn boot_time(proc_root: &Path) -> Option<u64> {
     let f = fs::File::open(proc_root.join("stat")).ok()?;
     BufReader::new(f)
         .lines()
@@ -144,7 +144,7 @@ fn boot_time(proc_root: &Path) -> Option<u64> {
         .find_map(|l| l.strip_prefix("btime ").and_then(|v| v.trim().parse().ok()))
 }
 
-fn clock_ticks_per_second() -> u64 {
+pub(crate) fn clock_ticks_per_second() -> u64 {
     nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
         .ok()
         .flatten()

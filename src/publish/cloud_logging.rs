@@ -69,15 +69,47 @@ impl Target {
     }
 }
 
+/// Payload fields that become entry labels, so a log query or a log-based metric can select on
+/// them (`labels.finding="SCOPES_INSUFFICIENT"`) without parsing the payload.
+pub const LABEL_FIELDS: [&str; 2] = ["finding", "health"];
+
+/// `insertId`: this process's random prefix and the record's number. The same record sent again
+/// (a batch retried after a failure) has the same ID and timestamp, which Cloud Logging treats
+/// as one entry; records of another run of the agent have another prefix.
+pub fn insert_id(r: &LogRecord) -> String {
+    static RUN: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let run = RUN.get_or_init(|| fastrand::u64(..));
+    format!("spa-{run:016x}-{}", r.seq)
+}
+
 fn entry(r: &LogRecord) -> Value {
     let time = rfc3339_micros(r.time);
     let mut payload = Map::new();
     payload.insert("message".into(), Value::from(r.message.clone()));
     payload.insert("localTimestamp".into(), Value::from(time.clone()));
+    let mut labels = Map::new();
     for (k, v) in &r.fields {
+        if LABEL_FIELDS.contains(&k.as_str()) && !labels.contains_key(k) {
+            let text = match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            labels.insert(k.clone(), Value::from(text));
+        }
         payload.entry(k.clone()).or_insert_with(|| v.clone());
     }
-    json!({"timestamp": time, "severity": r.severity, "jsonPayload": payload})
+    let mut e = json!({
+        "insertId": insert_id(r),
+        "timestamp": time,
+        "severity": r.severity,
+        "jsonPayload": payload,
+    });
+    if !labels.is_empty()
+        && let Some(obj) = e.as_object_mut()
+    {
+        obj.insert("labels".into(), Value::Object(labels));
+    }
+    e
 }
 
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -382,6 +414,7 @@ pub fn record(severity: &'static str, message: &str) -> LogRecord {
         severity,
         message: message.to_owned(),
         fields: Vec::new(),
+        seq: crate::publish::log::next_seq(),
     }
 }
 
@@ -412,5 +445,35 @@ mod tests {
         assert_eq!(e["jsonPayload"]["message"], "finding raised");
         assert_eq!(e["jsonPayload"]["finding"], "ENVOY_NOT_RUNNING");
         assert_eq!(e["jsonPayload"]["localTimestamp"], e["timestamp"]);
+    }
+
+    #[test]
+    fn insert_ids_are_stable_per_record_and_distinct_between_records() {
+        let t = Target {
+            endpoint: "http://127.0.0.1:1".into(),
+            project_id: "p".into(),
+            zone: "z".into(),
+            instance_id: "1".into(),
+        };
+        let mut a = record("ERROR", "raised");
+        a.fields
+            .push(("finding".into(), Value::from("ENVOY_NOT_RUNNING")));
+        a.fields.push(("health".into(), Value::from("FAILING")));
+        let b = record("ERROR", "raised");
+        let first = t.request_body(&[a.clone(), b.clone()]);
+        let again = t.request_body(&[a, b]);
+        assert_eq!(first, again, "a retried batch is the same batch");
+        let ids: Vec<&str> = first["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["insertId"].as_str().unwrap())
+            .collect();
+        assert_ne!(ids[0], ids[1]);
+        assert_eq!(
+            first["entries"][0]["labels"],
+            json!({"finding": "ENVOY_NOT_RUNNING", "health": "FAILING"})
+        );
+        assert!(first["entries"][1].get("labels").is_none());
     }
 }

@@ -15,7 +15,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tokio::sync::mpsc;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
@@ -39,21 +39,49 @@ pub struct LogRecord {
     pub message: String,
     /// Structured fields (`finding`, `detail`, `version`, ...), in the order they were given.
     pub fields: Vec<(String, Value)>,
+    /// This process's number for the record ([`next_seq`]): Cloud Logging's `insertId` is
+    /// made from it, so a batch sent again is not stored twice.
+    pub seq: u64,
+}
+
+/// A fresh record number (unique in this process, increasing).
+pub fn next_seq() -> u64 {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    SEQ.fetch_add(1, Ordering::Relaxed)
 }
 
 impl LogRecord {
-    /// The JSON line for stdout and the serial port.
+    /// The JSON line for stdout and the serial port: `severity` and `message` first, then
+    /// `time`, then the fields in the order they were given (a reader of the raw journal sees
+    /// what happened before the evidence). A field that repeats a key keeps the first value.
     pub fn to_json_line(&self) -> String {
-        let mut obj = Map::new();
-        obj.insert("severity".into(), Value::from(self.severity));
-        obj.insert("message".into(), Value::from(self.message.clone()));
-        obj.insert("time".into(), Value::from(rfc3339_micros(self.time)));
-        for (k, v) in &self.fields {
-            if !obj.contains_key(k) {
-                obj.insert(k.clone(), v.clone());
+        let head = [
+            ("severity", Value::from(self.severity)),
+            ("message", Value::from(self.message.as_str())),
+            ("time", Value::from(rfc3339_micros(self.time))),
+        ];
+        let mut seen: Vec<&str> = Vec::with_capacity(head.len() + self.fields.len());
+        let mut line = String::with_capacity(128);
+        line.push('{');
+        let pairs = head
+            .iter()
+            .map(|(k, v)| (*k, v))
+            .chain(self.fields.iter().map(|(k, v)| (k.as_str(), v)));
+        for (k, v) in pairs {
+            if seen.contains(&k) {
+                continue;
             }
+            seen.push(k);
+            if line.len() > 1 {
+                line.push(',');
+            }
+            // Strings and JSON values always serialise.
+            line.push_str(&serde_json::to_string(k).unwrap_or_default());
+            line.push(':');
+            line.push_str(&serde_json::to_string(v).unwrap_or_default());
         }
-        Value::Object(obj).to_string()
+        line.push('}');
+        line
     }
 
     /// A line for a human at a terminal.
@@ -299,6 +327,7 @@ impl<S: Subscriber> Layer<S> for AgentLogLayer {
             severity: severity(event.metadata().level()),
             message: c.message,
             fields: c.fields,
+            seq: next_seq(),
         };
         self.out.write(record, c.to_cloud);
     }
@@ -409,12 +438,36 @@ mod tests {
                 severity: "INFO",
                 message: "Envoy Version: x/1.40.0".into(),
                 fields: vec![],
+                seq: next_seq(),
             },
             false,
         );
         let text = std::fs::read_to_string(&path).unwrap();
         let v: Value = serde_json::from_str(text.trim()).unwrap();
         assert_eq!(v["message"], "Envoy Version: x/1.40.0");
+    }
+
+    #[test]
+    fn json_lines_start_with_severity_message_time_then_fields_in_order() {
+        let r = LogRecord {
+            time: SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000),
+            severity: "ERROR",
+            message: "SCOPES_INSUFFICIENT: no cloud-platform".into(),
+            fields: vec![
+                ("finding".into(), Value::from("SCOPES_INSUFFICIENT")),
+                ("detail".into(), Value::from("a \"quoted\" detail")),
+                (
+                    "message".into(),
+                    Value::from("a field named message is not a second key"),
+                ),
+                ("count".into(), Value::from(3)),
+            ],
+            seq: 0,
+        };
+        assert_eq!(
+            r.to_json_line(),
+            r#"{"severity":"ERROR","message":"SCOPES_INSUFFICIENT: no cloud-platform","time":"2027-01-15T08:00:00.000000Z","finding":"SCOPES_INSUFFICIENT","detail":"a \"quoted\" detail","count":3}"#
+        );
     }
 
     #[test]

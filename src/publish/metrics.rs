@@ -16,13 +16,15 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
 use crate::finding::{Finding, FindingId, Health};
+use crate::observe::own_process;
 use crate::publish::cloud_logging::SinkCounters;
+use crate::publish::exposition::{self, Family, Kind, Value};
 use crate::publish::guest_attributes::PublishCounters;
 use crate::publish::log::LogCounters;
 
@@ -35,6 +37,8 @@ pub struct CycleView {
     pub listeners: u64,
     pub vips: u64,
     pub heartbeat_unix: i64,
+    /// Findings set aside by `ignore-findings` rules in force.
+    pub ignored: Vec<FindingId>,
 }
 
 /// Shared by the loop (writer) and the metrics endpoint (reader).
@@ -115,206 +119,311 @@ impl AgentMetrics {
         r
     }
 
+    /// OpenMetrics 1.0 text.
     pub fn encode(self: &Arc<Self>) -> String {
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry());
         out
     }
+
+    /// The answer to a scrape with this `Accept` header: (content type, body).
+    pub fn encode_for(self: &Arc<Self>, accept: Option<&str>) -> (&'static str, String) {
+        if exposition::wants_openmetrics(accept) {
+            (exposition::OPENMETRICS_CONTENT_TYPE, self.encode())
+        } else {
+            (
+                exposition::CLASSIC_CONTENT_TYPE,
+                exposition::encode_classic(&self.families()),
+            )
+        }
+    }
 }
 
-fn gauge(
-    enc: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    samples: &[(Vec<(&str, &str)>, i64)],
-) -> Result<(), std::fmt::Error> {
-    let mut metric =
-        enc.encode_descriptor(name, help, None, ConstGauge::new(0i64).metric_type())?;
-    if let [(labels, value)] = samples
-        && labels.is_empty()
-    {
-        return ConstGauge::new(*value).encode(metric);
-    }
-    for (labels, value) in samples {
-        ConstGauge::new(*value).encode(metric.encode_family(labels)?)?;
-    }
-    Ok(())
-}
+/// Every state the `spa_envoy_state` family lists from the start (one of them 1 once Envoy
+/// has been looked at); a state Envoy reports beyond these is added as it is seen.
+const ENVOY_STATES: [&str; 6] = [
+    "LIVE",
+    "DRAINING",
+    "PRE_INITIALIZING",
+    "INITIALIZING",
+    "NOT_RUNNING",
+    "UNREACHABLE",
+];
 
-fn counter(
-    enc: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    samples: &[(Vec<(&str, &str)>, u64)],
-) -> Result<(), std::fmt::Error> {
-    let mut metric =
-        enc.encode_descriptor(name, help, None, ConstCounter::new(0u64).metric_type())?;
-    if let [(labels, value)] = samples
-        && labels.is_empty()
-    {
-        return ConstCounter::new(*value).encode(metric);
-    }
-    for (labels, value) in samples {
-        ConstCounter::new(*value).encode(metric.encode_family(labels)?)?;
-    }
-    Ok(())
-}
+/// The sources `poll_error` is called with, listed at 0 from the start so an alert on their
+/// rate works before the first error.
+pub const POLL_SOURCES: [&str; 5] = [
+    "control_plane",
+    "envoy_admin",
+    "guest_attributes",
+    "iptables",
+    "metadata",
+];
 
-impl Collector for AgentMetrics {
-    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+/// Version and commit, for `service_proxy_agent_build_info`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub const COMMIT: &str = env!("SPA_GIT_COMMIT");
+
+impl AgentMetrics {
+    /// Every family, every series: the one list both text formats are written from.
+    pub fn families(&self) -> Vec<Family> {
+        use Kind::{Counter, Gauge};
+        use Value::{Float, Int};
         let view = self.view.lock().map(|v| v.clone()).unwrap_or_default();
-        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let load =
+            |a: &AtomicU64| Int(i64::try_from(a.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
+        let mut out = Vec::new();
+
+        out.push(
+            Family::new(
+                "service_proxy_agent_build_info",
+                "The agent's version and the commit it was built from (always 1)",
+                Gauge,
+            )
+            .with(&[("version", VERSION), ("commit", COMMIT)], Int(1)),
+        );
 
         // Every catalogue ID, 0 or 1, so alerts can be written before a finding ever fires.
-        let findings: Vec<(Vec<(&str, &str)>, i64)> = FindingId::ALL
-            .iter()
-            .map(|id| {
-                let active = view.active.iter().any(|(a, _)| a == id);
-                (
-                    vec![("id", id.as_str()), ("severity", id.severity().as_str())],
-                    i64::from(active),
-                )
-            })
-            .collect();
-        gauge(
-            &mut enc,
+        let mut findings = Family::new(
             "spa_finding_active",
             "Whether a finding is active (1) or not (0)",
-            &findings,
-        )?;
-        let health: Vec<(Vec<(&str, &str)>, i64)> = [Health::Ok, Health::Degraded, Health::Failing]
-            .iter()
-            .map(|h| {
-                (
-                    vec![("health", h.as_str())],
-                    i64::from(view.health == Some(*h)),
-                )
-            })
-            .collect();
-        gauge(
-            &mut enc,
+            Gauge,
+        );
+        for id in FindingId::ALL {
+            let active = view.active.iter().any(|(a, _)| a == id);
+            findings = findings.with(
+                &[("id", id.as_str()), ("severity", id.severity().as_str())],
+                Int(i64::from(active)),
+            );
+        }
+        out.push(findings);
+        let mut ignored = Family::new(
+            "spa_finding_ignored",
+            "Whether a finding is present but set aside by an ignore-findings rule (1) or not (0)",
+            Gauge,
+        );
+        for id in FindingId::ALL {
+            ignored = ignored.with(
+                &[("id", id.as_str()), ("severity", id.severity().as_str())],
+                Int(i64::from(view.ignored.contains(id))),
+            );
+        }
+        out.push(ignored);
+        let mut health = Family::new(
             "spa_health",
             "The agent's verdict: OK, DEGRADED or FAILING",
-            &health,
-        )?;
-        gauge(
-            &mut enc,
+            Gauge,
+        );
+        for h in [Health::Ok, Health::Degraded, Health::Failing] {
+            health = health.with(
+                &[("health", h.as_str())],
+                Int(i64::from(view.health == Some(h))),
+            );
+        }
+        out.push(health);
+        out.push(Family::single(
             "spa_heartbeat_timestamp_seconds",
             "Unix time of the last completed cycle",
-            &[(vec![], view.heartbeat_unix)],
-        )?;
-        if !view.envoy_state.is_empty() {
-            gauge(
-                &mut enc,
-                "spa_envoy_state",
-                "Envoy's state as last observed (LIVE, NOT_RUNNING, UNREACHABLE, ...)",
-                &[(vec![("state", view.envoy_state.as_str())], 1)],
-            )?;
+            Gauge,
+            Int(view.heartbeat_unix),
+        ));
+        let mut state = Family::new(
+            "spa_envoy_state",
+            "Envoy's state as last observed (LIVE, NOT_RUNNING, UNREACHABLE, ...)",
+            Gauge,
+        );
+        for s in ENVOY_STATES {
+            state = state.with(&[("state", s)], Int(i64::from(view.envoy_state == s)));
         }
-        gauge(
-            &mut enc,
+        if !view.envoy_state.is_empty() && !ENVOY_STATES.contains(&view.envoy_state.as_str()) {
+            state = state.with(&[("state", view.envoy_state.as_str())], Int(1));
+        }
+        out.push(state);
+        out.push(Family::single(
             "spa_envoy_listeners",
             "Dynamic listeners Envoy has",
-            &[(vec![], view.listeners as i64)],
-        )?;
-        gauge(
-            &mut enc,
+            Gauge,
+            Int(i64::try_from(view.listeners).unwrap_or(i64::MAX)),
+        ));
+        out.push(Family::single(
             "spa_envoy_listener_vips",
             "Service VIPs in Envoy's listeners",
-            &[(vec![], view.vips as i64)],
-        )?;
+            Gauge,
+            Int(i64::try_from(view.vips).unwrap_or(i64::MAX)),
+        ));
 
-        counter(
-            &mut enc,
+        out.push(Family::single(
             "spa_cycles",
             "Completed observe/diagnose/publish cycles",
-            &[(vec![], load(&self.cycles))],
-        )?;
+            Counter,
+            load(&self.cycles),
+        ));
         let polls = self
             .poll_errors
             .lock()
             .map(|m| m.clone())
             .unwrap_or_default();
-        let polls: Vec<(Vec<(&str, &str)>, u64)> = polls
-            .iter()
-            .map(|(s, n)| (vec![("source", *s)], *n))
-            .collect();
-        if !polls.is_empty() {
-            counter(
-                &mut enc,
-                "spa_poll_errors",
-                "Failed observations, by source",
-                &polls,
-            )?;
+        let mut poll_family =
+            Family::new("spa_poll_errors", "Failed observations, by source", Counter);
+        let mut sources: Vec<&str> = POLL_SOURCES.to_vec();
+        sources.extend(polls.keys().copied().filter(|s| !POLL_SOURCES.contains(s)));
+        for source in sources {
+            let n = polls.get(source).copied().unwrap_or(0);
+            poll_family = poll_family.with(
+                &[("source", source)],
+                Int(i64::try_from(n).unwrap_or(i64::MAX)),
+            );
         }
+        out.push(poll_family);
         let cloud = self.cloud_logging.lock().ok().and_then(|c| c.clone());
-        let mut publish = vec![
-            (
-                vec![("sink", "guest_attributes")],
+        let cloud_load =
+            |f: fn(&SinkCounters) -> &AtomicU64| cloud.as_ref().map_or(Int(0), |c| load(f(c)));
+        out.push(
+            Family::new(
+                "spa_publish_errors",
+                "Failed publications, by sink",
+                Counter,
+            )
+            .with(
+                &[("sink", "guest_attributes")],
                 load(&self.guest_attributes.errors),
+            )
+            .with(&[("sink", "serial")], load(&self.log.serial_errors))
+            .with(
+                &[("sink", "cloud_logging")],
+                cloud_load(|c| &c.requests_failed),
             ),
-            (vec![("sink", "serial")], load(&self.log.serial_errors)),
-        ];
-        if let Some(c) = &cloud {
-            publish.push((vec![("sink", "cloud_logging")], load(&c.requests_failed)));
-        }
-        counter(
-            &mut enc,
-            "spa_publish_errors",
-            "Failed publications, by sink",
-            &publish,
-        )?;
-        counter(
-            &mut enc,
+        );
+        out.push(Family::single(
             "spa_guest_attribute_writes",
             "Guest attributes written",
-            &[(vec![], load(&self.guest_attributes.writes))],
-        )?;
-        counter(
-            &mut enc,
+            Counter,
+            load(&self.guest_attributes.writes),
+        ));
+        out.push(Family::single(
             "spa_log_lines",
             "Lines the agent logged",
-            &[(vec![], load(&self.log.lines))],
-        )?;
-        counter(
-            &mut enc,
+            Counter,
+            load(&self.log.lines),
+        ));
+        out.push(Family::single(
             "spa_cloud_logging_dropped",
             "Log lines dropped because the Cloud Logging queue was full",
-            &[(vec![], load(&self.log.cloud_dropped))],
-        )?;
-        if let Some(c) = &cloud {
-            counter(
-                &mut enc,
-                "spa_cloud_logging_entries_sent",
-                "Entries accepted by Cloud Logging",
-                &[(vec![], load(&c.entries_sent))],
-            )?;
-        }
-        counter(
-            &mut enc,
+            Counter,
+            load(&self.log.cloud_dropped),
+        ));
+        out.push(Family::single(
+            "spa_cloud_logging_entries_sent",
+            "Entries accepted by Cloud Logging",
+            Counter,
+            cloud_load(|c| &c.entries_sent),
+        ));
+        out.push(Family::single(
             "spa_envoy_log_lines",
             "Envoy log lines read",
-            &[(vec![], load(&self.envoy_log_lines))],
-        )?;
-        counter(
-            &mut enc,
+            Counter,
+            load(&self.envoy_log_lines),
+        ));
+        out.push(Family::single(
             "spa_interception_restores",
             "iptables-restore transactions applied",
-            &[(vec![], load(&self.interception_restores))],
-        )?;
-        counter(
-            &mut enc,
+            Counter,
+            load(&self.interception_restores),
+        ));
+        out.push(Family::single(
             "spa_project_api_calls",
             "Calls to Google's APIs by the project-side checks",
-            &[(vec![], load(&self.project_api_calls.calls))],
-        )?;
-        counter(
-            &mut enc,
+            Counter,
+            load(&self.project_api_calls.calls),
+        ));
+        out.push(Family::single(
             "spa_interception_errors",
             "Failed interception reconciles",
-            &[(vec![], load(&self.interception_errors))],
-        )?;
+            Counter,
+            load(&self.interception_errors),
+        ));
+
+        // The process_* families of Prometheus' client libraries, same names and units.
+        let me = own_process::read(std::path::Path::new("/proc"));
+        let or_zero = |v: Option<f64>| Float(v.unwrap_or(0.0));
+        out.push(Family::single(
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes",
+            Gauge,
+            Int(me
+                .resident_bytes
+                .and_then(|b| i64::try_from(b).ok())
+                .unwrap_or(0)),
+        ));
+        out.push(Family::single(
+            "process_cpu_seconds",
+            "Total user and system CPU time spent in seconds",
+            Counter,
+            or_zero(me.cpu_seconds),
+        ));
+        out.push(Family::single(
+            "process_open_fds",
+            "Number of open file descriptors",
+            Gauge,
+            Int(me.open_fds.and_then(|n| i64::try_from(n).ok()).unwrap_or(0)),
+        ));
+        out.push(Family::single(
+            "process_start_time_seconds",
+            "Start time of the process since unix epoch in seconds",
+            Gauge,
+            or_zero(me.start_time_seconds),
+        ));
+        out
+    }
+}
+
+/// OpenMetrics through `prometheus-client`: each family as read at scrape time.
+struct Families<'a>(&'a [Family]);
+
+impl std::fmt::Debug for Families<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Families").field(&self.0.len()).finish()
+    }
+}
+
+fn encode_value(kind: Kind, value: Value, enc: MetricEncoder<'_>) -> Result<(), std::fmt::Error> {
+    match (kind, value) {
+        (Kind::Gauge, Value::Int(v)) => ConstGauge::new(v).encode(enc),
+        (Kind::Gauge, Value::Float(v)) => ConstGauge::new(v).encode(enc),
+        (Kind::Counter, Value::Int(v)) => {
+            ConstCounter::new(u64::try_from(v).unwrap_or(0)).encode(enc)
+        }
+        (Kind::Counter, Value::Float(v)) => ConstCounter::new(v).encode(enc),
+    }
+}
+
+impl Families<'_> {
+    fn encode_openmetrics(&self, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for f in self.0 {
+            let metric_type = match f.kind {
+                Kind::Gauge => ConstGauge::new(0i64).metric_type(),
+                Kind::Counter => ConstCounter::new(0u64).metric_type(),
+            };
+            let mut metric = enc.encode_descriptor(f.name, f.help, None, metric_type)?;
+            if let [s] = f.samples.as_slice()
+                && s.labels.is_empty()
+            {
+                encode_value(f.kind, s.value, metric)?;
+                continue;
+            }
+            for s in &f.samples {
+                let labels: Vec<(&str, &str)> =
+                    s.labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                encode_value(f.kind, s.value, metric.encode_family(&labels)?)?;
+            }
+        }
         Ok(())
+    }
+}
+
+impl Collector for AgentMetrics {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        Families(&self.families()).encode_openmetrics(&mut enc)
     }
 }
 
@@ -392,11 +501,14 @@ fn route(
         );
     }
     match req.uri().path() {
-        "/metrics" => reply(
-            StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            metrics.encode(),
-        ),
+        "/metrics" => {
+            let accept = req
+                .headers()
+                .get(hyper::header::ACCEPT)
+                .and_then(|v| v.to_str().ok());
+            let (ctype, body) = metrics.encode_for(accept);
+            reply(StatusCode::OK, ctype, body)
+        }
         "/healthz" => {
             if metrics.alive(Instant::now(), max_age) {
                 reply(StatusCode::OK, "text/plain", "ok\n".into())
