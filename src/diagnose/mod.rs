@@ -238,6 +238,7 @@ pub fn run(
     let mut d = Diagnosis::from_outcomes(outcomes);
     d.ignored = ignored;
     d.ignore_problems = ignore_problems;
+    d.silence = (rules, Some(snap.taken_at));
     d
 }
 
@@ -415,6 +416,9 @@ pub struct Diagnosis {
     pub ignored: Vec<silence::Ignored>,
     /// Entries of the metadata's `ignore-findings` that could not be used.
     pub ignore_problems: Vec<String>,
+    /// The rules in force and the time they were judged at, kept for the groups added after
+    /// `run` (the project checks), so every finding passes through the same silencing.
+    pub silence: (Vec<silence::IgnoreRule>, Option<std::time::SystemTime>),
 }
 
 impl Diagnosis {
@@ -444,6 +448,7 @@ impl Diagnosis {
             groups,
             ignored: Vec::new(),
             ignore_problems: Vec::new(),
+            silence: (Vec::new(), None),
         }
     }
 

@@ -230,6 +230,14 @@ pub fn apply(diag: &mut Diagnosis, input: ProjectInput<'_>, now: SystemTime) -> 
         .map(|l| format!("{} {}", l.check, l.status.replace('_', " ")))
         .collect::<Vec<_>>()
         .join(", ");
+    // The same ignore-findings rules as every other group (diagnose::run kept them).
+    if let (rules, Some(at)) = &diag.silence {
+        let s = crate::diagnose::silence::apply(findings, rules, *at);
+        findings = s.active;
+        diag.ignored
+            .retain(|i| CheckGroup::of(i.finding.id) != CheckGroup::Project);
+        diag.ignored.extend(s.ignored);
+    }
     let outcome = GroupOutcome {
         findings,
         not_checked: (!not_checked.is_empty()).then(|| not_checked.join("; ")),
@@ -428,6 +436,35 @@ mod tests {
         assert_eq!(status(&r, "csds"), "passed");
         assert_eq!(status(&r, "api"), "not_checked");
         assert_eq!(d.groups.last().unwrap().group, CheckGroup::Project);
+    }
+
+    #[test]
+    fn project_findings_are_silenced_like_the_others() {
+        use crate::diagnose::silence::{IgnoreRule, RuleSource};
+        let mut o = obs();
+        o.iam = Some(Ok(vec![]));
+        let mut d = Diagnosis::from_outcomes(vec![]);
+        d.silence = (
+            vec![IgnoreRule {
+                id: FindingId::IamPermissionMissing,
+                reason: "accepted".into(),
+                until: o.at + std::time::Duration::from_secs(60),
+                source: RuleSource::ConfigFile,
+            }],
+            Some(o.at),
+        );
+        apply(&mut d, ProjectInput::Observed(&o), o.at);
+        assert!(d.findings.is_empty(), "{:?}", d.findings);
+        assert_eq!(d.ignored.len(), 1);
+        assert_eq!(d.ignored[0].finding.id, FindingId::IamPermissionMissing);
+        // Applied again (the next cycle), the ignored entry is replaced, not doubled; and once
+        // the rule has lapsed the finding counts again.
+        apply(&mut d, ProjectInput::Observed(&o), o.at);
+        assert_eq!(d.ignored.len(), 1);
+        d.silence.1 = Some(o.at + std::time::Duration::from_secs(61));
+        apply(&mut d, ProjectInput::Observed(&o), o.at);
+        assert_eq!(d.findings[0].id, FindingId::IamPermissionMissing);
+        assert!(d.ignored.is_empty());
     }
 
     #[test]
