@@ -61,6 +61,8 @@ pub enum Command {
         #[arg(long, env = "SPA_OUT", value_name = "FILE")]
         out: Option<PathBuf>,
     },
+    /// The state of many VMs at once, read from Google's APIs (SPEC §9)
+    Fleet(crate::fleet::cmd::FleetArgs),
     /// Print the agent's version
     Version,
 }
@@ -183,6 +185,7 @@ async fn dispatch(cli: Cli, settings: Settings) -> ExitCode {
             crate::status::report_bootstrap(&settings, status, reason.as_deref()).await
         }
         Command::EnvoyBootstrap { out } => crate::bootstrap::run(&settings, out.as_deref()).await,
+        Command::Fleet(args) => crate::fleet::cmd::run(&settings, &cli.common, args).await,
         Command::Version => Ok(0),
     };
     match result {

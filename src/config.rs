@@ -307,6 +307,10 @@ pub struct CommonArgs {
     #[arg(long, global = true, env = "SPA_CLOUD_LOGGING_ENDPOINT", value_name = "URL", value_parser = parse_endpoint)]
     pub cloud_logging_endpoint: Option<String>,
 
+    /// Compute API base URL [default: https://compute.googleapis.com]
+    #[arg(long, global = true, env = "SPA_COMPUTE_ENDPOINT", value_name = "URL", value_parser = parse_endpoint)]
+    pub compute_endpoint: Option<String>,
+
     /// Target of the control-plane reachability check [default: trafficdirector.googleapis.com:443]
     #[arg(long, global = true, env = "SPA_CONTROL_PLANE", value_name = "HOST:PORT", value_parser = parse_host_port)]
     pub control_plane: Option<HostPort>,
