@@ -61,12 +61,16 @@ impl ApiError {
 /// Reads Google's `{"error": {"code", "message", "errors": [{"reason"}], "status"}}`.
 pub fn parse_error(code: u16, body: &[u8]) -> ApiError {
     let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-    let e = &v["error"];
-    let reason = e["errors"]
+    let e = v.pointer("/error").unwrap_or(&super::NULL);
+    let reason = e
+        .pointer("/errors")
+        .unwrap_or(&super::NULL)
         .get(0)
-        .and_then(|x| x["reason"].as_str())
+        .and_then(|x| x.pointer("/reason").unwrap_or(&super::NULL).as_str())
         .map(str::to_owned);
-    let message = e["message"]
+    let message = e
+        .pointer("/message")
+        .unwrap_or(&super::NULL)
         .as_str()
         .map(str::to_owned)
         .unwrap_or_else(|| String::from_utf8_lossy(body.get(..300).unwrap_or(body)).into_owned());
@@ -183,13 +187,20 @@ impl Api {
                     })?;
                 let v: Value = serde_json::from_str(&body)
                     .map_err(|_| clean("the metadata server's token is not JSON".into()))?;
-                let token = v["access_token"]
+                let token = v
+                    .pointer("/access_token")
+                    .unwrap_or(&super::NULL)
                     .as_str()
                     .ok_or_else(|| {
                         clean("the metadata server's answer has no access_token".into())
                     })?
                     .to_owned();
-                let ttl = v["expires_in"].as_u64().unwrap_or(300).saturating_sub(60);
+                let ttl = v
+                    .pointer("/expires_in")
+                    .unwrap_or(&super::NULL)
+                    .as_u64()
+                    .unwrap_or(300)
+                    .saturating_sub(60);
                 *guard = Some((token.clone(), Instant::now() + Duration::from_secs(ttl)));
                 Ok(token)
             }

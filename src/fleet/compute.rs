@@ -102,11 +102,13 @@ impl Budget {
 }
 
 fn metadata_item<'a>(instance: &'a Value, key: &str) -> Option<&'a str> {
-    instance["metadata"]["items"]
+    instance
+        .pointer("/metadata/items")
+        .unwrap_or(&super::NULL)
         .as_array()?
         .iter()
-        .find(|i| i["key"].as_str() == Some(key))
-        .and_then(|i| i["value"].as_str())
+        .find(|i| i.pointer("/key").unwrap_or(&super::NULL).as_str() == Some(key))
+        .and_then(|i| i.pointer("/value").unwrap_or(&super::NULL).as_str())
 }
 
 fn last_segment(url: &str) -> &str {
@@ -114,8 +116,8 @@ fn last_segment(url: &str) -> &str {
 }
 
 fn listed(instance: &Value, mig: Option<&MigRef>) -> Option<Listed> {
-    let name = instance["name"].as_str()?;
-    let zone = last_segment(instance["zone"].as_str()?);
+    let name = instance.pointer("/name").unwrap_or(&super::NULL).as_str()?;
+    let zone = last_segment(instance.pointer("/zone").unwrap_or(&super::NULL).as_str()?);
     Some(Listed {
         name: name.to_owned(),
         zone: zone.to_owned(),
@@ -158,8 +160,14 @@ pub async fn list(
                 None => url.clone(),
             };
             let page = budget.call(|| api.post_json(&page_url, &empty)).await?;
-            for m in page["managedInstances"].as_array().into_iter().flatten() {
-                let Some(instance) = m["instance"].as_str() else {
+            for m in page
+                .pointer("/managedInstances")
+                .unwrap_or(&super::NULL)
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                let Some(instance) = m.pointer("/instance").unwrap_or(&super::NULL).as_str() else {
                     continue;
                 };
                 let parts: Vec<&str> = instance.rsplit('/').take(4).collect();
@@ -172,7 +180,11 @@ pub async fn list(
                     });
                 }
             }
-            token = page["nextPageToken"].as_str().map(str::to_owned);
+            token = page
+                .pointer("/nextPageToken")
+                .unwrap_or(&super::NULL)
+                .as_str()
+                .map(str::to_owned);
             if token.is_none() {
                 break;
             }
@@ -205,20 +217,27 @@ pub async fn list(
                 None => url.clone(),
             };
             let page = budget.call(|| api.get_json(&page_url)).await?;
-            match &page["items"] {
+            match page.pointer("/items").unwrap_or(&super::NULL) {
                 // Per-zone list: an array of instances.
                 Value::Array(items) => out.extend(items.iter().filter_map(|i| listed(i, None))),
                 // Aggregated list: scopes, each with instances or a warning.
                 Value::Object(scopes) => {
                     for (scope, scoped) in scopes {
                         out.extend(
-                            scoped["instances"]
+                            scoped
+                                .pointer("/instances")
+                                .unwrap_or(&super::NULL)
                                 .as_array()
                                 .into_iter()
                                 .flatten()
                                 .filter_map(|i| listed(i, None)),
                         );
-                        if scoped["warning"]["code"].as_str() == Some("UNREACHABLE") {
+                        if scoped
+                            .pointer("/warning/code")
+                            .unwrap_or(&super::NULL)
+                            .as_str()
+                            == Some("UNREACHABLE")
+                        {
                             let w = format!("{scope} is unreachable: its VMs are not listed");
                             if !warnings.contains(&w) {
                                 warnings.push(w);
@@ -228,7 +247,13 @@ pub async fn list(
                 }
                 _ => {}
             }
-            for u in page["unreachables"].as_array().into_iter().flatten() {
+            for u in page
+                .pointer("/unreachables")
+                .unwrap_or(&super::NULL)
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
                 if let Some(u) = u.as_str() {
                     let w = format!("{u} is unreachable: its VMs are not listed");
                     if !warnings.contains(&w) {
@@ -236,7 +261,11 @@ pub async fn list(
                     }
                 }
             }
-            token = page["nextPageToken"].as_str().map(str::to_owned);
+            token = page
+                .pointer("/nextPageToken")
+                .unwrap_or(&super::NULL)
+                .as_str()
+                .map(str::to_owned);
             if token.is_none() {
                 break;
             }
@@ -294,15 +323,28 @@ pub async fn read_all(
             let result = budget.call(|| api.get_json(&url)).await;
             let report = match result {
                 Ok(v) => {
-                    let attrs: BTreeMap<String, String> = v["queryValue"]["items"]
+                    let attrs: BTreeMap<String, String> = v
+                        .pointer("/queryValue/items")
+                        .unwrap_or(&super::NULL)
                         .as_array()
                         .into_iter()
                         .flatten()
-                        .filter(|i| i["namespace"].as_str().is_none_or(|n| n == NAMESPACE))
+                        .filter(|i| {
+                            i.pointer("/namespace")
+                                .unwrap_or(&super::NULL)
+                                .as_str()
+                                .is_none_or(|n| n == NAMESPACE)
+                        })
                         .filter_map(|i| {
                             Some((
-                                i["key"].as_str()?.to_owned(),
-                                i["value"].as_str()?.to_owned(),
+                                i.pointer("/key")
+                                    .unwrap_or(&super::NULL)
+                                    .as_str()?
+                                    .to_owned(),
+                                i.pointer("/value")
+                                    .unwrap_or(&super::NULL)
+                                    .as_str()?
+                                    .to_owned(),
                             ))
                         })
                         .collect();

@@ -4,7 +4,8 @@
 //!   token bucket: a bucket's burst would let a server see its capacity plus a second's refill
 //!   in one second). The window is widened by [`ARRIVAL_MARGIN`] so that requests leaving here
 //!   at the edge of a window still arrive within the budget when the network delays one of
-//!   them more than the next;
+//!   them more than the next (on a loaded machine that spread passed 100 ms at 400 a second).
+//!   Requests are also spaced by 1/`max_qps` so no burst compresses into a server's second;
 //! - a 429 / `rateLimitExceeded` pauses every request for a backoff that doubles per throttled
 //!   round (1 s … 32 s) with jitter (0.5–1.5×), so many readers do not return in step; a
 //!   success resets it.
@@ -13,7 +14,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 /// Slack for arrival jitter added to the one-second window.
-pub const ARRIVAL_MARGIN: Duration = Duration::from_millis(100);
+pub const ARRIVAL_MARGIN: Duration = Duration::from_millis(250);
 pub const BACKOFF_FIRST: Duration = Duration::from_secs(1);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(32);
 
@@ -22,6 +23,7 @@ pub struct RateLimiter {
     max: usize,
     window: Duration,
     sent: VecDeque<Instant>,
+    spacing: Duration,
     paused_until: Option<Instant>,
     backoff: Duration,
 }
@@ -32,6 +34,7 @@ impl RateLimiter {
             max: (max_qps as usize).max(1),
             window: Duration::from_secs(1) + ARRIVAL_MARGIN,
             sent: VecDeque::new(),
+            spacing: Duration::from_secs(1) / max_qps.max(1),
             paused_until: None,
             backoff: Duration::ZERO,
         }
@@ -50,6 +53,11 @@ impl RateLimiter {
             .is_some_and(|t| now.saturating_duration_since(*t) >= self.window)
         {
             self.sent.pop_front();
+        }
+        if let Some(last) = self.sent.back()
+            && now < *last + self.spacing
+        {
+            return Err(*last + self.spacing);
         }
         if self.sent.len() < self.max {
             self.sent.push_back(now);
@@ -106,8 +114,13 @@ mod tests {
                 .count();
             assert!(in_window <= 20, "{in_window} within a window from {t:?}");
         }
-        // And it uses the budget: 20 per 1.1 s over 5 s.
+        // And it uses the budget: 20 per 1.25 s over 5 s.
         assert!(sent.len() >= 20 * 4, "{}", sent.len());
+        // Evenly: never two within 1/20 s.
+        assert!(
+            sent.windows(2)
+                .all(|w| w[1] - w[0] >= Duration::from_millis(50))
+        );
     }
 
     #[test]
@@ -115,9 +128,14 @@ mod tests {
         let t0 = Instant::now();
         let mut l = RateLimiter::new(2);
         assert!(l.try_acquire(t0).is_ok());
-        assert!(l.try_acquire(t0 + Duration::from_millis(10)).is_ok());
         assert_eq!(
-            l.try_acquire(t0 + Duration::from_millis(20)),
+            l.try_acquire(t0 + Duration::from_millis(10)),
+            Err(t0 + Duration::from_millis(500)),
+            "spaced by 1/2 s"
+        );
+        assert!(l.try_acquire(t0 + Duration::from_millis(500)).is_ok());
+        assert_eq!(
+            l.try_acquire(t0 + Duration::from_millis(1000)),
             Err(t0 + Duration::from_secs(1) + ARRIVAL_MARGIN)
         );
         assert!(

@@ -28,26 +28,50 @@ pub fn filter(project: &str, since: SystemTime) -> String {
 
 /// One entry to a report; `None` when it is not a state event of a VM.
 pub fn report_of(entry: &Value) -> Option<(String, VmReport)> {
-    let labels = &entry["resource"]["labels"];
-    let id = labels["instance_id"].as_str()?;
-    let zone = labels["zone"].as_str().unwrap_or("");
-    let p = &entry["jsonPayload"];
-    if p["event"].as_str() != Some(STATE_EVENT) {
+    let labels = entry.pointer("/resource/labels").unwrap_or(&super::NULL);
+    let id = labels
+        .pointer("/instance_id")
+        .unwrap_or(&super::NULL)
+        .as_str()?;
+    let zone = labels
+        .pointer("/zone")
+        .unwrap_or(&super::NULL)
+        .as_str()
+        .unwrap_or("");
+    let p = entry.pointer("/jsonPayload").unwrap_or(&super::NULL);
+    if p.pointer("/event").unwrap_or(&super::NULL).as_str() != Some(STATE_EVENT) {
         return None;
     }
-    let name = entry["labels"]["compute.googleapis.com/resource_name"]
+    let name = entry
+        .pointer("/labels/compute.googleapis.com~1resource_name")
+        .unwrap_or(&super::NULL)
         .as_str()
         .unwrap_or(id);
-    let text = |k: &str| p[k].as_str().map(clean).filter(|s| !s.is_empty());
-    let heartbeat = text("heartbeat").or_else(|| entry["timestamp"].as_str().map(clean));
+    let text = |k: &str| {
+        p.get(k)
+            .and_then(Value::as_str)
+            .map(clean)
+            .filter(|s| !s.is_empty())
+    };
+    let heartbeat = text("heartbeat").or_else(|| {
+        entry
+            .pointer("/timestamp")
+            .unwrap_or(&super::NULL)
+            .as_str()
+            .map(clean)
+    });
     let report = VmReport {
         name: clean(name),
         zone: clean(zone),
         mig: None,
-        health: p["health"]
+        health: p
+            .pointer("/health")
+            .unwrap_or(&super::NULL)
             .as_str()
             .map_or(FleetHealth::Unknown, FleetHealth::parse),
-        findings: p["findings"]
+        findings: p
+            .pointer("/findings")
+            .unwrap_or(&super::NULL)
             .as_array()
             .into_iter()
             .flatten()
@@ -87,15 +111,29 @@ pub async fn read(
     let mut out = Vec::new();
     for _ in 0..MAX_PAGES {
         let page = budget.call(|| api.post_json(&url, &body)).await?;
-        for e in page["entries"].as_array().into_iter().flatten() {
+        for e in page
+            .pointer("/entries")
+            .unwrap_or(&super::NULL)
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
             if let Some((key, report)) = report_of(e)
                 && seen.insert(key)
             {
                 out.push(report);
             }
         }
-        match page["nextPageToken"].as_str() {
-            Some(t) if !t.is_empty() => body["pageToken"] = Value::from(t),
+        match page
+            .pointer("/nextPageToken")
+            .unwrap_or(&super::NULL)
+            .as_str()
+        {
+            Some(t) if !t.is_empty() => {
+                if let Some(o) = body.as_object_mut() {
+                    o.insert("pageToken".into(), Value::from(t));
+                }
+            }
             _ => break,
         }
     }

@@ -107,6 +107,8 @@ pub struct FleetProject {
     pub latency: Duration,
     pub compute_quota: Option<Quota>,
     pub logging_quota: Option<Quota>,
+    /// When set, only this bearer token is accepted (else any non-empty one).
+    pub token: Option<String>,
 }
 
 /// One request as the emulator saw it.
@@ -223,8 +225,12 @@ fn handle(
     } else {
         "compute"
     };
-    let project = state.lock().unwrap().clone();
+    // Routed under the lock (the server runs on one thread anyway): no copy of a project of
+    // thousands of VMs per request.
+    let project = state.lock().unwrap();
     let reply = route(&project, counters, started, api, req, &path, &query);
+    let latency = project.latency;
+    drop(project);
     let status = match &reply {
         Reply::Body(s, _, _) => *s,
         _ => 0,
@@ -236,10 +242,10 @@ fn handle(
         path: req.path.clone(),
         status,
     });
-    if project.latency.is_zero() {
+    if latency.is_zero() {
         reply
     } else {
-        Reply::Delay(project.latency, Box::new(reply))
+        Reply::Delay(latency, Box::new(reply))
     }
 }
 
@@ -256,7 +262,7 @@ fn route(
         .header("authorization")
         .and_then(|h| h.strip_prefix("Bearer "))
         .unwrap_or("");
-    if token.trim().is_empty() {
+    if token.trim().is_empty() || p.token.as_deref().is_some_and(|t| t != token) {
         return error(
             401,
             "UNAUTHENTICATED",
