@@ -476,3 +476,82 @@ fn a_managed_group_ends_with_the_recreate_remedy_and_a_healthy_one_exits_0() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--group needs its location"));
 }
+
+/// On a workstation: a service-account key file (GOOGLE_APPLICATION_CREDENTIALS) through the
+/// real gcp_auth crate, its token endpoint on loopback; no metadata server at all.
+#[test]
+fn application_default_credentials_from_a_key_file() {
+    let token_endpoint = testkit::http_stub::HttpStub::start(|req| {
+        if req.path == "/token" && req.method == "POST" {
+            testkit::http_stub::Reply::json(
+                200,
+                json!({"access_token": TOKEN, "expires_in": 3600, "token_type": "Bearer"})
+                    .to_string(),
+            )
+        } else {
+            testkit::http_stub::Reply::text(404, "no")
+        }
+    });
+    let e = env(fleet(20, SystemTime::now()));
+    let pem = Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+        ])
+        .output()
+        .expect("openssl is needed to generate a service-account key (apt-get install openssl)");
+    assert!(pem.status.success(), "openssl genpkey failed");
+    let key = json!({
+        "type": "service_account",
+        "project_id": PROJECT,
+        "private_key_id": "0123456789abcdef",
+        "private_key": String::from_utf8(pem.stdout).unwrap(),
+        "client_email": "sre@fleet-proj.iam.gserviceaccount.com",
+        "client_id": "100000000000000000001",
+        "token_uri": format!("{}/token", token_endpoint.url()),
+    });
+    let key_path = e.home.path().join("key.json");
+    std::fs::write(&key_path, key.to_string()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_service-proxy-agent"))
+        .args([
+            "fleet",
+            "--json",
+            "--project",
+            PROJECT,
+            "--compute-endpoint",
+            &e.apis.url(),
+        ])
+        .env("GOOGLE_APPLICATION_CREDENTIALS", &key_path)
+        .env("HOME", e.home.path())
+        .env("GCE_METADATA_HOST", "127.0.0.1:9")
+        .output()
+        .unwrap();
+    let report = json_of(&out);
+    assert_eq!(counts(&report), expected(20, "compute"));
+    assert_eq!(
+        e.apis.count("compute", 401),
+        0,
+        "every request carried the key's token"
+    );
+    assert_eq!(token_endpoint.requests().len(), 1, "one token, cached");
+    // Without any credentials: exit 2, saying what is missing.
+    let out = Command::new(env!("CARGO_BIN_EXE_service-proxy-agent"))
+        .args([
+            "fleet",
+            "--project",
+            PROJECT,
+            "--compute-endpoint",
+            &e.apis.url(),
+        ])
+        .env_remove("GOOGLE_APPLICATION_CREDENTIALS")
+        .env("HOME", e.home.path())
+        .env("GCE_METADATA_HOST", "127.0.0.1:9")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no Application Default Credentials"), "{err}");
+}
