@@ -555,3 +555,19 @@ fn application_default_credentials_from_a_key_file() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no Application Default Credentials"), "{err}");
 }
+
+/// An unreachable zone: the others are read (returnPartialSuccess), the zone is named on
+/// stderr, and the exit status is 1 because the list is incomplete.
+#[test]
+fn an_unreachable_zone_is_a_warning_and_exit_1() {
+    let mut p = fleet(10, SystemTime::now());
+    p.unreachable_zones = vec!["zone-1".into()];
+    let e = env(p);
+    let out = fleet_cmd(&e, &["--json"]);
+    let r = json_of(&out);
+    assert_eq!(r["summary"]["vms"], 7, "zone-0's VMs");
+    assert_eq!(r["summary"]["health"]["OK"], 7);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("zones/zone-1 is unreachable"), "{err}");
+}
