@@ -571,3 +571,45 @@ fn an_unreachable_zone_is_a_warning_and_exit_1() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("zones/zone-1 is unreachable"), "{err}");
 }
+
+/// `--watch` reads and prints again every DURATION until interrupted; the exit status is the
+/// last report's.
+#[test]
+fn watch_redraws_until_interrupted() {
+    use std::io::BufRead;
+    let e = env(fleet(10, SystemTime::now()));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_service-proxy-agent"))
+        .args(["fleet", "--json", "--watch", "300ms", "--project", PROJECT])
+        .args(["--compute-endpoint", &e.apis.url()])
+        .env_remove("GOOGLE_APPLICATION_CREDENTIALS")
+        .env("HOME", e.home.path())
+        .env("GCE_METADATA_HOST", &e.md_host)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    for _ in 0..3 {
+        let line = lines.next().expect("a report per round").unwrap();
+        let r: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(r["summary"]["vms"], 10);
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "fleet --watch did not stop on SIGINT"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0), "ten healthy VMs");
+    // Three rounds of 1 list + 10 reads, at least.
+    assert!(e.apis.seen().len() >= 33);
+}
