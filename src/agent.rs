@@ -97,6 +97,7 @@ struct Agent {
     log_tx: mpsc::Sender<EntryEvent>,
     metrics_task: Option<tokio::task::JoinHandle<()>>,
     project: crate::project_checks::ProjectChecks,
+    state_log: crate::publish::state_event::StateLog,
 }
 
 /// `service-proxy-agent run`.
@@ -186,6 +187,7 @@ impl Agent {
             follower: None,
             log_tx,
             metrics_task: None,
+            state_log: crate::publish::state_event::StateLog::new(log_output.clone()),
         }
     }
 
@@ -698,6 +700,17 @@ impl Agent {
         let version = snap.proxy_version().map(str::to_owned);
         let heartbeat =
             cycle_done.then(|| humantime::format_rfc3339_seconds(SystemTime::now()).to_string());
+        if let Some(hb) = &heartbeat {
+            let ids = crate::publish::state_event::finding_ids(&findings);
+            let vm = crate::publish::state_event::VmState {
+                health: health.as_str(),
+                findings: &ids,
+                proxy_version: version.as_deref(),
+                proxy_state: &state,
+                heartbeat: hb,
+            };
+            self.state_log.observe(&vm, Instant::now());
+        }
         self.publisher.update(|p| {
             p.set(keys::HEALTH, health.as_str());
             p.set(keys::FINDINGS, &findings);

@@ -61,6 +61,8 @@ pub enum Command {
         #[arg(long, env = "SPA_OUT", value_name = "FILE")]
         out: Option<PathBuf>,
     },
+    /// The state of many VMs at once, read from Google's APIs (SPEC §9)
+    Fleet(crate::fleet::cmd::FleetArgs),
     /// Print the agent's version
     Version,
     /// Print a completion script for SHELL, generated from this command line
@@ -216,6 +218,7 @@ async fn dispatch(cli: Cli, settings: Settings) -> ExitCode {
             crate::status::report_bootstrap(&settings, status, reason.as_deref()).await
         }
         Command::EnvoyBootstrap { out } => crate::bootstrap::run(&settings, out.as_deref()).await,
+        Command::Fleet(args) => crate::fleet::cmd::run(&settings, &cli.common, args).await,
         // Answered before the settings are read.
         Command::Version | Command::Completions { .. } | Command::Man => Ok(0),
     };
@@ -312,6 +315,37 @@ mod tests {
             vec!["spa", "report-bootstrap", "in-progress"],
             vec!["spa", "envoy-bootstrap", "--out", "/tmp/b.json"],
             vec!["spa", "version"],
+            vec![
+                "spa",
+                "fleet",
+                "--json",
+                "--watch",
+                "1m",
+                "--source",
+                "logging",
+                "--project",
+                "p",
+                "--zone",
+                "a",
+                "--zone",
+                "b",
+                "--region",
+                "r",
+                "--group",
+                "g",
+                "--filter",
+                "x",
+                "--all",
+                "--max-qps",
+                "5",
+                "--since",
+                "1h",
+                "--stale",
+                "2m",
+                "--all-vms",
+                "--compute-endpoint",
+                "http://127.0.0.1:1",
+            ],
         ] {
             Cli::try_parse_from(&args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
         }

@@ -24,6 +24,7 @@ pub mod config;
 pub mod diagnose;
 pub mod doctor;
 pub mod finding;
+pub mod fleet;
 pub mod intercept;
 pub mod observe;
 pub mod project_checks;

@@ -170,6 +170,46 @@ fn publishes_envoy_state_within_budget_and_follows_envoy_down_and_up() {
             "{v}"
         );
     }
+    // The `state` events (SPEC §6): the first at start, then one at each change of health or
+    // findings (the 10-minute repeat is beyond this run), each with the whole state.
+    let states: Vec<serde_json::Value> = agent
+        .json_lines()
+        .into_iter()
+        .filter(|v| v["event"] == "state")
+        .collect();
+    assert!(states.len() >= 3, "{states:?}");
+    for pair in states.windows(2) {
+        let key = |v: &serde_json::Value| (v["health"].clone(), v["findings"].clone());
+        assert_ne!(
+            key(&pair[0]),
+            key(&pair[1]),
+            "a state event without a change"
+        );
+    }
+    for v in &states {
+        assert!(
+            v["findings"].is_array() && v["proxy_state"].is_string(),
+            "{v}"
+        );
+        assert!(
+            humantime::parse_rfc3339(v["heartbeat"].as_str().unwrap()).is_ok(),
+            "{v}"
+        );
+    }
+    assert!(states.iter().any(|v| {
+        v["health"] == "FAILING"
+            && v["findings"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f == "SCOPES_INSUFFICIENT")
+    }));
+    let last = states.last().unwrap();
+    assert_eq!(
+        (&last["health"], &last["findings"]),
+        (&serde_json::json!("OK"), &serde_json::json!([]))
+    );
+    assert_eq!(last["proxy_version"], version.as_str());
 }
 
 const PERMISSION_DENIED: &str = "[2026-11-22 10:00:00.000][7][warning][config] [./source/extensions/config_subscription/grpc/grpc_stream.h:189] StreamAggregatedResources gRPC config stream to trafficdirector closed: 7, permission denied\n";

@@ -6,3 +6,4 @@ pub mod guest_attributes;
 pub mod log;
 pub mod metrics;
 pub mod silenced;
+pub mod state_event;

@@ -4,6 +4,7 @@
 pub mod discovery_schema;
 pub mod envoy;
 pub mod exec;
+pub mod fleet_apis;
 pub mod http_stub;
 pub mod metadata_emulator;
 pub mod netns;
