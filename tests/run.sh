@@ -26,6 +26,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 say "tests"
 cargo test --workspace --locked --no-fail-fast
 
+say "system tier: the release installed by the startup script on Debian booted under systemd"
+tests/system/run.sh
+
 say "real-Envoy tests against every Envoy minor version on PyPI"
 tests/envoy-matrix.sh
 

@@ -4,3 +4,4 @@ pub mod cloud_logging;
 pub mod guest_attributes;
 pub mod log;
 pub mod metrics;
+pub mod systemd;
