@@ -167,6 +167,33 @@ report_soft() {
   report "$@" || true
 }
 
+# The metadata server takes at most 10 guest-attribute writes a minute from the whole VM and
+# drops the rest, and at boot the agent's daemon spends most of them. So a boot that changes
+# nothing on a VM already FINISHED writes nothing: IN PROGRESS only when something is to be
+# installed (or the status is not FINISHED), FINISHED only after an IN PROGRESS.
+STATUS_AT_START=""
+PROGRESS_REPORTED=0
+read_status_at_start() {
+  STATUS_AT_START=$("$CURL" -fsS --max-time 5 -H 'Metadata-Flavor: Google' \
+    "$METADATA/instance/guest-attributes/gce-service-proxy/bootstrap-status" 2>/dev/null || true)
+}
+report_in_progress() {
+  if [ "$STATUS_AT_START" = FINISHED ] && [ -z "$NEW_AGENT" ]; then
+    log "bootstrap-status stays FINISHED while nothing changes"
+    return 0
+  fi
+  PROGRESS_REPORTED=1
+  report_soft in-progress
+}
+report_finished() {
+  if [ "$PROGRESS_REPORTED" = 0 ] &&
+    [ "$AGENT_CHANGED$ENVOY_CHANGED$BOOTSTRAP_CHANGED$ENVOY_UNIT_CHANGED$AGENT_UNIT_CHANGED" = 00000 ]; then
+    log "nothing changed: bootstrap-status stays FINISHED"
+    return 0
+  fi
+  report_soft finished
+}
+
 on_exit() {
   local rc=$?
   trap - EXIT
@@ -715,10 +742,11 @@ main() {
   WORK=$(mktemp -d "${TMPDIR:-/tmp}/service-proxy-agent-startup.XXXXXX")
   log "starting (root ${ROOT:-/}, metadata server ${METADATA%/computeMetadata/v1})"
   take_lock
+  read_status_at_start
   # First half: the agent first (it reports progress and writes the bootstrap), then the
   # bootstrap (missing metadata fails in seconds, before a download of Envoy), then Envoy.
   step install-agent fetch_agent
-  step report-in-progress report_soft in-progress
+  step report-in-progress report_in_progress
   step write-bootstrap write_bootstrap
   step install-envoy fetch_envoy
   # Second half: everything was verified; install it.
@@ -727,7 +755,7 @@ main() {
   step install-units install_units
   step start-units start_units
   step wait-envoy-live wait_envoy_live
-  step report-finished report_soft finished
+  step report-finished report_finished
   log "finished in ${SECONDS}s"
 }
 

@@ -21,8 +21,8 @@ configure_metadata() {
 run_suite() {
   local s=$1
   log "=== Debian $s ($ROOTFS)"
-  configure_metadata
   new_vm "$s-a"
+  configure_metadata
   boot "$s-a"
   run_test "${s}_boot_finishes_bootstrap"
   run_test "${s}_envoy_runs_as_its_own_user"
@@ -44,15 +44,15 @@ run_suite() {
 
   # A second VM whose template pins a wrong SHA-256, then loses its release server, then its
   # Envoy source: each run fails, and leaves the VM as debootstrap made it.
+  new_vm "$s-b"
+  configure_metadata
   WRONG_SHA=$(printf '%064d' 0)
   metadata_set service-proxy-agent-sha256 "$WRONG_SHA"
-  new_vm "$s-b"
   boot "$s-b"
   run_test "${s}_wrong_sha256_fails_and_installs_nothing"
   run_test "${s}_unreachable_release_server_fails_and_installs_nothing"
   run_test "${s}_missing_metadata_fails_and_installs_nothing"
   shutdown_vm
-  configure_metadata
 }
 
 # Each check_* is a test of every suite: test_<suite>_<name> calls check_<name>.
@@ -303,8 +303,10 @@ nothing_installed() {
     if vm test -e "$f"; then fail "$f was installed"; fi
   done
   if vm getent passwd envoy >/dev/null; then fail "the user envoy was created"; fi
+  # Nor any of the script's temporary files.
   local stray
-  stray=$(vm find /usr/local/bin /tmp /var/tmp -mindepth 1 -maxdepth 1 | grep -v '^/tmp/systemd-private' || true)
+  stray=$(vm find /usr/local/bin /tmp /var/tmp /run -mindepth 1 -maxdepth 1 \
+    \( -path '/usr/local/bin/*' -o -name 'service-proxy-agent*' -o -name 'startup-script.*' \))
   [ -z "$stray" ] || fail "files left behind: $stray"
 }
 
