@@ -136,8 +136,8 @@ mod tests {
     #[test]
     fn status_names_the_verdict_findings_and_mode() {
         assert_eq!(
-            status_line("HEALTHY", [], "enforce"),
-            "HEALTHY | interception enforce"
+            status_line("OK", [], "enforce"),
+            "OK | interception enforce"
         );
         assert_eq!(
             status_line(

@@ -40,6 +40,8 @@ wait_for() {
 # --- the world ------------------------------------------------------------------------------
 
 in_world() { nsenter --net="/run/netns/$NETNS" -- "$@"; }
+# (The world's servers are started with nsenter itself in the background, not through
+# in_world: `$!` must be the server's PID, or cleanup would kill a subshell and leave it.)
 
 # The host has no systemd as PID 1 (a CI container): systemd-nspawn then needs its propagation
 # directory on a tmpfs, as systemd would have made /run.
@@ -65,7 +67,7 @@ start_world() {
   in_world ip link set eth0 up
   in_world ip route add default via 10.128.0.1 dev eth0
   mkdir -p "$WORK/release" "$WORK/logs"
-  in_world python3 -m http.server --bind "$RELEASE_IP" --directory "$WORK/release" "$RELEASE_PORT" \
+  nsenter --net="/run/netns/$NETNS" -- python3 -m http.server --bind "$RELEASE_IP" --directory "$WORK/release" "$RELEASE_PORT" \
     >"$WORK/logs/release.log" 2>&1 &
   PIDS+=($!)
   wait_for 20 "the release server" in_world curl -fsS "$RELEASE_URL/"
@@ -85,13 +87,13 @@ start_control_plane() {
   printf 'subjectAltName=DNS:trafficdirector.googleapis.com\n' >"$pki/san.ext"
   openssl x509 -req -in "$pki/server.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" -CAcreateserial \
     -days 2 -extfile "$pki/san.ext" -out "$pki/server.crt" 2>/dev/null
-  in_world "$CONTROL_PLANE" --addr "127.0.0.1:$XDS_PORT" --network default \
+  nsenter --net="/run/netns/$NETNS" -- "$CONTROL_PLANE" --addr "127.0.0.1:$XDS_PORT" --network default \
     --project-number 123456789012 --service "$SERVICE_VIP:80" --proxy-port 15001 \
     --serving-port 8080 --control-addr "$XDS_CONTROL" >"$WORK/logs/control-plane.log" 2>&1 &
   PIDS+=($!)
   sed -e "s#@XDS_IP@#$XDS_IP#; s#@XDS_PORT@#$XDS_PORT#; s#@PKI@#$pki#g" "$HERE/xds-front.json.in" \
     >"$WORK/xds-front.json"
-  in_world "$ENVOY_NATIVE" -c "$WORK/xds-front.json" --disable-hot-restart --base-id 7311 \
+  nsenter --net="/run/netns/$NETNS" -- "$ENVOY_NATIVE" -c "$WORK/xds-front.json" --disable-hot-restart --base-id 7311 \
     --concurrency 1 -l warning >"$WORK/logs/xds-front.log" 2>&1 &
   PIDS+=($!)
   wait_for 30 "the control plane" in_world curl -fsS "http://$XDS_CONTROL/state"
@@ -111,7 +113,7 @@ start_metadata_server() {
     kill -TERM "$METADATA_PID" 2>/dev/null || true
     wait "$METADATA_PID" 2>/dev/null || true
   fi
-  in_world "$EMULATOR" --addr "$METADATA_IP:80" --instance-name system-tier-vm \
+  nsenter --net="/run/netns/$NETNS" -- "$EMULATOR" --addr "$METADATA_IP:80" --instance-name system-tier-vm \
     >>"$WORK/logs/metadata.log" 2>&1 &
   METADATA_PID=$!
   PIDS+=("$METADATA_PID")
