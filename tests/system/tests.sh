@@ -31,6 +31,7 @@ run_suite() {
   run_test "${s}_journal_priorities_follow_severity"
   run_test "${s}_systemctl_status_shows_the_verdict"
   run_test "${s}_reload_rereads_the_config"
+  run_test "${s}_logrotate_rotates_envoys_log_and_envoy_reopens_it"
   run_test "${s}_stop_ends_it_within_5s"
   run_test "${s}_frozen_agent_is_restarted_by_the_watchdog"
   local gets
@@ -61,6 +62,7 @@ for _s in ${SPA_SYSTEM_SUITES:-bookworm trixie}; do
     agent_runs_under_its_unit_with_three_capabilities journal_priorities_follow_severity \
     request_to_a_vip_is_answered_by_envoy_through_the_agents_rules \
     systemctl_status_shows_the_verdict reload_rereads_the_config stop_ends_it_within_5s \
+    logrotate_rotates_envoys_log_and_envoy_reopens_it \
     frozen_agent_is_restarted_by_the_watchdog reboot_downloads_nothing uninstall_leaves_nothing \
     wrong_sha256_fails_and_installs_nothing unreachable_release_server_fails_and_installs_nothing \
     missing_metadata_fails_and_installs_nothing; do
@@ -217,6 +219,19 @@ check_reload_rereads_the_config() {
   [ "$(unit_state "$AGENT_UNIT")" = active ] || fail "the unit is $(unit_state "$AGENT_UNIT") after the reload"
   vm rm -f /etc/service-proxy-agent/config.toml
   vm systemctl reload "$AGENT_UNIT"
+}
+
+# The shipped logrotate config, forced: the log is renamed, a new one created for the user
+# envoy, and Envoy (SIGUSR1 from the postrotate script, through systemd) writes into the new one.
+check_logrotate_rotates_envoys_log_and_envoy_reopens_it() {
+  local log=/var/log/envoy/envoy.err.log pid
+  pid=$(main_pid envoy.service)
+  vm test -s "$log" || fail "Envoy has not written $log"
+  vm logrotate -f /etc/logrotate.d/envoy
+  vm test -s "$log.1" || fail "$log was not rotated to $log.1"
+  [ "$(vm stat -c %U "$log")" = envoy ] || fail "the new $log is not the user envoy's"
+  wait_for 10 "Envoy to reopen its log" nsenter -t "$VM_PID" -a -- grep -q 'Reopening access logs' "$log"
+  [ "$(main_pid envoy.service)" = "$pid" ] || fail "logrotate restarted Envoy"
 }
 
 check_stop_ends_it_within_5s() {
