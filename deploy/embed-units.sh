@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Copies systemd/envoy.service and systemd/service-proxy-agent.service into the startup script
-# (between its "BEGIN EMBEDDED UNITS" and "END EMBEDDED UNITS" lines): the instance template
-# carries one file, so the units travel inside it. Run it after editing a unit.
+# Copies systemd/envoy.service, systemd/service-proxy-agent.service and deploy/logrotate/envoy
+# into the startup script (between its "BEGIN EMBEDDED UNITS" and "END EMBEDDED UNITS" lines):
+# the instance template carries one file, so the units travel inside it. Run it after editing
+# one of them.
 # `--check` changes nothing and exits 1 when the embedded copies are stale.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +25,8 @@ trap 'rm -f -- "$new"' EXIT
   embed unit_envoy systemd/envoy.service
   echo
   embed unit_service_proxy_agent systemd/service-proxy-agent.service
+  echo
+  embed logrotate_envoy deploy/logrotate/envoy
   sed -n '/^# END EMBEDDED UNITS/,$p' "$script"
 } >"$new"
 

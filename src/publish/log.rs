@@ -127,6 +127,8 @@ pub struct LogOutput {
 struct OutputInner {
     format: LogFormat,
     stdout: bool,
+    /// stdout is the journal: each line starts with its sd-daemon priority.
+    journal: bool,
     serial: Option<Mutex<File>>,
     cloud: Mutex<Option<mpsc::Sender<LogRecord>>>,
     counters: Arc<LogCounters>,
@@ -145,6 +147,7 @@ impl LogOutput {
             inner: Arc::new(OutputInner {
                 format,
                 stdout: true,
+                journal: super::systemd::stdout_is_journal(),
                 serial,
                 cloud: Mutex::new(None),
                 counters: Arc::new(LogCounters::default()),
@@ -160,6 +163,7 @@ impl LogOutput {
             inner: Arc::new(OutputInner {
                 format: LogFormat::Json,
                 stdout: false,
+                journal: false,
                 serial: None,
                 cloud: Mutex::new(None),
                 counters: Arc::new(LogCounters::default()),
@@ -196,8 +200,13 @@ impl LogOutput {
                 LogFormat::Json => json.clone(),
                 LogFormat::Text => record.to_text_line(),
             };
+            let prefix = if inner.journal {
+                super::systemd::priority_prefix(record.severity)
+            } else {
+                ""
+            };
             let mut stdout = std::io::stdout().lock();
-            let _ = writeln!(stdout, "{line}");
+            let _ = writeln!(stdout, "{prefix}{line}");
             let _ = stdout.flush();
         }
         if let Some(serial) = &inner.serial

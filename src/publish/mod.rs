@@ -7,3 +7,4 @@ pub mod log;
 pub mod metrics;
 pub mod silenced;
 pub mod state_event;
+pub mod systemd;

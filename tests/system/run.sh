@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# The system tier: the install path and the shipped units on Debian booted under real systemd.
+#
+# For each Debian release (SPA_SYSTEM_SUITES, default "bookworm trixie") it builds (or takes
+# from the cache) a debootstrap root filesystem, makes a release with deploy/release.sh, and
+# boots VMs with systemd-nspawn in a network namespace of its own that holds the VM's world:
+# the metadata-server emulator at 169.254.169.254:80 (metadata.google.internal), a plain HTTP
+# release server with the release and a pinned Envoy binary, and the xDS control plane
+# stand-in. The VM's startup-script metadata is deploy/startup-script.sh, run at boot by a
+# oneshot unit as Compute Engine's guest environment runs it. Each test checks what a VM
+# does with nothing standing in for systemd, useradd, iptables or Envoy.
+#
+# Needs root, debootstrap and systemd-container (tests/setup-system.sh installs them).
+# SPA_SYSTEM_KEEP=1 keeps the work directory of a failed run. Prints PASS/FAIL per test and
+# exits 1 when any failed.
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+cd "$REPO"
+# shellcheck source=tests/system/lib.sh
+. "$HERE/lib.sh"
+# shellcheck source=tests/system/tests.sh
+. "$HERE/tests.sh"
+
+[ "$(id -u)" -eq 0 ] || { echo "tests/system/run.sh: needs root (it boots containers)" >&2; exit 1; }
+for cmd in debootstrap systemd-nspawn nsenter jq curl python3; do
+  command -v "$cmd" >/dev/null || { echo "tests/system/run.sh: $cmd is missing: run tests/setup-system.sh" >&2; exit 1; }
+done
+ENVOY_NATIVE=$(find "$REPO"/.venv/lib/ -path "*/site-packages/envoy/_bin/envoy" -type f 2>/dev/null | head -n 1 || true)
+[ -x "$ENVOY_NATIVE" ] || { echo "tests/system/run.sh: no Envoy in .venv: run tests/setup-envoy.sh" >&2; exit 1; }
+
+started=$SECONDS
+PIDS=()
+MOUNTS=()
+NSPAWN_PID=""
+VM_PID=""
+WORK=$(mktemp -d /var/tmp/spa-system.XXXXXX)
+NETNS=spa-system-$$
+trap cleanup EXIT
+trap 'exit 143' TERM
+trap 'exit 130' INT
+
+log "building the world's programs and a release"
+cargo build --locked --quiet --example metadata-emulator --example fake-control-plane
+EMULATOR=$REPO/target/debug/examples/metadata-emulator
+CONTROL_PLANE=$REPO/target/debug/examples/fake-control-plane
+RELEASE_DIR=$WORK/release
+deploy/release.sh "$RELEASE_DIR" >&2
+TARBALL=$(cd "$RELEASE_DIR" && ls service-proxy-agent-*.tar.gz)
+TARBALL_SHA=$(cut -d' ' -f1 "$RELEASE_DIR/$TARBALL.sha256")
+cp "$ENVOY_NATIVE" "$RELEASE_DIR/envoy"
+ENVOY_SHA=$(sha256sum "$RELEASE_DIR/envoy" | cut -d' ' -f1)
+
+prepare_host
+start_world
+
+FAILED=()
+PASSED=()
+# run_test NAME: runs the function test_NAME; its failure is recorded, the tier goes on.
+run_test() {
+  local t0=$SECONDS
+  log "--- $1"
+  local rc=0
+  set +e
+  (
+    # No pipefail in tests: `... | grep -q` ends its writer early, on purpose.
+    set -e +o pipefail
+    "test_$1"
+  )
+  rc=$?
+  set -e
+  if [ "$rc" -eq 0 ]; then
+    PASSED+=("$1")
+    log "PASS $1 ($((SECONDS - t0))s)"
+  else
+    FAILED+=("$1")
+    log "FAIL $1 ($((SECONDS - t0))s)"
+  fi
+}
+
+for suite in ${SPA_SYSTEM_SUITES:-bookworm trixie}; do
+
+  ROOTFS=$("$HERE/rootfs.sh" "$suite")
+  run_suite "$suite"
+done
+
+log "glibc floor: the release's binary on the oldest Debian debootstrap makes here"
+run_test glibc_floor
+
+log "passed: ${PASSED[*]:-none}"
+if [ ${#FAILED[@]} -gt 0 ]; then
+  log "FAILED: ${FAILED[*]}"
+  log "system tier failed after $((SECONDS - started))s"
+  exit 1
+fi
+log "system tier passed in $((SECONDS - started))s"

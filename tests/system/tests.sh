@@ -1,0 +1,403 @@
+# shellcheck shell=bash
+# shellcheck disable=SC2016 # awk programs and sed patterns are single-quoted on purpose
+# The system tier's tests. Each test_NAME runs in a subshell with `set -e` against the VM that
+# run_suite booted; a test fails when a command in it fails (fail MESSAGE says why).
+
+AGENT_UNIT=service-proxy-agent.service
+# CAP_DAC_READ_SEARCH (2), CAP_NET_ADMIN (12), CAP_NET_RAW (13) and nothing else.
+AGENT_CAPS=0000000000003004
+
+# configure_metadata: the instance template's metadata, as deploy/README.md writes it.
+configure_metadata() {
+  metadata_set_file startup-script deploy/startup-script.sh
+  metadata_set_file gce-service-proxy "$HERE/gce-service-proxy.json"
+  metadata_set service-proxy-agent-source "$RELEASE_URL/$TARBALL"
+  metadata_set service-proxy-agent-sha256 "$TARBALL_SHA"
+  metadata_set service-proxy-agent-envoy-source "$RELEASE_URL/envoy"
+  metadata_set service-proxy-agent-envoy-sha256 "$ENVOY_SHA"
+}
+
+# The tests of one Debian release, in the order a VM lives them.
+run_suite() {
+  local s=$1
+  log "=== Debian $s ($ROOTFS)"
+  new_vm "$s-a"
+  configure_metadata
+  boot "$s-a"
+  run_test "${s}_boot_finishes_bootstrap"
+  run_test "${s}_envoy_runs_as_its_own_user"
+  run_test "${s}_agent_runs_under_its_unit_with_three_capabilities"
+  run_test "${s}_request_to_a_vip_is_answered_by_envoy_through_the_agents_rules"
+  run_test "${s}_journal_priorities_follow_severity"
+  run_test "${s}_systemctl_status_shows_the_verdict"
+  run_test "${s}_reload_rereads_the_config"
+  run_test "${s}_logrotate_rotates_envoys_log_and_envoy_reopens_it"
+  run_test "${s}_stop_ends_it_within_5s"
+  run_test "${s}_frozen_agent_is_restarted_by_the_watchdog"
+  local gets
+  gets=$(release_gets)
+  shutdown_vm
+  log "reboot: the same disk booted again"
+  boot "$s-a"
+  GETS_BEFORE=$gets run_test "${s}_reboot_downloads_nothing"
+  run_test "${s}_uninstall_leaves_nothing"
+  shutdown_vm
+
+  # A second VM whose template pins a wrong SHA-256, then loses its release server, then its
+  # Envoy source: each run fails, and leaves the VM as debootstrap made it.
+  new_vm "$s-b"
+  configure_metadata
+  WRONG_SHA=$(printf '%064d' 0)
+  metadata_set service-proxy-agent-sha256 "$WRONG_SHA"
+  boot "$s-b"
+  run_test "${s}_wrong_sha256_fails_and_installs_nothing"
+  run_test "${s}_unreachable_release_server_fails_and_installs_nothing"
+  run_test "${s}_missing_metadata_fails_and_installs_nothing"
+  shutdown_vm
+}
+
+# Each check_* is a test of every suite: test_<suite>_<name> calls check_<name>.
+for _s in ${SPA_SYSTEM_SUITES:-bookworm trixie}; do
+  for _t in boot_finishes_bootstrap envoy_runs_as_its_own_user \
+    agent_runs_under_its_unit_with_three_capabilities journal_priorities_follow_severity \
+    request_to_a_vip_is_answered_by_envoy_through_the_agents_rules \
+    systemctl_status_shows_the_verdict reload_rereads_the_config stop_ends_it_within_5s \
+    logrotate_rotates_envoys_log_and_envoy_reopens_it \
+    frozen_agent_is_restarted_by_the_watchdog reboot_downloads_nothing uninstall_leaves_nothing \
+    wrong_sha256_fails_and_installs_nothing unreachable_release_server_fails_and_installs_nothing \
+    missing_metadata_fails_and_installs_nothing; do
+    eval "test_${_s}_${_t}() { check_${_t}; }"
+  done
+done
+unset _s _t
+
+main_pid() { vm systemctl show -P MainPID "$1"; }
+unit_state() { vm systemctl show -P ActiveState "$1"; }
+journal_of() { vm journalctl --no-pager -o cat "$@"; }
+
+show_startup_journal() {
+  journal_of -u google-startup-scripts.service | tail -n 40 >&2 || true
+}
+
+check_boot_finishes_bootstrap() {
+  local result status
+  result=$(wait_startup_script 240)
+  if [ "$result" != success ]; then
+    show_startup_journal
+    fail "the startup script ended with result $result (its journal above)"
+  fi
+  status=$(guest_attribute bootstrap-status)
+  [ "$status" = FINISHED ] || fail "bootstrap-status is '$status', not FINISHED"
+  [ "$(unit_state envoy.service)" = active ] || fail "envoy.service is not active"
+  [ "$(unit_state "$AGENT_UNIT")" = active ] || fail "$AGENT_UNIT is not active"
+  vm curl -fsS --max-time 2 http://127.0.0.1:15000/ready | grep -qx LIVE ||
+    fail "Envoy's admin does not answer LIVE"
+}
+
+check_envoy_runs_as_its_own_user() {
+  local pid uid
+  pid=$(main_pid envoy.service)
+  [ "$pid" -gt 0 ] || fail "envoy.service has no main process"
+  uid=$(vm awk '/^Uid:/ {print $2}' "/proc/$pid/status")
+  [ "$(vm id -u envoy)" = "$uid" ] || fail "Envoy runs as UID $uid, not as the user envoy"
+  [ "$uid" != 0 ] || fail "Envoy runs as root"
+  vm getent passwd envoy | grep -q ':/usr/sbin/nologin$' || fail "the user envoy has a login shell"
+  local eff
+  eff=$(vm awk '/^CapEff:/ {print $2}' "/proc/$pid/status")
+  [ "$eff" = 0000000000000000 ] || fail "Envoy has capabilities $eff"
+}
+
+check_agent_runs_under_its_unit_with_three_capabilities() {
+  local pid
+  pid=$(main_pid "$AGENT_UNIT")
+  [ "$pid" -gt 0 ] || fail "$AGENT_UNIT has no main process"
+  local eff bnd
+  eff=$(vm awk '/^CapEff:/ {print $2}' "/proc/$pid/status")
+  bnd=$(vm awk '/^CapBnd:/ {print $2}' "/proc/$pid/status")
+  [ "$eff" = "$AGENT_CAPS" ] ||
+    fail "the agent's effective capabilities are $eff, not $AGENT_CAPS (CAP_NET_ADMIN CAP_NET_RAW CAP_DAC_READ_SEARCH)"
+  [ "$bnd" = "$AGENT_CAPS" ] || fail "the agent's bounding set is $bnd, not $AGENT_CAPS"
+  vm cat "/proc/$pid/cmdline" | tr '\0' ' ' | grep -q -- '--interception=enforce' ||
+    fail "the agent does not run in enforce mode"
+  # Enforce mode did its work: the interception chains exist in the VM's own netfilter.
+  wait_for 30 "the agent's SERVICE_PROXY chains" sh -c \
+    "nsenter -t $VM_PID -a -- iptables-save -t nat | grep -q '^:SERVICE_PROXY'"
+  [ "$(vm systemctl show -P NRestarts "$AGENT_UNIT")" = 0 ] || fail "the agent restarted"
+}
+
+check_request_to_a_vip_is_answered_by_envoy_through_the_agents_rules() {
+  # Envoy got its listeners from the control plane over TLS (google_grpc, the VM's token).
+  wait_for 60 "Envoy's xDS stream to the control plane" sh -c \
+    "nsenter -t $VM_PID -a -- curl -fsS 'http://127.0.0.1:15000/stats?filter=^control_plane.connected_state\$' | grep -qx 'control_plane.connected_state: 1'"
+  wait_for 30 "Envoy's interception listener from the control plane" sh -c \
+    "nsenter -t $VM_PID -a -- curl -fsS http://127.0.0.1:15000/listeners | grep -q ':15001$'"
+  # The agent put the VIP into its redirect chain (enforce mode, its real capabilities).
+  wait_for 60 "the agent to intercept $SERVICE_VIP" sh -c \
+    "nsenter -t $VM_PID -a -- iptables-save -t nat | grep -q -- '-d $SERVICE_VIP/32'"
+  # A process of an ordinary user connects to the VIP: real packets, redirected by the
+  # agent's rules to Envoy's interception listener, answered by the route the control plane
+  # sent (a direct response naming the service).
+  local body
+  body=$(vm setpriv --reuid 65534 --regid 65534 --clear-groups -- \
+    curl -sS --max-time 5 -D - "http://$SERVICE_VIP/" 2>&1) ||
+    fail "the request to $SERVICE_VIP was not answered: $body"
+  case $body in
+    *"vip=$SERVICE_VIP"*) ;;
+    *) fail "the answer from $SERVICE_VIP is not Envoy's route: '$body'" ;;
+  esac
+  printf '%s\n' "$body" | grep -qi '^server: envoy' || fail "the answer does not come from Envoy: $body"
+  # Without the agent's rules nobody answers: the chains are what made it work.
+  vm service-proxy-agent intercept clear >/dev/null
+  vm systemctl stop "$AGENT_UNIT"
+  if vm setpriv --reuid 65534 --regid 65534 --clear-groups -- \
+    curl -sS --max-time 3 "http://$SERVICE_VIP/" >/dev/null 2>&1; then
+    fail "$SERVICE_VIP answered without interception"
+  fi
+  vm systemctl start "$AGENT_UNIT"
+  wait_for 60 "the agent to intercept $SERVICE_VIP again" sh -c \
+    "nsenter -t $VM_PID -a -- iptables-save -t nat | grep -q -- '-d $SERVICE_VIP/32'"
+}
+
+check_journal_priorities_follow_severity() {
+  # An error finding on purpose: Envoy stopped. While it is, the journal's err priority lists
+  # ENVOY_NOT_RUNNING and systemctl status says FAILING with it.
+  local since
+  since=$(vm date '+%Y-%m-%d %H:%M:%S')
+  vm systemctl stop envoy.service
+  wait_for 60 "ENVOY_NOT_RUNNING at priority err" sh -c \
+    "nsenter -t $VM_PID -a -- journalctl --no-pager -o cat -p err -u $AGENT_UNIT --since '$since' | grep -q '\"finding\":\"ENVOY_NOT_RUNNING\"'"
+  wait_for 30 "the verdict FAILING in systemctl status" sh -c \
+    "nsenter -t $VM_PID -a -- systemctl status --no-pager $AGENT_UNIT | grep -q 'Status: \"FAILING: .*ENVOY_NOT_RUNNING'"
+  vm systemctl start envoy.service
+  local errs
+  errs=$(journal_of -p err -u "$AGENT_UNIT")
+  if printf '%s\n' "$errs" | grep -q '"severity":"INFO"'; then
+    fail "an INFO line is at priority err: $(printf '%s\n' "$errs" | grep '"severity":"INFO"' | head -n 1)"
+  fi
+  if printf '%s\n' "$errs" | grep -q '"severity":"WARNING"'; then
+    fail "a WARNING line is at priority err"
+  fi
+  journal_of -p info -u "$AGENT_UNIT" | grep -q '"severity":"INFO"' || fail "no INFO line at all"
+  if journal_of -u "$AGENT_UNIT" | grep -q '^<[0-7]>'; then
+    fail "a priority prefix reached the journal's text (journald did not take it as the priority)"
+  fi
+  # Back to a healthy Envoy; the finding clears.
+  wait_for 60 "ENVOY_NOT_RUNNING to clear" sh -c \
+    "nsenter -t $VM_PID -a -- journalctl --no-pager -o cat -u $AGENT_UNIT --since '$since' | grep -q 'ENVOY_NOT_RUNNING cleared'"
+}
+
+check_systemctl_status_shows_the_verdict() {
+  local status
+  wait_for 30 "a STATUS= verdict" sh -c \
+    "nsenter -t $VM_PID -a -- systemctl show -P StatusText $AGENT_UNIT | grep -Eq '^(OK|DEGRADED|FAILING)'"
+  status=$(vm systemctl show -P StatusText "$AGENT_UNIT")
+  log "StatusText: $status"
+  case $status in
+    *"| interception enforce") ;;
+    *) fail "StatusText '$status' does not end with the interception mode" ;;
+  esac
+  # What an operator sees. (That the verdict follows the findings is checked while Envoy is
+  # stopped, in journal_priorities_follow_severity: FAILING with ENVOY_NOT_RUNNING.)
+  # (Read together, again until they agree: the verdict may move on between two reads.)
+  wait_for 30 "systemctl status to show the verdict" nsenter -t "$VM_PID" -a -- sh -c \
+    "s=\$(systemctl show -P StatusText $AGENT_UNIT); systemctl status --no-pager $AGENT_UNIT | grep -qF \"Status: \\\"\$s\\\"\""
+}
+
+check_reload_rereads_the_config() {
+  local pid
+  pid=$(main_pid "$AGENT_UNIT")
+  vm mkdir -p /etc/service-proxy-agent
+  printf 'poll-interval = "7s"\n' | vm tee /etc/service-proxy-agent/config.toml >/dev/null
+  local since
+  since=$(vm date '+%Y-%m-%d %H:%M:%S')
+  vm systemctl reload "$AGENT_UNIT"
+  wait_for 10 "the reload to be logged" sh -c \
+    "nsenter -t $VM_PID -a -- journalctl --no-pager -o cat -u $AGENT_UNIT --since '$since' | grep -q 'SIGHUP: config reloaded'"
+  journal_of -u "$AGENT_UNIT" --since "$since" | grep 'SIGHUP: config reloaded' | grep -q '"poll_interval":"7s"' ||
+    fail "the reload did not take poll-interval 7s: $(journal_of -u "$AGENT_UNIT" --since "$since" | grep SIGHUP)"
+  [ "$(main_pid "$AGENT_UNIT")" = "$pid" ] || fail "reload restarted the agent"
+  [ "$(unit_state "$AGENT_UNIT")" = active ] || fail "the unit is $(unit_state "$AGENT_UNIT") after the reload"
+  vm rm -f /etc/service-proxy-agent/config.toml
+  vm systemctl reload "$AGENT_UNIT"
+}
+
+# The shipped logrotate config, forced: the log is renamed, a new one created for the user
+# envoy, and Envoy (SIGUSR1 from the postrotate script, through systemd) writes into the new one.
+check_logrotate_rotates_envoys_log_and_envoy_reopens_it() {
+  local log=/var/log/envoy/envoy.err.log pid
+  pid=$(main_pid envoy.service)
+  vm test -s "$log" || fail "Envoy has not written $log"
+  vm logrotate -f /etc/logrotate.d/envoy
+  vm test -s "$log.1" || fail "$log was not rotated to $log.1"
+  [ "$(vm stat -c %U "$log")" = envoy ] || fail "the new $log is not the user envoy's"
+  wait_for 10 "Envoy to reopen its log" nsenter -t "$VM_PID" -a -- grep -q 'Reopening access logs' "$log"
+  [ "$(main_pid envoy.service)" = "$pid" ] || fail "logrotate restarted Envoy"
+}
+
+check_stop_ends_it_within_5s() {
+  local t0 took
+  t0=$(date +%s%N)
+  vm systemctl stop "$AGENT_UNIT"
+  took=$((($(date +%s%N) - t0) / 1000000))
+  log "systemctl stop took ${took} ms"
+  [ "$took" -lt 5000 ] || fail "systemctl stop took ${took} ms"
+  vm systemctl show -P Result "$AGENT_UNIT" | grep -qx success ||
+    fail "the agent did not end cleanly: $(vm systemctl show -P Result "$AGENT_UNIT")"
+  vm systemctl start "$AGENT_UNIT"
+  [ "$(unit_state "$AGENT_UNIT")" = active ] || fail "the agent did not start again"
+}
+
+check_frozen_agent_is_restarted_by_the_watchdog() {
+  # The unit's WatchdogSec is 60 s; a runtime drop-in shortens it to 6 s so the test takes
+  # seconds. What is tested is unchanged: the agent pings from its main loop, systemd kills
+  # and restarts it when the pings stop.
+  vm mkdir -p /run/systemd/system/$AGENT_UNIT.d
+  printf '[Service]\nWatchdogSec=6s\n' | vm tee /run/systemd/system/$AGENT_UNIT.d/watchdog.conf >/dev/null
+  vm systemctl daemon-reload
+  vm systemctl restart "$AGENT_UNIT"
+  local pid
+  pid=$(main_pid "$AGENT_UNIT")
+  # Running for longer than the watchdog period unfrozen: it does ping.
+  sleep 8
+  [ "$(main_pid "$AGENT_UNIT")" = "$pid" ] || fail "the agent was restarted while it was not frozen"
+  vm kill -STOP "$pid"
+  wait_for 30 "the watchdog to restart the frozen agent" sh -c \
+    "p=\$(nsenter -t $VM_PID -a -- systemctl show -P MainPID $AGENT_UNIT); [ \"\$p\" != $pid ] && [ \"\$p\" != 0 ]"
+  journal_of -u "$AGENT_UNIT" | grep -q 'Watchdog timeout' || fail "no watchdog timeout in the journal"
+  vm rm -rf /run/systemd/system/$AGENT_UNIT.d
+  vm systemctl daemon-reload
+  vm systemctl restart "$AGENT_UNIT"
+}
+
+check_reboot_downloads_nothing() {
+  local result
+  result=$(wait_startup_script 240)
+  [ "$result" = success ] || { show_startup_journal; fail "the startup script ended with $result after the reboot"; }
+  [ "$(guest_attribute bootstrap-status)" = FINISHED ] || fail "bootstrap-status is not FINISHED after the reboot"
+  local gets
+  gets=$(release_gets)
+  [ "$gets" = "$GETS_BEFORE" ] ||
+    fail "the reboot downloaded from the release server: $((gets - GETS_BEFORE)) request(s)"
+  journal_of -u google-startup-scripts.service -b 0 | grep -q 'agent unchanged' || fail "no 'agent unchanged'"
+  journal_of -u google-startup-scripts.service -b 0 | grep -q 'Envoy unchanged' || fail "no 'Envoy unchanged'"
+  wait_for 30 "the SERVICE_PROXY chains after the reboot" sh -c \
+    "nsenter -t $VM_PID -a -- iptables-save -t nat | grep -q '^:SERVICE_PROXY'"
+}
+
+# The uninstall of deploy/README.md, run as written there.
+check_uninstall_leaves_nothing() {
+  sed -n '/^<!-- uninstall -->$/,/^<!-- \/uninstall -->$/p' deploy/README.md |
+    sed -n '/^```sh$/,/^```$/p' | grep -v '^```' >"$WORK/uninstall.sh"
+  [ -s "$WORK/uninstall.sh" ] || fail "deploy/README.md has no uninstall commands"
+  vm bash -euxo pipefail <"$WORK/uninstall.sh" >&2
+  local left
+  left=$(vm sh -c 'iptables-save; ip6tables-save' | grep -i 'SERVICE_PROXY' || true)
+  [ -z "$left" ] || fail "rules left: $left"
+  for f in /usr/local/bin/service-proxy-agent /usr/local/bin/envoy /etc/envoy \
+    /etc/systemd/system/envoy.service /etc/systemd/system/$AGENT_UNIT \
+    /etc/logrotate.d/envoy /var/lib/service-proxy-agent /var/log/envoy \
+    /etc/service-proxy-agent; do
+    if vm test -e "$f"; then fail "$f is left"; fi
+  done
+  if vm getent passwd envoy >/dev/null; then fail "the user envoy is left"; fi
+  local units
+  units=$(vm systemctl list-units --all --no-legend 'envoy*' 'service-proxy*' || true)
+  [ -z "$units" ] || fail "units left: $units"
+}
+
+# A run of the startup script in the VM, as the guest environment runs it; prints its result.
+rerun_startup_script() {
+  vm systemctl start google-startup-scripts.service || true
+  vm systemctl show -P Result google-startup-scripts.service
+}
+
+# nothing_installed: the VM is as debootstrap made it.
+nothing_installed() {
+  local f
+  for f in /usr/local/bin/service-proxy-agent /usr/local/bin/envoy /etc/envoy \
+    /etc/systemd/system/envoy.service /etc/systemd/system/$AGENT_UNIT \
+    /etc/logrotate.d/envoy /var/lib/service-proxy-agent; do
+    if vm test -e "$f"; then fail "$f was installed"; fi
+  done
+  if vm getent passwd envoy >/dev/null; then fail "the user envoy was created"; fi
+  # Nor any of the script's temporary files.
+  local stray
+  stray=$(vm find /usr/local/bin /tmp /var/tmp /run -mindepth 1 -maxdepth 1 \
+    \( -path '/usr/local/bin/*' -o -name 'service-proxy-agent*' -o -name 'startup-script.*' \))
+  [ -z "$stray" ] || fail "files left behind: $stray"
+}
+
+# expect_failure STEP TEXT: bootstrap-status FAILED, bootstrap-last-failure names STEP and has TEXT.
+expect_failure() {
+  local status reason
+  status=$(guest_attribute bootstrap-status)
+  reason=$(guest_attribute bootstrap-last-failure)
+  log "bootstrap-last-failure: $reason"
+  [ "$status" = FAILED ] || fail "bootstrap-status is '$status', not FAILED"
+  case $reason in
+    "step $1 failed"*"$2"*) ;;
+    *) fail "bootstrap-last-failure '$reason' does not name step $1 with '$2'" ;;
+  esac
+}
+
+check_wrong_sha256_fails_and_installs_nothing() {
+  local result
+  result=$(wait_startup_script 240)
+  [ "$result" != success ] || fail "the startup script succeeded with a wrong SHA-256"
+  expect_failure install-agent "expected $WRONG_SHA"
+  nothing_installed
+}
+
+check_unreachable_release_server_fails_and_installs_nothing() {
+  metadata_set service-proxy-agent-sha256 "$TARBALL_SHA"
+  # Nothing listens there: every try is refused, then the bounded retries give up.
+  metadata_set service-proxy-agent-source "http://$RELEASE_IP:9/$TARBALL"
+  local result
+  result=$(rerun_startup_script)
+  [ "$result" != success ] || fail "the startup script succeeded without its release server"
+  expect_failure install-agent "failed after 4 tries"
+  nothing_installed
+}
+
+check_missing_metadata_fails_and_installs_nothing() {
+  metadata_set service-proxy-agent-source "$RELEASE_URL/$TARBALL"
+  metadata_del service-proxy-agent-envoy-source
+  # The agent is fetched and verified, the bootstrap written: all of it in temporary files,
+  # none of it installed when the next step fails.
+  local result
+  result=$(rerun_startup_script)
+  [ "$result" != success ] || fail "the startup script succeeded without an Envoy source"
+  expect_failure install-envoy "service-proxy-agent-envoy-source"
+  nothing_installed
+}
+
+# The release's binary runs on the oldest Debian debootstrap makes here (bullseye, glibc 2.31;
+# older suites are off deb.debian.org), and the binary asks for nothing newer than its floor.
+test_glibc_floor() {
+  local old dir
+  old=${SPA_SYSTEM_OLDEST:-bullseye}
+  dir=$("$HERE/rootfs.sh" "$old" minimal)
+  mkdir -p "$WORK/floor"
+  tar -xzf "$RELEASE_DIR/$TARBALL" -C "$WORK/floor"
+  local bin
+  bin=$(find "$WORK/floor" -path '*/bin/service-proxy-agent' -type f | head -n 1)
+  local newest
+  newest=$(objdump -T "$bin" | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -n 1)
+  log "the release's binary needs $newest at most"
+  [ "$(printf '%s\n' GLIBC_2.17 "$newest" | sort -V | tail -n 1)" = GLIBC_2.17 ] ||
+    fail "the binary needs $newest, above the stated floor GLIBC_2.17"
+  # A copy of the tree (the cached one is never written to) with the binary in it.
+  local root=$WORK/floor-root
+  mkdir -p "$root" "$WORK/floor-up" "$WORK/floor-work"
+  mount -t overlay overlay -o "lowerdir=$dir,upperdir=$WORK/floor-up,workdir=$WORK/floor-work" "$root"
+  install -m 0755 "$bin" "$root/usr/local/bin/service-proxy-agent"
+  local out
+  out=$(chroot "$root" /usr/local/bin/service-proxy-agent version 2>&1) || {
+    umount "$root"
+    fail "the agent does not run on Debian $old: $out"
+  }
+  local libc
+  libc=$(chroot "$root" ldd --version 2>&1 | head -n 1)
+  umount "$root"
+  log "on Debian $old ($libc): $out"
+}
