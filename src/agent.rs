@@ -1,4 +1,4 @@
-//! The daemon (SPEC §5): observe → diagnose → publish / act, once per poll, and at once when
+//! The daemon (docs/contract.md#5-daemon): observe → diagnose → publish / act, once per poll, and at once when
 //! Envoy logs a failure.
 //!
 //! Everything that can be missing (Envoy, its log directory, the metadata server, iptables) is
@@ -203,7 +203,7 @@ impl Agent {
                 tracing::info!("Cloud Logging on; entries are sent once the VM's project is known")
             }
         }
-        // "Empty when none since start" (SPEC §3).
+        // "Empty when none since start" (docs/contract.md#3-guest-attributes).
         self.publisher.update(|p| p.set(keys::LAST_FAILURE, ""));
         self.start_metrics().await;
         self.start_follower();
@@ -601,7 +601,7 @@ impl Agent {
         self.failure("envoy_log_file", self.unreadable_logs.describe());
     }
 
-    /// Inputs that are not valid networks, ports or ranges never reach iptables (SPEC §7); each
+    /// Inputs that are not valid networks, ports or ranges never reach iptables (docs/contract.md#7-interception); each
     /// new set of them is reported once.
     fn report_ignored(&mut self, snap: &Snapshot, plan_ignored: Vec<String>) {
         let Some(summary) = &snap.listener_summary else {

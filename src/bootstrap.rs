@@ -1,4 +1,4 @@
-//! `envoy-bootstrap`: Envoy's Cloud Service Mesh bootstrap for this VM (SPEC §2).
+//! `envoy-bootstrap`: Envoy's Cloud Service Mesh bootstrap for this VM (docs/contract.md#2-command-line).
 //!
 //! Two halves: [`BootstrapInput::resolve`] gathers what the bootstrap depends on (the VM's
 //! metadata, the `gce-service-proxy` attribute, the agent's own settings) and refuses when
@@ -53,7 +53,7 @@ use crate::observe::metadata::{
 };
 use crate::text;
 
-/// Node metadata keys Cloud Service Mesh reads (REFERENCE.md).
+/// Node metadata keys Cloud Service Mesh reads (docs/outside-world.md#bootstrap-node-metadata).
 pub const NETWORK_NAME_KEY: &str = "TRAFFICDIRECTOR_NETWORK_NAME";
 pub const PROJECT_NUMBER_KEY: &str = "TRAFFICDIRECTOR_GCP_PROJECT_NUMBER";
 pub const INTERCEPTION_PORT_KEY: &str = "TRAFFICDIRECTOR_INTERCEPTION_PORT";
@@ -79,7 +79,7 @@ fn uuid_namespace() -> Uuid {
     Uuid::new_v5(&Uuid::NAMESPACE_URL, b"service-proxy-agent:envoy-node-id")
 }
 
-/// Exit status when something the bootstrap needs is missing (SPEC §2).
+/// Exit status when something the bootstrap needs is missing (docs/contract.md#2-command-line).
 pub const EXIT_MISSING: u8 = 1;
 
 #[derive(Debug, Error, Clone, PartialEq, Eq)]

@@ -1,4 +1,4 @@
-//! Command line (SPEC §2). Parsing and dispatch only; each command lives in its own module.
+//! Command line (docs/contract.md#2-command-line). Parsing and dispatch only; each command lives in its own module.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -61,7 +61,7 @@ pub enum Command {
         #[arg(long, env = "SPA_OUT", value_name = "FILE")]
         out: Option<PathBuf>,
     },
-    /// The state of many VMs at once, read from Google's APIs (SPEC §9)
+    /// The state of many VMs at once, read from Google's APIs (docs/contract.md#9-fleet)
     Fleet(crate::fleet::cmd::FleetArgs),
     /// Print the agent's version
     Version,
@@ -82,7 +82,7 @@ pub enum InterceptAction {
     Plan,
     /// Apply it once
     Apply,
-    /// Remove the agent's SERVICE_PROXY_* chains (those of SPEC §7) and their jumps, nothing else
+    /// Remove the agent's SERVICE_PROXY_* chains (those of docs/contract.md#7-interception) and their jumps, nothing else
     Clear,
 }
 
@@ -94,7 +94,7 @@ pub enum BootstrapStatus {
 }
 
 impl BootstrapStatus {
-    /// The guest-attribute value (SPEC §3).
+    /// The guest-attribute value (docs/contract.md#3-guest-attributes).
     pub fn attribute_value(self) -> &'static str {
         match self {
             BootstrapStatus::InProgress => "IN PROGRESS",
@@ -208,7 +208,7 @@ pub fn main() -> ExitCode {
     let code = runtime.block_on(dispatch(cli, settings));
     // Dropping the runtime would wait for every blocking task (a DNS lookup of an unreachable
     // Cloud Logging endpoint, the log follower's thread) without bound; SIGTERM must end the
-    // process within 5 s (SPEC §5).
+    // process within 5 s (docs/contract.md#5-daemon).
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));
     code
 }

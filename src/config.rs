@@ -1,4 +1,4 @@
-//! Resolved settings: flag > `SPA_*` environment > TOML file > default (SPEC §2).
+//! Resolved settings: flag > `SPA_*` environment > TOML file > default (docs/contract.md#2-command-line).
 //!
 //! clap gives us "flag or env" as an `Option`; the file fills what is still unset; defaults fill
 //! the rest. Every value, wherever it comes from, goes through the same parser so a bad value
@@ -318,7 +318,7 @@ pub struct CommonArgs {
     #[arg(long, global = true, env = "SPA_CONTROL_PLANE", value_name = "HOST:PORT", value_parser = parse_host_port)]
     pub control_plane: Option<HostPort>,
 
-    /// on | off: the project-side checks with Google's APIs (SPEC §10) [default: on]
+    /// on | off: the project-side checks with Google's APIs (docs/contract.md#10-project-side-checks) [default: on]
     #[arg(long, global = true, env = "SPA_CLOUD_CHECKS", value_name = "on|off", value_parser = parse_bool)]
     pub cloud_checks: Option<bool>,
 
@@ -419,7 +419,7 @@ pub struct Settings {
     pub control_plane: HostPort,
     /// `host[:port]` of the metadata server (`GCE_METADATA_HOST`, as Google's libraries do).
     pub metadata_host: String,
-    /// `--cloud-checks` (SPEC §10).
+    /// `--cloud-checks` (docs/contract.md#10-project-side-checks).
     pub cloud_checks: bool,
     pub api_endpoints: crate::observe::project::ApiEndpoints,
     /// The config file's `ignore-findings`.

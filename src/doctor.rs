@@ -1,4 +1,4 @@
-//! `doctor`: one observation, all checks, a report (SPEC §4.3).
+//! `doctor`: one observation, all checks, a report (docs/contract.md#4-3-doctor-output).
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant, SystemTime};
@@ -28,7 +28,7 @@ pub struct Report {
     pub generated_at: SystemTime,
     pub diagnosis: Diagnosis,
     pub observed: Observed,
-    /// The project-side checks, each passed / found / not checked (SPEC §10).
+    /// The project-side checks, each passed / found / not checked (docs/contract.md#10-project-side-checks).
     pub project: crate::diagnose::project::ProjectReport,
 }
 
@@ -55,7 +55,7 @@ impl Report {
         self.diagnosis.health()
     }
 
-    /// SPEC §2: 0 when no finding of severity `error`, 1 otherwise.
+    /// docs/contract.md#2-command-line: 0 when no finding of severity `error`, 1 otherwise.
     pub fn exit_code(&self) -> u8 {
         u8::from(
             self.diagnosis
@@ -190,7 +190,7 @@ fn plural(n: usize) -> &'static str {
 }
 
 /// Observes once (or keeps observing for `wait`), diagnoses, prints the report; returns the exit
-/// status of SPEC §2.
+/// status of docs/contract.md#2-command-line.
 pub async fn run(settings: &Settings, json: bool, wait: Option<Duration>) -> anyhow::Result<u8> {
     let report = observe_and_diagnose(settings, wait).await;
     // Redacted as the daemon redacts what it publishes: log lines can hold tokens.

@@ -1,4 +1,4 @@
-//! The findings catalogue (SPEC §4.1): stable IDs, their severity, the guide section they come
+//! The findings catalogue (docs/contract.md#4-1-catalogue): stable IDs, their severity, the guide section they come
 //! from and the default wording. Checks build [`Finding`]s from here so that the contract (IDs,
 //! severities, doc references) lives in one place.
 
@@ -39,7 +39,7 @@ impl fmt::Display for Severity {
 }
 
 /// Sections of the troubleshooting guide ("Troubleshooting Envoy deployments", the page in
-/// `seeds/`), used as the `doc` field so an SRE can find the manual procedure we automate.
+/// docs/troubleshooting-guide.md), used as the `doc` field so an SRE can find the manual procedure we automate.
 pub mod doc {
     pub const ENVOY_VERSION: &str =
         "Troubleshooting Envoy deployments › Check the Envoy version installed on the VM";
@@ -232,7 +232,7 @@ impl fmt::Display for FindingId {
     }
 }
 
-/// One diagnosed fault: SPEC §4's `{id, severity, summary, detail, remediation, doc}`.
+/// One diagnosed fault: docs/contract.md#4-findings's `{id, severity, summary, detail, remediation, doc}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Finding {
     pub id: FindingId,
@@ -267,7 +267,7 @@ impl Finding {
     }
 }
 
-/// SPEC §4.2.
+/// docs/contract.md#4-2-health.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Health {

@@ -1,4 +1,4 @@
-//! When and how the project-side checks (SPEC §10) run, for the daemon and for `doctor`.
+//! When and how the project-side checks (docs/contract.md#10-project-side-checks) run, for the daemon and for `doctor`.
 //!
 //! The calls go to Google, cost quota and may hang, so they never run in the poll cycle: the
 //! daemon starts them in their own task and takes the answers at a later cycle. When to run is
@@ -229,7 +229,7 @@ impl ProjectChecks {
         self.log_not_checked(&report, matches!(input, ProjectInput::Observed(_)));
     }
 
-    /// Each check that cannot run is logged once per reason (SPEC §4.1); when none can run,
+    /// Each check that cannot run is logged once per reason (docs/contract.md#4-1-catalogue); when none can run,
     /// one line says why.
     fn log_not_checked(&mut self, report: &ProjectReport, observed: bool) {
         if !observed {

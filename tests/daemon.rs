@@ -170,7 +170,7 @@ fn publishes_envoy_state_within_budget_and_follows_envoy_down_and_up() {
             "{v}"
         );
     }
-    // The `state` events (SPEC §6): the first at start, then one at each change of health or
+    // The `state` events (docs/contract.md#6-logs): the first at start, then one at each change of health or
     // findings (the 10-minute repeat is beyond this run), each with the whole state.
     let states: Vec<serde_json::Value> = agent
         .json_lines()

@@ -438,7 +438,7 @@ fn read_recent_reads_tails_and_reports_each_bad_file() {
         big_tail.newest_time.as_deref(),
         Some("2026-11-22 02:38:42.734")
     );
-    // A link is never followed (SPEC §11), dangling or not.
+    // A link is never followed (docs/contract.md#11-trust), dangling or not.
     assert!(matches!(&tails[1].tail, Err(LogError::NotAFile { .. })));
     assert!(matches!(&tails[2].tail, Err(LogError::NotAFile { .. })));
     let envoy = tails[3].tail.as_ref().unwrap();

@@ -1,4 +1,4 @@
-//! Hostile content never crosses a boundary (SPEC §3, §5, §6, §7), end to end through the real
+//! Hostile content never crosses a boundary (docs/contract.md#3-guest-attributes, §5, §6, §7), end to end through the real
 //! binary:
 //!
 //! - prefix ranges of Envoy's listeners that are not IP networks (iptables syntax, a bad

@@ -717,8 +717,8 @@ fn damaged_state_from_an_older_agent_is_repaired_in_one_transaction() {
         assert_eq!(r.restores, 1, "{r:?}");
         match &r.v4 {
             FamilyOutcome::Changed { transaction, .. } => {
-                // SERVICE_PROXY_LEGACY is not one of SPEC §7's chains: not ours, left alone
-                // with the jump into it (SPEC §11).
+                // SERVICE_PROXY_LEGACY is not one of docs/contract.md#7-interception's chains: not ours, left alone
+                // with the jump into it (docs/contract.md#11-trust).
                 assert!(transaction.removed_chains.is_empty(), "{transaction:?}");
                 assert_eq!((transaction.deleted_jumps, transaction.added_jumps), (1, 0));
             }

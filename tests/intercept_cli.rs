@@ -35,7 +35,7 @@ fn plan_changes_nothing_apply_applies_clear_removes_only_ours() {
         let admin = free_addr();
         bootstrap.admin = Some(admin);
         // Envoy as its own user: the agent programs only from an admin whose socket is the
-        // Envoy user's (SPEC §11).
+        // Envoy user's (docs/contract.md#11-trust).
         let mut cfg = bootstrap.envoy_config();
         cfg.run_as = Some((1337, 1337));
         let envoy = Envoy::start(cfg)?;

@@ -433,7 +433,7 @@ fn captured_unreachable_control_plane() {
         ads.iter()
             .all(|(_, s)| s.code == 14 && s.target.as_deref() == Some("xds_cluster"))
     );
-    // What REFERENCE.md says: 14 is logged at debug for the first 30 s, then as a warning that
+    // What docs/outside-world.md#envoy-stream-closed says: 14 is logged at debug for the first 30 s, then as a warning that
     // says for how long.
     for (e, s) in &ads {
         let at = (e.local_millis().unwrap() - start) / 1000;

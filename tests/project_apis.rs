@@ -1,4 +1,4 @@
-//! The project-side calls (SPEC §10) against testkit's emulators of Google's APIs, with the token
+//! The project-side calls (docs/contract.md#10-project-side-checks) against testkit's emulators of Google's APIs, with the token
 //! the metadata emulator issues, read through the agent's own metadata client:
 //! - the emulators are first proved with Google's real `google-api-python-client`;
 //! - then every typed result the agent's calls give: answers, and each "not checked" path

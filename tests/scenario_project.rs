@@ -1,4 +1,4 @@
-//! The project-side checks (SPEC §10) end to end, from real parts: real Envoy against the xDS
+//! The project-side checks (docs/contract.md#10-project-side-checks) end to end, from real parts: real Envoy against the xDS
 //! stand-in, the metadata emulator issuing the token, and testkit's emulators of Google's APIs
 //! checking it (`testkit::project_apis`, proved with Google's Python client in
 //! `tests/project_apis.rs`), through the real `doctor --json` binary and the real daemon.

@@ -1,4 +1,4 @@
-//! A scenario per finding of the catalogue (SPEC §4.1), each produced by a real failure: real
+//! A scenario per finding of the catalogue (docs/contract.md#4-1-catalogue), each produced by a real failure: real
 //! Envoy against the xDS stand-in (`testkit::xds`) closing streams or serving broken
 //! configuration, the metadata-server emulator, real health checks, real file permissions for
 //! an unprivileged Envoy. Most go through the real `doctor --json` binary; those that need a

@@ -188,7 +188,7 @@ fn envoy_unit_is_confined_too() {
     assert!(unit.contains("\nUser=envoy\n"), "{unit}");
 }
 
-/// The agent's descriptor budget in its unit covers its caps (SPEC §11: files under the log
+/// The agent's descriptor budget in its unit covers its caps (docs/contract.md#11-trust: files under the log
 /// directory and metrics connections are bounded in number) with room for everything else.
 #[test]
 fn agent_unit_limits_descriptors_above_the_agents_own_caps() {

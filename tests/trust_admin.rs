@@ -1,4 +1,4 @@
-//! SPEC §11 ("Trust"), the admin side: each attack of issue 15 made as the user who would make
+//! docs/contract.md#11-trust ("Trust"), the admin side: each attack of issue 15 made as the user who would make
 //! it, against the agent run with exactly the unit's capabilities (`CAP_NET_ADMIN
 //! CAP_NET_RAW CAP_DAC_READ_SEARCH`: no `CAP_SYS_PTRACE`, so Envoy's `/proc/<pid>/fd` is
 //! closed to it), inside private network namespaces, with real iptables and real packets.

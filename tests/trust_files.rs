@@ -1,4 +1,4 @@
-//! SPEC §11 for files under Envoy's log directory, attacked as the unprivileged user who can
+//! docs/contract.md#11-trust for files under Envoy's log directory, attacked as the unprivileged user who can
 //! write it (UID 65534 here; the directory is made world-writable, as on a VM where it is):
 //! the follower is never blinded by an inode number reused from a file it chose to ignore,
 //! never blocked by a FIFO or fed /dev/zero swapped in under a log's name, never follows a

@@ -37,7 +37,7 @@ pub struct Options {
     pub trials: usize,
 }
 
-/// Guest-attribute namespace and keys (SPEC §3).
+/// Guest-attribute namespace and keys (docs/contract.md#3-guest-attributes).
 const NAMESPACE: &str = "gce-service-proxy";
 
 /// Extra arguments for `run`, to try variations: `SPA_BENCH_AGENT_ARGS="--x --y"`.
@@ -90,7 +90,7 @@ impl Drop for World {
     }
 }
 
-/// SIGTERM, then SIGKILL after 5 s (SPEC §5: it stops within 5 s). True if it stopped by itself.
+/// SIGTERM, then SIGKILL after 5 s (docs/contract.md#5-daemon: it stops within 5 s). True if it stopped by itself.
 fn stop(child: &mut Child) -> bool {
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);

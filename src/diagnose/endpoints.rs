@@ -14,7 +14,7 @@ use crate::observe::Snapshot;
 use crate::observe::envoy_admin::{ClusterStatus, HostHealth};
 use crate::text::{strip_control, truncate_with_ellipsis};
 
-/// At or above this share of unhealthy endpoints, health is ignored (SPEC §4.1).
+/// At or above this share of unhealthy endpoints, health is ignored (docs/contract.md#4-1-catalogue).
 pub const PANIC_PERCENT: usize = 99;
 /// Clusters named in one detail.
 const MAX_CLUSTERS: usize = 8;

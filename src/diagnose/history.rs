@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::observe::Snapshot;
 use crate::observe::envoy_admin::ServerState;
 
-/// How far back restarts are counted (SPEC: more than twice in 10 minutes).
+/// How far back restarts are counted (docs/contract.md#4-1-catalogue: more than twice in 10 minutes).
 pub const RESTART_WINDOW: Duration = Duration::from_secs(600);
 
 #[derive(Debug, Clone, Default)]

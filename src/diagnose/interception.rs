@@ -1,4 +1,4 @@
-//! Verify-side interception checks (SPEC §4.1: INTERCEPTION_MISSING, INTERCEPTION_LOOP,
+//! Verify-side interception checks (docs/contract.md#4-1-catalogue: INTERCEPTION_MISSING, INTERCEPTION_LOOP,
 //! SERVICE_NOT_INTERCEPTED, INBOUND_PORT_NOT_INTERCEPTED, INBOUND_PORT_BLOCKED,
 //! IPTABLES_UNAVAILABLE). Pure: parsed rulesets and plain values in, findings out.
 //!

@@ -1,5 +1,5 @@
 //! Envoy log entries → typed events. One matcher per kind of line takes every form Envoy has
-//! written across versions (REFERENCE.md, "Envoy log lines"):
+//! written across versions (docs/outside-world.md#envoy-log-lines):
 //!
 //! - stream closed: `gRPC config stream closed: 5, M` (≤1.13), `METHOD gRPC config stream
 //!   closed: 5, M` (1.14–1.19), `... closed since 39s ago: 14, M` and `... closed: 4, M

@@ -1,4 +1,4 @@
-//! Findings raised from Envoy's log (SPEC §4): a small stateful tracker shared by `doctor --wait`
+//! Findings raised from Envoy's log (docs/contract.md#4-findings): a small stateful tracker shared by `doctor --wait`
 //! and the daemon. Events are recorded with the time they happened; a finding stays active for
 //! `--finding-ttl` after its last sighting, and a newer observation that contradicts it (facts
 //! the caller learns elsewhere, e.g. from the admin API) clears it at once.

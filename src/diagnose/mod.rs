@@ -318,7 +318,7 @@ pub enum CheckGroup {
     Interception,
     Endpoints,
     Metadata,
-    /// SPEC §10: asked of Google's APIs (see `project`).
+    /// docs/contract.md#10-project-side-checks: asked of Google's APIs (see `project`).
     Project,
 }
 

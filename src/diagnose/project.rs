@@ -1,7 +1,7 @@
-//! Project-side checks (SPEC §10), pure: from the answers of Google's APIs
+//! Project-side checks (docs/contract.md#10-project-side-checks), pure: from the answers of Google's APIs
 //! ([`ProjectObservation`]) and what the rest of the diagnosis found, to findings and a per-check
 //! report. Each check ends as *passed*, *found* or *not checked (reason)*; a call that could not
-//! answer never becomes a finding of what it checks (SPEC §4.1).
+//! answer never becomes a finding of what it checks (docs/contract.md#4-1-catalogue).
 //!
 //! - IAM: `testIamPermissions` → IAM_PERMISSION_MISSING (error without
 //!   `trafficdirector.networks.getConfigs`, warning for the others).

@@ -14,7 +14,7 @@ pub const MIN_VERSION: EnvoyVersion = EnvoyVersion {
     patch: 9,
 };
 
-/// SPEC §4.1: more than twice in 10 minutes.
+/// docs/contract.md#4-1-catalogue: more than twice in 10 minutes.
 pub const MAX_RESTARTS: usize = 2;
 
 pub fn check(snap: &Snapshot, ctx: &CheckContext<'_>) -> GroupOutcome {

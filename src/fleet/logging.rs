@@ -1,4 +1,4 @@
-//! `fleet --source logging`: the latest `state` event (SPEC §6) of every VM of the project
+//! `fleet --source logging`: the latest `state` event (docs/contract.md#6-logs) of every VM of the project
 //! within `--since`, from Cloud Logging's `entries:list`, newest first, 1,000 entries a page: a
 //! fleet of 10,000 VMs logging every 10 minutes is about 15 pages over 15 minutes, where the
 //! compute source needs one request per VM.

@@ -1,6 +1,6 @@
-//! `service-proxy-agent fleet` (SPEC §9): the state of many VMs at once, read from Google's
+//! `service-proxy-agent fleet` (docs/contract.md#9-fleet): the state of many VMs at once, read from Google's
 //! APIs. [`compute`] lists the VMs and reads each one's `gce-service-proxy/` guest attributes
-//! under a [`limiter`]; [`logging`] reads the agents' `state` events (SPEC §6) in a few pages.
+//! under a [`limiter`]; [`logging`] reads the agents' `state` events (docs/contract.md#6-logs) in a few pages.
 //! Both produce [`VmReport`]s; [`summarize`] and the renderers here are pure (time passed in).
 //! [`cmd`] is the command line and the I/O around it.
 
@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 /// What a missing JSON member reads as (`Value` indexing is denied by the crate's lints).
 pub(crate) static NULL: Value = Value::Null;
 
-/// The guest-attribute keys the report reads (SPEC §3).
+/// The guest-attribute keys the report reads (docs/contract.md#3-guest-attributes).
 pub mod keys {
     pub const HEALTH: &str = "health";
     pub const FINDINGS: &str = "findings";
@@ -293,7 +293,7 @@ pub fn summarize(vms: &[VmReport], now: SystemTime, stale: Duration) -> Summary 
     s
 }
 
-/// SPEC §2: 0 when every VM reports and none is FAILING, stale or bootstrap FAILED; else 1.
+/// docs/contract.md#2-command-line: 0 when every VM reports and none is FAILING, stale or bootstrap FAILED; else 1.
 pub fn exit_status(report: &FleetReport, stale: Duration) -> u8 {
     let s = summarize(&report.vms, report.generated_at, stale);
     let clean = s.unknown == 0
@@ -308,7 +308,7 @@ fn opt(v: &Option<String>) -> Value {
     v.as_deref().map_or(Value::Null, Value::from)
 }
 
-/// The `--json` document (SPEC §9), plus `schema_version`.
+/// The `--json` document (docs/contract.md#9-fleet), plus `schema_version`.
 pub fn to_json(report: &FleetReport, stale: Duration) -> Value {
     let now = report.generated_at;
     let s = summarize(&report.vms, now, stale);

@@ -239,7 +239,7 @@ impl Reconciler {
         report
     }
 
-    /// Removes our chains (exactly those of SPEC §7) and every jump into them, nothing else (a
+    /// Removes our chains (exactly those of docs/contract.md#7-interception) and every jump into them, nothing else (a
     /// user's own `SERVICE_PROXY_FOO` stays), one transaction per family that has any.
     pub async fn clear(&mut self) -> ClearReport {
         self.v6_clean = false;

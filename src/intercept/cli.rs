@@ -1,4 +1,4 @@
-//! `intercept plan|apply|clear` (SPEC §2): the daemon's interception, once, by hand.
+//! `intercept plan|apply|clear` (docs/contract.md#2-command-line): the daemon's interception, once, by hand.
 
 use crate::cli::InterceptAction;
 use crate::config::{InterceptionMode, Settings};

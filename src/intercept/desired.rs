@@ -17,7 +17,7 @@ pub enum DesiredError {
         "Envoy is {0}, not LIVE: its listeners are not final yet, so interception is left as it is"
     )]
     NotLive(String),
-    #[error("Envoy's admin is not trusted: {0}; nothing is programmed (SPEC §11)")]
+    #[error("Envoy's admin is not trusted: {0}; nothing is programmed (docs/contract.md#11-trust)")]
     AdminUntrusted(String),
     #[error("{0}")]
     Plan(String),
@@ -37,7 +37,7 @@ pub fn desired_plan(snap: &Snapshot) -> Result<Plan, DesiredError> {
         (None, Ok(_)) => return Err(DesiredError::ListenersUnknown("not read".into())),
     };
     // Only a trusted admin's listeners are acted on, and the UID excluded is its socket's
-    // owner (SPEC §11), whatever else names a UID.
+    // owner (docs/contract.md#11-trust), whatever else names a UID.
     let envoy_uid = match &snap.resolved.admin_trust {
         AdminTrust::Trusted { uid, .. } => *uid,
         AdminTrust::Untrusted { why, .. } => return Err(DesiredError::AdminUntrusted(why.clone())),

@@ -1,4 +1,4 @@
-//! Interception (SPEC §7): the `SERVICE_PROXY_*` chains the agent wants ([`plan`], pure) and
+//! Interception (docs/contract.md#7-interception): the `SERVICE_PROXY_*` chains the agent wants ([`plan`], pure) and
 //! keeping the kernel's nat tables in step with them ([`apply`], runs iptables).
 //!
 //! Flow for the daemon's enforce mode, once per poll:
@@ -16,10 +16,10 @@ pub use plan::{
 };
 
 /// The prefix of our chains' names. Not every chain with it is ours: a user's own
-/// `SERVICE_PROXY_FOO` is left alone (SPEC §11).
+/// `SERVICE_PROXY_FOO` is left alone (docs/contract.md#11-trust).
 pub const CHAIN_PREFIX: &str = "SERVICE_PROXY_";
 
-/// Whether a chain (or a jump target) is one of ours: exactly the chains of SPEC §7.
+/// Whether a chain (or a jump target) is one of ours: exactly the chains of docs/contract.md#7-interception.
 pub fn is_ours(chain: &str) -> bool {
     plan::CHAINS.contains(&chain)
 }

@@ -1,4 +1,4 @@
-//! The interception rules the agent wants (SPEC §7), and the `iptables-restore --noflush`
+//! The interception rules the agent wants (docs/contract.md#7-interception), and the `iptables-restore --noflush`
 //! transaction that takes a nat table from what it is to that. Pure: no I/O.
 //!
 //! For each family with something to do (IPv4 always; IPv6 only when a listener VIP is IPv6),
@@ -19,7 +19,7 @@
 //! With `intercept-all-outbound`, `SERVICE_PROXY_OUTPUT` becomes: the UID and loopback
 //! RETURNs, `-o lo -j RETURN` (traffic that never leaves the VM has no service to reach; this
 //! keeps e.g. a local DNS resolver on 127.0.0.53 working), a RETURN for the agent's own
-//! marked sockets and one for the metadata server (SPEC §11), one RETURN per excluded IP range and
+//! marked sockets and one for the metadata server (docs/contract.md#11-trust), one RETURN per excluded IP range and
 //! per excluded port range (the user's explicit exclusions win, even over a VIP), the jump to
 //! `SERVICE_PROXY_SERVICE_CIDRS` (kept so the guide's "look for your VIP there" still holds),
 //! and finally `-j SERVICE_PROXY_REDIRECT` for everything else. Exclusions of one family only
@@ -364,7 +364,7 @@ pub fn plan(input: &DesiredInput) -> Result<Plan, PlanError> {
         ];
         if all {
             rules.push(format!("-A {OUTPUT} -o lo -j RETURN"));
-            // The agent's own traffic is never redirected (SPEC §11): with Envoy down, the agent
+            // The agent's own traffic is never redirected (docs/contract.md#11-trust): with Envoy down, the agent
             // must still be able to say so. The metadata server is among the exclusions.
             rules.push(format!(
                 "-A {OUTPUT} -m mark --mark {:#x} -j RETURN",
@@ -427,17 +427,17 @@ pub const METADATA_SERVER: [IpAddr; 2] = [
     IpAddr::V4(Ipv4Addr::new(169, 254, 169, 254)),
     IpAddr::V6(Ipv6Addr::new(0xfd20, 0xce, 0, 0, 0, 0, 0, 0x254)),
 ];
-/// The most VIPs programmed (SPEC §11 bounds): the biggest meshes seen have a few thousand
+/// The most VIPs programmed (docs/contract.md#11-trust bounds): the biggest meshes seen have a few thousand
 /// services; 450,000 from a hostile or broken admin cost 600–740 MB and as many rules. Above
 /// it nothing is changed and the agent says why.
 pub const MAX_VIPS: usize = 10_000;
 
-/// Shortest VIP prefix taken without `intercept-all-outbound` (SPEC §11): anything wider is
+/// Shortest VIP prefix taken without `intercept-all-outbound` (docs/contract.md#11-trust): anything wider is
 /// "redirect a quarter of the Internet", which no service VIP is.
 pub const MIN_PREFIX_V4: u8 = 8;
 pub const MIN_PREFIX_V6: u8 = 32;
 
-/// Why a listener prefix must not be redirected (SPEC §11), or `None`. Loopback and the
+/// Why a listener prefix must not be redirected (docs/contract.md#11-trust), or `None`. Loopback and the
 /// metadata server are never redirected (the agent's tokens and every local service would go
 /// to whoever answers as Envoy); a prefix shorter than /8 (IPv6 /32) only when all outbound
 /// traffic is intercepted anyway.
@@ -1065,8 +1065,8 @@ mod tests {
 COMMIT
 ";
         let t = transaction(&p.v4, Some(&nat(saved)), 0).unwrap().unwrap();
-        // SERVICE_PROXY_OLD is not one of SPEC §7's chains: someone else's, left alone with
-        // the jumps into it (SPEC §11).
+        // SERVICE_PROXY_OLD is not one of docs/contract.md#7-interception's chains: someone else's, left alone with
+        // the jumps into it (docs/contract.md#11-trust).
         let head = "*nat
 :SERVICE_PROXY_OUTPUT - [0:0]
 :SERVICE_PROXY_SERVICE_CIDRS - [0:0]
@@ -1132,7 +1132,7 @@ COMMIT
             fp,
             ":ISTIO_OUTPUT - [0:0]\n-A OUTPUT -p tcp -j ISTIO_OUTPUT\n-A ISTIO_OUTPUT -j RETURN\n"
         )));
-        // A user's own SERVICE_PROXY_* chain, and a jump into it, are not ours (SPEC §11).
+        // A user's own SERVICE_PROXY_* chain, and a jump into it, are not ours (docs/contract.md#11-trust).
         assert!(fp.matches_saved_text(&saved_text(
             fp,
             ":SERVICE_PROXY_FOO - [0:0]\n-A OUTPUT -j SERVICE_PROXY_FOO\n-A SERVICE_PROXY_FOO -j RETURN\n"

@@ -1,4 +1,4 @@
-//! Whether Envoy's admin may be believed (SPEC §11), and whose UID interception excludes.
+//! Whether Envoy's admin may be believed (docs/contract.md#11-trust), and whose UID interception excludes.
 //!
 //! Any local user can listen on 127.0.0.1:15000 while Envoy is down and answer with listeners
 //! of its choosing; believing it would let that user redirect root's traffic to itself. So the

@@ -847,7 +847,7 @@ pub fn read_recent(dir: &Path, max_bytes_per_file: u64) -> Result<Vec<FileTail>,
             paths.push(item.path());
         }
     }
-    // As many as the follower follows, Envoy's own names first (SPEC §11: bounded numbers).
+    // As many as the follower follows, Envoy's own names first (docs/contract.md#11-trust: bounded numbers).
     paths.sort_by_cached_key(|p| crate::observe::log_files::priority(p));
     paths.truncate(crate::observe::log_files::MAX_FOLLOWED);
     paths.sort();
@@ -873,7 +873,7 @@ pub fn read_tail(path: &Path, max_bytes: u64) -> Result<Tail, LogError> {
         });
     }
     // O_NONBLOCK: a FIFO named *.log must not hang `doctor`; it is refused just below.
-    // O_NOFOLLOW: a link may lead to a file only root may read (SPEC §11).
+    // O_NOFOLLOW: a link may lead to a file only root may read (docs/contract.md#11-trust).
     let mut file: File = OpenOptions::new()
         .read(true)
         .custom_flags((nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_NOFOLLOW).bits())

@@ -1,4 +1,4 @@
-//! What the log follower may open under Envoy's log directory, and how (SPEC §11).
+//! What the log follower may open under Envoy's log directory, and how (docs/contract.md#11-trust).
 //!
 //! Anyone who can write the directory (the `envoy` user, or everyone where it is world-writable)
 //! chooses what the names in it are. The agent runs as root with `CAP_DAC_READ_SEARCH`, so:

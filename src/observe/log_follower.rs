@@ -16,7 +16,7 @@
 //!   present when the agent starts are history and are not read;
 //! - a file followed under a rotated name that is rewritten in place (copytruncate copying onto
 //!   it) is a copy now: dropped, not read again;
-//! - what may be opened, how, and how many is `log_files`' (SPEC §11): no links, no FIFOs or
+//! - what may be opened, how, and how many is `log_files`' (docs/contract.md#11-trust): no links, no FIFOs or
 //!   devices, at most `MAX_FOLLOWED` files, reads bounded by the length seen and by a tail.
 //!
 //! The follower runs on its own thread; it blocks (does not drop) when the consumer is slow.

@@ -27,7 +27,7 @@ pub const MAX_BODY: usize = 256 * 1024;
 pub const SERVICE_PROXY_ATTRIBUTE: &str = "gce-service-proxy";
 /// The body of the 403 the server gives when guest attributes are not enabled on the VM.
 pub const GUEST_ATTRIBUTES_DISABLED_BODY: &str = "Guest attributes endpoint access is disabled.";
-/// The scope Cloud Service Mesh needs (SPEC `SCOPES_INSUFFICIENT`).
+/// The scope Cloud Service Mesh needs (docs/contract.md#4-1-catalogue, `SCOPES_INSUFFICIENT`).
 pub const CLOUD_PLATFORM_SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
 /// gcloud's default `proxy-port`.
 pub const DEFAULT_PROXY_PORT: u16 = 15001;

@@ -58,7 +58,7 @@ pub struct Resolved {
     /// only: nothing is programmed from an untrusted admin).
     pub envoy_uid: Option<u32>,
     pub envoy_uid_source: String,
-    /// Whether the admin's answers may be acted on (SPEC §11).
+    /// Whether the admin's answers may be acted on (docs/contract.md#11-trust).
     pub admin_trust: admin_trust::AdminTrust,
     pub proxy_port: u16,
     pub serving_ports: Vec<u16>,
@@ -256,7 +256,7 @@ impl Observer {
     /// One snapshot; sources are read concurrently and each has its own deadline.
     pub async fn snapshot(&self, check_control_plane: bool) -> Snapshot {
         let processes = procfs::envoy_processes(&self.proc_root);
-        // The admin's socket is read before and after its answers (SPEC §11).
+        // The admin's socket is read before and after its answers (docs/contract.md#11-trust).
         let trust_before = self.admin_trust(&processes);
         let admin = async {
             let info = self.admin.server_info().await;
@@ -378,7 +378,7 @@ impl Observer {
     }
 }
 
-/// SPEC §2's precedence for the Envoy UID, proxy port and serving ports; SPEC §11: the UID is
+/// docs/contract.md#2-command-line's precedence for the Envoy UID, proxy port and serving ports; docs/contract.md#11-trust: the UID is
 /// the trusted admin socket's owner.
 fn resolve(
     settings: &Settings,

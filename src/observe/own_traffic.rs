@@ -1,6 +1,6 @@
 //! The agent's own connections (metadata server, Google APIs, the control-plane probe) carry a
 //! socket mark, and `intercept-all-outbound` returns marked packets before redirecting
-//! anything (SPEC §11): when Envoy is down, the agent must still reach the metadata server and
+//! anything (docs/contract.md#11-trust): when Envoy is down, the agent must still reach the metadata server and
 //! Cloud Logging to say so.
 //!
 //! Why a mark and not `--uid-owner 0`: the agent runs as root, and excluding UID 0 would let

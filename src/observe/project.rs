@@ -1,10 +1,10 @@
-//! The project-side checks' calls (SPEC §10): what the VM's own service account can ask Google's
+//! The project-side checks' calls (docs/contract.md#10-project-side-checks): what the VM's own service account can ask Google's
 //! APIs about the project it runs in. Each call has a timeout and a size cap and returns a typed
 //! result; a call that cannot answer (403, 404, API disabled, timeout) is an [`ApiError`] whose
 //! text is the "not checked" reason — never a finding of the thing it checks.
 //!
 //! Shapes follow the discovery documents (`cloudresourcemanager.v1`, `serviceusage.v1`,
-//! `trafficdirector.v3`, `compute.v1`) as REFERENCE.md describes them.
+//! `trafficdirector.v3`, `compute.v1`) as docs/outside-world.md#google-apis describes them.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,7 +25,7 @@ pub const DEFAULT_SERVICEUSAGE: &str = "https://serviceusage.googleapis.com";
 pub const DEFAULT_TRAFFICDIRECTOR: &str = "https://trafficdirector.googleapis.com";
 pub const DEFAULT_COMPUTE: &str = "https://compute.googleapis.com";
 
-/// The permissions the IAM check asks about (SPEC §10).
+/// The permissions the IAM check asks about (docs/contract.md#10-project-side-checks).
 pub const GET_CONFIGS: &str = "trafficdirector.networks.getConfigs";
 pub const REPORT_METRICS: &str = "trafficdirector.networks.reportMetrics";
 pub const LOG_WRITE: &str = "logging.logEntries.create";
@@ -41,7 +41,7 @@ pub const MAX_BODY: usize = 4 << 20;
 const MAX_PAGES: usize = 3;
 const MESSAGE_EXCERPT: usize = 300;
 
-/// The four APIs' base URLs (SPEC §2 flags).
+/// The four APIs' base URLs (docs/contract.md#2-command-line flags).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiEndpoints {
     pub resourcemanager: String,

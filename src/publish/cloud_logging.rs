@@ -1,4 +1,4 @@
-//! Direct `entries:write` to Cloud Logging (SPEC §6): records come from the logger through a
+//! Direct `entries:write` to Cloud Logging (docs/contract.md#6-logs): records come from the logger through a
 //! bounded queue, are batched, and posted with a bearer token from a [`TokenSource`]. Failures
 //! back off; the agent's loop is never blocked (the logger drops and counts when the queue is
 //! full).
@@ -6,7 +6,7 @@
 //! On a VM the token is the VM's own, from its metadata server through the agent's metadata
 //! client (`observe::token`, honouring `GCE_METADATA_HOST`). `gcp_auth` is kept for credentials
 //! off Compute Engine, chosen explicitly rather than with `gcp_auth::provider()` (which also runs
-//! the `gcloud` command and talks to a hard-coded `metadata.google.internal`, REFERENCE.md): a
+//! the `gcloud` command and talks to a hard-coded `metadata.google.internal`, docs/outside-world.md#gcp-auth): a
 //! key file (`GOOGLE_APPLICATION_CREDENTIALS`), else gcloud's ADC file.
 
 use std::sync::Arc;
@@ -129,7 +129,7 @@ pub trait TokenSource: Send + Sync + 'static {
 }
 
 /// `gcp_auth` providers, created on first use and again after a failed creation (a VM may get
-/// its service account later; REFERENCE.md says creation fails without one).
+/// its service account later; docs/outside-world.md#gcp-auth says creation fails without one).
 pub struct GcpAuthTokens {
     use_metadata_server: bool,
     key_file: Option<std::path::PathBuf>,

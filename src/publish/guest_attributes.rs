@@ -1,4 +1,4 @@
-//! Publishing the `gce-service-proxy` guest attributes (SPEC §3) within the metadata server's
+//! Publishing the `gce-service-proxy` guest attributes (docs/contract.md#3-guest-attributes) within the metadata server's
 //! budget: at most 10 writes a minute and 3 a second per VM, above which Compute Engine may drop
 //! values. The scheduler is pure (time is passed in); [`spawn_writer`] drives it against a sink.
 //!
@@ -43,7 +43,7 @@ const PRIORITY: [&str; 5] = [
 /// windows into one of its.
 const MINUTE_WINDOW: Duration = Duration::from_millis(61_000);
 const SECOND_WINDOW: Duration = Duration::from_millis(1_100);
-/// The metadata server's limits (REFERENCE.md): per VM, whoever writes.
+/// The metadata server's limits (docs/outside-world.md#guest-attributes): per VM, whoever writes.
 pub const SERVER_WRITES_PER_MINUTE: usize = 10;
 pub const SERVER_WRITES_PER_SECOND: usize = 3;
 /// What the agent allows itself: the rest is left to install scripts (`report-bootstrap`),

@@ -1,4 +1,4 @@
-//! The agent's own log (SPEC §6): one JSON line per event on stdout with Cloud Logging's
+//! The agent's own log (docs/contract.md#6-logs): one JSON line per event on stdout with Cloud Logging's
 //! structured keys (`severity`, `message`, `time`, plus `finding` / `detail`), mirrored to the
 //! serial port, and handed to the Cloud Logging sink through a bounded queue.
 //!

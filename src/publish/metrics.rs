@@ -54,7 +54,7 @@ pub struct AgentMetrics {
     pub log: Arc<LogCounters>,
     pub guest_attributes: Arc<PublishCounters>,
     pub cloud_logging: Mutex<Option<Arc<SinkCounters>>>,
-    /// Calls to Google's APIs by the project-side checks (SPEC §10's budget).
+    /// Calls to Google's APIs by the project-side checks (docs/contract.md#10-project-side-checks's budget).
     pub project_api_calls: Arc<crate::observe::project::CallCounter>,
 }
 
@@ -434,7 +434,7 @@ pub async fn serve(
     metrics: Arc<AgentMetrics>,
     max_age: Duration,
 ) {
-    // Any local user can connect (SPEC §11): connections, header bytes and time are bounded,
+    // Any local user can connect (docs/contract.md#11-trust): connections, header bytes and time are bounded,
     // so a flood of slow, huge requests costs at most MAX_CONNECTIONS × MAX_REQUEST_BUFFER.
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {

@@ -1,4 +1,4 @@
-//! The `state` log event (SPEC §6): every 10 minutes and at each change of `health` or
+//! The `state` log event (docs/contract.md#6-logs): every 10 minutes and at each change of `health` or
 //! `findings`, one event carrying the VM's whole published state. It is what
 //! `fleet --source logging` reads, so a fleet's state costs a few `entries:list` pages instead of
 //! one guest-attribute read per VM; the 10-minute repeat keeps every healthy VM inside any

@@ -1,4 +1,4 @@
-//! What systemd and journald see of the agent (SPEC §5, §6): the syslog priority of each
+//! What systemd and journald see of the agent (docs/contract.md#5-daemon, §6): the syslog priority of each
 //! stdout line when stdout is the journal, and the `STATUS=` line of `systemctl status`.
 //!
 //! journald reads a leading `<N>` on a line of a service's stdout as the line's priority

@@ -1,5 +1,5 @@
 //! An emulator of the Compute Engine metadata server, the one part of the world the tests cannot
-//! reach for real. It follows REFERENCE.md: `Metadata-Flavor: Google` required (403 without it,
+//! reach for real. It follows docs/outside-world.md#metadata-server: `Metadata-Flavor: Google` required (403 without it,
 //! 403 with any `X-Forwarded-For`) and echoed on every answer, an `ETag` on every value, long
 //! polling with `?wait_for_change=true&last_etag=E&timeout_sec=N`, `?recursive=true&alt=json` on
 //! directories, guest attributes (PUT/GET/DELETE, listing, the exact 403 when disabled), and the
@@ -64,7 +64,7 @@ const MAX_HEAD: usize = 16 * 1024;
 /// Without `timeout_sec`, a long poll is held this long at most.
 const DEFAULT_WAIT: Duration = Duration::from_secs(300);
 const MAX_WAIT: Duration = Duration::from_secs(3600);
-/// What the product promises never to exceed (SPEC §3).
+/// What the product promises never to exceed (docs/contract.md#3-guest-attributes).
 pub const MAX_VALUE_BYTES: usize = 1024;
 
 /// The emulated VM. `Default` is a demo VM: project `demo-project` (123456789012), zone
@@ -236,7 +236,7 @@ pub struct RateLimit {
 }
 
 impl Default for RateLimit {
-    /// REFERENCE.md: at most 10 a minute, bursts of at most 3 a second.
+    /// docs/outside-world.md#guest-attributes: at most 10 a minute, bursts of at most 3 a second.
     fn default() -> Self {
         RateLimit {
             per_minute: 10,

@@ -1,4 +1,4 @@
-//! Emulators of the four Google APIs the agent's project-side checks call (SPEC §10), written
+//! Emulators of the four Google APIs the agent's project-side checks call (docs/contract.md#10-project-side-checks), written
 //! from their discovery documents (google-api-python-client's `discovery_cache/documents`):
 //!
 //! | API (document) | method | route |

@@ -221,7 +221,7 @@ impl StandInAdmin {
         let faults: Arc<Mutex<Vec<(Endpoint, AdminFault)>>> = Arc::default();
         let f = faults.clone();
         // Its socket is owned by Envoy's UID, as a real Envoy's would be: the agent trusts an
-        // admin only then (SPEC §11).
+        // admin only then (docs/contract.md#11-trust).
         let uid: u32 = ENVOY_UID.parse().unwrap();
         let stub = testkit::http_stub::HttpStub::start_owned_by(uid, move |r: &Recorded| {
             let ep = Endpoint::of(&r.path);

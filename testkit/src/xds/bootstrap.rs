@@ -1,6 +1,6 @@
 //! The Envoy bootstrap of a Cloud Service Mesh node, pointed at a loopback control plane.
 //!
-//! Same node identity and metadata as the real bootstrap (REFERENCE.md); the control plane is
+//! Same node identity and metadata as the real bootstrap (docs/outside-world.md#bootstrap-node-metadata); the control plane is
 //! reached over plaintext HTTP/2 on loopback instead of `trafficdirector.googleapis.com:443`.
 
 use std::net::SocketAddr;

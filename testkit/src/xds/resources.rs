@@ -1,6 +1,6 @@
 //! Builders for the xDS resources Cloud Service Mesh serves, as plain prost values.
 //!
-//! The shapes follow what real Cloud Service Mesh dumps show (see REFERENCE.md): one interception
+//! The shapes follow what real Cloud Service Mesh dumps show (see docs/outside-world.md#bootstrap-and-listeners): one interception
 //! listener named `TRAFFICDIRECTOR_INTERCEPTION_LISTENER` with `use_original_dst` and one filter
 //! chain per service VIP, routes over RDS named `URL_MAP/<project>.<name>` and
 //! `inbound|default_inbound_config-<port>`. Routes answer with a `direct_response` that names the
