@@ -17,7 +17,10 @@ fn discovery(name: &str) -> Discovery {
 }
 
 fn errors_of(doc: &Discovery, schema: &str, v: &Value) -> Vec<String> {
-    doc.check(schema, v).iter().map(ToString::to_string).collect()
+    doc.check(schema, v)
+        .iter()
+        .map(ToString::to_string)
+        .collect()
 }
 
 fn files(dir: &str) -> Vec<(PathBuf, Value)> {
