@@ -447,6 +447,8 @@ impl Agent {
                         "interception updated (iptables-restore)"
                     );
                 }
+                // A plan was made: a plan failure of an earlier cycle is over (logged once).
+                self.cleared("interception");
                 let errors: Vec<String> = report.errors().iter().map(ToString::to_string).collect();
                 if errors.is_empty() {
                     self.cleared("iptables");

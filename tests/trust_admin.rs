@@ -549,3 +549,48 @@ fn the_watchdog_is_fed_while_a_slow_cycle_waits() {
     );
     drop(d);
 }
+
+/// Issue 14's first defect: the daemon's `interception` failure (a plan it cannot make, here
+/// more VIPs than the cap) was never cleared, so its recovery was never logged and a second
+/// occurrence, after the plan had worked again, was silently dropped.
+#[test]
+fn an_interception_failure_recovers_and_is_reported_again_when_it_returns() {
+    netns::in_new_netns(|| {
+        let md = MetadataEmulator::start(VmIdentity::default())?;
+        let too_many: Vec<serde_json::Value> = (0..10_001u32)
+            .map(|i| range(&format!("10.{}.{}.1", i / 256, i % 256), 32))
+            .collect();
+        let admin = admin_with(&too_many);
+        let dir = tempfile::tempdir()?;
+        let mut cmd = agent(&md.host(), dir.path());
+        cmd.args(["--interception", "enforce", "--poll-interval", "1s"])
+            .args(["--envoy-admin", &admin.url()])
+            .args(["--envoy-user", faults::ENVOY_UID])
+            .args(["--metrics-addr", "off", "--cloud-checks", "off"])
+            .args(["--control-plane", "127.0.0.1:9"])
+            .arg("--envoy-log-dir")
+            .arg(dir.path());
+        let d = Daemon::start(with_unit_caps(cmd), dir);
+        let failed = |l: &str| {
+            l.contains("\"source\":\"interception\"") && l.contains("more than the 10000")
+        };
+        d.wait_log(Duration::from_secs(30), "the cap's failure", failed);
+
+        admin.set_listeners(&[range("10.209.0.1", 32)]);
+        d.wait_log(Duration::from_secs(30), "the recovery", |l| {
+            l.contains("\"source\":\"interception\"") && l.contains("recovered")
+        });
+        eventually(Duration::from_secs(30), "the VIP programmed", || {
+            nat(false)
+                .contains("-A SERVICE_PROXY_SERVICE_CIDRS -d 10.209.0.1/32")
+                .then_some(())
+        });
+
+        admin.set_listeners(&too_many);
+        eventually(Duration::from_secs(30), "the failure logged again", || {
+            (d.lines().iter().filter(|l| failed(l)).count() == 2).then_some(())
+        });
+        Ok(())
+    })
+    .unwrap();
+}
