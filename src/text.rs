@@ -120,6 +120,21 @@ pub fn redact_lines(text: &str) -> String {
         .collect()
 }
 
+/// URL query/path encoding: everything but RFC 3986 unreserved characters is `%XX` (ETags, the
+/// admin's stats filter, project ids in Google API paths).
+pub fn percent_encode(s: &str) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -224,7 +224,10 @@ impl AdminClient {
     }
 
     pub async fn stats(&self) -> Result<EnvoyStats, AdminError> {
-        let path = format!("/stats?filter={}", percent_encode(STATS_FILTER));
+        let path = format!(
+            "/stats?filter={}",
+            crate::text::percent_encode(STATS_FILTER)
+        );
         let body = self.get_ok(PATH_STATS, &path).await?;
         let text = std::str::from_utf8(&body).map_err(|e| malformed(PATH_STATS, e))?;
         Ok(parse_stats(text))
@@ -242,20 +245,6 @@ fn status_error(endpoint: &'static str, r: &http::Response) -> AdminError {
 fn one_line(bytes: &[u8], max: usize) -> String {
     let text = crate::text::lossy_bounded(bytes, max.saturating_mul(2));
     crate::text::truncate_with_ellipsis(crate::text::strip_control(&text).trim(), max)
-}
-
-/// Query-string encoding: everything but RFC 3986 unreserved characters.
-fn percent_encode(s: &str) -> String {
-    use std::fmt::Write as _;
-    let mut out = String::with_capacity(s.len() * 3);
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(b));
-        } else {
-            let _ = write!(out, "%{b:02X}");
-        }
-    }
-    out
 }
 
 fn from_json<'a, T: Deserialize<'a>>(
@@ -1499,9 +1488,9 @@ mod tests {
 
     #[test]
     fn percent_encoding_of_the_filter() {
-        assert_eq!(percent_encode("a.b|c$"), "a.b%7Cc%24");
+        assert_eq!(crate::text::percent_encode("a.b|c$"), "a.b%7Cc%24");
         assert!(
-            percent_encode(STATS_FILTER)
+            crate::text::percent_encode(STATS_FILTER)
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"-._~%".contains(&b))
         );

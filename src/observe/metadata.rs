@@ -251,7 +251,7 @@ impl MetadataClient {
         let mut query = format!("?wait_for_change=true&timeout_sec={timeout_sec}");
         if let Some(etag) = last_etag {
             query.push_str("&last_etag=");
-            query.push_str(&percent_encode(etag));
+            query.push_str(&crate::text::percent_encode(etag));
         }
         // The server holds the answer up to timeout_sec: our deadline must outlast it.
         let deadline = Duration::from_secs(timeout_sec).saturating_add(self.timeout);
@@ -540,18 +540,6 @@ fn guest_path(namespace: &str, key: Option<&str>) -> Result<String, MetadataErro
         }
         None => Ok(format!("instance/guest-attributes/{namespace}/")),
     }
-}
-
-fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// A decimal number (instance id, project number).
@@ -1007,8 +995,8 @@ mod tests {
 
     #[test]
     fn etags_are_percent_encoded() {
-        assert_eq!(percent_encode("abc-123"), "abc-123");
-        assert_eq!(percent_encode("a&b=c d"), "a%26b%3Dc%20d");
+        assert_eq!(crate::text::percent_encode("abc-123"), "abc-123");
+        assert_eq!(crate::text::percent_encode("a&b=c d"), "a%26b%3Dc%20d");
     }
 
     #[test]

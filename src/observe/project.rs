@@ -373,7 +373,7 @@ impl ProjectApis {
             );
             if let Some(p) = &page {
                 url.push_str("&pageToken=");
-                url.push_str(&percent_encode(p));
+                url.push_str(&crate::text::percent_encode(p));
             }
             let v = self.call(Method::GET, url, &[], None).await?;
             rules.extend(parse_forwarding_rules(&v)?);
@@ -405,18 +405,6 @@ fn check_segment(s: &str) -> Result<(), ApiError> {
             strip_control(s)
         )))
     }
-}
-
-fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 pub fn csds_request(node_id: &str, network: &str, project_number: &str) -> Value {
