@@ -54,13 +54,13 @@ use crate::observe::metadata::{
 use crate::text;
 
 /// Node metadata keys Cloud Service Mesh reads (docs/outside-world.md#bootstrap-node-metadata).
-pub const NETWORK_NAME_KEY: &str = "TRAFFICDIRECTOR_NETWORK_NAME";
-pub const PROJECT_NUMBER_KEY: &str = "TRAFFICDIRECTOR_GCP_PROJECT_NUMBER";
-pub const INTERCEPTION_PORT_KEY: &str = "TRAFFICDIRECTOR_INTERCEPTION_PORT";
-pub const ACCESS_LOG_PATH_KEY: &str = "TRAFFICDIRECTOR_ACCESS_LOG_PATH";
-pub const ENABLE_TRACING_KEY: &str = "TRAFFICDIRECTOR_ENABLE_TRACING";
-pub const MESH_SCOPE_NAME_KEY: &str = "TRAFFICDIRECTOR_MESH_SCOPE_NAME";
-pub const INBOUND_BACKEND_PORTS_KEY: &str = "TRAFFICDIRECTOR_INBOUND_BACKEND_PORTS";
+use crate::contract::node_metadata;
+pub use crate::contract::node_metadata::{
+    ACCESS_LOG_PATH as ACCESS_LOG_PATH_KEY, ENABLE_TRACING as ENABLE_TRACING_KEY,
+    GCP_PROJECT_NUMBER as PROJECT_NUMBER_KEY, INBOUND_BACKEND_PORTS as INBOUND_BACKEND_PORTS_KEY,
+    INTERCEPTION_PORT as INTERCEPTION_PORT_KEY, MESH_SCOPE_NAME as MESH_SCOPE_NAME_KEY,
+    NETWORK_NAME as NETWORK_NAME_KEY,
+};
 
 /// Cloud Trace's OTLP endpoint (the Telemetry API).
 pub const TRACE_ENDPOINT: &str = "telemetry.googleapis.com:443";
@@ -272,9 +272,10 @@ impl BootstrapInput {
 
         let mut labels = BTreeMap::new();
         for (k, v) in &sp.labels {
-            if k.starts_with("TRAFFICDIRECTOR_") {
+            if k.starts_with(node_metadata::PREFIX) {
                 warnings.push(format!(
-                    "label {k} ignored: TRAFFICDIRECTOR_* node metadata is set by the bootstrap"
+                    "label {k} ignored: {}* node metadata is set by the bootstrap",
+                    node_metadata::PREFIX
                 ));
             } else {
                 labels.insert(k.clone(), v.clone());

@@ -21,6 +21,7 @@ pub mod bootstrap;
 pub mod cli;
 pub mod completions;
 pub mod config;
+pub mod contract;
 pub mod diagnose;
 pub mod doctor;
 pub mod finding;

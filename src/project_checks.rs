@@ -121,7 +121,7 @@ pub fn node_view(snap: &Snapshot) -> Result<NodeView, String> {
         .map_err(|e| format!("the VM's metadata is unreadable ({e})"))?;
     let node = snap.server_info.as_ref().ok().map(|i| &i.node);
     let network = node
-        .and_then(|n| n.metadata_str("TRAFFICDIRECTOR_NETWORK_NAME"))
+        .and_then(|n| n.metadata_str(crate::contract::node_metadata::NETWORK_NAME))
         .map(str::to_owned)
         .or_else(|| vm.network.as_ref().ok().map(|n| n.name.clone()));
     Ok(NodeView {

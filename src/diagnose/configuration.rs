@@ -34,9 +34,11 @@ use crate::observe::envoy_admin::{DynamicListener, Node};
 use crate::observe::metadata::VmMetadata;
 use crate::text::{strip_control, truncate_with_ellipsis};
 
-pub const NETWORK_KEY: &str = "TRAFFICDIRECTOR_NETWORK_NAME";
-pub const PROJECT_KEY: &str = "TRAFFICDIRECTOR_GCP_PROJECT_NUMBER";
-pub const ACCESS_LOG_KEY: &str = "TRAFFICDIRECTOR_ACCESS_LOG_PATH";
+use crate::contract::node_metadata;
+pub use crate::contract::node_metadata::{
+    ACCESS_LOG_PATH as ACCESS_LOG_KEY, GCP_PROJECT_NUMBER as PROJECT_KEY,
+    NETWORK_NAME as NETWORK_KEY,
+};
 
 /// Well-known ports of protocols where the server sends the first bytes (a greeting or
 /// banner), so a client behind Envoy's HTTP filter chains waits forever. Ports only: the mesh
@@ -184,9 +186,10 @@ pub fn node_mismatch(node: &Node, vm: Option<&VmMetadata>, has_xds: bool) -> Nod
     let meta_proj = meta(node, PROJECT_KEY);
     let id = parse_node_id(&node.id);
     if !has_xds && meta_net.is_none() && meta_proj.is_none() {
-        return NodeVerdict::NotApplicable(
-            "Envoy has no xDS control plane and no TRAFFICDIRECTOR_* node metadata".into(),
-        );
+        return NodeVerdict::NotApplicable(format!(
+            "Envoy has no xDS control plane and no {}* node metadata",
+            node_metadata::PREFIX
+        ));
     }
     let id_scoped = id.is_some_and(|(_, n)| n.starts_with("mesh:") || n.starts_with("scope:"));
     let mut problems: Vec<String> = Vec::new();

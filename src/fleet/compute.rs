@@ -19,7 +19,7 @@ const MAX_ATTEMPTS: u32 = 12;
 /// Requests in flight at once; the rate limit, not this, sets the pace.
 const MAX_IN_FLIGHT: usize = 128;
 const PAGE_SIZE: u32 = 500;
-pub const NAMESPACE: &str = "gce-service-proxy";
+pub use crate::contract::guest_attributes::NAMESPACE;
 
 /// What to list.
 #[derive(Debug, Clone, PartialEq)]

@@ -20,16 +20,7 @@ use serde_json::{Value, json};
 pub(crate) static NULL: Value = Value::Null;
 
 /// The guest-attribute keys the report reads (docs/contract.md#3-guest-attributes).
-pub mod keys {
-    pub const HEALTH: &str = "health";
-    pub const FINDINGS: &str = "findings";
-    pub const PROXY_VERSION: &str = "proxy-version";
-    pub const PROXY_STATE: &str = "proxy-state";
-    pub const HEARTBEAT: &str = "agent-heartbeat";
-    pub const BOOTSTRAP_STATUS: &str = "bootstrap-status";
-    pub const BOOTSTRAP_LAST_FAILURE: &str = "bootstrap-last-failure";
-    pub const AGENT_LAST_FAILURE: &str = "agent-last-failure";
-}
+pub use crate::contract::guest_attributes::keys;
 
 /// Health as `fleet` reports it: the agent's three, or UNKNOWN when it could not be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -159,7 +150,7 @@ impl VmReport {
             heartbeat,
             bootstrap_status: get(keys::BOOTSTRAP_STATUS),
             bootstrap_last_failure: get(keys::BOOTSTRAP_LAST_FAILURE),
-            agent_last_failure: get(keys::AGENT_LAST_FAILURE),
+            agent_last_failure: get(keys::LAST_FAILURE),
             error: None,
         }
     }

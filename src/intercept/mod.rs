@@ -15,9 +15,7 @@ pub use plan::{
     DesiredInput, FamilyPlan, Ignored, Plan, PlanError, TrafficInterception, Transaction, plan,
 };
 
-/// The prefix of our chains' names. Not every chain with it is ours: a user's own
-/// `SERVICE_PROXY_FOO` is left alone (docs/contract.md#11-trust).
-pub const CHAIN_PREFIX: &str = "SERVICE_PROXY_";
+pub use crate::contract::chains::PREFIX as CHAIN_PREFIX;
 
 /// Whether a chain (or a jump target) is one of ours: exactly the chains of docs/contract.md#7-interception.
 pub fn is_ours(chain: &str) -> bool {

@@ -40,14 +40,9 @@ use crate::observe::iptables::{
     Family, PortRange, Rule, RuleSpec, Table, Target, parse_port_range, parse_save, tokenize,
 };
 
-pub const OUTPUT: &str = "SERVICE_PROXY_OUTPUT";
-pub const SERVICE_CIDRS: &str = "SERVICE_PROXY_SERVICE_CIDRS";
-pub const REDIRECT: &str = "SERVICE_PROXY_REDIRECT";
-pub const INBOUND: &str = "SERVICE_PROXY_INBOUND";
-pub const IN_REDIRECT: &str = "SERVICE_PROXY_IN_REDIRECT";
-
-/// Our chains in the order they are declared.
-pub const CHAINS: [&str; 5] = [OUTPUT, SERVICE_CIDRS, REDIRECT, INBOUND, IN_REDIRECT];
+pub use crate::contract::chains::{
+    ALL as CHAINS, IN_REDIRECT, INBOUND, OUTPUT, REDIRECT, SERVICE_CIDRS,
+};
 
 /// Built-in chains of the nat table: jumps from these into our chains are ours.
 pub const NAT_BUILTINS: [&str; 4] = ["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"];

@@ -33,8 +33,7 @@ use thiserror::Error;
 use crate::config::AdminUrl;
 use crate::observe::http::{self, HttpError};
 
-/// The name Cloud Service Mesh gives its interception listener.
-pub const INTERCEPTION_LISTENER_NAME: &str = "TRAFFICDIRECTOR_INTERCEPTION_LISTENER";
+pub use crate::contract::INTERCEPTION_LISTENER_NAME;
 
 /// Route configuration names of inbound (serving-port) filter chains start with this.
 pub const INBOUND_ROUTE_PREFIX: &str = "inbound|";

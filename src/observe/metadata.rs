@@ -23,14 +23,12 @@ use crate::text;
 pub const DEFAULT_HOST: &str = crate::config::DEFAULT_METADATA_HOST;
 /// No legitimate metadata answer we read comes near this (attributes are at most 256 KiB).
 pub const MAX_BODY: usize = 256 * 1024;
-/// The instance attribute holding gcloud's service-proxy configuration.
-pub const SERVICE_PROXY_ATTRIBUTE: &str = "gce-service-proxy";
+pub use crate::contract::SERVICE_PROXY_ATTRIBUTE;
 /// The body of the 403 the server gives when guest attributes are not enabled on the VM.
 pub const GUEST_ATTRIBUTES_DISABLED_BODY: &str = "Guest attributes endpoint access is disabled.";
 /// The scope Cloud Service Mesh needs (docs/contract.md#4-1-catalogue, `SCOPES_INSUFFICIENT`).
 pub const CLOUD_PLATFORM_SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
-/// gcloud's default `proxy-port`.
-pub const DEFAULT_PROXY_PORT: u16 = 15001;
+pub use crate::contract::DEFAULT_PROXY_PORT;
 /// Longest namespace or key we send; the real limit is not documented.
 pub const MAX_NAME_LEN: usize = 128;
 /// Longest long poll we ask for, so a caller's typo cannot park a task for a day.

@@ -32,8 +32,7 @@ use iptables::{Family, IptablesError, Ruleset, SaveCache, Tools};
 use metadata::{MetadataClient, MetadataError, VmMetadata};
 use procfs::{EnvoyProcess, ProcError};
 
-/// Envoy's default proxy port when neither metadata nor the bootstrap says otherwise.
-pub const DEFAULT_PROXY_PORT: u16 = 15001;
+pub use crate::contract::DEFAULT_PROXY_PORT;
 /// Admin bodies: `/server_info` alone is ~125 KB (every extension listed); config dumps of big
 /// meshes are megabytes.
 pub const ADMIN_MAX_BODY: usize = 64 << 20;
@@ -193,7 +192,7 @@ impl Observer {
     pub async fn probe_guest_attributes(&self) -> GuestAttributesState {
         match self
             .metadata
-            .list_guest_attributes(crate::publish::guest_attributes::NAMESPACE)
+            .list_guest_attributes(crate::contract::guest_attributes::NAMESPACE)
             .await
         {
             Ok(_) => GuestAttributesState::Enabled,
@@ -411,7 +410,7 @@ fn resolve(
 
     let node_port = server_info.as_ref().ok().and_then(|i| {
         i.node
-            .metadata_str("TRAFFICDIRECTOR_INTERCEPTION_PORT")
+            .metadata_str(crate::contract::node_metadata::INTERCEPTION_PORT)
             .and_then(|p| p.parse::<u16>().ok())
             .filter(|p| *p != 0)
     });

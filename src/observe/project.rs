@@ -17,6 +17,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use thiserror::Error;
 
+use crate::contract::node_metadata;
 use crate::observe::token::{MetadataTokens, TokenError};
 use crate::text::{lossy_bounded, redact_secrets, strip_control};
 
@@ -412,8 +413,8 @@ pub fn csds_request(node_id: &str, network: &str, project_number: &str) -> Value
     json!({"nodeMatchers": [{
         "nodeId": {"exact": node_id},
         "nodeMetadatas": [
-            meta("TRAFFICDIRECTOR_NETWORK_NAME", network),
-            meta("TRAFFICDIRECTOR_GCP_PROJECT_NUMBER", project_number),
+            meta(node_metadata::NETWORK_NAME, network),
+            meta(node_metadata::GCP_PROJECT_NUMBER, project_number),
         ],
     }]})
 }

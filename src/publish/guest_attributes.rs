@@ -17,18 +17,7 @@ use tokio::sync::Notify;
 
 use crate::text::{attribute_value, redact_secrets};
 
-pub const NAMESPACE: &str = "gce-service-proxy";
-
-pub mod keys {
-    pub const BOOTSTRAP_STATUS: &str = "bootstrap-status";
-    pub const BOOTSTRAP_LAST_FAILURE: &str = "bootstrap-last-failure";
-    pub const PROXY_VERSION: &str = "proxy-version";
-    pub const PROXY_STATE: &str = "proxy-state";
-    pub const HEARTBEAT: &str = "agent-heartbeat";
-    pub const LAST_FAILURE: &str = "agent-last-failure";
-    pub const HEALTH: &str = "health";
-    pub const FINDINGS: &str = "findings";
-}
+pub use crate::contract::guest_attributes::{NAMESPACE, keys};
 
 /// The order pending changes are written in: what an SRE looks at first goes first.
 const PRIORITY: [&str; 5] = [
