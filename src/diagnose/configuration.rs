@@ -21,8 +21,6 @@
 //!   ([`SERVER_FIRST_PORTS`]).
 
 use std::collections::BTreeMap;
-use std::io;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::diagnose::control_plane::{initial_fetch_timeouts, list};
@@ -31,6 +29,7 @@ use crate::diagnose::{CheckContext, GroupOutcome};
 use crate::finding::{Finding, FindingId};
 use crate::observe::Snapshot;
 use crate::observe::envoy_admin::{DynamicListener, Node};
+use crate::observe::files::StatResult;
 use crate::observe::metadata::VmMetadata;
 use crate::text::{strip_control, truncate_with_ellipsis};
 
@@ -164,17 +163,7 @@ pub fn parse_node_id(id: &str) -> Option<(&str, &str)> {
 /// A node metadata value as text: Cloud Service Mesh's keys are strings, but a number written
 /// by hand is a JSON number in Envoy's Struct.
 fn meta(node: &Node, key: &str) -> Option<String> {
-    match node.metadata.get(key)? {
-        serde_json::Value::String(s) => Some(s.clone()),
-        serde_json::Value::Number(n) => Some(
-            n.as_u64()
-                .map(|u| u.to_string())
-                .or_else(|| n.as_f64().map(|f| format!("{f:.0}")))
-                .unwrap_or_else(|| n.to_string()),
-        ),
-        other => Some(other.to_string()),
-    }
-    .map(|s| truncate_with_ellipsis(&strip_control(&s), 128))
+    node.metadata_text(key)
 }
 
 fn net_name(n: &str) -> &str {
@@ -453,14 +442,7 @@ fn rejected(snap: &Snapshot, ctx: &CheckContext<'_>) -> Vec<Finding> {
 // ACCESS_LOG_NOT_WRITABLE
 // ---------------------------------------------------------------------------------------------
 
-/// Owner, group and mode of a file, as the permission check needs them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FileFacts {
-    pub uid: u32,
-    pub gid: u32,
-    pub mode: u32,
-    pub is_dir: bool,
-}
+pub use crate::observe::files::FileFacts;
 
 /// Who Envoy runs as.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -513,12 +495,8 @@ fn describe(p: &Path, f: &FileFacts) -> String {
 
 /// Can `who` open `path` for appending (creating it if needed)? Judged from owner and mode bits
 /// of the file and every directory above it, as the kernel would (ACLs and read-only mounts
-/// aside). `stat` gives a path's facts, `Ok(None)` when it does not exist.
-pub fn can_write(
-    path: &Path,
-    who: &Credentials,
-    stat: impl Fn(&Path) -> io::Result<Option<FileFacts>>,
-) -> Access {
+/// aside). `stat` gives a path's facts as observed, `Ok(None)` when it does not exist.
+pub fn can_write(path: &Path, who: &Credentials, stat: impl Fn(&Path) -> StatResult) -> Access {
     if !path.is_absolute() {
         return Access::Unknown(format!(
             "'{}' is relative to Envoy's working directory",
@@ -594,70 +572,11 @@ pub fn can_write(
     }
 }
 
-/// The real file system's facts for [`can_write`].
-pub fn stat_path(p: &Path) -> io::Result<Option<FileFacts>> {
-    match std::fs::metadata(p) {
-        Ok(m) => Ok(Some(FileFacts {
-            uid: m.uid(),
-            gid: m.gid(),
-            mode: m.mode(),
-            is_dir: m.is_dir(),
-        })),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-/// Envoy's groups from `/proc/<pid>/status` (`Gid:` effective, `Groups:`).
-pub fn process_groups(status: &str) -> Option<Vec<u32>> {
-    let mut gids = Vec::new();
-    let mut seen_gid = false;
-    for line in status.lines() {
-        if let Some(v) = line.strip_prefix("Gid:") {
-            let effective = v.split_whitespace().nth(1)?.parse().ok()?;
-            gids.push(effective);
-            seen_gid = true;
-        } else if let Some(v) = line.strip_prefix("Groups:") {
-            gids.extend(v.split_whitespace().filter_map(|g| g.parse::<u32>().ok()));
-        }
-    }
-    seen_gid.then_some(gids)
-}
-
 fn credentials(snap: &Snapshot) -> Option<Credentials> {
-    let uid = snap.resolved.envoy_uid?;
-    // The admin's process, when it runs as that UID, tells its groups.
-    let gids = snap.admin_pid.and_then(|pid| {
-        let owner = snap
-            .processes
-            .as_ref()
-            .ok()?
-            .iter()
-            .find(|p| p.pid == pid)?
-            .uid;
-        if owner != uid {
-            return None;
-        }
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        process_groups(&status)
-    });
-    Some(Credentials { uid, gids })
-}
-
-/// The configured access-log path: Envoy's node metadata, else (Envoy unreadable) the
-/// `gce-service-proxy` metadata that the bootstrap is written from.
-fn configured_access_log(snap: &Snapshot) -> Option<String> {
-    match &snap.server_info {
-        Ok(info) => meta(&info.node, ACCESS_LOG_KEY),
-        Err(_) => snap
-            .vm
-            .as_ref()
-            .ok()
-            .and_then(|v| v.service_proxy.as_ref().ok())
-            .and_then(Option::as_ref)
-            .and_then(|sp| sp.proxy_spec.access_log.clone()),
-    }
-    .filter(|p| !p.trim().is_empty())
+    Some(Credentials {
+        uid: snap.resolved.envoy_uid?,
+        gids: snap.envoy_groups.clone(),
+    })
 }
 
 #[derive(Default)]
@@ -683,14 +602,15 @@ fn access_log(snap: &Snapshot) -> (Vec<Finding>, Vec<String>) {
         }
     }
     let who = credentials(snap);
-    if let Some(path) = configured_access_log(snap) {
+    if let Some(chain) = &snap.access_log {
+        let path = &chain.path;
         match &who {
             None => unknown.push(format!(
                 "{ACCESS_LOG_KEY} '{path}' not judged: the UID Envoy runs as is unknown"
             )),
-            Some(who) => match can_write(Path::new(&path), who, stat_path) {
+            Some(who) => match can_write(Path::new(path), who, |p| chain.stat(p)) {
                 Access::Allowed => {}
-                Access::Denied(why) => by_path.entry(path).or_default().denied = Some(why),
+                Access::Denied(why) => by_path.entry(path.clone()).or_default().denied = Some(why),
                 Access::Unknown(why) => unknown.push(format!("{ACCESS_LOG_KEY}: {why}")),
             },
         }
@@ -828,6 +748,7 @@ mod tests {
     use super::*;
     use crate::diagnose::testutil::{self, PROJECT, active_listener, node, snapshot, with_history};
     use crate::observe::envoy_admin::ListenerErrorState;
+    use crate::observe::files::PathChain;
     use crate::observe::metadata::NetworkRef;
     use std::collections::HashMap;
 
@@ -1086,10 +1007,19 @@ mod tests {
         assert!(run(&b).findings.is_empty());
     }
 
-    fn facts<'a>(
-        map: &'a HashMap<&'a str, FileFacts>,
-    ) -> impl Fn(&Path) -> io::Result<Option<FileFacts>> + 'a {
+    fn facts<'a>(map: &'a HashMap<&'a str, FileFacts>) -> impl Fn(&Path) -> StatResult + 'a {
         move |p: &Path| Ok(map.get(p.to_str().unwrap()).copied())
+    }
+
+    /// An access-log path as observe would have read it.
+    fn chain(path: &str, stats: &[(&str, StatResult)]) -> PathChain {
+        PathChain {
+            path: path.into(),
+            stats: stats
+                .iter()
+                .map(|(p, s)| (PathBuf::from(p), s.clone()))
+                .collect(),
+        }
     }
 
     fn dir(uid: u32, mode: u32) -> FileFacts {
@@ -1179,13 +1109,6 @@ mod tests {
     }
 
     #[test]
-    fn proc_status_groups() {
-        let status = "Name:\tenvoy\nUid:\t65534\t65534\t65534\t65534\nGid:\t65534\t65533\t65534\t65534\nGroups:\t4 27 \n";
-        assert_eq!(process_groups(status), Some(vec![65533, 4, 27]));
-        assert_eq!(process_groups("Name: x\n"), None);
-    }
-
-    #[test]
     fn access_log_from_error_state_names_path_uid_and_listener() {
         let mut s = snapshot();
         let reason = "Error adding/updating listener(s) TRAFFICDIRECTOR_INTERCEPTION_LISTENER: unable to open file '/nonexistent-spa/access.log': Permission denied\n";
@@ -1198,6 +1121,13 @@ mod tests {
             .node
             .metadata
             .insert(ACCESS_LOG_KEY.into(), "/nonexistent-spa/access.log".into());
+        s.access_log = Some(chain(
+            "/nonexistent-spa/access.log",
+            &[
+                ("/", Ok(Some(dir(0, 0o755)))),
+                ("/nonexistent-spa", Ok(None)),
+            ],
+        ));
         s.resolved.envoy_uid = Some(65534);
         s.admin_pid = None;
         let o = run(&s);
@@ -1244,6 +1174,14 @@ mod tests {
             .node
             .metadata
             .insert(ACCESS_LOG_KEY.into(), "/proc/spa-no-such/access.log".into());
+        s.access_log = Some(chain(
+            "/proc/spa-no-such/access.log",
+            &[
+                ("/", Ok(Some(dir(0, 0o755)))),
+                ("/proc", Ok(Some(dir(0, 0o555)))),
+                ("/proc/spa-no-such", Ok(None)),
+            ],
+        ));
         s.resolved.envoy_uid = Some(65534);
         s.admin_pid = None;
         let o = run(&s);

@@ -461,6 +461,59 @@ impl Diagnosis {
 mod tests {
     use super::*;
 
+    /// Diagnosis judges the snapshot and the time it is handed: no file system, process, network,
+    /// environment or clock of its own. Checked on the source (outside test blocks) so a new
+    /// read cannot slip in unnoticed.
+    #[test]
+    fn diagnose_does_no_io() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/diagnose");
+        let banned = [
+            "std::fs",
+            "fs::",
+            "std::process",
+            "std::env",
+            "std::net::Tcp",
+            "tokio",
+            ".exists()",
+            "read_to_string",
+            "Instant::now",
+            "SystemTime::now",
+            "\"/proc",
+        ];
+        let mut checked = 0;
+        let mut dirs = vec![dir.clone()];
+        while let Some(d) = dirs.pop() {
+            for entry in std::fs::read_dir(&d).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                    continue;
+                }
+                let name = path.strip_prefix(&dir).unwrap().display().to_string();
+                if !name.ends_with(".rs")
+                    || name.ends_with("testutil.rs")
+                    || name.ends_with("tests.rs")
+                {
+                    continue;
+                }
+                let text = std::fs::read_to_string(&path).unwrap();
+                let code = text.split("#[cfg(test)]\nmod tests").next().unwrap();
+                for b in banned {
+                    assert!(
+                        !code.contains(b),
+                        "src/diagnose/{name} uses {b}: read it in observe"
+                    );
+                }
+                checked += 1;
+            }
+        }
+        assert!(
+            checked >= 10,
+            "only {checked} files read from {}",
+            dir.display()
+        );
+    }
+
     #[test]
     fn every_finding_has_a_group_and_status_follows_severity() {
         for id in FindingId::ALL {

@@ -123,6 +123,8 @@ pub fn snapshot() -> Snapshot {
             proxy_port: 15001,
             serving_ports: Vec::new(),
         },
+        access_log: None,
+        envoy_groups: None,
     }
 }
 

@@ -629,6 +629,22 @@ impl Node {
     pub fn metadata_str(&self, key: &str) -> Option<&str> {
         self.metadata.get(key).and_then(serde_json::Value::as_str)
     }
+
+    /// A metadata value as text fit for a report (numbers as written, control characters
+    /// removed, at most 128 characters), whatever its JSON type.
+    pub fn metadata_text(&self, key: &str) -> Option<String> {
+        match self.metadata.get(key)? {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Number(n) => Some(
+                n.as_u64()
+                    .map(|u| u.to_string())
+                    .or_else(|| n.as_f64().map(|f| format!("{f:.0}")))
+                    .unwrap_or_else(|| n.to_string()),
+            ),
+            other => Some(other.to_string()),
+        }
+        .map(|s| crate::text::truncate_with_ellipsis(&crate::text::strip_control(&s), 128))
+    }
 }
 
 #[derive(Deserialize)]

@@ -6,6 +6,7 @@ pub mod admin_trust;
 pub mod control_plane;
 pub mod envoy_admin;
 pub mod envoy_log;
+pub mod files;
 pub mod http;
 pub mod iptables;
 pub mod log_files;
@@ -87,6 +88,12 @@ pub struct Snapshot {
     /// Whether guest attributes can be written (the daemon's publisher knows; `doctor` probes).
     pub guest_attributes: GuestAttributesState,
     pub resolved: Resolved,
+    /// The configured access-log path with the facts of it and the directories above it;
+    /// `None` when no path is configured.
+    pub access_log: Option<files::PathChain>,
+    /// The groups of the Envoy serving the admin, when it runs as `resolved.envoy_uid`
+    /// (the access-log check needs them); `None` when unknown.
+    pub envoy_groups: Option<Vec<u32>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -321,6 +328,9 @@ impl Observer {
         };
         let trust = admin_trust::both(trust_before, self.admin_trust(&processes));
         let resolved = resolve(&self.settings, trust, &server_info, &vm);
+        let access_log = files::configured_access_log(&server_info, &vm)
+            .map(|p| files::PathChain::read(&p, files::stat_path));
+        let envoy_groups = self.envoy_groups(&processes, admin_pid, resolved.envoy_uid);
         Snapshot {
             taken_at: SystemTime::now(),
             interception_mode: self.settings.interception,
@@ -336,7 +346,26 @@ impl Observer {
             control_plane,
             guest_attributes: GuestAttributesState::Unknown,
             resolved,
+            access_log,
+            envoy_groups,
         }
+    }
+
+    /// The groups of the admin's process, when it runs as the UID Envoy is taken to run as
+    /// (another process's groups would say nothing about Envoy's access).
+    fn envoy_groups(
+        &self,
+        processes: &Result<Vec<EnvoyProcess>, ProcError>,
+        admin_pid: Option<u32>,
+        envoy_uid: Option<u32>,
+    ) -> Option<Vec<u32>> {
+        let uid = envoy_uid?;
+        let pid = admin_pid?;
+        let owner = processes.as_ref().ok()?.iter().find(|p| p.pid == pid)?.uid;
+        if owner != uid {
+            return None;
+        }
+        procfs::process_groups(&self.proc_root, pid)
     }
 }
 

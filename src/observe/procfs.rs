@@ -278,9 +278,39 @@ pub fn resolve_user(name: &str) -> Option<u32> {
         .map(|u| u.uid.as_raw())
 }
 
+/// The effective and supplementary groups of a process, from `<proc_root>/<pid>/status`;
+/// `None` when unreadable.
+pub fn process_groups(proc_root: &Path, pid: u32) -> Option<Vec<u32>> {
+    let status = fs::read_to_string(proc_root.join(pid.to_string()).join("status")).ok()?;
+    parse_groups(&status)
+}
+
+/// `Gid:` (the effective one, second field) and `Groups:` of a `status` file.
+pub fn parse_groups(status: &str) -> Option<Vec<u32>> {
+    let mut gids = Vec::new();
+    let mut seen_gid = false;
+    for line in status.lines() {
+        if let Some(v) = line.strip_prefix("Gid:") {
+            let effective = v.split_whitespace().nth(1)?.parse().ok()?;
+            gids.push(effective);
+            seen_gid = true;
+        } else if let Some(v) = line.strip_prefix("Groups:") {
+            gids.extend(v.split_whitespace().filter_map(|g| g.parse::<u32>().ok()));
+        }
+    }
+    seen_gid.then_some(gids)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proc_status_groups() {
+        let status = "Name:\tenvoy\nUid:\t65534\t65534\t65534\t65534\nGid:\t65534\t65533\t65534\t65534\nGroups:\t4 27 \n";
+        assert_eq!(parse_groups(status), Some(vec![65533, 4, 27]));
+        assert_eq!(parse_groups("Name: x\n"), None);
+    }
 
     #[test]
     fn stat_with_hostile_comm() {
