@@ -1,0 +1,182 @@
+
+use super::*;
+
+fn range(addr: &str, len: Option<u64>) -> PrefixRange {
+    PrefixRange {
+        address_prefix: Some(JsonLeaf::Text(addr.into())),
+        prefix_len: len.map(JsonLeaf::Number),
+    }
+}
+
+#[test]
+fn prefixes_parse_strictly() {
+    let ok = |a, l| parse_prefix(&range(a, Some(l))).unwrap().to_string();
+    assert_eq!(ok("10.0.0.1", 32), "10.0.0.1/32");
+    assert_eq!(ok("10.1.2.3", 24), "10.1.2.0/24");
+    assert_eq!(ok("fd00::5", 128), "fd00::5/128");
+    assert_eq!(ok("fd00::5:1", 64), "fd00::/64");
+    for (a, l) in [
+        ("10.0.0.1 -j ACCEPT", Some(32)),
+        ("10.0.0.1", Some(99)),
+        ("10.0.0.1", Some(33)),
+        ("fd00::1", Some(129)),
+        ("10.0.0.1", Some(0)),
+        ("10.0.0.1", None),
+        ("010.0.0.1", Some(32)),
+        ("10.0.0.1/32", Some(32)),
+        ("fe80::1%eth0", Some(128)),
+        ("", Some(32)),
+        ("10.0.0.1", Some(u64::MAX)),
+    ] {
+        assert!(parse_prefix(&range(a, l)).is_err(), "{a:?}/{l:?} accepted");
+    }
+    let odd = PrefixRange {
+        address_prefix: Some(JsonLeaf::Number(167772161)),
+        prefix_len: Some(JsonLeaf::Text("32".into())),
+    };
+    assert!(parse_prefix(&odd).is_err());
+}
+
+#[test]
+fn percent_encoding_of_the_filter() {
+    assert_eq!(crate::text::percent_encode("a.b|c$"), "a.b%7Cc%24");
+    assert!(
+        crate::text::percent_encode(STATS_FILTER)
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~%".contains(&b))
+    );
+}
+
+#[test]
+fn proto_durations() {
+    assert_eq!(parse_proto_duration("123s"), Some(Duration::from_secs(123)));
+    assert_eq!(
+        parse_proto_duration("0.200s"),
+        Some(Duration::from_millis(200))
+    );
+    assert_eq!(
+        parse_proto_duration("1.000000001s"),
+        Some(Duration::new(1, 1))
+    );
+    for bad in [
+        "",
+        "s",
+        "12",
+        "-1s",
+        "1.s.s",
+        "1.0000000001s",
+        "1e3s",
+        "99999999999999999999s",
+    ] {
+        assert_eq!(parse_proto_duration(bad), None, "{bad}");
+    }
+}
+
+#[test]
+fn version_numbers() {
+    let v = parse_version_number("9e55/1.40.0/Clean/RELEASE/BoringSSL").unwrap();
+    assert_eq!(v.to_string(), "1.40.0");
+    let old = parse_version_number(
+        "dc78069b10cc94fa07bb974b7101dd1b42e2e7bf/1.15.1-dev/Clean/RELEASE/BoringSSL",
+    )
+    .unwrap();
+    assert!(
+        old < EnvoyVersion {
+            major: 1,
+            minor: 24,
+            patch: 9
+        }
+    );
+    assert_eq!(parse_version_number("1.40.0"), None);
+    assert_eq!(parse_version_number("x/1.40/y"), None);
+}
+
+#[test]
+fn ready_answers() {
+    assert_eq!(
+        parse_ready(200, b"LIVE\n"),
+        Some(Readiness {
+            ready: true,
+            state: ServerState::Live
+        })
+    );
+    assert_eq!(
+        parse_ready(503, b"DRAINING\n"),
+        Some(Readiness {
+            ready: false,
+            state: ServerState::Draining
+        })
+    );
+    let odd = parse_ready(503, b"WEIRD\x1b[31m\n").unwrap();
+    assert_eq!(odd.state, ServerState::Other("WEIRD [31m".into()));
+    assert_eq!(parse_ready(404, b"nope"), None);
+}
+
+#[test]
+fn stats_parser_is_tolerant() {
+    let s = parse_stats(
+        "control_plane.connected_state: 1\n\
+             garbage line\n\
+             : 5\n\
+             listener_manager.lds.update_rejected: 3\n\
+             listener_manager.lds.version_text: \"v-12\"\n\
+             cluster.a.init_fetch_timeout: 2\n\
+             cluster.b.init_fetch_timeout: 0\n\
+             listener_manager.lds.init_fetch_timeout: 1\n\
+             listener_manager.lds.update_success: -4\n\
+             listener_manager.total_listeners_active: 99999999999999999999999\n\
+             http.admin.downstream_cx_length_ms: P0(nan,0) P25(nan,1.0)\n",
+    );
+    assert_eq!(s.control_plane_connected_state, Some(1));
+    assert_eq!(s.lds_update_rejected, Some(3));
+    assert_eq!(s.lds_update_success, None);
+    assert_eq!(s.total_listeners_active, None);
+    assert_eq!(s.lds_version_text.as_deref(), Some("v-12"));
+    assert_eq!(s.init_fetch_timeout_total, 3);
+    assert_eq!(s.init_fetch_timeouts.len(), 2);
+    assert_eq!(s.init_fetch_timeouts["cluster.a.init_fetch_timeout"], 2);
+}
+
+#[test]
+fn host_health() {
+    let h = |json: &str| serde_json::from_str::<HostHealth>(json).unwrap();
+    assert!(h("{}").is_healthy());
+    assert!(h(r#"{"eds_health_status": "HEALTHY"}"#).is_healthy());
+    assert!(h(r#"{"eds_health_status": "UNKNOWN"}"#).is_healthy());
+    let degraded = h(r#"{"eds_health_status": "DEGRADED"}"#);
+    assert!(degraded.is_healthy() && degraded.is_degraded());
+    assert!(h(r#"{"failed_active_degraded_check": true}"#).is_degraded());
+    assert!(h(r#"{"pending_dynamic_removal": true, "pending_active_hc": true}"#).is_healthy());
+    for bad in [
+        r#"{"eds_health_status": "UNHEALTHY"}"#,
+        r#"{"eds_health_status": "DRAINING"}"#,
+        r#"{"eds_health_status": "TIMEOUT"}"#,
+        r#"{"eds_health_status": "SOMETHING_NEW"}"#,
+        r#"{"failed_active_health_check": true, "eds_health_status": "HEALTHY"}"#,
+        r#"{"failed_outlier_check": true}"#,
+        r#"{"failed_eds_health": true}"#,
+        r#"{"active_hc_timeout": true}"#,
+        r#"{"excluded_via_immediate_hc_fail": true}"#,
+    ] {
+        assert!(!h(bad).is_healthy(), "{bad}");
+        assert!(!h(bad).is_degraded(), "{bad}");
+    }
+    // A non-text status is not trusted as healthy.
+    assert!(!h(r#"{"eds_health_status": 1}"#).is_healthy());
+    assert_eq!(
+        h(r#"{"eds_health_status": {"x": 1}}"#)
+            .eds_health_status
+            .as_deref(),
+        Some("<an object>")
+    );
+}
+
+#[test]
+fn stats_keep_a_bounded_number_of_names() {
+    let text: String = (0..2000)
+        .map(|i| format!("cluster.c{i}.init_fetch_timeout: 1\n"))
+        .collect();
+    let s = parse_stats(&text);
+    assert_eq!(s.init_fetch_timeout_total, 2000);
+    assert_eq!(s.init_fetch_timeouts.len(), MAX_TRACKED_INIT_FETCH_TIMEOUTS);
+}
