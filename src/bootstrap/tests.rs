@@ -1,4 +1,3 @@
-
 use super::*;
 use crate::config::CommonArgs;
 use crate::observe::metadata::{NetworkRef, parse_service_proxy};

@@ -16,9 +16,8 @@ use std::collections::{HashMap, HashSet};
 use ipnet::IpNet;
 
 use crate::finding::{Finding, FindingId};
-use crate::observe::iptables::{
-    Chain, Family, IptablesError, Neg, PortRange, Rule, RuleSpec, Ruleset, Table, Target,
-};
+use crate::netfilter::{Chain, Family, Neg, PortRange, Rule, RuleSpec, Ruleset, Table, Target};
+use crate::observe::iptables::IptablesError;
 
 /// What the checks look at.
 #[derive(Debug, Clone, Copy)]

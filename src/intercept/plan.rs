@@ -36,7 +36,7 @@ use ipnet::IpNet;
 use thiserror::Error;
 
 use crate::intercept::is_ours;
-use crate::observe::iptables::{
+use crate::netfilter::{
     Family, PortRange, Rule, RuleSpec, Table, Target, parse_port_range, parse_save, tokenize,
 };
 

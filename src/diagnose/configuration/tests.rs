@@ -1,4 +1,3 @@
-
 use super::*;
 use crate::diagnose::testutil::{self, PROJECT, active_listener, node, snapshot, with_history};
 use crate::observe::envoy_admin::ListenerErrorState;

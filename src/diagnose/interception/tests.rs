@@ -1,7 +1,6 @@
-
 use super::*;
 use crate::intercept::plan::{DesiredInput, TrafficInterception, plan};
-use crate::observe::iptables::parse_save;
+use crate::netfilter::parse_save;
 
 fn ours(vips: &[&str], ports: &[u16], uid: u32) -> Ruleset {
     let p = plan(&DesiredInput {
@@ -435,7 +434,7 @@ fn large_kube_proxy_like_tables() {
 
 mod dst_index {
     use super::super::*;
-    use crate::observe::iptables::parse_save;
+    use crate::netfilter::parse_save;
     use proptest::prelude::*;
 
     /// The table without its destination index: every rule is visited.

@@ -1,4 +1,3 @@
-
 use super::*;
 
 fn input(vips: &[&str], ports: &[u16]) -> DesiredInput {
@@ -388,7 +387,7 @@ fn apply_restore(table: &mut Table, text: &str) {
             let name = decl.split(' ').next().unwrap();
             match table.chains.iter_mut().find(|c| c.name == name) {
                 Some(c) => c.rules.clear(),
-                None => table.chains.push(crate::observe::iptables::Chain {
+                None => table.chains.push(crate::netfilter::Chain {
                     name: name.into(),
                     policy: None,
                     declared: true,

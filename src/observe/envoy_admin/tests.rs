@@ -1,4 +1,3 @@
-
 use super::*;
 
 fn range(addr: &str, len: Option<u64>) -> PrefixRange {

@@ -1,4 +1,3 @@
-
 use super::*;
 
 fn all(input: &[u8]) -> Vec<LogEntry> {

@@ -1,4 +1,3 @@
-
 use super::*;
 
 mod tokenizer {
@@ -201,24 +200,6 @@ fn zero_prefix_matches_everything() {
     let spec = &rs.tables[0].chain("OUTPUT").unwrap().rules[0].spec;
     assert_eq!(spec.source, None);
     assert_eq!(spec.destination, None);
-}
-
-#[test]
-fn error_messages() {
-    let e = IptablesError::Failed {
-            program: "ip6tables-save".into(),
-            status: "exit status 1".into(),
-            message: iptables_message(
-                b"ip6tables-save v1.8.7 (legacy): can't initialize ip6tables table `nat': Table does not exist (do you need to insmod?)\nPerhaps ip6tables or your kernel needs to be upgraded.\n",
-            ),
-        };
-    assert!(e.looks_like_missing_modules());
-    assert!(e.to_string().contains("Perhaps ip6tables"));
-    assert_eq!(
-            iptables_message(b"iptables-restore: Chain 'X' does not exist\nError occurred at line: 4\nTry `iptables-restore -h' or 'iptables-restore --help' for more information.\n"),
-            "iptables-restore: Chain 'X' does not exist; Error occurred at line: 4"
-        );
-    assert_eq!(iptables_message(b""), "(no message)");
 }
 
 mod props {

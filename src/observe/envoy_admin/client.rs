@@ -1,0 +1,109 @@
+//! The HTTP client for Envoy's admin: one request per endpoint, bodies capped, errors typed.
+
+use super::*;
+
+/// A client for one Envoy admin endpoint. Cheap to clone; holds no connection.
+#[derive(Debug, Clone)]
+pub struct AdminClient {
+    authority: String,
+    timeout: Duration,
+    max_body: usize,
+}
+
+impl AdminClient {
+    /// `timeout` bounds each request (connect to last body byte); `max_body` caps each answer.
+    pub fn new(url: &AdminUrl, timeout: Duration, max_body: usize) -> Self {
+        AdminClient {
+            authority: url.authority(),
+            timeout,
+            max_body,
+        }
+    }
+
+    async fn get(
+        &self,
+        endpoint: &'static str,
+        path_and_query: &str,
+    ) -> Result<http::Response, AdminError> {
+        http::get(
+            &self.authority,
+            path_and_query,
+            &[],
+            self.timeout,
+            self.max_body,
+        )
+        .await
+        .map_err(|e| AdminError::from_http(endpoint, e))
+    }
+
+    async fn get_ok(
+        &self,
+        endpoint: &'static str,
+        path_and_query: &str,
+    ) -> Result<bytes::Bytes, AdminError> {
+        let r = self.get(endpoint, path_and_query).await?;
+        if r.status != hyper::StatusCode::OK {
+            return Err(status_error(endpoint, &r));
+        }
+        Ok(r.body)
+    }
+
+    pub async fn server_info(&self) -> Result<ServerInfo, AdminError> {
+        let body = self.get_ok(PATH_SERVER_INFO, PATH_SERVER_INFO).await?;
+        parse_server_info(&body)
+    }
+
+    /// `/ready`: 200 `LIVE`, or 503 with the state; any other status is an error.
+    pub async fn ready(&self) -> Result<Readiness, AdminError> {
+        let r = self.get(PATH_READY, PATH_READY).await?;
+        parse_ready(r.status.as_u16(), &r.body).ok_or_else(|| status_error(PATH_READY, &r))
+    }
+
+    pub async fn dynamic_listeners(&self) -> Result<Vec<DynamicListener>, AdminError> {
+        let body = self
+            .get_ok(PATH_DYNAMIC_LISTENERS, PATH_DYNAMIC_LISTENERS)
+            .await?;
+        parse_listeners(&body)
+    }
+
+    pub async fn clusters(&self) -> Result<Vec<ClusterStatus>, AdminError> {
+        let body = self.get_ok(PATH_CLUSTERS, PATH_CLUSTERS).await?;
+        parse_clusters(&body)
+    }
+
+    pub async fn stats(&self) -> Result<EnvoyStats, AdminError> {
+        let path = format!(
+            "/stats?filter={}",
+            crate::text::percent_encode(STATS_FILTER)
+        );
+        let body = self.get_ok(PATH_STATS, &path).await?;
+        let text = std::str::from_utf8(&body).map_err(|e| malformed(PATH_STATS, e))?;
+        Ok(parse_stats(text))
+    }
+}
+
+pub(super) fn status_error(endpoint: &'static str, r: &http::Response) -> AdminError {
+    AdminError::Status {
+        endpoint,
+        status: r.status.as_u16(),
+        body: one_line(&r.body, ERROR_BODY_MAX),
+    }
+}
+
+pub(super) fn one_line(bytes: &[u8], max: usize) -> String {
+    let text = crate::text::lossy_bounded(bytes, max.saturating_mul(2));
+    crate::text::truncate_with_ellipsis(crate::text::strip_control(&text).trim(), max)
+}
+
+pub(super) fn from_json<'a, T: Deserialize<'a>>(
+    endpoint: &'static str,
+    body: &'a [u8],
+) -> Result<T, AdminError> {
+    // Checked up front: serde_json does not validate UTF-8 inside strings it skips.
+    let text = std::str::from_utf8(body).map_err(|e| malformed(endpoint, e))?;
+    // serde would also build a struct from an array: every admin answer we read is an object.
+    if !text.trim_start().starts_with('{') {
+        return Err(malformed(endpoint, "not a JSON object"));
+    }
+    serde_json::from_str(text).map_err(|e| malformed(endpoint, e))
+}
