@@ -1,6 +1,31 @@
-//! The findings catalogue (docs/contract.md#4-1-catalogue): stable IDs, their severity, the guide section they come
-//! from and the default wording. Checks build [`Finding`]s from here so that the contract (IDs,
-//! severities, doc references) lives in one place.
+//! The findings catalogue (docs/contract.md#4-1-catalogue): one row per finding carries all the
+//! finding is — its stable name, severity, check group, the guide section it automates, and the
+//! default summary and remediation — so the contract (IDs, severities, doc references) lives in
+//! one place and everything else (serialization, `doctor`'s grouping, the metrics' labels, the
+//! `findings` attribute) is derived from it.
+//!
+//! # Adding a finding raised from the snapshot
+//!
+//! Three files, plus tests:
+//!
+//! 1. **`src/finding.rs`**: a row in `catalogue!` below: `Variant = "NAME" => severity, group,
+//!    doc::SECTION, "summary", "remediation";`. A new guide section is a `doc::` constant whose
+//!    anchor exists in docs/troubleshooting-guide.md (a unit test checks it).
+//! 2. **`src/diagnose/<group>.rs`**: the check, a pure function of the [`crate::observe::Snapshot`]
+//!    (and the time it is handed); build the [`Finding`] with `Finding::new(FindingId::Variant,
+//!    detail)`. When it needs a fact the snapshot lacks, that fact is read in `observe` first
+//!    (a new snapshot field), never in `diagnose` (`diagnose_does_no_io` fails otherwise).
+//! 3. **`README.md`**: the row of the "Findings" table (`tests/readme.rs` fails without it).
+//!
+//! Tests: unit tests beside the check that build the snapshot in memory
+//! (`diagnose::testutil::snapshot()` and change what the finding needs), and a scenario that
+//! provokes the finding with real parts, named in `COVERAGE` of the scenarios test
+//! (`every_finding_has_a_scenario` fails without it).
+//!
+//! The contract's catalogue, docs/contract.md#4-1-catalogue, also needs the finding's row: a
+//! new ID is a change of the product contract, written there first (a unit test here fails
+//! while it is missing). Nothing else lists findings by hand: metrics, guest attributes,
+//! `doctor` and the group of each finding follow the catalogue.
 
 use serde::Serialize;
 use std::fmt;
@@ -41,24 +66,105 @@ impl fmt::Display for Severity {
 /// Sections of the troubleshooting guide ("Troubleshooting Envoy deployments", the page in
 /// docs/troubleshooting-guide.md), used as the `doc` field so an SRE can find the manual procedure we automate.
 pub mod doc {
-    pub const ENVOY_VERSION: &str =
-        "Troubleshooting Envoy deployments › Check the Envoy version installed on the VM";
-    pub const PROXY_NOT_CONNECTING: &str =
-        "Troubleshooting Envoy deployments › Proxy does not connect to Cloud Service Mesh";
-    pub const SERVICES_UNREACHABLE: &str = "Troubleshooting Envoy deployments › Services configured with Cloud Service Mesh are not reachable";
-    pub const ACCESS_LOG: &str = "Troubleshooting Envoy deployments › Services are not reachable when Envoy access logging is configured";
-    pub const CONFIG_ERRORS_IN_LOG: &str = "Troubleshooting Envoy deployments › Error messages in the Envoy logs indicate a configuration problem";
-    pub const GUEST_ATTRIBUTES: &str = "Troubleshooting Compute Engine › Communication channels for troubleshooting › VM guest attributes";
-    pub const TEMPLATE_VMS_UNREACHABLE: &str = "Troubleshooting Compute Engine › VMs created from a service-proxy instance template cannot reach Cloud Service Mesh services";
-    pub const INBOUND_UNREACHABLE: &str = "Troubleshooting Compute Engine › Inbound traffic interception is configured on a workload port, but the port cannot be reached from outside the VM";
-    pub const SERVER_FIRST: &str =
-        "Troubleshooting Compute Engine › Issues when connections use server-first protocols";
-    pub const MOST_ENDPOINTS_UNHEALTHY: &str = "Troubleshooting service mesh health › Cloud Service Mesh behavior when most endpoints are unhealthy";
-    pub const SUBOPTIMAL_DISTRIBUTION: &str = "Troubleshooting service mesh health › Suboptimal traffic distribution because of unhealthy backends";
+    /// A section of the guide: its title as the `doc` field carries it, and its anchor in
+    /// docs/troubleshooting-guide.md.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Section {
+        pub title: &'static str,
+        pub anchor: &'static str,
+    }
+
+    pub const ENVOY_VERSION: Section = Section {
+        title: "Troubleshooting Envoy deployments › Check the Envoy version installed on the VM",
+        anchor: "envoy-version",
+    };
+    pub const PROXY_NOT_CONNECTING: Section = Section {
+        title: "Troubleshooting Envoy deployments › Proxy does not connect to Cloud Service Mesh",
+        anchor: "proxy-not-connecting",
+    };
+    pub const SERVICES_UNREACHABLE: Section = Section {
+        title: "Troubleshooting Envoy deployments › Services configured with Cloud Service Mesh are not reachable",
+        anchor: "services-unreachable",
+    };
+    pub const ACCESS_LOG: Section = Section {
+        title: "Troubleshooting Envoy deployments › Services are not reachable when Envoy access logging is configured",
+        anchor: "access-log",
+    };
+    pub const CONFIG_ERRORS_IN_LOG: Section = Section {
+        title: "Troubleshooting Envoy deployments › Error messages in the Envoy logs indicate a configuration problem",
+        anchor: "config-errors-in-log",
+    };
+    pub const GUEST_ATTRIBUTES: Section = Section {
+        title: "Troubleshooting Compute Engine › Communication channels for troubleshooting › VM guest attributes",
+        anchor: "guest-attributes",
+    };
+    pub const TEMPLATE_VMS_UNREACHABLE: Section = Section {
+        title: "Troubleshooting Compute Engine › VMs created from a service-proxy instance template cannot reach Cloud Service Mesh services",
+        anchor: "template-vms-unreachable",
+    };
+    pub const INBOUND_UNREACHABLE: Section = Section {
+        title: "Troubleshooting Compute Engine › Inbound traffic interception is configured on a workload port, but the port cannot be reached from outside the VM",
+        anchor: "inbound-unreachable",
+    };
+    pub const SERVER_FIRST: Section = Section {
+        title: "Troubleshooting Compute Engine › Issues when connections use server-first protocols",
+        anchor: "server-first",
+    };
+    pub const MOST_ENDPOINTS_UNHEALTHY: Section = Section {
+        title: "Troubleshooting service mesh health › Cloud Service Mesh behavior when most endpoints are unhealthy",
+        anchor: "most-endpoints-unhealthy",
+    };
+    pub const SUBOPTIMAL_DISTRIBUTION: Section = Section {
+        title: "Troubleshooting service mesh health › Suboptimal traffic distribution because of unhealthy backends",
+        anchor: "suboptimal-distribution",
+    };
+}
+
+/// The check groups, in report order; each finding belongs to one (its catalogue row says which).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckGroup {
+    Proxy,
+    ControlPlane,
+    Configuration,
+    Interception,
+    Endpoints,
+    Metadata,
+    /// docs/contract.md#10-project-side-checks: asked of Google's APIs (see `project`).
+    Project,
+}
+
+impl CheckGroup {
+    pub const ALL: [CheckGroup; 7] = [
+        CheckGroup::Proxy,
+        CheckGroup::ControlPlane,
+        CheckGroup::Configuration,
+        CheckGroup::Interception,
+        CheckGroup::Endpoints,
+        CheckGroup::Metadata,
+        CheckGroup::Project,
+    ];
+
+    pub fn title(self) -> &'static str {
+        match self {
+            CheckGroup::Proxy => "proxy",
+            CheckGroup::ControlPlane => "control plane",
+            CheckGroup::Configuration => "configuration",
+            CheckGroup::Interception => "interception",
+            CheckGroup::Endpoints => "endpoints",
+            CheckGroup::Metadata => "metadata & agent",
+            CheckGroup::Project => "project",
+        }
+    }
+
+    /// The group a finding belongs to: its catalogue row says.
+    pub fn of(id: FindingId) -> CheckGroup {
+        id.group()
+    }
 }
 
 macro_rules! catalogue {
-    ($( $variant:ident => $sev:ident, $doc:expr, $summary:expr, $remediation:expr; )*) => {
+    ($( $variant:ident = $name:literal => $sev:ident, $group:ident, $doc:expr, $summary:expr, $remediation:expr; )*) => {
         /// Stable finding IDs. The serialized form (`ENVOY_NOT_RUNNING`, ...) is the contract.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
         #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -67,12 +173,28 @@ macro_rules! catalogue {
         impl FindingId {
             pub const ALL: &'static [FindingId] = &[ $( FindingId::$variant, )* ];
 
+            /// The stable name (`ENVOY_NOT_RUNNING`): the contract, also the serialized form.
+            pub fn as_str(self) -> &'static str {
+                match self { $( FindingId::$variant => $name, )* }
+            }
+
+            /// The check group that raises it (and `doctor` reports it under).
+            pub fn group(self) -> CheckGroup {
+                match self { $( FindingId::$variant => CheckGroup::$group, )* }
+            }
+
             pub fn severity(self) -> Severity {
                 match self { $( FindingId::$variant => Severity::$sev, )* }
             }
 
+            /// The guide section's title (the `doc` field).
             pub fn doc(self) -> &'static str {
-                match self { $( FindingId::$variant => $doc, )* }
+                match self { $( FindingId::$variant => $doc.title, )* }
+            }
+
+            /// The section's anchor in docs/troubleshooting-guide.md.
+            pub fn guide_anchor(self) -> &'static str {
+                match self { $( FindingId::$variant => $doc.anchor, )* }
             }
 
             /// One line of what is wrong, used when a check has nothing more specific to say.
@@ -89,135 +211,99 @@ macro_rules! catalogue {
 }
 
 catalogue! {
-    EnvoyNotRunning => Error, doc::SERVICES_UNREACHABLE,
+    EnvoyNotRunning = "ENVOY_NOT_RUNNING" => Error, Proxy, doc::SERVICES_UNREACHABLE,
         "No Envoy process is running",
         "Start the sidecar (`systemctl start envoy`) and check why it stopped in /var/log/envoy/envoy.err.log; if the VM came from a service-proxy instance template, check the bootstrap-status guest attribute.";
-    EnvoyAdminUnreachable => Error, doc::SERVICES_UNREACHABLE,
+    EnvoyAdminUnreachable = "ENVOY_ADMIN_UNREACHABLE" => Error, Proxy, doc::SERVICES_UNREACHABLE,
         "Envoy is running but its admin interface does not answer",
         "Check that Envoy's admin listener is on the address the agent uses (--envoy-admin, default http://127.0.0.1:15000) and that Envoy is not stuck; restart it if it stays unresponsive.";
-    EnvoyNotLive => Warning, doc::SERVICES_UNREACHABLE,
+    EnvoyNotLive = "ENVOY_NOT_LIVE" => Warning, Proxy, doc::SERVICES_UNREACHABLE,
         "Envoy is not LIVE",
         "Envoy is still initializing or is draining. If it stays that way, look in the Envoy log for initial-fetch timeouts and control-plane errors.";
-    EnvoyVersionUnsupported => Error, doc::ENVOY_VERSION,
+    EnvoyVersionUnsupported = "ENVOY_VERSION_UNSUPPORTED" => Error, Proxy, doc::ENVOY_VERSION,
         "Envoy is older than 1.24.9, the minimum supported for sidecars",
         "Upgrade Envoy to 1.24.9 or later (recreate the VM from an up-to-date instance template, or install a newer Envoy binary).";
-    EnvoyRestarting => Warning, doc::SERVICES_UNREACHABLE,
+    EnvoyRestarting = "ENVOY_RESTARTING" => Warning, Proxy, doc::SERVICES_UNREACHABLE,
         "Envoy keeps restarting",
         "Envoy restarted more than twice in 10 minutes: read the last [critical] lines of /var/log/envoy/envoy.err.log and `journalctl -u envoy` for the reason.";
-    ControlPlaneDisconnected => Error, doc::PROXY_NOT_CONNECTING,
+    ControlPlaneDisconnected = "CONTROL_PLANE_DISCONNECTED" => Error, ControlPlane, doc::PROXY_NOT_CONNECTING,
         "Envoy is not connected to the Cloud Service Mesh control plane",
         "Check that the VM can reach trafficdirector.googleapis.com:443 (firewall, DNS, proxy), that the Cloud Service Mesh API is enabled, and look in the Envoy log for errors about trafficdirector.googleapis.com.";
-    ControlPlaneUnreachable => Error, doc::PROXY_NOT_CONNECTING,
+    ControlPlaneUnreachable = "CONTROL_PLANE_UNREACHABLE" => Error, ControlPlane, doc::PROXY_NOT_CONNECTING,
         "The Cloud Service Mesh control plane cannot be reached from this VM",
         "Make sure the VM can resolve trafficdirector.googleapis.com and open TCP port 443 to it: check firewall egress rules, DNS and any forward proxy.";
-    MeshConfigNotFound => Error, doc::CONFIG_ERRORS_IN_LOG,
+    MeshConfigNotFound = "MESH_CONFIG_NOT_FOUND" => Error, ControlPlane, doc::CONFIG_ERRORS_IN_LOG,
         "Cloud Service Mesh has no configuration for the network and project Envoy asked with",
         "Check that a forwarding rule with load-balancing scheme INTERNAL_SELF_MANAGED exists in the VPC network; make the network in --service-proxy:network (or TRAFFICDIRECTOR_NETWORK_NAME in the bootstrap) match that forwarding rule's network, and TRAFFICDIRECTOR_GCP_PROJECT_NUMBER the project number.";
-    MeshEntityNotFound => Error, doc::CONFIG_ERRORS_IN_LOG,
+    MeshEntityNotFound = "MESH_ENTITY_NOT_FOUND" => Error, ControlPlane, doc::CONFIG_ERRORS_IN_LOG,
         "Cloud Service Mesh did not find the entity Envoy asked for",
         "Check that the mesh or scope named in the bootstrap (node id and TRAFFICDIRECTOR_* metadata) exists in this project, and that the project number is right.";
-    ControlPlanePermissionDenied => Error, doc::PROXY_NOT_CONNECTING,
+    ControlPlanePermissionDenied = "CONTROL_PLANE_PERMISSION_DENIED" => Error, ControlPlane, doc::PROXY_NOT_CONNECTING,
         "The control plane refused Envoy: permission denied",
         "Enable the Cloud Service Mesh API (trafficdirector.googleapis.com) in the project and give the VM's service account the permission to use it (roles/trafficdirector.client).";
-    ControlPlaneUnauthenticated => Error, doc::PROXY_NOT_CONNECTING,
+    ControlPlaneUnauthenticated = "CONTROL_PLANE_UNAUTHENTICATED" => Error, ControlPlane, doc::PROXY_NOT_CONNECTING,
         "The control plane refused Envoy's credentials",
         "Check that the VM has a service account and that Envoy uses Google default credentials; recreate the VM with --scopes=https://www.googleapis.com/auth/cloud-platform if its token cannot be issued.";
-    ScopesInsufficient => Error, doc::PROXY_NOT_CONNECTING,
+    ScopesInsufficient = "SCOPES_INSUFFICIENT" => Error, Metadata, doc::PROXY_NOT_CONNECTING,
         "The VM's service account scopes do not include cloud-platform",
         "Recreate the VM (or its instance template) with --scopes=https://www.googleapis.com/auth/cloud-platform.";
-    NodeMetadataMismatch => Error, doc::CONFIG_ERRORS_IN_LOG,
+    NodeMetadataMismatch = "NODE_METADATA_MISMATCH" => Error, Configuration, doc::CONFIG_ERRORS_IN_LOG,
         "Envoy's bootstrap node metadata does not match this VM",
         "Set TRAFFICDIRECTOR_NETWORK_NAME to the VPC network of the forwarding rule and TRAFFICDIRECTOR_GCP_PROJECT_NUMBER to this project's number in the Envoy bootstrap (or rerun the bootstrap with `service-proxy-agent envoy-bootstrap`), then restart Envoy.";
-    NoMeshConfig => Warning, doc::TEMPLATE_VMS_UNREACHABLE,
+    NoMeshConfig = "NO_MESH_CONFIG" => Warning, Configuration, doc::TEMPLATE_VMS_UNREACHABLE,
         "Envoy is connected but received no listener from Cloud Service Mesh",
         "Check that the services you expect have a forwarding rule, target proxy and URL map in this network; inspect `curl localhost:15000/config_dump` for dynamic listeners.";
-    ConfigRejected => Error, doc::CONFIG_ERRORS_IN_LOG,
+    ConfigRejected = "CONFIG_REJECTED" => Error, Configuration, doc::CONFIG_ERRORS_IN_LOG,
         "Envoy rejected configuration it received",
         "Read Envoy's reason in the detail; fix the offending resource (URL map, backend service, bootstrap) so that Envoy accepts it.";
-    AccessLogNotWritable => Error, doc::ACCESS_LOG,
+    AccessLogNotWritable = "ACCESS_LOG_NOT_WRITABLE" => Error, Configuration, doc::ACCESS_LOG,
         "Envoy cannot write its access log, so its listeners are not programmed",
         "Change the permissions of the access log file (TRAFFICDIRECTOR_ACCESS_LOG_PATH) so that the user running Envoy can write it, or choose a path that user can write.";
-    InterceptionMissing => Error, doc::TEMPLATE_VMS_UNREACHABLE,
+    InterceptionMissing = "INTERCEPTION_MISSING" => Error, Interception, doc::TEMPLATE_VMS_UNREACHABLE,
         "Envoy has an interception listener but no traffic is redirected to it",
         "Run the agent with --interception=enforce (the shipped unit does), or set up the redirect rules; check with `sudo iptables -t nat -S`.";
-    InterceptionLoop => Error, doc::PROXY_NOT_CONNECTING,
+    InterceptionLoop = "INTERCEPTION_LOOP" => Error, Interception, doc::PROXY_NOT_CONNECTING,
         "Outbound redirection does not exclude the Envoy user, so Envoy's own traffic loops back to it",
         "Add `-m owner --uid-owner <envoy uid> -j RETURN` before the redirect rules (the agent's enforce mode does).";
-    ServiceNotIntercepted => Error, doc::TEMPLATE_VMS_UNREACHABLE,
+    ServiceNotIntercepted = "SERVICE_NOT_INTERCEPTED" => Error, Interception, doc::TEMPLATE_VMS_UNREACHABLE,
         "Some service VIPs are not redirected to Envoy",
         "Traffic to these VIPs bypasses Envoy. Run the agent in enforce mode, or add the VIPs to the redirect chain (SERVICE_PROXY_SERVICE_CIDRS or ISTIO_OUTPUT).";
-    InboundPortNotIntercepted => Error, doc::INBOUND_UNREACHABLE,
+    InboundPortNotIntercepted = "INBOUND_PORT_NOT_INTERCEPTED" => Error, Interception, doc::INBOUND_UNREACHABLE,
         "A serving port is not redirected to Envoy",
         "Inbound traffic to this port bypasses Envoy. Run the agent in enforce mode, or add the port to SERVICE_PROXY_INBOUND.";
-    InboundPortBlocked => Warning, doc::INBOUND_UNREACHABLE,
+    InboundPortBlocked = "INBOUND_PORT_BLOCKED" => Warning, Interception, doc::INBOUND_UNREACHABLE,
         "A DROP or REJECT rule matches a serving port before its redirect",
         "Remove or reorder the rule that drops traffic to the serving port.";
-    IptablesUnavailable => Error, doc::SERVICES_UNREACHABLE,
+    IptablesUnavailable = "IPTABLES_UNAVAILABLE" => Error, Interception, doc::SERVICES_UNREACHABLE,
         "iptables is missing or failing",
         "Install iptables; if ip6tables fails because IPv6 modules are missing, reboot the VM and rerun the setup (VMs created from the Google Cloud console can lack them until reboot).";
-    ServerFirstProtocol => Warning, doc::SERVER_FIRST,
+    ServerFirstProtocol = "SERVER_FIRST_PROTOCOL" => Warning, Configuration, doc::SERVER_FIRST,
         "A serving port carries a server-speaks-first protocol, which the mesh does not support",
         "Do not route server-first protocols (MySQL, SMTP, ...) through the mesh; remove the port from serving-ports.";
-    EndpointsUnhealthy => Warning, doc::SUBOPTIMAL_DISTRIBUTION,
+    EndpointsUnhealthy = "ENDPOINTS_UNHEALTHY" => Warning, Endpoints, doc::SUBOPTIMAL_DISTRIBUTION,
         "Some endpoints of a cluster are unhealthy",
         "Traffic still flows, but may go to farther backends. Check the backend service's health check and the unhealthy backends.";
-    EndpointsPanic => Error, doc::MOST_ENDPOINTS_UNHEALTHY,
+    EndpointsPanic = "ENDPOINTS_PANIC" => Error, Endpoints, doc::MOST_ENDPOINTS_UNHEALTHY,
         "99% or more of a cluster's endpoints are unhealthy, so health is ignored",
         "The data plane now spreads traffic over all endpoints, healthy or not. Fix the backends or their health check.";
-    GuestAttributesDisabled => Warning, doc::GUEST_ATTRIBUTES,
+    GuestAttributesDisabled = "GUEST_ATTRIBUTES_DISABLED" => Warning, Metadata, doc::GUEST_ATTRIBUTES,
         "Guest attributes are disabled on this VM",
         "Set the metadata key enable-guest-attributes=TRUE on the VM or its instance template (`gcloud compute instances add-metadata VM --metadata=enable-guest-attributes=TRUE`).";
-    MetadataUnreachable => Error, doc::GUEST_ATTRIBUTES,
+    MetadataUnreachable = "METADATA_UNREACHABLE" => Error, Metadata, doc::GUEST_ATTRIBUTES,
         "The metadata server does not answer",
         "The agent must run on Compute Engine, where metadata.google.internal answers; check the VM's network configuration and DNS.";
-    IamPermissionMissing => Error, doc::PROXY_NOT_CONNECTING,
+    IamPermissionMissing = "IAM_PERMISSION_MISSING" => Error, Project, doc::PROXY_NOT_CONNECTING,
         "The VM's service account lacks permissions Cloud Service Mesh needs",
         "Grant the VM's service account roles/trafficdirector.client (and roles/logging.logWriter for Cloud Logging) on the project: `gcloud projects add-iam-policy-binding PROJECT --member=serviceAccount:ACCOUNT --role=roles/trafficdirector.client`.";
-    ControlPlaneApiDisabled => Error, doc::PROXY_NOT_CONNECTING,
+    ControlPlaneApiDisabled = "CONTROL_PLANE_API_DISABLED" => Error, Project, doc::PROXY_NOT_CONNECTING,
         "The Traffic Director API is not enabled in the project",
         "Enable it: `gcloud services enable trafficdirector.googleapis.com --project PROJECT`.";
-    XdsNotSynced => Warning, doc::CONFIG_ERRORS_IN_LOG,
+    XdsNotSynced = "XDS_NOT_SYNCED" => Warning, Project, doc::CONFIG_ERRORS_IN_LOG,
         "The control plane's view of this proxy differs from what Envoy has",
         "Compare `curl localhost:15000/config_dump` with the control plane's view (the detail names the resource); a NACKED resource is rejected configuration to fix, a STALE or NOT_SENT one means the control plane has not delivered it.";
 }
 
 impl FindingId {
-    pub fn as_str(self) -> &'static str {
-        // Kept by hand next to the macro so the names are greppable.
-        match self {
-            FindingId::EnvoyNotRunning => "ENVOY_NOT_RUNNING",
-            FindingId::EnvoyAdminUnreachable => "ENVOY_ADMIN_UNREACHABLE",
-            FindingId::EnvoyNotLive => "ENVOY_NOT_LIVE",
-            FindingId::EnvoyVersionUnsupported => "ENVOY_VERSION_UNSUPPORTED",
-            FindingId::EnvoyRestarting => "ENVOY_RESTARTING",
-            FindingId::ControlPlaneDisconnected => "CONTROL_PLANE_DISCONNECTED",
-            FindingId::ControlPlaneUnreachable => "CONTROL_PLANE_UNREACHABLE",
-            FindingId::MeshConfigNotFound => "MESH_CONFIG_NOT_FOUND",
-            FindingId::MeshEntityNotFound => "MESH_ENTITY_NOT_FOUND",
-            FindingId::ControlPlanePermissionDenied => "CONTROL_PLANE_PERMISSION_DENIED",
-            FindingId::ControlPlaneUnauthenticated => "CONTROL_PLANE_UNAUTHENTICATED",
-            FindingId::ScopesInsufficient => "SCOPES_INSUFFICIENT",
-            FindingId::NodeMetadataMismatch => "NODE_METADATA_MISMATCH",
-            FindingId::NoMeshConfig => "NO_MESH_CONFIG",
-            FindingId::ConfigRejected => "CONFIG_REJECTED",
-            FindingId::AccessLogNotWritable => "ACCESS_LOG_NOT_WRITABLE",
-            FindingId::InterceptionMissing => "INTERCEPTION_MISSING",
-            FindingId::InterceptionLoop => "INTERCEPTION_LOOP",
-            FindingId::ServiceNotIntercepted => "SERVICE_NOT_INTERCEPTED",
-            FindingId::InboundPortNotIntercepted => "INBOUND_PORT_NOT_INTERCEPTED",
-            FindingId::InboundPortBlocked => "INBOUND_PORT_BLOCKED",
-            FindingId::IptablesUnavailable => "IPTABLES_UNAVAILABLE",
-            FindingId::ServerFirstProtocol => "SERVER_FIRST_PROTOCOL",
-            FindingId::EndpointsUnhealthy => "ENDPOINTS_UNHEALTHY",
-            FindingId::EndpointsPanic => "ENDPOINTS_PANIC",
-            FindingId::GuestAttributesDisabled => "GUEST_ATTRIBUTES_DISABLED",
-            FindingId::MetadataUnreachable => "METADATA_UNREACHABLE",
-            FindingId::IamPermissionMissing => "IAM_PERMISSION_MISSING",
-            FindingId::ControlPlaneApiDisabled => "CONTROL_PLANE_API_DISABLED",
-            FindingId::XdsNotSynced => "XDS_NOT_SYNCED",
-        }
-    }
-
     pub fn from_name(name: &str) -> Option<FindingId> {
         FindingId::ALL
             .iter()
@@ -332,7 +418,54 @@ mod tests {
             assert_eq!(json, format!("\"{}\"", id.as_str()));
             assert_eq!(FindingId::from_name(id.as_str()), Some(*id));
         }
-        assert_eq!(FindingId::ALL.len(), 30);
+    }
+
+    fn doc_file(name: &str) -> String {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("docs")
+            .join(name);
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    /// Each finding's guide section is a real anchor of docs/troubleshooting-guide.md.
+    #[test]
+    fn every_guide_section_exists() {
+        let guide = doc_file("troubleshooting-guide.md");
+        for id in FindingId::ALL {
+            let anchor = format!("<a id=\"{}\"></a>", id.guide_anchor());
+            assert!(guide.contains(&anchor), "{id}: no {anchor} in the guide");
+        }
+    }
+
+    /// The contract's catalogue lists every finding with its severity, and nothing else.
+    #[test]
+    fn contract_catalogue_matches() {
+        let contract = doc_file("contract.md");
+        let start = contract.find("<a id=\"4-1-catalogue\"></a>").unwrap();
+        let end = contract[start..].find("<a id=\"4-2-health\"></a>").unwrap() + start;
+        let section = &contract[start..end];
+        for id in FindingId::ALL {
+            let row = format!("| `{}` | {}", id.as_str(), id.severity());
+            assert!(section.contains(&row), "docs/contract.md#4-1 lacks {row}");
+        }
+        let rows = section.lines().filter(|l| l.starts_with("| `")).count();
+        assert_eq!(
+            rows,
+            FindingId::ALL.len(),
+            "stale rows in docs/contract.md#4-1"
+        );
+    }
+
+    #[test]
+    fn every_finding_has_a_group() {
+        for group in CheckGroup::ALL {
+            let _ = group.title();
+        }
+        assert!(
+            FindingId::ALL
+                .iter()
+                .all(|id| CheckGroup::ALL.contains(&id.group()))
+        );
     }
 
     #[test]

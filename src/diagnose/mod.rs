@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::config::{InterceptionMode, Settings};
-use crate::finding::{Finding, FindingId, Health, Severity, sort_findings};
+use crate::finding::{Finding, Health, Severity, sort_findings};
 use crate::observe::Snapshot;
 pub use history::History;
 use log_findings::{Contradiction, LogContext, LogFindings};
@@ -309,73 +309,7 @@ fn interception_group(snap: &Snapshot) -> GroupOutcome {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CheckGroup {
-    Proxy,
-    ControlPlane,
-    Configuration,
-    Interception,
-    Endpoints,
-    Metadata,
-    /// docs/contract.md#10-project-side-checks: asked of Google's APIs (see `project`).
-    Project,
-}
-
-impl CheckGroup {
-    pub const ALL: [CheckGroup; 7] = [
-        CheckGroup::Proxy,
-        CheckGroup::ControlPlane,
-        CheckGroup::Configuration,
-        CheckGroup::Interception,
-        CheckGroup::Endpoints,
-        CheckGroup::Metadata,
-        CheckGroup::Project,
-    ];
-
-    pub fn title(self) -> &'static str {
-        match self {
-            CheckGroup::Proxy => "proxy",
-            CheckGroup::ControlPlane => "control plane",
-            CheckGroup::Configuration => "configuration",
-            CheckGroup::Interception => "interception",
-            CheckGroup::Endpoints => "endpoints",
-            CheckGroup::Metadata => "metadata & agent",
-            CheckGroup::Project => "project",
-        }
-    }
-
-    /// The group a finding belongs to.
-    pub fn of(id: FindingId) -> CheckGroup {
-        use FindingId::*;
-        match id {
-            EnvoyNotRunning
-            | EnvoyAdminUnreachable
-            | EnvoyNotLive
-            | EnvoyVersionUnsupported
-            | EnvoyRestarting => CheckGroup::Proxy,
-            ControlPlaneDisconnected
-            | ControlPlaneUnreachable
-            | MeshConfigNotFound
-            | MeshEntityNotFound
-            | ControlPlanePermissionDenied
-            | ControlPlaneUnauthenticated => CheckGroup::ControlPlane,
-            NodeMetadataMismatch | NoMeshConfig | ConfigRejected | AccessLogNotWritable
-            | ServerFirstProtocol => CheckGroup::Configuration,
-            InterceptionMissing
-            | InterceptionLoop
-            | ServiceNotIntercepted
-            | InboundPortNotIntercepted
-            | InboundPortBlocked
-            | IptablesUnavailable => CheckGroup::Interception,
-            EndpointsUnhealthy | EndpointsPanic => CheckGroup::Endpoints,
-            ScopesInsufficient | GuestAttributesDisabled | MetadataUnreachable => {
-                CheckGroup::Metadata
-            }
-            IamPermissionMissing | ControlPlaneApiDisabled | XdsNotSynced => CheckGroup::Project,
-        }
-    }
-}
+pub use crate::finding::CheckGroup;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case", tag = "status", content = "reason")]
@@ -460,6 +394,7 @@ impl Diagnosis {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::finding::FindingId;
 
     /// Diagnosis judges the snapshot and the time it is handed: no file system, process, network,
     /// environment or clock of its own. Checked on the source (outside test blocks) so a new
@@ -565,6 +500,7 @@ mod tests {
         use super::super::*;
         use crate::diagnose::log_classifier::{LogEvent, StreamClosed};
         use crate::diagnose::testutil::{self, snapshot};
+        use crate::finding::FindingId;
         use crate::observe::envoy_admin::ServerState;
 
         fn closed(code: u32, message: &str) -> LogEvent {
