@@ -9,7 +9,7 @@ use serde_json::json;
 use crate::cli::BootstrapStatus;
 use crate::config::Settings;
 use crate::observe::metadata::{MetadataClient, MetadataError};
-use crate::publish::guest_attributes::{NAMESPACE, keys};
+use crate::contract::guest_attributes::{NAMESPACE, keys};
 use crate::text::strip_control;
 
 /// The guide: a heartbeat older than 5 minutes means the agent is stuck.

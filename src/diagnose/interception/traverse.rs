@@ -1,4 +1,5 @@
-//! Following a packet through a table: which rules may match it, where it jumps, and whether it is redirected (three-valued: an option we do not model may or may not match).
+//! Following a packet through a table: which rules may match it, where it jumps, and whether it is
+//! redirected (three-valued: an option we do not model may or may not match).
 
 use super::*;
 

@@ -1,4 +1,5 @@
-//! From the current tables to the wanted ones: the `iptables-restore --noflush` input that edits only our chains and jumps, or nothing when they already match.
+//! From the current tables to the wanted ones: the `iptables-restore --noflush` input that edits
+//! only our chains and jumps, or nothing when they already match.
 
 use super::*;
 

@@ -1,4 +1,5 @@
-//! Lenient JSON leaves and field pickers: Envoy writes numbers as strings and strings as numbers across versions, so leaves are read whatever their type.
+//! Lenient JSON leaves and field pickers: Envoy writes numbers as strings and strings as numbers
+//! across versions, so leaves are read whatever their type.
 
 use super::*;
 

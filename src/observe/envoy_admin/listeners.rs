@@ -1,4 +1,5 @@
-//! `/config_dump?resource=dynamic_listeners`: the dynamic listeners, with only the fields the checks read.
+//! `/config_dump?resource=dynamic_listeners`: the dynamic listeners, with only the fields the
+//! checks read.
 
 use super::*;
 

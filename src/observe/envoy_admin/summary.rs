@@ -1,4 +1,5 @@
-//! The listener summary the checks and interception need: VIPs, the interception listener, inbound ports.
+//! The listener summary the checks and interception need: VIPs, the interception listener, inbound
+//! ports.
 
 use super::*;
 

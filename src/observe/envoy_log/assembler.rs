@@ -1,4 +1,5 @@
-//! Cutting a byte stream into entries: header lines start an entry, continuation lines join it, bounded in size.
+//! Cutting a byte stream into entries: header lines start an entry, continuation lines join it,
+//! bounded in size.
 
 use super::*;
 

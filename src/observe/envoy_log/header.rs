@@ -1,4 +1,5 @@
-//! Envoy's log-line header: `[time][thread][level][logger] [file:line]`, parsed from bytes without allocating for lines we skip.
+//! Envoy's log-line header: `[time][thread][level][logger] [file:line]`, parsed from bytes without
+//! allocating for lines we skip.
 
 use super::*;
 

@@ -1,4 +1,6 @@
-//! The HTTP client for the metadata server: the VM's values, instance attributes and guest attributes, with the flavor header checked both ways and every name validated before it goes into a URL.
+//! The HTTP client for the metadata server: the VM's values, instance attributes and guest
+//! attributes, with the flavor header checked both ways and every name validated before it goes
+//! into a URL.
 
 use super::*;
 

@@ -1,4 +1,5 @@
-//! The `gce-service-proxy` attribute gcloud writes: parsed leniently, anything unusable defaulted with a warning.
+//! The `gce-service-proxy` attribute gcloud writes: parsed leniently, anything unusable defaulted
+//! with a warning.
 
 use super::*;
 
