@@ -24,6 +24,7 @@ use crate::diagnose::{self, CheckSettings, Diagnosis, History};
 use crate::finding::{Finding, FindingId, findings_attribute};
 use crate::intercept::desired::desired_plan;
 use crate::intercept::{ReconcileReport, Reconciler};
+use crate::monitor::{FailureSource, Failures, Transition};
 use crate::observe::envoy_log::read_recent;
 use crate::observe::log_follower::{
     EntryCounters, EntryEvent, Follower, FollowerConfig, follow_entries,
@@ -84,8 +85,8 @@ struct Agent {
     /// Findings set aside by `ignore-findings`, as last logged.
     ignored: crate::publish::silenced::IgnoredLog,
     envoy_version: Option<String>,
-    /// Last message per failure source, so a persisting failure is logged once, not per poll.
-    failing: BTreeMap<&'static str, String>,
+    /// The agent's own failing jobs, so a persisting failure is logged once, not per poll.
+    failures: Failures,
     /// `*.log` files the follower cannot read, with why.
     unreadable_logs: crate::observe::log_files::NotFollowed,
     /// Inputs kept away from iptables (listener prefixes, metadata ranges) as last reported.
@@ -125,7 +126,7 @@ pub async fn run(args: CommonArgs, settings: Settings) -> anyhow::Result<u8> {
     let (publish_tx, publish_rx) = mpsc::unbounded_channel();
     let mut agent = Agent::new(args, settings, log_output, log_tx, publish_tx);
     if let Some(e) = serial_error {
-        agent.failure("serial", e);
+        agent.report(FailureSource::Serial, Err(e));
     }
     agent.start().await;
     let code = agent.run_loop(log_rx, publish_rx).await;
@@ -178,7 +179,7 @@ impl Agent {
             active: BTreeMap::new(),
             ignored: Default::default(),
             envoy_version: None,
-            failing: BTreeMap::new(),
+            failures: Failures::default(),
             unreadable_logs: Default::default(),
             ignored_inputs: Vec::new(),
             last_cp_check: None,
@@ -227,7 +228,10 @@ impl Agent {
                 )));
                 tracing::info!(addr = %addr, "metrics on http://{addr}/metrics, liveness on /healthz");
             }
-            Err(e) => self.failure("metrics", format!("cannot listen on {addr}: {e}")),
+            Err(e) => self.report(
+                FailureSource::Metrics,
+                Err(format!("cannot listen on {addr}: {e}")),
+            ),
         }
     }
 
@@ -248,7 +252,10 @@ impl Agent {
         let tx = self.log_tx.clone();
         match follow_entries(cfg, move |ev| tx.blocking_send(ev).is_ok()) {
             Ok(f) => self.follower = Some(f),
-            Err(e) => self.failure("envoy_log", format!("cannot start the log follower: {e}")),
+            Err(e) => self.report(
+                FailureSource::EnvoyLog,
+                Err(format!("cannot start the log follower: {e}")),
+            ),
         }
     }
 
@@ -305,14 +312,17 @@ impl Agent {
                 }, if cycle.is_some() => {
                     cycle = None;
                     match res {
-                        Ok(r) => self.finish_cycle(r),
+                        Ok(r) => {
+                            self.report(FailureSource::Cycle, Ok(()));
+                            self.finish_cycle(r);
+                        }
                         Err(e) => {
                             // The task panicked or was cancelled: report, keep going. The
                             // reconciler went with it; start a fresh one.
                             if self.settings.interception == InterceptionMode::Enforce {
                                 self.reconciler = Some(Reconciler::new(self.observer.iptables.clone()));
                             }
-                            self.failure("cycle", format!("observation cycle failed: {e}"));
+                            self.report(FailureSource::Cycle, Err(format!("observation cycle failed: {e}")));
                         }
                     }
                     next = self.next_cycle();
@@ -327,13 +337,11 @@ impl Agent {
                         self.logs.record_entry(&entry, Instant::now());
                         rediagnose_at.get_or_insert(tokio::time::Instant::now() + LOG_DEBOUNCE);
                     }
-                    Some(EntryEvent::DirUnavailable { dir, reason }) => self.failure(
-                        "envoy_log",
-                        format!("Envoy log directory {} unavailable: {reason}; waiting for it", dir.display()),
-                    ),
+                    Some(EntryEvent::DirUnavailable { dir, reason }) => self.report(FailureSource::EnvoyLog, Err(format!("Envoy log directory {} unavailable: {reason}; waiting for it", dir.display()),
+                    )),
                     Some(EntryEvent::DirAvailable { dir }) => {
                         tracing::info!(dir = %dir.display(), "Envoy log directory available");
-                        self.cleared("envoy_log");
+                        self.report(FailureSource::EnvoyLog, Ok(()));
                     }
                     Some(EntryEvent::NotFollowed(n)) => {
                         self.unreadable_logs = n;
@@ -448,18 +456,15 @@ impl Agent {
                     );
                 }
                 // A plan was made: a plan failure of an earlier cycle is over (logged once).
-                self.cleared("interception");
+                self.report(FailureSource::Interception, Ok(()));
                 let errors: Vec<String> = report.errors().iter().map(ToString::to_string).collect();
                 if errors.is_empty() {
-                    self.cleared("iptables");
+                    self.report(FailureSource::Iptables, Ok(()));
                 } else {
-                    self.metrics
-                        .interception_errors
-                        .fetch_add(1, Ordering::Relaxed);
-                    self.failure("iptables", errors.join("; "));
+                    self.report(FailureSource::Iptables, Err(errors.join("; ")));
                 }
             }
-            Some(Err(why)) => self.failure("interception", why),
+            Some(Err(why)) => self.report(FailureSource::Interception, Err(why)),
             None => {}
         }
         if let Ok(vm) = &snapshot.vm {
@@ -505,16 +510,18 @@ impl Agent {
     fn note_agent_failures(&mut self, snap: &Snapshot) {
         match &snap.vm {
             Err(e) => {
-                self.metrics.poll_error("metadata");
-                self.failure("metadata", format!("cannot read the VM's metadata: {e}"));
+                self.report(
+                    FailureSource::Metadata,
+                    Err(format!("cannot read the VM's metadata: {e}")),
+                );
             }
             Ok(_) => {
-                self.cleared("metadata");
+                self.report(FailureSource::Metadata, Ok(()));
             }
         }
         match &snap.server_info {
             // ENVOY_NOT_RUNNING / ENVOY_ADMIN_UNREACHABLE say it, and nothing else was read.
-            Err(_) => self.metrics.poll_error("envoy_admin"),
+            Err(_) => FailureSource::EnvoyAdmin.count(&self.metrics),
             Ok(_) => {
                 // Envoy answers, but an answer we need is unusable (malformed, too large, an
                 // error status, cut short): the checks built on it cannot run; say so.
@@ -528,24 +535,24 @@ impl Agent {
                 .map(ToString::to_string)
                 .collect();
                 if errors.is_empty() {
-                    self.cleared("envoy_admin");
+                    self.report(FailureSource::EnvoyAdmin, Ok(()));
                 } else {
-                    self.metrics.poll_error("envoy_admin");
-                    self.failure("envoy_admin", errors.join("; "));
+                    self.report(FailureSource::EnvoyAdmin, Err(errors.join("; ")));
                 }
             }
         }
         if let Some(view) = &snap.iptables {
             if let Err(e) = &view.v4 {
-                self.metrics.poll_error("iptables");
-                self.failure("iptables_save", format!("iptables-save failed: {e}"));
+                self.report(
+                    FailureSource::IptablesSave,
+                    Err(format!("iptables-save failed: {e}")),
+                );
             } else {
-                self.cleared("iptables_save");
+                self.report(FailureSource::IptablesSave, Ok(()));
             }
         }
         match &snap.control_plane {
             Some(r) if !r.is_reachable() => {
-                self.metrics.poll_error("control_plane");
                 let why = match r {
                     crate::observe::control_plane::Reachability::DnsFailed { host, error } => {
                         format!("DNS lookup of {host} failed: {error}")
@@ -555,52 +562,52 @@ impl Agent {
                     }
                     crate::observe::control_plane::Reachability::Reachable { .. } => String::new(),
                 };
-                self.failure(
-                    "control_plane",
-                    format!(
+                self.report(
+                    FailureSource::ControlPlane,
+                    Err(format!(
                         "Cannot reach the Cloud Service Mesh API server {}: {why}",
                         self.settings.control_plane
-                    ),
+                    )),
                 );
             }
             Some(_) => {
-                self.cleared("control_plane");
+                self.report(FailureSource::ControlPlane, Ok(()));
             }
             None => {}
         }
     }
 
-    /// Records a failure of the agent's own: `agent-last-failure`, a log line (once while it
-    /// persists), a metric.
-    /// A failure that persists keeps the time it was first met, so it is written once, not
-    /// once per poll.
-    fn failure(&mut self, source: &'static str, message: String) {
-        let message = crate::text::redact_secrets(&crate::text::strip_control(&message));
-        if self.failing.get(source) == Some(&message) {
-            return;
+    /// The outcome of one of the agent's own jobs: a failure is counted every time, logged and
+    /// written to `agent-last-failure` once while it persists (with the time it was first met);
+    /// a recovery is logged once, so an operator sees the fault end.
+    fn report(&mut self, source: FailureSource, outcome: Result<(), String>) {
+        if outcome.is_err() {
+            source.count(&self.metrics);
         }
-        tracing::warn!(source, "{message}");
-        self.failing.insert(source, message.clone());
-        let value = format!(
-            "{} {message}",
-            humantime::format_rfc3339_seconds(SystemTime::now())
-        );
-        self.publisher.update(|p| p.set(keys::LAST_FAILURE, &value));
-    }
-
-    /// A failure source is fine again: logged once, so an operator sees the fault end.
-    fn cleared(&mut self, source: &'static str) {
-        if let Some(was) = self.failing.remove(source) {
-            tracing::info!(source, "recovered: {was}");
+        let Some(t) = self.failures.report(source, outcome) else {
+            return;
+        };
+        t.emit();
+        if let Transition::Raised { source, message } = &t
+            && source.sets_last_failure()
+        {
+            let value = format!(
+                "{} {message}",
+                humantime::format_rfc3339_seconds(SystemTime::now())
+            );
+            self.publisher.update(|p| p.set(keys::LAST_FAILURE, &value));
         }
     }
 
     fn report_unreadable_logs(&mut self) {
         if self.unreadable_logs.is_empty() {
-            self.cleared("envoy_log_file");
+            self.report(FailureSource::EnvoyLogFile, Ok(()));
             return;
         }
-        self.failure("envoy_log_file", self.unreadable_logs.describe());
+        self.report(
+            FailureSource::EnvoyLogFile,
+            Err(self.unreadable_logs.describe()),
+        );
     }
 
     /// Inputs that are not valid networks, ports or ranges never reach iptables (docs/contract.md#7-interception); each
@@ -635,7 +642,7 @@ impl Agent {
     fn on_publish_event(&mut self, ev: PublishEvent) {
         match ev {
             PublishEvent::Written { .. } => {
-                self.cleared("guest_attributes");
+                self.report(FailureSource::GuestAttributes, Ok(()));
             }
             PublishEvent::Disabled => {
                 tracing::warn!(
@@ -651,12 +658,8 @@ impl Agent {
             }
             PublishEvent::Failed { key, error } => {
                 if !self.publisher.is_disabled() {
-                    self.metrics.poll_error("guest_attributes");
                     let msg = format!("cannot write guest attribute {NAMESPACE}/{key}: {error}");
-                    if self.failing.get("guest_attributes") != Some(&msg) {
-                        tracing::warn!(source = "guest_attributes", "{msg}");
-                        self.failing.insert("guest_attributes", msg);
-                    }
+                    self.report(FailureSource::GuestAttributes, Err(msg));
                 }
             }
         }
@@ -776,7 +779,7 @@ impl Agent {
                 self.metrics.set_cloud_logging(handle.counters.clone());
                 self.cloud_sink = Some(handle);
             }
-            Err(e) => self.failure("cloud_logging", e.to_string()),
+            Err(e) => self.report(FailureSource::CloudLogging, Err(e.to_string())),
         }
     }
 
@@ -792,7 +795,10 @@ impl Agent {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!("SIGHUP: config not reloaded, keeping the previous one: {e}");
-                self.failure("config", format!("config reload failed: {e}"));
+                self.report(
+                    FailureSource::Config,
+                    Err(format!("config reload failed: {e}")),
+                );
                 return;
             }
         };
@@ -823,7 +829,7 @@ impl Agent {
         }
         let restart_follower = s.envoy_log_dir != old.envoy_log_dir;
         let restart_metrics = s.metrics_addr != old.metrics_addr;
-        self.cleared("config");
+        self.report(FailureSource::Config, Ok(()));
         tracing::info!(
             interception = self.settings.interception.as_str(),
             poll_interval = %humantime::format_duration(self.settings.poll_interval),

@@ -26,6 +26,7 @@ pub mod doctor;
 pub mod finding;
 pub mod fleet;
 pub mod intercept;
+pub mod monitor;
 pub mod observe;
 pub mod project_checks;
 pub mod publish;
