@@ -25,9 +25,8 @@ use crate::finding::{Finding, FindingId, findings_attribute};
 use crate::intercept::desired::desired_plan;
 use crate::intercept::{ReconcileReport, Reconciler};
 use crate::monitor::{FailureSource, Failures, Transition};
-use crate::observe::envoy_log::read_recent;
 use crate::observe::log_follower::{
-    EntryCounters, EntryEvent, Follower, FollowerConfig, follow_entries,
+    EntryCounters, EntryEvent, Follower, FollowerConfig, start_intake,
 };
 use crate::observe::metadata::{MetadataClient, MetadataError};
 use crate::observe::{GuestAttributesState, Observer, Snapshot};
@@ -237,20 +236,12 @@ impl Agent {
 
     fn start_follower(&mut self) {
         self.follower = None;
-        // What is already there is read once, aged by the entries' own times, so a restart of
+        // What is already there comes first, aged by the entries' own times, so a restart of
         // the agent does not resurrect old failures as fresh ones.
-        if let Ok(files) = read_recent(&self.settings.envoy_log_dir, INITIAL_TAIL) {
-            for f in files {
-                if let Ok(tail) = &f.tail {
-                    self.logs
-                        .record_tail(tail, Instant::now(), SystemTime::now());
-                }
-            }
-        }
         let mut cfg = FollowerConfig::new(&self.settings.envoy_log_dir);
-        cfg.initial_tail_bytes = 0;
+        cfg.initial_tail_bytes = INITIAL_TAIL;
         let tx = self.log_tx.clone();
-        match follow_entries(cfg, move |ev| tx.blocking_send(ev).is_ok()) {
+        match start_intake(cfg, move |ev| tx.blocking_send(ev).is_ok()) {
             Ok(f) => self.follower = Some(f),
             Err(e) => self.report(
                 FailureSource::EnvoyLog,
@@ -347,7 +338,11 @@ impl Agent {
                         self.unreadable_logs = n;
                         self.report_unreadable_logs();
                     }
-                    None => {}
+                    Some(EntryEvent::Tail(tail)) => {
+                        self.logs.record_tail(&tail, Instant::now(), SystemTime::now());
+                        rediagnose_at.get_or_insert(tokio::time::Instant::now() + LOG_DEBOUNCE);
+                    }
+                    Some(EntryEvent::CaughtUp) | None => {}
                 },
                 () = async {
                     match rediagnose_at {
