@@ -6,9 +6,9 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::Serialize;
 
 use crate::config::{InterceptionMode, Settings};
-use crate::diagnose::log_findings::LogFindings;
-use crate::diagnose::{self, CheckSettings, Diagnosis, GroupReport, GroupStatus, History};
+use crate::diagnose::{CheckSettings, Diagnosis, GroupReport, GroupStatus};
 use crate::finding::{Finding, Health, Severity};
+use crate::monitor::Monitor;
 use crate::observe::Observer;
 use crate::observe::envoy_log::DEFAULT_TAIL_BYTES;
 use crate::observe::log_follower::{EntryEvent, FollowerConfig, start_intake};
@@ -16,14 +16,11 @@ use crate::observe::log_follower::{EntryEvent, FollowerConfig, start_intake};
 /// How long `doctor` waits for the tails of the logs present to be read.
 const TAIL_DEADLINE: Duration = Duration::from_secs(10);
 
-/// Takes in one event of the log intake; true when it held entries.
-fn take_in(logs: &mut LogFindings, ev: EntryEvent) -> bool {
-    match ev {
-        EntryEvent::Tail(t) => logs.record_tail(&t, Instant::now(), SystemTime::now()),
-        EntryEvent::Entry(e) => logs.record_entry(&e, Instant::now()),
-        _ => return false,
-    }
-    true
+/// Takes in one event of the log intake, as the daemon does; true when it held entries.
+fn take_in(monitor: &mut Monitor, ev: EntryEvent) -> bool {
+    monitor
+        .log_event(ev, Instant::now(), SystemTime::now())
+        .rediagnose_soon
 }
 
 /// The `observed` part of the JSON report.
@@ -224,8 +221,8 @@ pub async fn run(settings: &Settings, json: bool, wait: Option<Duration>) -> any
 pub async fn observe_and_diagnose(settings: &Settings, wait: Option<Duration>) -> Report {
     let observer = Observer::new(settings);
     let checks = CheckSettings::from_settings(settings);
-    let mut history = History::new();
-    let mut logs = LogFindings::new();
+    // The daemon's decisions: the same intake of the logs, the same diagnosis.
+    let mut monitor = Monitor::new(checks);
     let start = Instant::now();
 
     // The daemon's intake: what is already there, then (with `wait`) what is written after.
@@ -240,7 +237,7 @@ pub async fn observe_and_diagnose(settings: &Settings, wait: Option<Duration>) -
                 if matches!(ev, EntryEvent::CaughtUp) {
                     break;
                 }
-                take_in(&mut logs, ev);
+                take_in(&mut monitor, ev);
             }
         };
         let _ = tokio::time::timeout(TAIL_DEADLINE, tails).await;
@@ -251,7 +248,7 @@ pub async fn observe_and_diagnose(settings: &Settings, wait: Option<Duration>) -
 
     let (mut snap, ga) = tokio::join!(observer.snapshot(true), observer.probe_guest_attributes());
     snap.guest_attributes = ga;
-    let mut diagnosis = diagnose::run(&snap, &mut history, &mut logs, &checks, Instant::now());
+    let mut diagnosis = monitor.diagnose(&snap, Instant::now());
     if let Some(wait) = wait {
         let deadline = start + wait;
         let period = settings.poll_interval.min(Duration::from_secs(2));
@@ -261,7 +258,7 @@ pub async fn observe_and_diagnose(settings: &Settings, wait: Option<Duration>) -
             loop {
                 tokio::select! {
                     ev = rx.recv() => match ev {
-                        Some(ev) => { take_in(&mut logs, ev); }
+                        Some(ev) => { take_in(&mut monitor, ev); }
                         None => { tokio::time::sleep_until(next.into()).await; break; }
                     },
                     () = tokio::time::sleep_until(next.into()) => break,
@@ -276,14 +273,14 @@ pub async fn observe_and_diagnose(settings: &Settings, wait: Option<Duration>) -
             // The reachability result of the first snapshot stays valid for the report.
             s.control_plane = snap.control_plane.take();
             snap = s;
-            diagnosis = diagnose::run(&snap, &mut history, &mut logs, &checks, Instant::now());
+            diagnosis = monitor.diagnose(&snap, Instant::now());
         }
         let mut late = false;
         while let Ok(ev) = rx.try_recv() {
-            late |= take_in(&mut logs, ev);
+            late |= take_in(&mut monitor, ev);
         }
         if late {
-            diagnosis = diagnose::run(&snap, &mut history, &mut logs, &checks, Instant::now());
+            diagnosis = monitor.diagnose(&snap, Instant::now());
         }
     }
     drop(follower);
