@@ -8,11 +8,13 @@
 //! (guest attributes, Cloud Logging). What to say and publish is decided by the
 //! [`Monitor`](crate::monitor::Monitor); this module wires it to tokio, signals and reload.
 
+mod apply;
 mod cycle;
+mod satellites;
+mod schedule;
 
 use std::io::IsTerminal;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::signal::unix::{SignalKind, signal};
@@ -21,23 +23,20 @@ use tokio::sync::mpsc;
 use crate::config::{CommonArgs, InterceptionMode, LogFormat, Settings};
 use crate::diagnose::CheckSettings;
 use crate::intercept::Reconciler;
-use crate::monitor::{Actions, FailureSource, Monitor};
+use crate::monitor::{FailureSource, Monitor};
 use crate::observe::Observer;
-use crate::observe::log_follower::{
-    EntryCounters, EntryEvent, Follower, FollowerConfig, start_intake,
-};
+use crate::observe::log_follower::{EntryCounters, EntryEvent, Follower};
 use crate::observe::metadata::MetadataClient;
-use crate::publish::cloud_logging::{self, GcpAuthTokens, SinkHandle, Target};
-use crate::publish::guest_attributes::{PublishEvent, PublisherHandle, keys, spawn_writer};
+use crate::publish::cloud_logging::{self, SinkHandle};
+use crate::publish::guest_attributes::{PublishEvent, PublisherHandle, spawn_writer};
 use crate::publish::log::{LogOutput, LogRecord};
-use crate::publish::metrics::{self, AgentMetrics};
+use crate::publish::metrics::AgentMetrics;
 use crate::publish::systemd;
 use cycle::{CycleResult, MetadataSink, cloud_logging_wanted, observe_and_reconcile};
+use schedule::feed_watchdog;
 
 /// Log lines arriving in a burst are diagnosed together.
 const LOG_DEBOUNCE: Duration = Duration::from_millis(100);
-/// What the log intake reads of each file present at start (older lines are aged by their time).
-const INITIAL_TAIL: u64 = 256 * 1024;
 
 struct Agent {
     args: CommonArgs,
@@ -139,79 +138,6 @@ impl Agent {
             metrics_task: None,
             state_log: crate::publish::state_event::StateLog::new(log_output.clone()),
         }
-    }
-
-    /// Metrics endpoint, log follower, readiness.
-    async fn start(&mut self) {
-        match cloud_logging_wanted(&self.settings) {
-            Some(false) => tracing::info!(
-                "Cloud Logging is off (--cloud-logging auto found no credentials for this metadata server)"
-            ),
-            None => {}
-            Some(true) => {
-                tracing::info!("Cloud Logging on; entries are sent once the VM's project is known")
-            }
-        }
-        // "Empty when none since start" (docs/contract.md#3-guest-attributes).
-        self.publisher.update(|p| p.set(keys::LAST_FAILURE, ""));
-        self.start_metrics().await;
-        self.start_follower();
-        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-    }
-
-    async fn start_metrics(&mut self) {
-        if let Some(task) = self.metrics_task.take() {
-            task.abort();
-        }
-        let Some(addr) = self.settings.metrics_addr else {
-            return;
-        };
-        match metrics::bind(addr).await {
-            Ok(listener) => {
-                let max_age = (self.tick_period() * 3).max(Duration::from_secs(30));
-                self.metrics_task = Some(tokio::spawn(metrics::serve(
-                    listener,
-                    self.metrics.clone(),
-                    max_age,
-                )));
-                tracing::info!(addr = %addr, "metrics on http://{addr}/metrics, liveness on /healthz");
-            }
-            Err(e) => self.report(
-                FailureSource::Metrics,
-                Err(format!("cannot listen on {addr}: {e}")),
-            ),
-        }
-    }
-
-    fn start_follower(&mut self) {
-        self.follower = None;
-        // What is already there comes first, aged by the entries' own times, so a restart of
-        // the agent does not resurrect old failures as fresh ones.
-        let mut cfg = FollowerConfig::new(&self.settings.envoy_log_dir);
-        cfg.initial_tail_bytes = INITIAL_TAIL;
-        let tx = self.log_tx.clone();
-        match start_intake(cfg, move |ev| tx.blocking_send(ev).is_ok()) {
-            Ok(f) => self.follower = Some(f),
-            Err(e) => self.report(
-                FailureSource::EnvoyLog,
-                Err(format!("cannot start the log follower: {e}")),
-            ),
-        }
-    }
-
-    fn tick_period(&self) -> Duration {
-        let poll = self.settings.poll_interval;
-        match sd_notify::watchdog_enabled() {
-            Some(w) if !w.is_zero() => poll.min(w / 2),
-            _ => poll,
-        }
-    }
-
-    /// The next cycle's start: the period with ±10% jitter.
-    fn next_cycle(&self) -> tokio::time::Instant {
-        let period = self.tick_period();
-        let jitter = period.mul_f64(0.9 + fastrand::f64() * 0.2);
-        tokio::time::Instant::now() + jitter
     }
 
     async fn run_loop(
@@ -355,90 +281,6 @@ impl Agent {
         self.apply(a);
     }
 
-    /// Carries out what the monitor decided: log lines, metrics, attributes, status.
-    fn apply(&mut self, a: Actions) {
-        for e in &a.events {
-            e.emit();
-        }
-        for source in &a.failed {
-            source.count(&self.metrics);
-        }
-        if a.interception_restores > 0 {
-            self.metrics
-                .interception_restores
-                .fetch_add(a.interception_restores, Ordering::Relaxed);
-        }
-        if let Some(value) = &a.last_failure {
-            self.publisher.update(|p| p.set(keys::LAST_FAILURE, value));
-        }
-        let Some(p) = a.publication else {
-            return;
-        };
-        self.ignored.update(&p.diagnosis);
-        if let Some(hb) = &p.heartbeat {
-            let ids = crate::publish::state_event::finding_ids(&p.findings);
-            let vm = crate::publish::state_event::VmState {
-                health: p.health.as_str(),
-                findings: &ids,
-                proxy_version: p.proxy_version.as_deref(),
-                proxy_state: &p.proxy_state,
-                heartbeat: hb,
-            };
-            self.state_log.observe(&vm, Instant::now());
-        }
-        self.publisher.update(|pb| {
-            pb.set(keys::HEALTH, p.health.as_str());
-            pb.set(keys::FINDINGS, &p.findings);
-            pb.set(keys::PROXY_STATE, &p.proxy_state);
-            if let Some(v) = &p.proxy_version {
-                pb.set(keys::PROXY_VERSION, v);
-            }
-            if let Some(hb) = p.heartbeat.clone() {
-                pb.set_heartbeat(hb);
-            }
-        });
-        if let Some(view) = p.cycle {
-            systemd::notify_status(&systemd::status_line(
-                p.health.as_str(),
-                p.diagnosis.findings.iter().map(|f| f.id.as_str()),
-                self.settings.interception.as_str(),
-            ));
-            if let Some((_, c)) = &self.follower {
-                self.metrics
-                    .envoy_log_lines
-                    .store(c.lines.load(Ordering::Relaxed), Ordering::Relaxed);
-            }
-            self.metrics
-                .cycle_done(&p.diagnosis.findings, view, Instant::now());
-        }
-    }
-
-    fn ensure_cloud_logging(&mut self, vm: &crate::observe::metadata::VmMetadata) {
-        let Some(rx) = self.cloud_rx.take() else {
-            return;
-        };
-        let target = Target {
-            endpoint: self.settings.cloud_logging_endpoint.clone(),
-            project_id: vm.project_id.clone(),
-            zone: vm.zone.clone(),
-            instance_id: vm.instance_id.to_string(),
-        };
-        // On a VM the token comes from its metadata server (the project checks' tokens);
-        // gcp_auth only for a key file or gcloud's credentials.
-        let spawned = if GcpAuthTokens::credentials_present(false) {
-            cloud_logging::spawn(target, GcpAuthTokens::new(false), rx)
-        } else {
-            cloud_logging::spawn(target, self.project.tokens(), rx)
-        };
-        match spawned {
-            Ok(handle) => {
-                self.metrics.set_cloud_logging(handle.counters.clone());
-                self.cloud_sink = Some(handle);
-            }
-            Err(e) => self.report(FailureSource::CloudLogging, Err(e.to_string())),
-        }
-    }
-
     /// SIGHUP: re-read the config file; a bad file keeps the old settings.
     async fn reload(&mut self) {
         systemd::notify_reloading();
@@ -497,28 +339,5 @@ impl Agent {
         if restart_metrics {
             self.start_metrics().await;
         }
-    }
-
-    async fn shutdown(&mut self) {
-        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
-        self.follower = None;
-        if let Some(t) = self.metrics_task.take() {
-            t.abort();
-        }
-        if let Some(sink) = self.cloud_sink.take() {
-            sink.shutdown(Duration::from_secs(2)).await;
-        }
-        drop(self.cloud_tx.take());
-        tracing::info!("service-proxy-agent stopped");
-    }
-}
-
-/// A cycle running longer than this is stuck, not slow (each of its calls has a deadline).
-const CYCLE_STUCK: Duration = Duration::from_secs(300);
-
-/// `WATCHDOG=1` while the main loop runs and no cycle is stuck.
-fn feed_watchdog(cycle_running: bool, cycle_started: Instant) {
-    if !cycle_running || cycle_started.elapsed() < CYCLE_STUCK {
-        let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
     }
 }
