@@ -223,7 +223,7 @@ impl Monitor {
         match ev {
             EntryEvent::Tail(tail) => {
                 self.logs.record_tail(&tail, now, wall);
-                a.rediagnose_soon = true;
+                a.rediagnose_soon = !tail.entries.is_empty();
             }
             EntryEvent::Entry(entry) => {
                 self.logs.record_entry(&entry, now);

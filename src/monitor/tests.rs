@@ -234,3 +234,43 @@ fn the_control_plane_is_checked_every_cycle_only_while_disconnected() {
     assert!(!m.control_plane_due(clock.t(370).0));
     assert!(m.control_plane_due(clock.t(650).0));
 }
+
+#[test]
+fn the_log_directory_going_and_coming_back_is_said_once_each() {
+    let clock = Clock::new();
+    let mut m = monitor();
+    let (now, wall) = clock.t(0);
+    let gone = || EntryEvent::DirUnavailable {
+        dir: "/var/log/envoy".into(),
+        reason: "No such file or directory".into(),
+    };
+    let a = m.log_event(gone(), now, wall);
+    assert!(matches!(
+        failures(&a).as_slice(),
+        [Transition::Raised {
+            source: FailureSource::EnvoyLog,
+            ..
+        }]
+    ));
+    assert!(!a.rediagnose_soon);
+    assert!(failures(&m.log_event(gone(), now, wall)).is_empty());
+    let back = m.log_event(
+        EntryEvent::DirAvailable {
+            dir: "/var/log/envoy".into(),
+        },
+        now,
+        wall,
+    );
+    assert!(matches!(
+        back.events.first(),
+        Some(Event::LogDirAvailable(_))
+    ));
+    assert!(matches!(
+        failures(&back).as_slice(),
+        [Transition::Recovered {
+            source: FailureSource::EnvoyLog,
+            ..
+        }]
+    ));
+    assert!(!m.log_event(EntryEvent::CaughtUp, now, wall).rediagnose_soon);
+}
