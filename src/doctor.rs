@@ -6,12 +6,22 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::Serialize;
 
 use crate::config::{InterceptionMode, Settings};
-use crate::diagnose::log_findings::LogFindings;
-use crate::diagnose::{self, CheckSettings, Diagnosis, GroupReport, GroupStatus, History};
+use crate::diagnose::{CheckSettings, Diagnosis, GroupReport, GroupStatus};
 use crate::finding::{Finding, Health, Severity};
+use crate::monitor::Monitor;
 use crate::observe::Observer;
-use crate::observe::envoy_log::{DEFAULT_TAIL_BYTES, read_recent};
-use crate::observe::log_follower::{EntryEvent, FollowerConfig, follow_entries};
+use crate::observe::envoy_log::DEFAULT_TAIL_BYTES;
+use crate::observe::log_follower::{EntryEvent, FollowerConfig, start_intake};
+
+/// How long `doctor` waits for the tails of the logs present to be read.
+const TAIL_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Takes in one event of the log intake, as the daemon does; true when it held entries.
+fn take_in(monitor: &mut Monitor, ev: EntryEvent) -> bool {
+    monitor
+        .log_event(ev, Instant::now(), SystemTime::now())
+        .rediagnose_soon
+}
 
 /// The `observed` part of the JSON report.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -211,33 +221,34 @@ pub async fn run(settings: &Settings, json: bool, wait: Option<Duration>) -> any
 pub async fn observe_and_diagnose(settings: &Settings, wait: Option<Duration>) -> Report {
     let observer = Observer::new(settings);
     let checks = CheckSettings::from_settings(settings);
-    let mut history = History::new();
-    let mut logs = LogFindings::new();
+    // The daemon's decisions: the same intake of the logs, the same diagnosis.
+    let mut monitor = Monitor::new(checks);
     let start = Instant::now();
 
-    // Follow first (from the current end), then read what is already there: a line written in
-    // between is seen twice, which only renews the same sighting.
+    // The daemon's intake: what is already there, then (with `wait`) what is written after.
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let follower = match wait {
-        Some(_) => {
-            let mut cfg = FollowerConfig::new(&settings.envoy_log_dir);
-            cfg.initial_tail_bytes = 0;
-            cfg.poll_interval = Duration::from_millis(250);
-            follow_entries(cfg, move |ev| tx.send(ev).is_ok()).ok()
-        }
-        None => None,
-    };
-    if let Ok(files) = read_recent(&settings.envoy_log_dir, DEFAULT_TAIL_BYTES) {
-        for f in files {
-            if let Ok(tail) = &f.tail {
-                logs.record_tail(tail, Instant::now(), SystemTime::now());
+    let mut cfg = FollowerConfig::new(&settings.envoy_log_dir);
+    cfg.initial_tail_bytes = DEFAULT_TAIL_BYTES;
+    cfg.poll_interval = Duration::from_millis(250);
+    let mut follower = start_intake(cfg, move |ev| tx.send(ev).is_ok()).ok();
+    if follower.is_some() {
+        let tails = async {
+            while let Some(ev) = rx.recv().await {
+                if matches!(ev, EntryEvent::CaughtUp) {
+                    break;
+                }
+                take_in(&mut monitor, ev);
             }
-        }
+        };
+        let _ = tokio::time::timeout(TAIL_DEADLINE, tails).await;
+    }
+    if wait.is_none() {
+        follower = None;
     }
 
     let (mut snap, ga) = tokio::join!(observer.snapshot(true), observer.probe_guest_attributes());
     snap.guest_attributes = ga;
-    let mut diagnosis = diagnose::run(&snap, &mut history, &mut logs, &checks, Instant::now());
+    let mut diagnosis = monitor.diagnose(&snap, Instant::now());
     if let Some(wait) = wait {
         let deadline = start + wait;
         let period = settings.poll_interval.min(Duration::from_secs(2));
@@ -247,8 +258,7 @@ pub async fn observe_and_diagnose(settings: &Settings, wait: Option<Duration>) -
             loop {
                 tokio::select! {
                     ev = rx.recv() => match ev {
-                        Some(EntryEvent::Entry(e)) => logs.record_entry(&e, Instant::now()),
-                        Some(_) => {}
+                        Some(ev) => { take_in(&mut monitor, ev); }
                         None => { tokio::time::sleep_until(next.into()).await; break; }
                     },
                     () = tokio::time::sleep_until(next.into()) => break,
@@ -263,17 +273,14 @@ pub async fn observe_and_diagnose(settings: &Settings, wait: Option<Duration>) -
             // The reachability result of the first snapshot stays valid for the report.
             s.control_plane = snap.control_plane.take();
             snap = s;
-            diagnosis = diagnose::run(&snap, &mut history, &mut logs, &checks, Instant::now());
+            diagnosis = monitor.diagnose(&snap, Instant::now());
         }
         let mut late = false;
         while let Ok(ev) = rx.try_recv() {
-            if let EntryEvent::Entry(e) = ev {
-                logs.record_entry(&e, Instant::now());
-                late = true;
-            }
+            late |= take_in(&mut monitor, ev);
         }
         if late {
-            diagnosis = diagnose::run(&snap, &mut history, &mut logs, &checks, Instant::now());
+            diagnosis = monitor.diagnose(&snap, Instant::now());
         }
     }
     drop(follower);

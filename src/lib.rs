@@ -27,6 +27,7 @@ pub mod doctor;
 pub mod finding;
 pub mod fleet;
 pub mod intercept;
+pub mod monitor;
 pub mod netfilter;
 pub mod observe;
 pub mod project_checks;

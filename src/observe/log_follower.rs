@@ -46,12 +46,16 @@ pub struct FileId {
 /// What the follower reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FollowEvent {
-    /// New bytes of a file (`path` is the name it had when read).
+    /// New bytes of a file (`path` is the name it had when read), from offset `start`.
     Data {
         file: FileId,
         path: PathBuf,
+        start: u64,
         bytes: Vec<u8>,
     },
+    /// The files present at start have been read (their tails, `initial_tail_bytes`): every
+    /// `Data` after this was written after that read. Sent once.
+    CaughtUp,
     /// The file was truncated (copytruncate); a partial line before it is void.
     Truncated { file: FileId, path: PathBuf },
     /// The file is gone and fully read; flush any partial last line.
@@ -79,6 +83,19 @@ pub struct FollowerConfig {
     pub initial_tail_bytes: u64,
     /// Largest chunk handed over at once.
     pub chunk_bytes: usize,
+    /// Run on the follower's thread once the tail of the files present at start has been
+    /// read, before anything else is: where lines were lost before issue 14 (tests write there).
+    pub after_tail: Option<TestHook>,
+}
+
+/// A step a test runs at a fixed point of the follower's work.
+#[derive(Clone)]
+pub struct TestHook(pub Arc<dyn Fn() + Send + Sync>);
+
+impl std::fmt::Debug for TestHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TestHook")
+    }
 }
 
 impl FollowerConfig {
@@ -89,6 +106,7 @@ impl FollowerConfig {
             watched_interval: Duration::from_secs(5),
             initial_tail_bytes: 256 * 1024,
             chunk_bytes: 256 * 1024,
+            after_tail: None,
         }
     }
 }
@@ -225,6 +243,7 @@ fn run(
     // happened since is data appended to files already followed.
     let mut watched_dir: Option<FileId> = None;
     let mut scan = true;
+    let mut caught_up = false;
 
     while !stop.load(Ordering::Relaxed) {
         let dir_meta = std::fs::metadata(&cfg.dir).ok();
@@ -451,6 +470,15 @@ fn run(
         {
             return;
         }
+        if !caught_up {
+            caught_up = true;
+            if let Some(hook) = &cfg.after_tail {
+                (hook.0)();
+            }
+            if !sink(FollowEvent::CaughtUp) {
+                return;
+            }
+        }
 
         // Sleep until inotify says something changed, or the poll interval passes. Our own
         // reads and directory listings raise access/open events: they must not wake us, or we
@@ -601,6 +629,7 @@ fn drain(
                 if t.offset == 0 || t.head.is_empty() {
                     t.head = read_head(&t.file);
                 }
+                let start = t.offset;
                 t.offset += n as u64;
                 left = left.saturating_sub(n as u64);
                 counters.bytes.fetch_add(n as u64, Ordering::Relaxed);
@@ -608,6 +637,7 @@ fn drain(
                 if !sink(FollowEvent::Data {
                     file: id,
                     path: t.path.clone(),
+                    start,
                     bytes,
                 }) {
                     return false;
@@ -663,6 +693,7 @@ fn read_to_end_from(
     };
     let offset = offset.max(len.saturating_sub(MAX_CATCH_UP_BYTES));
     let mut file = file.take(len.saturating_sub(offset));
+    let mut start = offset;
     if file.get_mut().seek(SeekFrom::Start(offset)).is_err() {
         counters.read_errors.fetch_add(1, Ordering::Relaxed);
         return true;
@@ -676,10 +707,12 @@ fn read_to_end_from(
                 if !sink(FollowEvent::Data {
                     file: id,
                     path: path.to_path_buf(),
+                    start,
                     bytes,
                 }) {
                     return false;
                 }
+                start += n as u64;
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(_) => {
@@ -694,9 +727,18 @@ fn read_to_end_from(
 /// the directory.
 #[derive(Debug, Clone)]
 pub enum EntryEvent {
+    /// What one file held at start (its tail), to be aged by the entries' own times.
+    Tail(Box<crate::observe::envoy_log::Tail>),
+    /// Every file present at start has been read to its end: what follows is new.
+    CaughtUp,
     Entry(Box<crate::observe::envoy_log::LogEntry>),
-    DirUnavailable { dir: PathBuf, reason: String },
-    DirAvailable { dir: PathBuf },
+    DirUnavailable {
+        dir: PathBuf,
+        reason: String,
+    },
+    DirAvailable {
+        dir: PathBuf,
+    },
     NotFollowed(NotFollowed),
 }
 
@@ -706,353 +748,8 @@ pub struct EntryCounters {
     pub lines: AtomicU64,
 }
 
-/// Follows the directory and turns bytes into entries on the follower thread, one assembler per
-/// file (an entry never mixes two files). Only entries that can matter to a check are emitted.
-pub fn follow_entries(
-    cfg: FollowerConfig,
-    mut sink: impl FnMut(EntryEvent) -> bool + Send + 'static,
-) -> std::io::Result<(Follower, Arc<EntryCounters>)> {
-    use crate::observe::envoy_log::{DEFAULT_MAX_ENTRY_BYTES, EntryAssembler, EntryFilter};
-    let counters = Arc::new(EntryCounters::default());
-    let c = counters.clone();
-    let mut assemblers: BTreeMap<FileId, EntryAssembler> = BTreeMap::new();
-    let mut out = Vec::new();
-    let follower = Follower::spawn(cfg, move |ev| {
-        let file_lines = |a: &EntryAssembler| a.lines_seen();
-        match ev {
-            FollowEvent::Data { file, bytes, .. } => {
-                let a = assemblers.entry(file).or_insert_with(|| {
-                    EntryAssembler::new(EntryFilter::Interesting, DEFAULT_MAX_ENTRY_BYTES)
-                });
-                let before = file_lines(a);
-                a.feed(&bytes, &mut out);
-                // The last line may be complete but not yet followed by the next entry's
-                // header: emit it now so it is classified without waiting for more output.
-                a.emit_pending(&mut out);
-                c.lines
-                    .fetch_add(file_lines(a).saturating_sub(before), Ordering::Relaxed);
-            }
-            FollowEvent::Truncated { file, .. } => {
-                assemblers.remove(&file);
-            }
-            FollowEvent::Closed { file, .. } => {
-                if let Some(mut a) = assemblers.remove(&file) {
-                    let before = file_lines(&a);
-                    a.finish(&mut out);
-                    c.lines
-                        .fetch_add(file_lines(&a).saturating_sub(before), Ordering::Relaxed);
-                }
-            }
-            FollowEvent::DirUnavailable { dir, reason } => {
-                return sink(EntryEvent::DirUnavailable { dir, reason });
-            }
-            FollowEvent::DirAvailable { dir } => return sink(EntryEvent::DirAvailable { dir }),
-            FollowEvent::NotFollowed(n) => return sink(EntryEvent::NotFollowed(n)),
-        }
-        for e in out.drain(..) {
-            if !sink(EntryEvent::Entry(Box::new(e))) {
-                return false;
-            }
-        }
-        true
-    })?;
-    Ok((follower, counters))
-}
+mod intake;
+pub use intake::start_intake;
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::Write;
-    use std::sync::Mutex;
-    use std::time::Instant;
-
-    /// Collects Data bytes per file id and counts newline-terminated lines.
-    fn start(dir: &Path) -> (Follower, Arc<Mutex<Vec<FollowEvent>>>) {
-        let events = Arc::new(Mutex::new(Vec::new()));
-        let e = events.clone();
-        let mut cfg = FollowerConfig::new(dir);
-        cfg.poll_interval = Duration::from_millis(100);
-        let f = Follower::spawn(cfg, move |ev| {
-            e.lock().unwrap().push(ev);
-            true
-        })
-        .unwrap();
-        (f, events)
-    }
-
-    fn text(events: &Arc<Mutex<Vec<FollowEvent>>>) -> String {
-        events
-            .lock()
-            .unwrap()
-            .iter()
-            .filter_map(|e| match e {
-                FollowEvent::Data { bytes, .. } => {
-                    Some(String::from_utf8_lossy(bytes).into_owned())
-                }
-                _ => None,
-            })
-            .collect()
-    }
-
-    fn wait(what: &str, cond: impl Fn() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !cond() {
-            assert!(Instant::now() < deadline, "not reached: {what}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    #[test]
-    fn follows_appends_rename_rotation_and_copytruncate() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("envoy.log");
-        std::fs::write(&log, "old line\n").unwrap();
-        let (_f, events) = start(dir.path());
-        wait("old line", || text(&events).contains("old line"));
-
-        let mut w = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
-        w.write_all(b"line 1\npartial").unwrap();
-        wait("partial", || text(&events).contains("partial"));
-        w.write_all(b" end\n").unwrap();
-        // Rename rotation: the writer keeps writing to the old inode for a moment.
-        std::fs::rename(&log, dir.path().join("envoy.log.1")).unwrap();
-        w.write_all(b"late line to old file\n").unwrap();
-        drop(w);
-        std::fs::write(&log, "first of new file\n").unwrap();
-        wait("first of new file", || {
-            text(&events).contains("first of new file")
-        });
-        wait("late line to old file", || {
-            text(&events).contains("late line to old file")
-        });
-
-        // copytruncate
-        let mut w = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
-        w.write_all(b"before truncate\n").unwrap();
-        wait("before truncate", || {
-            text(&events).contains("before truncate")
-        });
-        w.set_len(0).unwrap();
-        let mut w = std::fs::OpenOptions::new().write(true).open(&log).unwrap();
-        w.write_all(b"after\n").unwrap();
-        wait("after\\n", || text(&events).contains("after\n"));
-        let truncated = events
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|e| matches!(e, FollowEvent::Truncated { .. }));
-        assert!(truncated);
-        let all = text(&events);
-        assert_eq!(
-            all.matches("line 1\n").count(),
-            1,
-            "no duplicate reads: {all}"
-        );
-    }
-
-    #[test]
-    fn waits_for_a_missing_directory_and_survives_its_recreation() {
-        let root = tempfile::tempdir().unwrap();
-        let dir = root.path().join("envoy");
-        let (_f, events) = start(&dir);
-        wait("dir unavailable", || {
-            events
-                .lock()
-                .unwrap()
-                .iter()
-                .any(|e| matches!(e, FollowEvent::DirUnavailable { .. }))
-        });
-        std::fs::create_dir(&dir).unwrap();
-        std::fs::write(dir.join("envoy.err.log"), "hello\n").unwrap();
-        wait("hello", || text(&events).contains("hello"));
-        std::fs::remove_dir_all(&dir).unwrap();
-        std::thread::sleep(Duration::from_millis(300));
-        std::fs::create_dir(&dir).unwrap();
-        std::fs::write(dir.join("envoy.err.log"), "again\n").unwrap();
-        wait("again", || text(&events).contains("again"));
-        // Files that are not *.log are ignored.
-        std::fs::write(dir.join("notes.txt"), "ignored\n").unwrap();
-        std::thread::sleep(Duration::from_millis(300));
-        assert!(!text(&events).contains("ignored"));
-    }
-
-    #[test]
-    fn a_file_renamed_away_before_it_was_seen_is_still_read_and_copies_are_not() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("envoy.log.7"), "history\n").unwrap();
-        // Started with a long poll interval and no inotify wake-up for these files yet.
-        let (_f, events) = start(dir.path());
-        std::thread::sleep(Duration::from_millis(200));
-        // Created and renamed away in one go.
-        let log = dir.path().join("envoy.log");
-        std::fs::write(&log, "[t] missed line\n").unwrap();
-        std::fs::rename(&log, dir.path().join("envoy.log.1")).unwrap();
-        wait("missed line", || text(&events).contains("missed line"));
-        // copytruncate: a copy of the live file, then the truncation.
-        std::fs::write(&log, "[t] live line\n").unwrap();
-        wait("live line", || text(&events).contains("live line"));
-        std::fs::copy(&log, dir.path().join("envoy.log-20261122")).unwrap();
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&log)
-            .unwrap()
-            .set_len(0)
-            .unwrap();
-        std::fs::write(&log, "[t] after copy\n").unwrap();
-        wait("after copy", || text(&events).contains("after copy"));
-        std::thread::sleep(Duration::from_millis(300));
-        let all = text(&events);
-        assert_eq!(all.matches("live line").count(), 1, "{all}");
-        assert!(!all.contains("history"), "{all}");
-        // Compressed rotations are never read.
-        std::fs::write(dir.path().join("envoy.log.2.gz"), "gz\n").unwrap();
-        std::thread::sleep(Duration::from_millis(300));
-        assert!(!text(&events).contains("gz"));
-    }
-
-    #[test]
-    fn an_idle_watched_directory_is_not_listed_and_appends_are_read_at_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("envoy.log");
-        std::fs::write(&log, "").unwrap();
-        let events = Arc::new(Mutex::new(Vec::new()));
-        let e = events.clone();
-        let mut cfg = FollowerConfig::new(dir.path());
-        cfg.poll_interval = Duration::from_millis(50);
-        cfg.watched_interval = Duration::from_secs(30);
-        let f = Follower::spawn(cfg, move |ev| {
-            e.lock().unwrap().push(ev);
-            true
-        })
-        .unwrap();
-        let counters = f.counters.clone();
-        wait("inotify", || {
-            counters.inotify_active.load(Ordering::Relaxed)
-        });
-        std::thread::sleep(Duration::from_millis(300));
-        let idle = counters.scans.load(Ordering::Relaxed);
-        // Appends to the followed file: read without listing the directory.
-        for i in 0..20 {
-            std::fs::OpenOptions::new()
-                .append(true)
-                .open(&log)
-                .unwrap()
-                .write_all(format!("[t] line {i}\n").as_bytes())
-                .unwrap();
-            wait("the line", || {
-                text(&events).contains(&format!("line {i}\n"))
-            });
-        }
-        std::thread::sleep(Duration::from_millis(300));
-        assert!(idle <= 2, "{idle} listings while idle");
-        assert!(
-            counters.scans.load(Ordering::Relaxed) <= idle + 1,
-            "appends listed the directory: {} listings",
-            counters.scans.load(Ordering::Relaxed)
-        );
-        // A new file is a change of the directory: listed and read at once.
-        std::fs::write(dir.path().join("other.log"), "[t] new file\n").unwrap();
-        wait("new file", || text(&events).contains("new file"));
-        // The directory renamed away and replaced: the watch moves to the new one.
-        let moved = dir.path().with_extension("moved");
-        std::fs::rename(dir.path(), &moved).unwrap();
-        std::fs::create_dir(dir.path()).unwrap();
-        std::fs::write(dir.path().join("envoy.log"), "[t] in the new directory\n").unwrap();
-        wait("new directory", || {
-            text(&events).contains("in the new directory")
-        });
-        std::fs::remove_dir_all(&moved).unwrap();
-    }
-
-    #[test]
-    fn copytruncate_lines_unread_at_the_copy_are_read_from_the_copy() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("envoy.log");
-        std::fs::write(&log, "").unwrap();
-        // Changes made through hard links outside the directory raise no inotify event in it,
-        // and the poll interval is long: the follower does not look between the append, the
-        // copy and the truncation, as when logrotate is faster than a scan.
-        let outside = tempfile::tempdir_in(dir.path().parent().unwrap()).unwrap();
-        let alias = outside.path().join("alias");
-        std::fs::hard_link(&log, &alias).unwrap();
-        let events = Arc::new(Mutex::new(Vec::new()));
-        let e = events.clone();
-        let mut cfg = FollowerConfig::new(dir.path());
-        cfg.poll_interval = Duration::from_secs(30);
-        let _f = Follower::spawn(cfg, move |ev| {
-            e.lock().unwrap().push(ev);
-            true
-        })
-        .unwrap();
-        std::thread::sleep(Duration::from_millis(200));
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(&log)
-            .unwrap()
-            .write_all(b"[t] one\n")
-            .unwrap();
-        wait("one", || text(&events).contains("one"));
-        let mut w = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&alias)
-            .unwrap();
-        w.write_all(b"[t] two\n").unwrap();
-        let copy = outside.path().join("copy");
-        std::fs::copy(&alias, &copy).unwrap();
-        w.set_len(0).unwrap();
-        w.write_all(b"[t] three after the truncation\n").unwrap();
-        std::thread::sleep(Duration::from_millis(200));
-        assert!(
-            !text(&events).contains("two"),
-            "the follower looked too early"
-        );
-        // The copy appears under its rotated name: that wakes the follower.
-        std::fs::hard_link(&copy, dir.path().join("envoy.log.1")).unwrap();
-        wait("three", || text(&events).contains("three"));
-        std::thread::sleep(Duration::from_millis(200));
-        let all = text(&events);
-        assert_eq!(all.matches("[t] one").count(), 1, "{all}");
-        assert_eq!(all.matches("[t] two").count(), 1, "{all}");
-    }
-
-    #[test]
-    fn a_log_that_cannot_be_read_is_reported_once_and_its_recovery_too() {
-        let dir = tempfile::tempdir().unwrap();
-        // A directory named like a log: never opened, reported.
-        std::fs::create_dir(dir.path().join("envoy.log")).unwrap();
-        let (_f, events) = start(dir.path());
-        let unreadable = |events: &Arc<Mutex<Vec<FollowEvent>>>| {
-            events
-                .lock()
-                .unwrap()
-                .iter()
-                .filter(|e| matches!(e, FollowEvent::NotFollowed(n) if n.total == 1))
-                .count()
-        };
-        wait("reported", || unreadable(&events) == 1);
-        std::thread::sleep(Duration::from_millis(400));
-        assert_eq!(unreadable(&events), 1, "reported once");
-        std::fs::remove_dir(dir.path().join("envoy.log")).unwrap();
-        std::fs::write(dir.path().join("envoy.log"), "[t] fine\n").unwrap();
-        wait("readable again", || {
-            events
-                .lock()
-                .unwrap()
-                .iter()
-                .any(|e| matches!(e, FollowEvent::NotFollowed(n) if n.is_empty()))
-        });
-        wait("fine", || text(&events).contains("fine"));
-    }
-
-    #[test]
-    fn only_the_tail_of_a_big_existing_file_is_read() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("envoy.log");
-        std::fs::write(&log, vec![b'x'; 1024 * 1024]).unwrap();
-        let (f, events) = start(dir.path());
-        wait("bytes", || f.counters.bytes.load(Ordering::Relaxed) > 0);
-        std::thread::sleep(Duration::from_millis(200));
-        assert_eq!(f.counters.bytes.load(Ordering::Relaxed), 256 * 1024);
-        drop(events);
-    }
-}
+mod tests;

@@ -128,7 +128,7 @@ pub fn read_tail(path: &Path, max_bytes: u64) -> Result<Tail, LogError> {
 }
 
 /// The timestamp of the last header line in `body`, searching backwards.
-pub(super) fn newest_header_time(body: &[u8]) -> Option<String> {
+pub(crate) fn newest_header_time(body: &[u8]) -> Option<String> {
     let mut end = body.len();
     loop {
         let start = memrchr(b'\n', body.get(..end)?).map_or(0, |i| i + 1);
