@@ -135,7 +135,7 @@ pub fn parse_port(s: &str) -> Result<u16, String> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PortList(pub Vec<u16>);
 
-fn parse_port_list_arg(s: &str) -> Result<PortList, String> {
+pub fn parse_port_list_arg(s: &str) -> Result<PortList, String> {
     parse_port_list(s).map(PortList)
 }
 
@@ -179,12 +179,19 @@ pub fn parse_user(s: &str) -> Result<UserSpec, String> {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum InterceptionMode {
     Off,
     Verify,
     Enforce,
+}
+
+impl Named for InterceptionMode {
+    const ALL: &'static [Self] = &[Self::Off, Self::Verify, Self::Enforce];
+    fn name(self) -> &'static str {
+        self.as_str()
+    }
 }
 
 impl InterceptionMode {
@@ -197,17 +204,38 @@ impl InterceptionMode {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Json,
     Text,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+impl Named for LogFormat {
+    const ALL: &'static [Self] = &[Self::Json, Self::Text];
+    fn name(self) -> &'static str {
+        match self {
+            Self::Json => "json",
+            Self::Text => "text",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloudLoggingMode {
     On,
     Off,
     Auto,
+}
+
+impl Named for CloudLoggingMode {
+    const ALL: &'static [Self] = &[Self::On, Self::Off, Self::Auto];
+    fn name(self) -> &'static str {
+        match self {
+            Self::On => "on",
+            Self::Off => "off",
+            Self::Auto => "auto",
+        }
+    }
 }
 
 /// `off` (`None`), or a socket address. A newtype so clap does not read `Option<Option<_>>`
@@ -225,17 +253,25 @@ pub fn parse_metrics_addr(s: &str) -> Result<MetricsAddr, String> {
         .map_err(|_| "expected off or IP:PORT, e.g. 127.0.0.1:15091".into())
 }
 
-fn parse_enum<T: clap::ValueEnum>(s: &str) -> Result<T, String> {
-    T::from_str(s, true).map_err(|_| {
-        let names: Vec<String> = T::value_variants()
-            .iter()
-            .filter_map(|v| v.to_possible_value().map(|p| p.get_name().to_owned()))
-            .collect();
-        format!("expected one of {}", names.join(", "))
-    })
+/// A setting with a closed set of values, each with its one name in flags, env and the file.
+pub trait Named: Copy + 'static {
+    const ALL: &'static [Self];
+    fn name(self) -> &'static str;
 }
 
-fn parse_bool(s: &str) -> Result<bool, String> {
+/// One of `T`'s names, in any case (as the flags always accepted).
+pub fn parse_enum<T: Named>(s: &str) -> Result<T, String> {
+    T::ALL
+        .iter()
+        .copied()
+        .find(|v| v.name().eq_ignore_ascii_case(s))
+        .ok_or_else(|| {
+            let names: Vec<&str> = T::ALL.iter().map(|v| v.name()).collect();
+            format!("expected one of {}", names.join(", "))
+        })
+}
+
+pub fn parse_bool(s: &str) -> Result<bool, String> {
     match s.to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" | "on" => Ok(true),
         "false" | "0" | "no" | "off" => Ok(false),
@@ -243,99 +279,78 @@ fn parse_bool(s: &str) -> Result<bool, String> {
     }
 }
 
-/// What the command line and environment gave (clap fills this; `None` = not given).
-#[derive(Debug, Clone, Default, clap::Args)]
+/// What the command line and environment gave (`None` = not given). The flags' clap form, with
+/// their help, is `cmd::common::CommonFlags`; this plain form is what the library resolves and
+/// what the daemon keeps to resolve again on SIGHUP.
+#[derive(Debug, Clone, Default)]
 pub struct CommonArgs {
     /// TOML file with the same keys as the flags [default: /etc/service-proxy-agent/config.toml when it exists]
-    #[arg(long, global = true, env = "SPA_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
     /// Envoy admin base URL [default: http://127.0.0.1:15000]
-    #[arg(long, global = true, env = "SPA_ENVOY_ADMIN", value_name = "URL", value_parser = parse_admin_url)]
     pub envoy_admin: Option<AdminUrl>,
 
     /// Accept a non-loopback --envoy-admin
-    #[arg(long, global = true, env = "SPA_ALLOW_REMOTE_ADMIN", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", value_parser = parse_bool)]
     pub allow_remote_admin: Option<bool>,
 
     /// Directory of Envoy's logs; every *.log in it is read [default: /var/log/envoy]
-    #[arg(long, global = true, env = "SPA_ENVOY_LOG_DIR", value_name = "DIR")]
     pub envoy_log_dir: Option<PathBuf>,
 
     /// User (name or UID) excluded from interception [default: owner of the running envoy, else envoy]
-    #[arg(long, global = true, env = "SPA_ENVOY_USER", value_name = "NAME|UID", value_parser = parse_user)]
     pub envoy_user: Option<UserSpec>,
 
     /// off | verify | enforce [default: verify]
-    #[arg(long, global = true, env = "SPA_INTERCEPTION", value_name = "MODE", value_parser = parse_enum::<InterceptionMode>)]
     pub interception: Option<InterceptionMode>,
 
     /// Where intercepted traffic is redirected [default: gce-service-proxy proxy-port, else 15001]
-    #[arg(long, global = true, env = "SPA_PROXY_PORT", value_name = "N", value_parser = parse_port)]
     pub proxy_port: Option<u16>,
 
     /// Inbound ports to intercept, e.g. 80,8080 [default: gce-service-proxy serving-ports]
-    #[arg(long, global = true, env = "SPA_SERVING_PORTS", value_name = "LIST", value_parser = parse_port_list_arg)]
     pub serving_ports: Option<PortList>,
 
     /// Admin/iptables/metadata polling period [default: 10s]
-    #[arg(long, global = true, env = "SPA_POLL_INTERVAL", value_name = "DURATION", value_parser = parse_duration)]
     pub poll_interval: Option<Duration>,
 
     /// agent-heartbeat period [default: 60s]
-    #[arg(long, global = true, env = "SPA_HEARTBEAT_INTERVAL", value_name = "DURATION", value_parser = parse_duration)]
     pub heartbeat_interval: Option<Duration>,
 
     /// How long a log-derived finding stays active after its last sighting [default: 10m]
-    #[arg(long, global = true, env = "SPA_FINDING_TTL", value_name = "DURATION", value_parser = parse_duration)]
     pub finding_ttl: Option<Duration>,
 
     /// Prometheus endpoint address, or off [default: 127.0.0.1:15091]
-    #[arg(long, global = true, env = "SPA_METRICS_ADDR", value_name = "ADDR", value_parser = parse_metrics_addr)]
     pub metrics_addr: Option<MetricsAddr>,
 
     /// Accept a non-loopback --metrics-addr
-    #[arg(long, global = true, env = "SPA_ALLOW_REMOTE_METRICS", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", value_parser = parse_bool)]
     pub allow_remote_metrics: Option<bool>,
 
     /// json | text [default: json when stdout is not a terminal]
-    #[arg(long, global = true, env = "SPA_LOG_FORMAT", value_name = "FORMAT", value_parser = parse_enum::<LogFormat>)]
     pub log_format: Option<LogFormat>,
 
     /// Mirror the log to this file or serial device, one JSON line per event
-    #[arg(long, global = true, env = "SPA_SERIAL_PORT", value_name = "PATH")]
     pub serial_port: Option<PathBuf>,
 
     /// on | off | auto [default: auto]
-    #[arg(long, global = true, env = "SPA_CLOUD_LOGGING", value_name = "MODE", value_parser = parse_enum::<CloudLoggingMode>)]
     pub cloud_logging: Option<CloudLoggingMode>,
 
     /// Cloud Logging API base URL [default: https://logging.googleapis.com]
-    #[arg(long, global = true, env = "SPA_CLOUD_LOGGING_ENDPOINT", value_name = "URL", value_parser = parse_endpoint)]
     pub cloud_logging_endpoint: Option<String>,
 
     /// Target of the control-plane reachability check [default: trafficdirector.googleapis.com:443]
-    #[arg(long, global = true, env = "SPA_CONTROL_PLANE", value_name = "HOST:PORT", value_parser = parse_host_port)]
     pub control_plane: Option<HostPort>,
 
     /// on | off: the project-side checks with Google's APIs (docs/contract.md#10-project-side-checks) [default: on]
-    #[arg(long, global = true, env = "SPA_CLOUD_CHECKS", value_name = "on|off", value_parser = parse_bool)]
     pub cloud_checks: Option<bool>,
 
     /// Compute API base URL [default: https://compute.googleapis.com]
-    #[arg(long, global = true, env = "SPA_COMPUTE_ENDPOINT", value_name = "URL", value_parser = parse_endpoint)]
     pub compute_endpoint: Option<String>,
 
     /// Traffic Director API base URL (CSDS) [default: https://trafficdirector.googleapis.com]
-    #[arg(long, global = true, env = "SPA_TRAFFICDIRECTOR_ENDPOINT", value_name = "URL", value_parser = parse_endpoint)]
     pub trafficdirector_endpoint: Option<String>,
 
     /// Cloud Resource Manager API base URL [default: https://cloudresourcemanager.googleapis.com]
-    #[arg(long, global = true, env = "SPA_RESOURCEMANAGER_ENDPOINT", value_name = "URL", value_parser = parse_endpoint)]
     pub resourcemanager_endpoint: Option<String>,
 
     /// Service Usage API base URL [default: https://serviceusage.googleapis.com]
-    #[arg(long, global = true, env = "SPA_SERVICEUSAGE_ENDPOINT", value_name = "URL", value_parser = parse_endpoint)]
     pub serviceusage_endpoint: Option<String>,
 }
 
@@ -680,7 +695,7 @@ mod tests {
     #[derive(Parser)]
     struct T {
         #[command(flatten)]
-        c: CommonArgs,
+        c: crate::cmd::common::CommonFlags,
     }
 
     fn no_env(_: &str) -> Option<String> {
@@ -691,6 +706,7 @@ mod tests {
         T::try_parse_from(std::iter::once("t").chain(a.iter().copied()))
             .unwrap()
             .c
+            .into_args()
     }
 
     fn with_file(

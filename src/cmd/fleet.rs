@@ -6,15 +6,31 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, bail};
 
-use super::api::Api;
-use super::compute::{self, Budget, ComputeQuery};
-use super::{FleetReport, MigRef, Source, exit_status, to_json, to_text};
 use crate::config::{CommonArgs, Settings, parse_duration};
+use crate::fleet::api::Api;
+use crate::fleet::compute::{self, Budget, ComputeQuery};
+use crate::fleet::{FleetReport, MigRef, Source, exit_status, to_json, to_text};
 use crate::publish::state_event::STATE_PERIOD;
 
 /// The label `gcloud ... --service-proxy` puts on its VMs.
 pub const DEFAULT_FILTER: &str = "labels.gce-service-proxy = \"on\"";
 const DEFAULT_COMPUTE: &str = "https://compute.googleapis.com";
+
+/// `--source`'s names; mapped to the library's `fleet::Source`, which knows no clap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SourceArg {
+    Compute,
+    Logging,
+}
+
+impl From<SourceArg> for Source {
+    fn from(s: SourceArg) -> Self {
+        match s {
+            SourceArg::Compute => Source::Compute,
+            SourceArg::Logging => Source::Logging,
+        }
+    }
+}
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct FleetArgs {
@@ -26,7 +42,7 @@ pub struct FleetArgs {
     pub watch: Option<Duration>,
     /// Where the VMs' state is read
     #[arg(long, env = "SPA_SOURCE", value_enum, default_value = "compute")]
-    pub source: Source,
+    pub source: SourceArg,
     /// Project ID [default: GOOGLE_CLOUD_PROJECT, else the metadata server's project]
     #[arg(long, env = "SPA_PROJECT")]
     pub project: Option<String>,
@@ -65,10 +81,14 @@ pub struct FleetArgs {
 }
 
 impl FleetArgs {
+    pub fn source(&self) -> Source {
+        self.source.into()
+    }
+
     /// The stale threshold for this source. A `state` event repeats every 10 minutes, so with
     /// the logging source a heartbeat is stale only beyond that period plus `--stale`.
     pub fn stale_after(&self) -> Duration {
-        match self.source {
+        match self.source() {
             Source::Compute => self.stale,
             Source::Logging => self.stale + STATE_PERIOD,
         }
@@ -159,7 +179,7 @@ pub async fn read(
     project: &str,
 ) -> anyhow::Result<FleetReport> {
     let before = api.requests();
-    let (vms, warnings) = match args.source {
+    let (vms, warnings) = match args.source() {
         Source::Compute => {
             let q = args.compute_query(compute_endpoint, project)?;
             let (listed, warnings) = compute::list(&api, &budget, &q)
@@ -169,7 +189,7 @@ pub async fn read(
             (vms, warnings)
         }
         Source::Logging => {
-            let vms = super::logging::read(
+            let vms = crate::fleet::logging::read(
                 &api,
                 &budget,
                 logging_endpoint.trim_end_matches('/'),
@@ -183,7 +203,7 @@ pub async fn read(
         }
     };
     Ok(FleetReport {
-        source: args.source,
+        source: args.source(),
         project: project.to_owned(),
         generated_at: SystemTime::now(),
         vms,
@@ -215,7 +235,7 @@ pub async fn run(settings: &Settings, common: &CommonArgs, args: FleetArgs) -> a
     let api = Arc::new(Api::new(&settings.metadata_host)?);
     let budget = Arc::new(Budget::new(args.max_qps));
     // Flags are checked before the first request.
-    if args.source == Source::Compute {
+    if args.source() == Source::Compute {
         args.compute_query(&compute_endpoint, &project)?;
     }
     let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;

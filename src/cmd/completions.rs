@@ -1,5 +1,6 @@
-//! Shell completions and the man page, generated from the clap definitions in `cli.rs` (so they
-//! can never disagree with the parser). Hidden commands print them:
+//! `completions` and `man`: shell completions and the man page, generated from the clap
+//! definitions (so they can never disagree with the parser). `cli.rs` hands its command in, so
+//! this room does not import `cli`. Hidden commands print them:
 //!
 //! ```sh
 //! service-proxy-agent completions bash > /usr/share/bash-completion/completions/service-proxy-agent
@@ -10,9 +11,7 @@
 
 use std::io::Write;
 
-use clap::{CommandFactory, ValueEnum};
-
-use crate::cli::Cli;
+use clap::ValueEnum;
 
 /// The binary's name, as completions register it.
 const BIN: &str = "service-proxy-agent";
@@ -25,8 +24,7 @@ pub enum Shell {
 }
 
 /// The completion script for `shell`.
-pub fn completions(shell: Shell, out: &mut impl Write) {
-    let mut cmd = Cli::command();
+pub fn completions(shell: Shell, mut cmd: clap::Command, out: &mut impl Write) {
     let generator = match shell {
         Shell::Bash => clap_complete::Shell::Bash,
         Shell::Zsh => clap_complete::Shell::Zsh,
@@ -36,7 +34,7 @@ pub fn completions(shell: Shell, out: &mut impl Write) {
 }
 
 /// The man page (roff), section 8: an administrator's daemon and tool.
-pub fn man_page(out: &mut impl Write) -> std::io::Result<()> {
-    let cmd = Cli::command().name(BIN);
+pub fn man_page(cmd: clap::Command, out: &mut impl Write) -> std::io::Result<()> {
+    let cmd = cmd.name(BIN);
     clap_mangen::Man::new(cmd).section("8").render(out)
 }
