@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::config::{
     self, AdminUrl, CloudLoggingMode, CommonArgs, HostPort, InterceptionMode, LogFormat,
-    MetricsAddr, PortList, UserSpec,
+    MetricsAddr, PortList, UserSpec, keys,
 };
 
 // What the command line and environment gave (clap fills this; `None` = not given).
@@ -17,92 +17,70 @@ pub struct CommonFlags {
     #[arg(long, global = true, env = "SPA_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// Envoy admin base URL [default: http://127.0.0.1:15000]
-    #[arg(long, global = true, env = "SPA_ENVOY_ADMIN", value_name = "URL", value_parser = config::parse_admin_url)]
+    #[arg(long, help = keys::ENVOY_ADMIN.doc, global = true, env = "SPA_ENVOY_ADMIN", value_name = "URL", value_parser = config::parse_admin_url)]
     pub envoy_admin: Option<AdminUrl>,
 
-    /// Accept a non-loopback --envoy-admin
-    #[arg(long, global = true, env = "SPA_ALLOW_REMOTE_ADMIN", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", value_parser = config::parse_bool)]
+    #[arg(long, help = keys::ALLOW_REMOTE_ADMIN.doc, global = true, env = "SPA_ALLOW_REMOTE_ADMIN", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", value_parser = config::parse_bool)]
     pub allow_remote_admin: Option<bool>,
 
-    /// Directory of Envoy's logs; every *.log in it is read [default: /var/log/envoy]
-    #[arg(long, global = true, env = "SPA_ENVOY_LOG_DIR", value_name = "DIR")]
+    #[arg(long, help = keys::ENVOY_LOG_DIR.doc, global = true, env = "SPA_ENVOY_LOG_DIR", value_name = "DIR")]
     pub envoy_log_dir: Option<PathBuf>,
 
-    /// User (name or UID) excluded from interception [default: owner of the running envoy, else envoy]
-    #[arg(long, global = true, env = "SPA_ENVOY_USER", value_name = "NAME|UID", value_parser = config::parse_user)]
+    #[arg(long, help = keys::ENVOY_USER.doc, global = true, env = "SPA_ENVOY_USER", value_name = "NAME|UID", value_parser = config::parse_user)]
     pub envoy_user: Option<UserSpec>,
 
-    /// off | verify | enforce [default: verify]
-    #[arg(long, global = true, env = "SPA_INTERCEPTION", value_name = "MODE", value_parser = config::parse_enum::<InterceptionMode>)]
+    #[arg(long, help = keys::INTERCEPTION.doc, global = true, env = "SPA_INTERCEPTION", value_name = "MODE", value_parser = config::parse_enum::<InterceptionMode>)]
     pub interception: Option<InterceptionMode>,
 
-    /// Where intercepted traffic is redirected [default: gce-service-proxy proxy-port, else 15001]
-    #[arg(long, global = true, env = "SPA_PROXY_PORT", value_name = "N", value_parser = config::parse_port)]
+    #[arg(long, help = keys::PROXY_PORT.doc, global = true, env = "SPA_PROXY_PORT", value_name = "N", value_parser = config::parse_port)]
     pub proxy_port: Option<u16>,
 
-    /// Inbound ports to intercept, e.g. 80,8080 [default: gce-service-proxy serving-ports]
-    #[arg(long, global = true, env = "SPA_SERVING_PORTS", value_name = "LIST", value_parser = config::parse_port_list_arg)]
+    #[arg(long, help = keys::SERVING_PORTS.doc, global = true, env = "SPA_SERVING_PORTS", value_name = "LIST", value_parser = config::parse_port_list_arg)]
     pub serving_ports: Option<PortList>,
 
-    /// Admin/iptables/metadata polling period [default: 10s]
-    #[arg(long, global = true, env = "SPA_POLL_INTERVAL", value_name = "DURATION", value_parser = config::parse_duration)]
+    #[arg(long, help = keys::POLL_INTERVAL.doc, global = true, env = "SPA_POLL_INTERVAL", value_name = "DURATION", value_parser = config::parse_duration)]
     pub poll_interval: Option<Duration>,
 
-    /// agent-heartbeat period [default: 60s]
-    #[arg(long, global = true, env = "SPA_HEARTBEAT_INTERVAL", value_name = "DURATION", value_parser = config::parse_duration)]
+    #[arg(long, help = keys::HEARTBEAT_INTERVAL.doc, global = true, env = "SPA_HEARTBEAT_INTERVAL", value_name = "DURATION", value_parser = config::parse_duration)]
     pub heartbeat_interval: Option<Duration>,
 
-    /// How long a log-derived finding stays active after its last sighting [default: 10m]
-    #[arg(long, global = true, env = "SPA_FINDING_TTL", value_name = "DURATION", value_parser = config::parse_duration)]
+    #[arg(long, help = keys::FINDING_TTL.doc, global = true, env = "SPA_FINDING_TTL", value_name = "DURATION", value_parser = config::parse_duration)]
     pub finding_ttl: Option<Duration>,
 
-    /// Prometheus endpoint address, or off [default: 127.0.0.1:15091]
-    #[arg(long, global = true, env = "SPA_METRICS_ADDR", value_name = "ADDR", value_parser = config::parse_metrics_addr)]
+    #[arg(long, help = keys::METRICS_ADDR.doc, global = true, env = "SPA_METRICS_ADDR", value_name = "ADDR", value_parser = config::parse_metrics_addr)]
     pub metrics_addr: Option<MetricsAddr>,
 
-    /// Accept a non-loopback --metrics-addr
-    #[arg(long, global = true, env = "SPA_ALLOW_REMOTE_METRICS", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", value_parser = config::parse_bool)]
+    #[arg(long, help = keys::ALLOW_REMOTE_METRICS.doc, global = true, env = "SPA_ALLOW_REMOTE_METRICS", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", value_parser = config::parse_bool)]
     pub allow_remote_metrics: Option<bool>,
 
-    /// json | text [default: json when stdout is not a terminal]
-    #[arg(long, global = true, env = "SPA_LOG_FORMAT", value_name = "FORMAT", value_parser = config::parse_enum::<LogFormat>)]
+    #[arg(long, help = keys::LOG_FORMAT.doc, global = true, env = "SPA_LOG_FORMAT", value_name = "FORMAT", value_parser = config::parse_enum::<LogFormat>)]
     pub log_format: Option<LogFormat>,
 
-    /// Mirror the log to this file or serial device, one JSON line per event
-    #[arg(long, global = true, env = "SPA_SERIAL_PORT", value_name = "PATH")]
+    #[arg(long, help = keys::SERIAL_PORT.doc, global = true, env = "SPA_SERIAL_PORT", value_name = "PATH")]
     pub serial_port: Option<PathBuf>,
 
-    /// on | off | auto [default: auto]
-    #[arg(long, global = true, env = "SPA_CLOUD_LOGGING", value_name = "MODE", value_parser = config::parse_enum::<CloudLoggingMode>)]
+    #[arg(long, help = keys::CLOUD_LOGGING.doc, global = true, env = "SPA_CLOUD_LOGGING", value_name = "MODE", value_parser = config::parse_enum::<CloudLoggingMode>)]
     pub cloud_logging: Option<CloudLoggingMode>,
 
-    /// Cloud Logging API base URL [default: https://logging.googleapis.com]
-    #[arg(long, global = true, env = "SPA_CLOUD_LOGGING_ENDPOINT", value_name = "URL", value_parser = config::parse_endpoint)]
+    #[arg(long, help = keys::CLOUD_LOGGING_ENDPOINT.doc, global = true, env = "SPA_CLOUD_LOGGING_ENDPOINT", value_name = "URL", value_parser = config::parse_endpoint)]
     pub cloud_logging_endpoint: Option<String>,
 
-    /// Target of the control-plane reachability check [default: trafficdirector.googleapis.com:443]
-    #[arg(long, global = true, env = "SPA_CONTROL_PLANE", value_name = "HOST:PORT", value_parser = config::parse_host_port)]
+    #[arg(long, help = keys::CONTROL_PLANE.doc, global = true, env = "SPA_CONTROL_PLANE", value_name = "HOST:PORT", value_parser = config::parse_host_port)]
     pub control_plane: Option<HostPort>,
 
-    /// on | off: the project-side checks with Google's APIs (docs/contract.md#10-project-side-checks) [default: on]
-    #[arg(long, global = true, env = "SPA_CLOUD_CHECKS", value_name = "on|off", value_parser = config::parse_bool)]
+    #[arg(long, help = keys::CLOUD_CHECKS.doc, global = true, env = "SPA_CLOUD_CHECKS", value_name = "on|off", value_parser = config::parse_bool)]
     pub cloud_checks: Option<bool>,
 
-    /// Compute API base URL [default: https://compute.googleapis.com]
-    #[arg(long, global = true, env = "SPA_COMPUTE_ENDPOINT", value_name = "URL", value_parser = config::parse_endpoint)]
+    #[arg(long, help = keys::COMPUTE_ENDPOINT.doc, global = true, env = "SPA_COMPUTE_ENDPOINT", value_name = "URL", value_parser = config::parse_endpoint)]
     pub compute_endpoint: Option<String>,
 
-    /// Traffic Director API base URL (CSDS) [default: https://trafficdirector.googleapis.com]
-    #[arg(long, global = true, env = "SPA_TRAFFICDIRECTOR_ENDPOINT", value_name = "URL", value_parser = config::parse_endpoint)]
+    #[arg(long, help = keys::TRAFFICDIRECTOR_ENDPOINT.doc, global = true, env = "SPA_TRAFFICDIRECTOR_ENDPOINT", value_name = "URL", value_parser = config::parse_endpoint)]
     pub trafficdirector_endpoint: Option<String>,
 
-    /// Cloud Resource Manager API base URL [default: https://cloudresourcemanager.googleapis.com]
-    #[arg(long, global = true, env = "SPA_RESOURCEMANAGER_ENDPOINT", value_name = "URL", value_parser = config::parse_endpoint)]
+    #[arg(long, help = keys::RESOURCEMANAGER_ENDPOINT.doc, global = true, env = "SPA_RESOURCEMANAGER_ENDPOINT", value_name = "URL", value_parser = config::parse_endpoint)]
     pub resourcemanager_endpoint: Option<String>,
 
-    /// Service Usage API base URL [default: https://serviceusage.googleapis.com]
-    #[arg(long, global = true, env = "SPA_SERVICEUSAGE_ENDPOINT", value_name = "URL", value_parser = config::parse_endpoint)]
+    #[arg(long, help = keys::SERVICEUSAGE_ENDPOINT.doc, global = true, env = "SPA_SERVICEUSAGE_ENDPOINT", value_name = "URL", value_parser = config::parse_endpoint)]
     pub serviceusage_endpoint: Option<String>,
 }
 
@@ -158,6 +136,38 @@ impl CommonFlags {
             trafficdirector_endpoint,
             resourcemanager_endpoint,
             serviceusage_endpoint,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Args;
+
+    /// Every global flag but --config is a key of `config::keys::ALL` with its help, in the
+    /// table's order, and its `SPA_*` variable is the key's name in upper snake case.
+    #[test]
+    fn flags_are_the_key_table() {
+        let cmd = CommonFlags::augment_args(clap::Command::new("t"));
+        let flags: Vec<_> = cmd
+            .get_arguments()
+            .filter(|a| a.get_id() != "config")
+            .collect();
+        assert_eq!(flags.len(), keys::ALL.len());
+        for (flag, key) in flags.iter().zip(keys::ALL) {
+            assert_eq!(flag.get_long(), Some(key.name()));
+            assert_eq!(
+                flag.get_help().map(|h| h.to_string()).as_deref(),
+                Some(key.doc())
+            );
+            let env = format!("SPA_{}", key.name().to_uppercase().replace('-', "_"));
+            assert_eq!(
+                flag.get_env().and_then(|e| e.to_str()),
+                Some(env.as_str()),
+                "{}",
+                key.name()
+            );
         }
     }
 }
