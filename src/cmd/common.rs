@@ -170,4 +170,18 @@ mod tests {
             );
         }
     }
+
+    /// A port list is one flag value, in either separator.
+    #[test]
+    fn serving_ports_flag_is_one_value() {
+        #[derive(clap::Parser)]
+        struct T {
+            #[command(flatten)]
+            c: CommonFlags,
+        }
+        for (arg, want) in [("80,8080", vec![80, 8080]), ("443;8443", vec![443, 8443])] {
+            let t = <T as clap::Parser>::try_parse_from(["t", "--serving-ports", arg]).unwrap();
+            assert_eq!(t.c.into_args().serving_ports, Some(PortList(want)));
+        }
+    }
 }
