@@ -7,8 +7,7 @@
 //! private network namespace) are in `scenario_interception.rs`. The last test checks that every
 //! finding ID has a scenario here (or in the other files it names).
 
-#[path = "scenarios/common.rs"]
-mod common;
+use crate::scenarios_common as common;
 
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;

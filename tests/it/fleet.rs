@@ -1,5 +1,5 @@
 //! `service-proxy-agent fleet` end to end against the Compute and Cloud Logging emulators
-//! (testkit/src/fleet_apis.rs, proved with Google's clients in tests/fleet_emulators.rs), the
+//! (testkit/src/fleet_apis.rs, proved with Google's clients in tests/it/fleet_emulators.rs), the
 //! token from the metadata-server emulator: 2,000 VMs over 10 zones in 3 managed instance
 //! groups, every class of VM; counts, exit status, the rate limit as the server measures it,
 //! a read quota with 429s, the MIG remedy.

@@ -5,14 +5,11 @@
 //! Each time the agent keeps completing cycles within their deadlines, reports the fault (a
 //! finding for `/server_info`, a `source=envoy_admin` failure for the others) and recovers when
 //! the admin is healthy again. A closed admin port (Envoy down and back) is covered with a real
-//! Envoy by `tests/daemon.rs`.
+//! Envoy by `tests/it/daemon.rs`.
 
-#[path = "faults/common.rs"]
-mod common;
-#[path = "support/daemon.rs"]
-mod daemon;
-#[path = "support/agent.rs"]
-mod support;
+use crate::faults_common as common;
+use crate::support;
+use crate::support_daemon as daemon;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -17,12 +17,9 @@
 //! `agent-last-failure`), leaves the rules it cannot change as they are, and catches up with
 //! Envoy's listeners once iptables works again.
 
-#[path = "faults/common.rs"]
-mod common;
-#[path = "support/daemon.rs"]
-mod daemon;
-#[path = "support/agent.rs"]
-mod support;
+use crate::faults_common as common;
+use crate::support;
+use crate::support_daemon as daemon;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -608,7 +608,7 @@ fn missing_binaries_are_errors_that_change_nothing() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Golden files of the restore text (pure). `UPDATE_GOLDEN=1 cargo test --test intercept golden`
+// Golden files of the restore text (pure). `UPDATE_GOLDEN=1 cargo test --test it intercept::golden`
 // rewrites them; review the diff.
 
 fn golden(name: &str, actual: &str) {
@@ -801,7 +801,7 @@ fn netns_without_root_fails_saying_so() {
     let exe = testkit::exec::reachable_by_all(&std::env::current_exe().unwrap()).unwrap();
     let mut cmd = Command::new(exe);
     cmd.args([
-        "netns_without_root_fails_saying_so",
+        "intercept::netns_without_root_fails_saying_so",
         "--exact",
         "--test-threads=1",
     ])

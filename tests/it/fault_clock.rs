@@ -8,12 +8,9 @@
 //! guest-attribute budget, and time findings by the monotonic clock: a log-derived finding
 //! neither expires because the wall clock leapt forward nor stays because it went back.
 
-#[path = "faults/common.rs"]
-mod common;
-#[path = "support/daemon.rs"]
-mod daemon;
-#[path = "support/agent.rs"]
-mod support;
+use crate::faults_common as common;
+use crate::support;
+use crate::support_daemon as daemon;
 
 use std::net::SocketAddr;
 use std::path::Path;

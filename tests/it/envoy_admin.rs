@@ -5,7 +5,7 @@
 //! `SPA_CAPTURE_FIXTURES=1` (and `SPA_ENVOY_BIN=/path/to/envoy` for another version):
 //!
 //! ```text
-//! SPA_CAPTURE_FIXTURES=1 cargo test --test envoy_admin live_
+//! SPA_CAPTURE_FIXTURES=1 cargo test --test it envoy_admin::live_
 //! ```
 //!
 //! Each live test then writes what Envoy answered to `tests/fixtures/envoy/<x.y.z>-<name>`,

@@ -3,12 +3,9 @@
 //! CAP_NET_RAW CAP_DAC_READ_SEARCH`: no `CAP_SYS_PTRACE`, so Envoy's `/proc/<pid>/fd` is
 //! closed to it), inside private network namespaces, with real iptables and real packets.
 
-#[path = "support/daemon.rs"]
-mod daemon;
-#[path = "faults/common.rs"]
-mod faults;
-#[path = "support/agent.rs"]
-mod support;
+use crate::faults_common as faults;
+use crate::support;
+use crate::support_daemon as daemon;
 
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::process::CommandExt;

@@ -3,10 +3,8 @@
 //! finding leaves `health`, `findings`, `spa_finding_active` and the exit status, stays visible
 //! (log, `doctor`, `spa_finding_ignored`) with its reason, and comes back by itself at `until`.
 
-#[path = "support/daemon.rs"]
-mod daemon;
-#[path = "support/agent.rs"]
-mod support;
+use crate::support;
+use crate::support_daemon as daemon;
 
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};

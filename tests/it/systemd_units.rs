@@ -9,8 +9,7 @@
 //! agent's ExecReload) and, at the paths the units name, the real agent binary as built and the
 //! real Envoy (hard links, or copies across file systems).
 
-#[path = "support/agent.rs"]
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -3,10 +3,8 @@
 //! scrape gets, and the OpenMetrics parser of Prometheus' Python client on the answer to a
 //! scrape that asks for OpenMetrics.
 
-#[path = "support/daemon.rs"]
-mod daemon;
-#[path = "support/agent.rs"]
-mod support;
+use crate::support;
+use crate::support_daemon as daemon;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

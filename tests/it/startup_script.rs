@@ -14,8 +14,7 @@
 //! from a verified wheel. The same script on a booted Debian under real systemd, with nothing
 //! replaced: `tests/system/run.sh`.
 
-#[path = "support/agent.rs"]
-mod support;
+use crate::support;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

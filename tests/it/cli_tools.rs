@@ -2,8 +2,7 @@
 //! and fish (and asked to complete), the man page rendered by `man -l`, `version` naming the
 //! commit, `NO_COLOR` honoured, `--json` carrying `schema_version`.
 
-#[path = "support/agent.rs"]
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::process::{Command, Output};

@@ -1,12 +1,11 @@
 //! The project-side checks (docs/contract.md#10-project-side-checks) end to end, from real parts: real Envoy against the xDS
 //! stand-in, the metadata emulator issuing the token, and testkit's emulators of Google's APIs
 //! checking it (`testkit::project_apis`, proved with Google's Python client in
-//! `tests/project_apis.rs`), through the real `doctor --json` binary and the real daemon.
+//! `tests/it/project_apis.rs`), through the real `doctor --json` binary and the real daemon.
 //! Each new finding is produced here, and each "not checked" path (403 API disabled, 403
 //! denied, 404, timeout, `--cloud-checks off`).
 
-#[path = "scenarios/common.rs"]
-mod common;
+use crate::scenarios_common as common;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

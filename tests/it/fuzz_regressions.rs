@@ -4,7 +4,7 @@
 //! parser panics or one of its properties fails. Inputs are added here as the fuzzer finds them;
 //! `tests/fuzz.sh` runs the fuzzer itself.
 
-#[path = "../fuzz/harness/mod.rs"]
+#[path = "../../fuzz/harness/mod.rs"]
 mod harness;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};

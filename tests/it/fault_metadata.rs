@@ -1,16 +1,13 @@
 //! The metadata server misbehaving under the real daemon, beyond the 5xx / hang / 403 of
-//! `tests/daemon.rs`: answers that are not HTTP, connections reset without an answer, answers
+//! `tests/it/daemon.rs`: answers that are not HTTP, connections reset without an answer, answers
 //! without `Metadata-Flavor: Google` (something else on that address). Each time the agent goes
 //! on completing cycles, logs the failure with `source=metadata` (once), and when the server is
 //! itself again says so, resumes its heartbeat and publishes what it met in
 //! `agent-last-failure`.
 
-#[path = "faults/common.rs"]
-mod common;
-#[path = "support/daemon.rs"]
-mod daemon;
-#[path = "support/agent.rs"]
-mod support;
+use crate::faults_common as common;
+use crate::support;
+use crate::support_daemon as daemon;
 
 use std::time::Duration;
 

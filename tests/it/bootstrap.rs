@@ -3,10 +3,9 @@
 //! gcloud-shaped `gce-service-proxy` fixture, read from the metadata-server emulator over
 //! loopback; golden files pin the exact JSON; missing metadata ends in exit status 1.
 //!
-//! Regenerate the golden files after an intended change with `BLESS=1 cargo test --test bootstrap`.
+//! Regenerate the golden files after an intended change with `BLESS=1 cargo test --test it bootstrap::`.
 
-#[path = "support/agent.rs"]
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

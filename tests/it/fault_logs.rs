@@ -4,12 +4,9 @@
 //! 50 MB line between two failure lines. Lines are counted with the agent's own metric
 //! `spa_envoy_log_lines_total`; failure lines must become findings.
 
-#[path = "faults/common.rs"]
-mod common;
-#[path = "support/daemon.rs"]
-mod daemon;
-#[path = "support/agent.rs"]
-mod support;
+use crate::faults_common as common;
+use crate::support;
+use crate::support_daemon as daemon;
 
 use std::io::Write;
 use std::net::SocketAddr;

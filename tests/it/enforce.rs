@@ -2,10 +2,8 @@
 //! real Envoy (as an unprivileged UID) gets its VIPs from the xDS stand-in, the agent keeps the
 //! `SERVICE_PROXY_*` chains in step, and real HTTP connections show who answers a VIP.
 
-#[path = "support/daemon.rs"]
-mod daemon;
-#[path = "support/agent.rs"]
-mod support;
+use crate::support;
+use crate::support_daemon as daemon;
 
 use std::net::{IpAddr, SocketAddr};
 use std::process::Command;

@@ -5,12 +5,9 @@
 //! link to a file only root may read, does not read a 64 GiB sparse log through, and counts a
 //! line once when copytruncate copies onto a rotated file it still holds.
 
-#[path = "faults/common.rs"]
-mod common;
-#[path = "support/daemon.rs"]
-mod daemon;
-#[path = "support/agent.rs"]
-mod support;
+use crate::faults_common as common;
+use crate::support;
+use crate::support_daemon as daemon;
 
 use std::io::Write;
 use std::net::SocketAddr;

@@ -17,12 +17,9 @@
 //! covered by `src/config.rs` (`remote_admin_needs_permission`, `remote_metrics_needs_permission`)
 //! and here through the binary (`remote_admin_and_metrics_need_permission`).
 
-#[path = "faults/common.rs"]
-mod common;
-#[path = "support/daemon.rs"]
-mod daemon;
-#[path = "support/agent.rs"]
-mod support;
+use crate::faults_common as common;
+use crate::support;
+use crate::support_daemon as daemon;
 
 use std::path::Path;
 use std::process::{Command, Stdio};

@@ -1,8 +1,7 @@
 //! `doctor` end to end: the real binary against a real Envoy fed by the xDS stand-in, with the
 //! metadata emulator as the metadata server.
 
-#[path = "support/agent.rs"]
-mod support;
+use crate::support;
 
 use std::process::Command;
 use std::time::Duration;

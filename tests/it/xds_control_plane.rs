@@ -117,7 +117,7 @@ fn wait_log_line(envoy: &Envoy, needle: &str, timeout: Duration) -> String {
 }
 
 /// Lines Envoy 1.40.0 wrote in these tests, kept for the log classifier's tests.
-const FIXTURE: &str = include_str!("fixtures/logs/envoy-1.40.0-stream-closed.log");
+const FIXTURE: &str = include_str!("../fixtures/logs/envoy-1.40.0-stream-closed.log");
 
 /// A log line without what changes from run to run: time, thread, ports, temporary paths and
 /// the seconds in "since Ns ago".

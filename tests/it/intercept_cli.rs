@@ -1,7 +1,6 @@
 //! `intercept plan|apply|clear` through the real binary, inside a private network namespace.
 
-#[path = "support/agent.rs"]
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::time::Duration;

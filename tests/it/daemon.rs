@@ -1,10 +1,8 @@
 //! `service-proxy-agent run` end to end: the real binary, a real Envoy fed by the xDS stand-in,
 //! the metadata emulator (counting writes against the guest-attribute budget), real log files.
 
-#[path = "support/daemon.rs"]
-mod daemon;
-#[path = "support/agent.rs"]
-mod support;
+use crate::support;
+use crate::support_daemon as daemon;
 
 use std::io::Write;
 use std::net::SocketAddr;

@@ -3,8 +3,7 @@
 //! namespace whose nat/raw tables each phase programs, then `doctor --interception verify`
 //! judges. Nothing touches the host's tables.
 
-#[path = "scenarios/common.rs"]
-mod common;
+use crate::scenarios_common as common;
 
 use std::path::PathBuf;
 
