@@ -1,13 +1,12 @@
 //! Command line (docs/contract.md#2-command-line). Parsing and dispatch only; each command lives in its own module.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::error::{ContextKind, ContextValue, ErrorKind};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand};
 
-use crate::config::{CommonArgs, Settings, parse_duration};
+use crate::cmd;
+use crate::config::{CommonArgs, Settings};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -18,7 +17,7 @@ use crate::config::{CommonArgs, Settings, parse_duration};
 )]
 pub struct Cli {
     #[command(flatten)]
-    pub common: CommonArgs,
+    pub common: cmd::common::CommonFlags,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -28,80 +27,28 @@ pub enum Command {
     /// The daemon: observe, diagnose, publish and (in enforce mode) intercept, continuously
     Run,
     /// One observation, all checks, a report; exit 1 if any error finding
-    Doctor {
-        /// Print the report as JSON
-        #[arg(long, env = "SPA_JSON")]
-        json: bool,
-        /// Keep observing up to DURATION so log-based findings can appear
-        #[arg(long, env = "SPA_WAIT", value_name = "DURATION", value_parser = parse_duration)]
-        wait: Option<Duration>,
-    },
+    Doctor(cmd::doctor::DoctorArgs),
     /// Read the gce-service-proxy guest attributes back and show the heartbeat's age
-    Status {
-        /// Print as JSON
-        #[arg(long, env = "SPA_JSON")]
-        json: bool,
-    },
+    Status(cmd::status::StatusArgs),
     /// Traffic interception: plan, apply once, or clear the SERVICE_PROXY_* chains
-    Intercept {
-        #[command(subcommand)]
-        action: InterceptAction,
-    },
+    Intercept(cmd::intercept::InterceptArgs),
     /// Write bootstrap-status (and bootstrap-last-failure) for install scripts
-    ReportBootstrap {
-        #[arg(value_enum)]
-        status: BootstrapStatus,
-        /// What failed (with `failed`)
-        #[arg(long, env = "SPA_REASON", value_name = "TEXT")]
-        reason: Option<String>,
-    },
+    ReportBootstrap(cmd::report_bootstrap::ReportBootstrapArgs),
     /// Write Envoy's Cloud Service Mesh bootstrap for this VM
-    EnvoyBootstrap {
-        /// Write to FILE instead of stdout
-        #[arg(long, env = "SPA_OUT", value_name = "FILE")]
-        out: Option<PathBuf>,
-    },
+    EnvoyBootstrap(cmd::envoy_bootstrap::EnvoyBootstrapArgs),
     /// The state of many VMs at once, read from Google's APIs (docs/contract.md#9-fleet)
-    Fleet(crate::fleet::cmd::FleetArgs),
+    Fleet(cmd::fleet::FleetArgs),
     /// Print the agent's version
     Version,
     /// Print a completion script for SHELL, generated from this command line
     #[command(hide = true)]
     Completions {
         #[arg(value_enum)]
-        shell: crate::completions::Shell,
+        shell: cmd::completions::Shell,
     },
     /// Print the man page (roff, section 8), generated from this command line
     #[command(hide = true)]
     Man,
-}
-
-#[derive(Debug, Clone, Copy, Subcommand)]
-pub enum InterceptAction {
-    /// Print the iptables-restore input the agent wants; change nothing
-    Plan,
-    /// Apply it once
-    Apply,
-    /// Remove the agent's SERVICE_PROXY_* chains (those of docs/contract.md#7-interception) and their jumps, nothing else
-    Clear,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum BootstrapStatus {
-    InProgress,
-    Finished,
-    Failed,
-}
-
-impl BootstrapStatus {
-    /// The guest-attribute value (docs/contract.md#3-guest-attributes).
-    pub fn attribute_value(self) -> &'static str {
-        match self {
-            BootstrapStatus::InProgress => "IN PROGRESS",
-            BootstrapStatus::Finished => "FINISHED",
-            BootstrapStatus::Failed => "FAILED",
-        }
-    }
 }
 
 /// The version `--version` and `version` print: the crate's and the commit (see build.rs).
@@ -168,17 +115,19 @@ pub fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    match cli.command {
+    let Cli { common, command } = cli;
+    let common = common.into_args();
+    match command {
         Command::Version => {
             crate::text::print_out(format_args!("service-proxy-agent {VERSION}\n"));
             return ExitCode::SUCCESS;
         }
         Command::Completions { shell } => {
-            crate::completions::completions(shell, &mut std::io::stdout().lock());
+            cmd::completions::completions(shell, Cli::command(), &mut std::io::stdout().lock());
             return ExitCode::SUCCESS;
         }
         Command::Man => {
-            return match crate::completions::man_page(&mut std::io::stdout().lock()) {
+            return match cmd::completions::man_page(Cli::command(), &mut std::io::stdout().lock()) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("service-proxy-agent: cannot write the man page: {e}");
@@ -188,7 +137,7 @@ pub fn main() -> ExitCode {
         }
         _ => {}
     }
-    let settings = match Settings::resolve(&cli.common, |k| std::env::var(k).ok()) {
+    let settings = match Settings::resolve(&common, |k| std::env::var(k).ok()) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("service-proxy-agent: {e}");
@@ -205,7 +154,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let code = runtime.block_on(dispatch(cli, settings));
+    let code = runtime.block_on(dispatch(command, common, settings));
     // Dropping the runtime would wait for every blocking task (a DNS lookup of an unreachable
     // Cloud Logging endpoint, the log follower's thread) without bound; SIGTERM must end the
     // process within 5 s (docs/contract.md#5-daemon).
@@ -213,17 +162,15 @@ pub fn main() -> ExitCode {
     code
 }
 
-async fn dispatch(cli: Cli, settings: Settings) -> ExitCode {
-    let result: anyhow::Result<u8> = match cli.command {
-        Command::Doctor { json, wait } => crate::doctor::run(&settings, json, wait).await,
-        Command::Run => crate::agent::run(cli.common.clone(), settings.clone()).await,
-        Command::Status { json } => crate::status::status(&settings, json).await,
-        Command::Intercept { action } => crate::intercept::cli::run(&settings, action).await,
-        Command::ReportBootstrap { status, reason } => {
-            crate::status::report_bootstrap(&settings, status, reason.as_deref()).await
-        }
-        Command::EnvoyBootstrap { out } => crate::bootstrap::run(&settings, out.as_deref()).await,
-        Command::Fleet(args) => crate::fleet::cmd::run(&settings, &cli.common, args).await,
+async fn dispatch(command: Command, common: CommonArgs, settings: Settings) -> ExitCode {
+    let result: anyhow::Result<u8> = match command {
+        Command::Doctor(args) => cmd::doctor::run(&settings, args).await,
+        Command::Run => cmd::run::run(common, settings.clone()).await,
+        Command::Status(args) => cmd::status::run(&settings, args).await,
+        Command::Intercept(args) => cmd::intercept::run(&settings, args).await,
+        Command::ReportBootstrap(args) => cmd::report_bootstrap::run(&settings, args).await,
+        Command::EnvoyBootstrap(args) => cmd::envoy_bootstrap::run(&settings, args).await,
+        Command::Fleet(args) => cmd::fleet::run(&settings, &common, args).await,
         // Answered before the settings are read.
         Command::Version | Command::Completions { .. } | Command::Man => Ok(0),
     };
@@ -239,7 +186,6 @@ async fn dispatch(cli: Cli, settings: Settings) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
     #[test]
     fn cli_is_well_formed() {
@@ -361,15 +307,13 @@ mod tests {
         let cli =
             Cli::try_parse_from(["spa", "doctor", "--json", "--proxy-port", "15002"]).unwrap();
         assert_eq!(cli.common.proxy_port, Some(15002));
-        assert!(matches!(cli.command, Command::Doctor { json: true, .. }));
+        assert!(matches!(cli.command, Command::Doctor(ref d) if d.json));
         let cli =
             Cli::try_parse_from(["spa", "report-bootstrap", "failed", "--reason", "x"]).unwrap();
         assert!(matches!(
             cli.command,
-            Command::ReportBootstrap {
-                status: BootstrapStatus::Failed,
-                ..
-            }
+            Command::ReportBootstrap(ref r)
+                if r.status == cmd::report_bootstrap::StatusArg::Failed
         ));
     }
 }

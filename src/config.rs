@@ -9,7 +9,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
 use thiserror::Error;
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/service-proxy-agent/config.toml";
@@ -135,7 +134,7 @@ pub fn parse_port(s: &str) -> Result<u16, String> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PortList(pub Vec<u16>);
 
-fn parse_port_list_arg(s: &str) -> Result<PortList, String> {
+pub fn parse_port_list_arg(s: &str) -> Result<PortList, String> {
     parse_port_list(s).map(PortList)
 }
 
@@ -179,12 +178,19 @@ pub fn parse_user(s: &str) -> Result<UserSpec, String> {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum InterceptionMode {
     Off,
     Verify,
     Enforce,
+}
+
+impl Named for InterceptionMode {
+    const ALL: &'static [Self] = &[Self::Off, Self::Verify, Self::Enforce];
+    fn name(self) -> &'static str {
+        self.as_str()
+    }
 }
 
 impl InterceptionMode {
@@ -197,17 +203,38 @@ impl InterceptionMode {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Json,
     Text,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+impl Named for LogFormat {
+    const ALL: &'static [Self] = &[Self::Json, Self::Text];
+    fn name(self) -> &'static str {
+        match self {
+            Self::Json => "json",
+            Self::Text => "text",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloudLoggingMode {
     On,
     Off,
     Auto,
+}
+
+impl Named for CloudLoggingMode {
+    const ALL: &'static [Self] = &[Self::On, Self::Off, Self::Auto];
+    fn name(self) -> &'static str {
+        match self {
+            Self::On => "on",
+            Self::Off => "off",
+            Self::Auto => "auto",
+        }
+    }
 }
 
 /// `off` (`None`), or a socket address. A newtype so clap does not read `Option<Option<_>>`
@@ -225,17 +252,25 @@ pub fn parse_metrics_addr(s: &str) -> Result<MetricsAddr, String> {
         .map_err(|_| "expected off or IP:PORT, e.g. 127.0.0.1:15091".into())
 }
 
-fn parse_enum<T: clap::ValueEnum>(s: &str) -> Result<T, String> {
-    T::from_str(s, true).map_err(|_| {
-        let names: Vec<String> = T::value_variants()
-            .iter()
-            .filter_map(|v| v.to_possible_value().map(|p| p.get_name().to_owned()))
-            .collect();
-        format!("expected one of {}", names.join(", "))
-    })
+/// A setting with a closed set of values, each with its one name in flags, env and the file.
+pub trait Named: Copy + 'static {
+    const ALL: &'static [Self];
+    fn name(self) -> &'static str;
 }
 
-fn parse_bool(s: &str) -> Result<bool, String> {
+/// One of `T`'s names, in any case (as the flags always accepted).
+pub fn parse_enum<T: Named>(s: &str) -> Result<T, String> {
+    T::ALL
+        .iter()
+        .copied()
+        .find(|v| v.name().eq_ignore_ascii_case(s))
+        .ok_or_else(|| {
+            let names: Vec<&str> = T::ALL.iter().map(|v| v.name()).collect();
+            format!("expected one of {}", names.join(", "))
+        })
+}
+
+pub fn parse_bool(s: &str) -> Result<bool, String> {
     match s.to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" | "on" => Ok(true),
         "false" | "0" | "no" | "off" => Ok(false),
@@ -243,99 +278,78 @@ fn parse_bool(s: &str) -> Result<bool, String> {
     }
 }
 
-/// What the command line and environment gave (clap fills this; `None` = not given).
-#[derive(Debug, Clone, Default, clap::Args)]
+/// What the command line and environment gave (`None` = not given). The flags' clap form, with
+/// their help, is `cmd::common::CommonFlags`; this plain form is what the library resolves and
+/// what the daemon keeps to resolve again on SIGHUP.
+#[derive(Debug, Clone, Default)]
 pub struct CommonArgs {
     /// TOML file with the same keys as the flags [default: /etc/service-proxy-agent/config.toml when it exists]
-    #[arg(long, global = true, env = "SPA_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
     /// Envoy admin base URL [default: http://127.0.0.1:15000]
-    #[arg(long, global = true, env = "SPA_ENVOY_ADMIN", value_name = "URL", value_parser = parse_admin_url)]
     pub envoy_admin: Option<AdminUrl>,
 
     /// Accept a non-loopback --envoy-admin
-    #[arg(long, global = true, env = "SPA_ALLOW_REMOTE_ADMIN", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", value_parser = parse_bool)]
     pub allow_remote_admin: Option<bool>,
 
     /// Directory of Envoy's logs; every *.log in it is read [default: /var/log/envoy]
-    #[arg(long, global = true, env = "SPA_ENVOY_LOG_DIR", value_name = "DIR")]
     pub envoy_log_dir: Option<PathBuf>,
 
     /// User (name or UID) excluded from interception [default: owner of the running envoy, else envoy]
-    #[arg(long, global = true, env = "SPA_ENVOY_USER", value_name = "NAME|UID", value_parser = parse_user)]
     pub envoy_user: Option<UserSpec>,
 
     /// off | verify | enforce [default: verify]
-    #[arg(long, global = true, env = "SPA_INTERCEPTION", value_name = "MODE", value_parser = parse_enum::<InterceptionMode>)]
     pub interception: Option<InterceptionMode>,
 
     /// Where intercepted traffic is redirected [default: gce-service-proxy proxy-port, else 15001]
-    #[arg(long, global = true, env = "SPA_PROXY_PORT", value_name = "N", value_parser = parse_port)]
     pub proxy_port: Option<u16>,
 
     /// Inbound ports to intercept, e.g. 80,8080 [default: gce-service-proxy serving-ports]
-    #[arg(long, global = true, env = "SPA_SERVING_PORTS", value_name = "LIST", value_parser = parse_port_list_arg)]
     pub serving_ports: Option<PortList>,
 
     /// Admin/iptables/metadata polling period [default: 10s]
-    #[arg(long, global = true, env = "SPA_POLL_INTERVAL", value_name = "DURATION", value_parser = parse_duration)]
     pub poll_interval: Option<Duration>,
 
     /// agent-heartbeat period [default: 60s]
-    #[arg(long, global = true, env = "SPA_HEARTBEAT_INTERVAL", value_name = "DURATION", value_parser = parse_duration)]
     pub heartbeat_interval: Option<Duration>,
 
     /// How long a log-derived finding stays active after its last sighting [default: 10m]
-    #[arg(long, global = true, env = "SPA_FINDING_TTL", value_name = "DURATION", value_parser = parse_duration)]
     pub finding_ttl: Option<Duration>,
 
     /// Prometheus endpoint address, or off [default: 127.0.0.1:15091]
-    #[arg(long, global = true, env = "SPA_METRICS_ADDR", value_name = "ADDR", value_parser = parse_metrics_addr)]
     pub metrics_addr: Option<MetricsAddr>,
 
     /// Accept a non-loopback --metrics-addr
-    #[arg(long, global = true, env = "SPA_ALLOW_REMOTE_METRICS", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", value_parser = parse_bool)]
     pub allow_remote_metrics: Option<bool>,
 
     /// json | text [default: json when stdout is not a terminal]
-    #[arg(long, global = true, env = "SPA_LOG_FORMAT", value_name = "FORMAT", value_parser = parse_enum::<LogFormat>)]
     pub log_format: Option<LogFormat>,
 
     /// Mirror the log to this file or serial device, one JSON line per event
-    #[arg(long, global = true, env = "SPA_SERIAL_PORT", value_name = "PATH")]
     pub serial_port: Option<PathBuf>,
 
     /// on | off | auto [default: auto]
-    #[arg(long, global = true, env = "SPA_CLOUD_LOGGING", value_name = "MODE", value_parser = parse_enum::<CloudLoggingMode>)]
     pub cloud_logging: Option<CloudLoggingMode>,
 
     /// Cloud Logging API base URL [default: https://logging.googleapis.com]
-    #[arg(long, global = true, env = "SPA_CLOUD_LOGGING_ENDPOINT", value_name = "URL", value_parser = parse_endpoint)]
     pub cloud_logging_endpoint: Option<String>,
 
     /// Target of the control-plane reachability check [default: trafficdirector.googleapis.com:443]
-    #[arg(long, global = true, env = "SPA_CONTROL_PLANE", value_name = "HOST:PORT", value_parser = parse_host_port)]
     pub control_plane: Option<HostPort>,
 
     /// on | off: the project-side checks with Google's APIs (docs/contract.md#10-project-side-checks) [default: on]
-    #[arg(long, global = true, env = "SPA_CLOUD_CHECKS", value_name = "on|off", value_parser = parse_bool)]
     pub cloud_checks: Option<bool>,
 
     /// Compute API base URL [default: https://compute.googleapis.com]
-    #[arg(long, global = true, env = "SPA_COMPUTE_ENDPOINT", value_name = "URL", value_parser = parse_endpoint)]
     pub compute_endpoint: Option<String>,
 
     /// Traffic Director API base URL (CSDS) [default: https://trafficdirector.googleapis.com]
-    #[arg(long, global = true, env = "SPA_TRAFFICDIRECTOR_ENDPOINT", value_name = "URL", value_parser = parse_endpoint)]
     pub trafficdirector_endpoint: Option<String>,
 
     /// Cloud Resource Manager API base URL [default: https://cloudresourcemanager.googleapis.com]
-    #[arg(long, global = true, env = "SPA_RESOURCEMANAGER_ENDPOINT", value_name = "URL", value_parser = parse_endpoint)]
     pub resourcemanager_endpoint: Option<String>,
 
     /// Service Usage API base URL [default: https://serviceusage.googleapis.com]
-    #[arg(long, global = true, env = "SPA_SERVICEUSAGE_ENDPOINT", value_name = "URL", value_parser = parse_endpoint)]
     pub serviceusage_endpoint: Option<String>,
 }
 
@@ -351,36 +365,67 @@ pub fn parse_endpoint(s: &str) -> Result<String, String> {
     Ok(s.trim_end_matches('/').to_owned())
 }
 
-/// The TOML file: the flags' names as keys. Unknown keys are an error, so a typo is not
-/// silently ignored on a fleet.
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
-struct FileConfig {
-    envoy_admin: Option<toml::Value>,
-    allow_remote_admin: Option<toml::Value>,
-    envoy_log_dir: Option<toml::Value>,
-    envoy_user: Option<toml::Value>,
-    interception: Option<toml::Value>,
-    proxy_port: Option<toml::Value>,
-    serving_ports: Option<toml::Value>,
-    poll_interval: Option<toml::Value>,
-    heartbeat_interval: Option<toml::Value>,
-    finding_ttl: Option<toml::Value>,
-    metrics_addr: Option<toml::Value>,
-    allow_remote_metrics: Option<toml::Value>,
-    log_format: Option<toml::Value>,
-    serial_port: Option<toml::Value>,
-    cloud_logging: Option<toml::Value>,
-    cloud_logging_endpoint: Option<toml::Value>,
-    control_plane: Option<toml::Value>,
-    cloud_checks: Option<toml::Value>,
-    compute_endpoint: Option<toml::Value>,
-    trafficdirector_endpoint: Option<toml::Value>,
-    resourcemanager_endpoint: Option<toml::Value>,
-    serviceusage_endpoint: Option<toml::Value>,
-    /// File only (a list of tables has no flag form): see `diagnose::silence`.
-    ignore_findings: Option<toml::Value>,
+/// One setting: `name` is the flag without `--` and the file's key (the environment variable is
+/// `SPA_` and the name in upper snake case, clap's `env`); `default` is text given to `parse`, so
+/// a default obeys the rules a user's value does; `doc` is the flag's help (a unit test in
+/// `cmd::common` holds the two equal).
+pub struct Key<T: 'static> {
+    pub name: &'static str,
+    pub default: Option<&'static str>,
+    pub doc: &'static str,
+    pub parse: fn(&str) -> Result<T, String>,
 }
+
+/// A `Key` of any type, for the table.
+pub trait AnyKey: Sync {
+    fn name(&self) -> &'static str;
+    fn default(&self) -> Option<&'static str>;
+    fn doc(&self) -> &'static str;
+    /// `parse`, keeping only whether the text is valid.
+    fn check(&self, text: &str) -> Result<(), String>;
+}
+
+impl<T> AnyKey for Key<T> {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn default(&self) -> Option<&'static str> {
+        self.default
+    }
+    fn doc(&self) -> &'static str {
+        self.doc
+    }
+    fn check(&self, text: &str) -> Result<(), String> {
+        (self.parse)(text).map(|_| ())
+    }
+}
+
+fn as_path(s: &str) -> Result<PathBuf, String> {
+    if s.is_empty() {
+        Err("expected a path".into())
+    } else {
+        Ok(PathBuf::from(s))
+    }
+}
+
+pub mod keys;
+
+/// The file's only key that is not a flag (a list of tables has no flag form): see
+/// `diagnose::silence`.
+const IGNORE_FINDINGS: &str = "ignore-findings";
+
+/// A config file's text and where it came from (for messages). Read at the edge
+/// (`read_config_file`); everything after works on the text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigFile {
+    pub path: PathBuf,
+    pub text: String,
+}
+
+/// The parsed file: the keys of `keys::ALL` plus `ignore-findings`. Unknown keys are an error,
+/// so a typo is not silently ignored on a fleet.
+#[derive(Debug, Default)]
+struct FileTable(toml::Table);
 
 /// A TOML scalar or list as the text a flag would have held.
 fn toml_as_flag_text(v: &toml::Value) -> String {
@@ -427,78 +472,64 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// Resolve from clap's values, reading the config file (explicit, or the default path
-    /// when it exists). `env` looks up non-flag environment (`GCE_METADATA_HOST`).
+    /// The edge: read the config file (explicit, or the default path when it exists), then
+    /// resolve. `env` looks up non-flag environment (`GCE_METADATA_HOST`).
     pub fn resolve(
         args: &CommonArgs,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Settings, ConfigError> {
-        let (config_path, file) = match &args.config {
-            Some(p) => (Some(p.clone()), Some(read_file(p)?)),
+        let file = match &args.config {
+            Some(p) => Some(read_config_file(p)?),
             None => {
                 let p = Path::new(DEFAULT_CONFIG_PATH);
                 if p.exists() {
-                    (Some(p.to_path_buf()), Some(read_file(p)?))
+                    Some(read_config_file(p)?)
                 } else {
-                    (None, None)
+                    None
                 }
             }
         };
-        let file = file.unwrap_or_default();
-        let from_file = |key: &str, v: &Option<toml::Value>| -> Option<(String, String)> {
-            v.as_ref().map(|v| {
-                let name = match &config_path {
-                    Some(p) => format!("{key} in {}", p.display()),
-                    None => key.to_owned(),
-                };
-                (name, toml_as_flag_text(v))
-            })
-        };
-        // The flag/env value, else the file's (parsed with the flag's own parser).
-        macro_rules! pick {
-            ($field:ident, $key:literal, $parse:expr) => {{
-                match (&args.$field, from_file($key, &file.$field)) {
-                    (Some(v), _) => Some(v.clone()),
-                    (None, Some((name, text))) => {
-                        Some(($parse)(text.as_str()).map_err(|expected: String| {
-                            ConfigError::Invalid {
-                                source_name: name,
-                                value: text.clone(),
-                                expected,
-                            }
-                        })?)
-                    }
-                    (None, None) => None,
-                }
-            }};
-        }
-        let as_path = |s: &str| -> Result<PathBuf, String> {
-            if s.is_empty() {
-                Err("expected a path".into())
-            } else {
-                Ok(PathBuf::from(s))
-            }
-        };
+        Settings::from_sources(args, file.as_ref(), env)
+    }
 
-        let envoy_admin = pick!(envoy_admin, "envoy-admin", parse_admin_url).unwrap_or(AdminUrl {
-            host: "127.0.0.1".into(),
-            port: 15000,
-        });
-        let allow_remote_admin =
-            pick!(allow_remote_admin, "allow-remote-admin", parse_bool).unwrap_or(false);
-        if !allow_remote_admin && !envoy_admin.is_loopback() {
+    /// Resolve from what was passed in: flag/env values, the file's text, the environment.
+    /// No I/O: each value is the flag's (or `SPA_*`'s), else the file's, else the key's default,
+    /// and the file's and the default's text go through the key's own parser.
+    pub fn from_sources(
+        args: &CommonArgs,
+        file: Option<&ConfigFile>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Settings, ConfigError> {
+        let config_path = file.map(|f| f.path.clone());
+        let table = match file {
+            Some(f) => parse_file(&f.text).map_err(|reason| ConfigError::Malformed {
+                path: f.path.clone(),
+                reason,
+            })?,
+            None => FileTable::default(),
+        };
+        macro_rules! pick {
+            ($field:ident, $key:expr) => {
+                value(&$key, &args.$field, &table, config_path.as_deref())?
+            };
+        }
+
+        let envoy_admin = pick!(envoy_admin, keys::ENVOY_ADMIN);
+        let allow_remote_admin = pick!(allow_remote_admin, keys::ALLOW_REMOTE_ADMIN);
+        if let Some(admin) = &envoy_admin
+            && allow_remote_admin != Some(true)
+            && !admin.is_loopback()
+        {
             return Err(ConfigError::Invalid {
                 source_name: "--envoy-admin".into(),
-                value: envoy_admin.to_string(),
+                value: admin.to_string(),
                 expected: "expected a loopback address (127.0.0.0/8, ::1, localhost); add --allow-remote-admin to accept another".into(),
             });
         }
-        let metrics_addr = pick!(metrics_addr, "metrics-addr", parse_metrics_addr)
-            .map_or(Some(SocketAddr::from(([127, 0, 0, 1], 15091))), |m| m.0);
-        let allow_remote_metrics =
-            pick!(allow_remote_metrics, "allow-remote-metrics", parse_bool).unwrap_or(false);
+        let metrics_addr = pick!(metrics_addr, keys::METRICS_ADDR).and_then(|m| m.0);
+        let allow_remote_metrics = pick!(allow_remote_metrics, keys::ALLOW_REMOTE_METRICS);
         if let Some(addr) = metrics_addr
-            && !allow_remote_metrics
+            && allow_remote_metrics != Some(true)
             && !addr.ip().is_loopback()
         {
             return Err(ConfigError::Invalid {
@@ -507,70 +538,60 @@ impl Settings {
                 expected: "expected off or a loopback address such as 127.0.0.1:15091; add --allow-remote-metrics to accept another".into(),
             });
         }
-
-        let ignore_findings = ignore_findings_of(&file, config_path.as_deref())?;
+        let ignore_findings = ignore_findings_of(&table, config_path.as_deref())?;
         Ok(Settings {
             ignore_findings,
-            envoy_admin,
-            envoy_log_dir: pick!(envoy_log_dir, "envoy-log-dir", as_path)
-                .unwrap_or_else(|| PathBuf::from("/var/log/envoy")),
-            envoy_user: pick!(envoy_user, "envoy-user", parse_user),
-            interception: pick!(interception, "interception", parse_enum::<InterceptionMode>)
-                .unwrap_or(InterceptionMode::Verify),
-            proxy_port: pick!(proxy_port, "proxy-port", parse_port),
-            serving_ports: pick!(serving_ports, "serving-ports", parse_port_list_arg).map(|p| p.0),
-            poll_interval: pick!(poll_interval, "poll-interval", parse_duration)
-                .unwrap_or(Duration::from_secs(10)),
-            heartbeat_interval: pick!(heartbeat_interval, "heartbeat-interval", parse_duration)
-                .unwrap_or(Duration::from_secs(60)),
-            finding_ttl: pick!(finding_ttl, "finding-ttl", parse_duration)
-                .unwrap_or(Duration::from_secs(600)),
+            envoy_admin: required(envoy_admin, &keys::ENVOY_ADMIN)?,
+            envoy_log_dir: required(
+                pick!(envoy_log_dir, keys::ENVOY_LOG_DIR),
+                &keys::ENVOY_LOG_DIR,
+            )?,
+            envoy_user: pick!(envoy_user, keys::ENVOY_USER),
+            interception: required(pick!(interception, keys::INTERCEPTION), &keys::INTERCEPTION)?,
+            proxy_port: pick!(proxy_port, keys::PROXY_PORT),
+            serving_ports: pick!(serving_ports, keys::SERVING_PORTS).map(|p| p.0),
+            poll_interval: required(
+                pick!(poll_interval, keys::POLL_INTERVAL),
+                &keys::POLL_INTERVAL,
+            )?,
+            heartbeat_interval: required(
+                pick!(heartbeat_interval, keys::HEARTBEAT_INTERVAL),
+                &keys::HEARTBEAT_INTERVAL,
+            )?,
+            finding_ttl: required(pick!(finding_ttl, keys::FINDING_TTL), &keys::FINDING_TTL)?,
             metrics_addr,
-            log_format: pick!(log_format, "log-format", parse_enum::<LogFormat>),
-            serial_port: pick!(serial_port, "serial-port", as_path),
-            cloud_logging: pick!(
-                cloud_logging,
-                "cloud-logging",
-                parse_enum::<CloudLoggingMode>
-            )
-            .unwrap_or(CloudLoggingMode::Auto),
-            cloud_logging_endpoint: pick!(
-                cloud_logging_endpoint,
-                "cloud-logging-endpoint",
-                parse_endpoint
-            )
-            .unwrap_or_else(|| "https://logging.googleapis.com".to_owned()),
-            control_plane: pick!(control_plane, "control-plane", parse_host_port).unwrap_or(
-                HostPort {
-                    host: "trafficdirector.googleapis.com".into(),
-                    port: 443,
-                },
-            ),
-            cloud_checks: pick!(cloud_checks, "cloud-checks", parse_bool).unwrap_or(true),
-            api_endpoints: {
-                use crate::observe::project as p;
-                p::ApiEndpoints {
-                    compute: pick!(compute_endpoint, "compute-endpoint", parse_endpoint)
-                        .unwrap_or_else(|| p::DEFAULT_COMPUTE.to_owned()),
-                    trafficdirector: pick!(
-                        trafficdirector_endpoint,
-                        "trafficdirector-endpoint",
-                        parse_endpoint
-                    )
-                    .unwrap_or_else(|| p::DEFAULT_TRAFFICDIRECTOR.to_owned()),
-                    resourcemanager: pick!(
-                        resourcemanager_endpoint,
-                        "resourcemanager-endpoint",
-                        parse_endpoint
-                    )
-                    .unwrap_or_else(|| p::DEFAULT_RESOURCEMANAGER.to_owned()),
-                    serviceusage: pick!(
-                        serviceusage_endpoint,
-                        "serviceusage-endpoint",
-                        parse_endpoint
-                    )
-                    .unwrap_or_else(|| p::DEFAULT_SERVICEUSAGE.to_owned()),
-                }
+            log_format: pick!(log_format, keys::LOG_FORMAT),
+            serial_port: pick!(serial_port, keys::SERIAL_PORT),
+            cloud_logging: required(
+                pick!(cloud_logging, keys::CLOUD_LOGGING),
+                &keys::CLOUD_LOGGING,
+            )?,
+            cloud_logging_endpoint: required(
+                pick!(cloud_logging_endpoint, keys::CLOUD_LOGGING_ENDPOINT),
+                &keys::CLOUD_LOGGING_ENDPOINT,
+            )?,
+            control_plane: required(
+                pick!(control_plane, keys::CONTROL_PLANE),
+                &keys::CONTROL_PLANE,
+            )?,
+            cloud_checks: required(pick!(cloud_checks, keys::CLOUD_CHECKS), &keys::CLOUD_CHECKS)?,
+            api_endpoints: crate::observe::project::ApiEndpoints {
+                compute: required(
+                    pick!(compute_endpoint, keys::COMPUTE_ENDPOINT),
+                    &keys::COMPUTE_ENDPOINT,
+                )?,
+                trafficdirector: required(
+                    pick!(trafficdirector_endpoint, keys::TRAFFICDIRECTOR_ENDPOINT),
+                    &keys::TRAFFICDIRECTOR_ENDPOINT,
+                )?,
+                resourcemanager: required(
+                    pick!(resourcemanager_endpoint, keys::RESOURCEMANAGER_ENDPOINT),
+                    &keys::RESOURCEMANAGER_ENDPOINT,
+                )?,
+                serviceusage: required(
+                    pick!(serviceusage_endpoint, keys::SERVICEUSAGE_ENDPOINT),
+                    &keys::SERVICEUSAGE_ENDPOINT,
+                )?,
             },
             metadata_host: env("GCE_METADATA_HOST")
                 .map(|h| h.trim().to_owned())
@@ -581,14 +602,56 @@ impl Settings {
     }
 }
 
+/// A key with a default always has a value; `None` here would be a key table without one.
+fn required<T>(v: Option<T>, key: &dyn AnyKey) -> Result<T, ConfigError> {
+    v.ok_or_else(|| ConfigError::Invalid {
+        source_name: key.name().to_owned(),
+        value: String::new(),
+        expected: "a value (the key has no default)".into(),
+    })
+}
+
+/// One key's value: the flag/env value, else the file's, else the default (both parsed with the
+/// key's parser; a bad file value names the key and the file).
+fn value<T: Clone>(
+    key: &Key<T>,
+    given: &Option<T>,
+    table: &FileTable,
+    path: Option<&Path>,
+) -> Result<Option<T>, ConfigError> {
+    if let Some(v) = given {
+        return Ok(Some(v.clone()));
+    }
+    let (source_name, text) = match table.0.get(key.name) {
+        Some(v) => (
+            match path {
+                Some(p) => format!("{} in {}", key.name, p.display()),
+                None => key.name.to_owned(),
+            },
+            toml_as_flag_text(v),
+        ),
+        None => match key.default {
+            Some(d) => (format!("the default of {}", key.name), d.to_owned()),
+            None => return Ok(None),
+        },
+    };
+    (key.parse)(&text)
+        .map(Some)
+        .map_err(|expected| ConfigError::Invalid {
+            source_name,
+            value: text,
+            expected,
+        })
+}
+
 /// The file's `ignore-findings`, strictly: an entry the agent cannot use is an error at start
 /// (and on SIGHUP), naming it, rather than a silencing that quietly does not happen.
 fn ignore_findings_of(
-    file: &FileConfig,
+    file: &FileTable,
     path: Option<&Path>,
 ) -> Result<Vec<crate::diagnose::silence::IgnoreRule>, ConfigError> {
     use crate::diagnose::silence;
-    let Some(v) = &file.ignore_findings else {
+    let Some(v) = file.0.get(IGNORE_FINDINGS) else {
         return Ok(Vec::new());
     };
     let (rules, problems) =
@@ -602,7 +665,8 @@ fn ignore_findings_of(
     }
 }
 
-fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+/// The edge: the file's text, read carefully.
+pub fn read_config_file(path: &Path) -> Result<ConfigFile, ConfigError> {
     let unreadable = |e: std::io::Error| ConfigError::Unreadable {
         path: path.to_owned(),
         reason: e.to_string(),
@@ -636,14 +700,14 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     let mut text = String::new();
     std::io::Read::read_to_string(&mut std::io::Read::take(file, MAX_BYTES), &mut text)
         .map_err(unreadable)?;
-    parse_file(&text).map_err(|reason| ConfigError::Malformed {
+    Ok(ConfigFile {
         path: path.to_owned(),
-        reason,
+        text,
     })
 }
 
-fn parse_file(text: &str) -> Result<FileConfig, String> {
-    toml::from_str::<FileConfig>(text).map_err(|e| {
+fn parse_file(text: &str) -> Result<FileTable, String> {
+    let table = toml::from_str::<toml::Table>(text).map_err(|e| {
         // toml's messages span several lines with a source excerpt; keep the first line.
         let msg = e
             .message()
@@ -652,15 +716,39 @@ fn parse_file(text: &str) -> Result<FileConfig, String> {
             .unwrap_or("invalid TOML")
             .to_owned();
         match e.span() {
-            Some(span) => {
-                let line = text
-                    .get(..span.start)
-                    .map_or(0, |p| p.lines().count().max(1));
-                format!("line {line}: {msg}")
-            }
+            Some(span) => format!("line {}: {msg}", line_of(text, span.start)),
             None => msg,
         }
-    })
+    })?;
+    for key in table.keys() {
+        if key != IGNORE_FINDINGS && !keys::ALL.iter().any(|k| k.name() == key) {
+            let names: Vec<String> = keys::ALL
+                .iter()
+                .map(|k| k.name())
+                .chain([IGNORE_FINDINGS])
+                .map(|n| format!("`{n}`"))
+                .collect();
+            // The key's line, for the message: the first line that starts with it.
+            let line = text
+                .lines()
+                .position(|l| {
+                    l.trim_start()
+                        .trim_start_matches('[')
+                        .starts_with(key.as_str())
+                })
+                .map_or(String::new(), |i| format!("line {}: ", i + 1));
+            return Err(format!(
+                "{line}unknown field `{key}`, expected one of {}",
+                names.join(", ")
+            ));
+        }
+    }
+    Ok(FileTable(table))
+}
+
+/// The 1-based line of byte offset `at`.
+fn line_of(text: &str, at: usize) -> usize {
+    text.get(..at).map_or(0, |p| p.lines().count().max(1))
 }
 
 /// Checks that a TOML text is a valid config file (used by the fuzz target and SIGHUP path).
@@ -672,183 +760,4 @@ pub fn validate_file_text(text: &str) -> Result<(), String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use clap::Parser;
-    use std::io::Write;
-
-    #[derive(Parser)]
-    struct T {
-        #[command(flatten)]
-        c: CommonArgs,
-    }
-
-    fn no_env(_: &str) -> Option<String> {
-        None
-    }
-
-    fn args(a: &[&str]) -> CommonArgs {
-        T::try_parse_from(std::iter::once("t").chain(a.iter().copied()))
-            .unwrap()
-            .c
-    }
-
-    fn with_file(
-        a: &[&str],
-        toml: &str,
-    ) -> (tempfile::NamedTempFile, Result<Settings, ConfigError>) {
-        let mut f = tempfile::NamedTempFile::new().unwrap();
-        f.write_all(toml.as_bytes()).unwrap();
-        let path = f.path().to_str().unwrap().to_owned();
-        let mut v: Vec<&str> = a.to_vec();
-        v.push("--config");
-        v.push(&path);
-        let r = Settings::resolve(&args(&v), no_env);
-        (f, r)
-    }
-
-    #[test]
-    fn defaults() {
-        let s = Settings::resolve(&args(&[]), no_env).unwrap();
-        assert_eq!(s.envoy_admin.to_string(), "http://127.0.0.1:15000");
-        assert_eq!(s.poll_interval, Duration::from_secs(10));
-        assert_eq!(s.heartbeat_interval, Duration::from_secs(60));
-        assert_eq!(s.finding_ttl, Duration::from_secs(600));
-        assert_eq!(s.interception, InterceptionMode::Verify);
-        assert_eq!(s.metrics_addr, Some("127.0.0.1:15091".parse().unwrap()));
-        assert_eq!(
-            s.control_plane.to_string(),
-            "trafficdirector.googleapis.com:443"
-        );
-        assert_eq!(s.metadata_host, "metadata.google.internal");
-        assert_eq!(s.cloud_logging, CloudLoggingMode::Auto);
-    }
-
-    #[test]
-    fn flag_beats_file_beats_default() {
-        let (_f, s) = with_file(
-            &["--poll-interval", "3s"],
-            "poll-interval = \"7s\"\nheartbeat-interval = \"2m\"\nserving-ports = [80, 8080]\nproxy-port = 15002\n",
-        );
-        let s = s.unwrap();
-        assert_eq!(s.poll_interval, Duration::from_secs(3));
-        assert_eq!(s.heartbeat_interval, Duration::from_secs(120));
-        assert_eq!(s.serving_ports, Some(vec![80, 8080]));
-        assert_eq!(s.proxy_port, Some(15002));
-        assert_eq!(s.finding_ttl, Duration::from_secs(600));
-    }
-
-    #[test]
-    fn bad_file_value_names_key_and_file() {
-        let (f, s) = with_file(&[], "poll-interval = \"soon\"\n");
-        let msg = s.unwrap_err().to_string();
-        assert!(msg.contains("poll-interval in"), "{msg}");
-        assert!(msg.contains(f.path().to_str().unwrap()), "{msg}");
-        assert!(msg.contains("expected a duration"), "{msg}");
-    }
-
-    #[test]
-    fn serving_ports_flag_is_one_value() {
-        let s = Settings::resolve(&args(&["--serving-ports", "80,8080"]), no_env).unwrap();
-        assert_eq!(s.serving_ports, Some(vec![80, 8080]));
-        let s = Settings::resolve(&args(&["--serving-ports", "443;8443"]), no_env).unwrap();
-        assert_eq!(s.serving_ports, Some(vec![443, 8443]));
-    }
-
-    #[test]
-    fn ignore_findings_from_the_file_strictly() {
-        let (_f, s) = with_file(
-            &[],
-            "[[ignore-findings]]\nid = \"SERVER_FIRST_PROTOCOL\"\nreason = \"MySQL\"\nuntil = 2027-01-31T00:00:00Z\n",
-        );
-        let s = s.unwrap();
-        assert_eq!(s.ignore_findings.len(), 1);
-        assert_eq!(
-            s.ignore_findings[0].id,
-            crate::finding::FindingId::ServerFirstProtocol
-        );
-        let bad = "[[ignore-findings]]\nid = \"SERVER_FIRST_PROTOCOL\"\nuntil = \"2027-01-31T00:00:00Z\"\n";
-        let (f, s) = with_file(&[], bad);
-        let msg = s.unwrap_err().to_string();
-        assert!(
-            msg.contains("ignore-findings[0]: reason is missing"),
-            "{msg}"
-        );
-        assert!(msg.contains(f.path().to_str().unwrap()), "{msg}");
-        assert!(validate_file_text(bad).is_err());
-    }
-
-    #[test]
-    fn unknown_file_key_is_an_error() {
-        let (_f, s) = with_file(&[], "pol-interval = \"10s\"\n");
-        assert!(matches!(s, Err(ConfigError::Malformed { .. })));
-    }
-
-    #[test]
-    fn missing_explicit_file_is_an_error() {
-        let s = Settings::resolve(&args(&["--config", "/nonexistent/spa.toml"]), no_env);
-        assert!(matches!(s, Err(ConfigError::Unreadable { .. })));
-    }
-
-    #[test]
-    fn remote_admin_needs_permission() {
-        let e = Settings::resolve(&args(&["--envoy-admin", "http://10.0.0.1:15000"]), no_env)
-            .unwrap_err();
-        assert!(e.to_string().contains("--allow-remote-admin"), "{e}");
-        let s = Settings::resolve(
-            &args(&[
-                "--envoy-admin",
-                "http://10.0.0.1:15000",
-                "--allow-remote-admin",
-            ]),
-            no_env,
-        )
-        .unwrap();
-        assert_eq!(s.envoy_admin.host, "10.0.0.1");
-        for ok in [
-            "http://localhost:1",
-            "http://127.0.0.2:9",
-            "http://[::1]:15000",
-        ] {
-            assert!(
-                Settings::resolve(&args(&["--envoy-admin", ok]), no_env).is_ok(),
-                "{ok}"
-            );
-        }
-    }
-
-    #[test]
-    fn remote_metrics_needs_permission() {
-        assert!(Settings::resolve(&args(&["--metrics-addr", "0.0.0.0:9"]), no_env).is_err());
-        let s = Settings::resolve(&args(&["--metrics-addr", "off"]), no_env).unwrap();
-        assert_eq!(s.metrics_addr, None);
-    }
-
-    #[test]
-    fn parsers_reject_hostile_text() {
-        assert!(parse_admin_url("http://127.0.0.1:15000/x").is_err());
-        assert!(parse_admin_url("http://user@127.0.0.1:1").is_err());
-        assert!(parse_admin_url("https://127.0.0.1:1").is_err());
-        assert!(parse_host_port("a b:443").is_err());
-        assert!(parse_host_port("host:0").is_err());
-        assert_eq!(parse_port_list("80;8080,80").unwrap(), vec![80, 8080]);
-        assert!(parse_port_list("80,70000").is_err());
-        assert!(parse_user("root; rm -rf /").is_err());
-        assert_eq!(parse_user("1337").unwrap(), UserSpec::Uid(1337));
-        assert_eq!(parse_user("envoy").unwrap(), UserSpec::Name("envoy".into()));
-        assert!(parse_duration("0s").is_err());
-        assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
-        // Beyond the clock's arithmetic: refused, not an overflow later (issue 15 item 14).
-        assert!(parse_duration("300000000000y").is_err());
-        assert_eq!(parse_duration("7d").unwrap(), MAX_DURATION);
-    }
-
-    #[test]
-    fn metadata_host_from_env() {
-        let s = Settings::resolve(&args(&[]), |k| {
-            (k == "GCE_METADATA_HOST").then(|| "127.0.0.1:8080".to_owned())
-        })
-        .unwrap();
-        assert_eq!(s.metadata_host, "127.0.0.1:8080");
-    }
-}
+mod tests;

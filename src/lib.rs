@@ -4,7 +4,8 @@
 //! The code follows the flow of the product:
 //! [`observe`] (Envoy admin, logs, iptables, /proc, metadata) → [`diagnose`] (pure checks over a
 //! snapshot) → [`publish`] (guest attributes, logs, metrics) / [`intercept`] (iptables chains).
-//! [`agent`] is the daemon loop, [`doctor`] the one-shot report, [`cli`] the command line.
+//! [`agent`] is the daemon loop, [`doctor`] the one-shot report, [`cli`] the command line's
+//! parser and dispatch, [`cmd`] each command's arguments and handler.
 #![forbid(unsafe_code)]
 #![cfg_attr(
     not(test),
@@ -19,7 +20,7 @@
 pub mod agent;
 pub mod bootstrap;
 pub mod cli;
-pub mod completions;
+pub mod cmd;
 pub mod config;
 pub mod contract;
 pub mod diagnose;

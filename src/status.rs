@@ -6,7 +6,6 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::json;
 
-use crate::cli::BootstrapStatus;
 use crate::config::Settings;
 use crate::observe::metadata::{MetadataClient, MetadataError};
 use crate::contract::guest_attributes::{NAMESPACE, keys};
@@ -142,6 +141,25 @@ fn unreachable(md: &MetadataClient, e: &MetadataError, json_out: bool) -> u8 {
         eprintln!("service-proxy-agent: {msg}");
     }
     2
+}
+
+/// What an install script reports (`report-bootstrap`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BootstrapStatus {
+    InProgress,
+    Finished,
+    Failed,
+}
+
+impl BootstrapStatus {
+    /// The guest-attribute value (docs/contract.md#3-guest-attributes).
+    pub fn attribute_value(self) -> &'static str {
+        match self {
+            BootstrapStatus::InProgress => "IN PROGRESS",
+            BootstrapStatus::Finished => "FINISHED",
+            BootstrapStatus::Failed => "FAILED",
+        }
+    }
 }
 
 fn human(d: Duration) -> String {

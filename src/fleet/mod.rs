@@ -5,7 +5,6 @@
 //! [`cmd`] is the command line and the I/O around it.
 
 pub mod api;
-pub mod cmd;
 pub mod compute;
 pub mod limiter;
 pub mod logging;
@@ -194,7 +193,7 @@ pub fn parse_time(s: &str) -> Option<SystemTime> {
 }
 
 /// Which API the report was read from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
     Compute,
     Logging,

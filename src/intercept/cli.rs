@@ -1,11 +1,18 @@
 //! `intercept plan|apply|clear` (docs/contract.md#2-command-line): the daemon's interception, once, by hand.
 
-use crate::cli::InterceptAction;
 use crate::config::{InterceptionMode, Settings};
 use crate::intercept::apply::{FamilyOutcome, ReconcileReport, Reconciler};
 use crate::intercept::desired::desired_plan;
 use crate::observe::Observer;
 use crate::observe::iptables::{Family, Tools};
+
+/// What `intercept` was asked to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InterceptAction {
+    Plan,
+    Apply,
+    Clear,
+}
 
 /// Exit status: 0 done; 1 iptables refused (its message shown). Not being able to work out
 /// what is wanted (Envoy's admin down, Envoy UID unknown) is an error of the command (2).

@@ -1,4 +1,4 @@
-//! Shared by the fault-injection and hostile-content tests (`tests/fault_*.rs`, `tests/fault_hostile.rs`):
+//! Shared by the fault-injection and hostile-content tests (`tests/fault_*.rs`, `tests/it/fault_hostile.rs`):
 //! a stand-in for Envoy's admin built on `HttpStub`, metric and /proc readers, and private mount
 //! namespaces for replacing system binaries without touching the host's.
 #![allow(dead_code)]

@@ -284,7 +284,7 @@ pub fn settings(metadata_host: &str, flags: &[&str]) -> Settings {
     argv.extend(flags.iter().map(|s| (*s).to_owned()));
     let cli = service_proxy_agent::cli::Cli::try_parse_from(argv).unwrap();
     let host = metadata_host.to_owned();
-    Settings::resolve(&cli.common, move |k| {
+    Settings::resolve(&cli.common.into_args(), move |k| {
         (k == "GCE_METADATA_HOST").then(|| host.clone())
     })
     .unwrap()
