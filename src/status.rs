@@ -7,8 +7,8 @@ use std::time::{Duration, SystemTime};
 use serde_json::json;
 
 use crate::config::Settings;
-use crate::observe::metadata::{MetadataClient, MetadataError};
 use crate::contract::guest_attributes::{NAMESPACE, keys};
+use crate::observe::metadata::{MetadataClient, MetadataError};
 use crate::text::strip_control;
 
 /// The guide: a heartbeat older than 5 minutes means the agent is stuck.
