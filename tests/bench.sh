@@ -4,7 +4,7 @@
 # with min–max, ratios, targets met or missed). Results also go to target/bench/results.md.
 #
 #   tests/bench.sh                              # everything, with the workloads (~1 h 15)
-#   tests/bench.sh --skip footprint,latency     # only what needs no daemon run
+#   tests/bench.sh --skip footprint,latency     # only what needs no daemon run (~25 min)
 #   tests/bench.sh --skip log,config,reconcile,footprint,latency   # only fleet (~15 min)
 #   tests/bench.sh ... --fleet-vms 1000         # a smaller fleet (the README's figures: 10,000)
 #   tests/bench.sh --footprint-duration 2m --latency-trials 20 --runs 3
