@@ -95,6 +95,9 @@ struct FleetArgs {
     /// VMs read by the one-client sequential peer (extrapolated to the fleet).
     #[arg(long, default_value_t = 1_000)]
     fleet_loop_sample: usize,
+    /// Only `--source logging` (seconds): no peers, no compute source.
+    #[arg(long)]
+    fleet_logging_only: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -394,6 +397,7 @@ fn fleet_opts(common: &Common, f: &FleetArgs, agent: Option<&std::path::Path>) -
         process_sample: f.fleet_process_sample,
         loop_sample: f.fleet_loop_sample,
         runs: common.runs,
+        logging_only: f.fleet_logging_only,
     }
 }
 
