@@ -98,6 +98,9 @@ struct FleetArgs {
     /// Only `--source logging` (seconds): no peers, no compute source.
     #[arg(long)]
     fleet_logging_only: bool,
+    /// The logging source and the peers, without the compute source's minutes.
+    #[arg(long)]
+    fleet_peers_only: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -398,6 +401,7 @@ fn fleet_opts(common: &Common, f: &FleetArgs, agent: Option<&std::path::Path>) -
         loop_sample: f.fleet_loop_sample,
         runs: common.runs,
         logging_only: f.fleet_logging_only,
+        peers_only: f.fleet_peers_only,
     }
 }
 

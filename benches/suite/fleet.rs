@@ -54,6 +54,8 @@ pub struct Options {
     pub runs: usize,
     /// Only the logging source: no peers, no compute source.
     pub logging_only: bool,
+    /// The logging source and the peers, not the compute source (minutes).
+    pub peers_only: bool,
 }
 
 /// What a VM's agent reports, by index modulo 20: mostly OK, some DEGRADED and FAILING, one in
@@ -453,6 +455,35 @@ pub fn bench(o: &Options) -> anyhow::Result<Vec<Row>> {
     eprintln!(
         "  peer, one client: {loop_rate:.1} VMs/s on {m} VMs ({loop_wall:.1} s with start and list) -> {loop_total:.0} s for {n} (extrapolated)"
     );
+
+    if o.peers_only {
+        let not_run = "not run (`--fleet-peers-only`)".to_owned();
+        return Ok(vec![
+            Row {
+                what: format!("fleet peer: a process per VM, {n} VMs"),
+                product: not_run.clone(),
+                peer: format!(
+                    "{} s a VM + list {list_s:.1} s → {process_total:.0} s (extrapolated from {k} VMs)",
+                    per_vm_stats.show(2)
+                ),
+                ratio: "—".into(),
+                target: "—".into(),
+                verdict: "n/a".into(),
+                note: String::new(),
+            },
+            Row {
+                what: format!("fleet peer: one client, VMs in sequence, {n} VMs"),
+                product: not_run,
+                peer: format!(
+                    "{loop_rate:.1} VMs/s → {loop_total:.0} s (extrapolated from {m} VMs)"
+                ),
+                ratio: "—".into(),
+                target: "—".into(),
+                verdict: "n/a".into(),
+                note: String::new(),
+            },
+        ]);
+    }
 
     // The product, compute source, default rate: once (10,000 VMs take minutes).
     let pages = n.div_ceil(500);
