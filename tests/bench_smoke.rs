@@ -14,6 +14,8 @@ mod common;
 mod config;
 #[path = "../benches/suite/daemon.rs"]
 mod daemon;
+#[path = "../benches/suite/fleet.rs"]
+mod fleet;
 #[path = "../benches/suite/logscan.rs"]
 mod logscan;
 #[path = "../benches/suite/reconcile.rs"]
@@ -94,6 +96,12 @@ fn main() -> std::process::ExitCode {
         "12s",
         "--latency-trials",
         "3",
+        "--fleet-vms",
+        "60",
+        "--fleet-process-sample",
+        "2",
+        "--fleet-loop-sample",
+        "20",
     ]
     .iter()
     .map(ToString::to_string)

@@ -1,7 +1,7 @@
 //! The suite's command line, shared by the bench binary (`benches/suite/main.rs`) and the smoke
 //! test (`tests/bench_smoke.rs`), which both re-run themselves for the product's side.
 
-use crate::{common, config, daemon, logscan, reconcile};
+use crate::{common, config, daemon, fleet, logscan, reconcile};
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -81,6 +81,28 @@ struct DaemonArgs {
     agent: Option<PathBuf>,
 }
 
+#[derive(Debug, Clone, clap::Args)]
+struct FleetArgs {
+    /// VMs in the emulated project (the README's figures: 10,000).
+    #[arg(long, default_value_t = 10_000)]
+    fleet_vms: usize,
+    /// Latency the emulators add to every call.
+    #[arg(long, default_value = "50ms", value_parser = humantime::parse_duration)]
+    fleet_latency: Duration,
+    /// VMs read by the one-process-per-VM peer (extrapolated to the fleet).
+    #[arg(long, default_value_t = 150)]
+    fleet_process_sample: usize,
+    /// VMs read by the one-client sequential peer (extrapolated to the fleet).
+    #[arg(long, default_value_t = 1_000)]
+    fleet_loop_sample: usize,
+    /// Only `--source logging` (seconds): no peers, no compute source.
+    #[arg(long)]
+    fleet_logging_only: bool,
+    /// The logging source and the peers, without the compute source's minutes.
+    #[arg(long)]
+    fleet_peers_only: bool,
+}
+
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Every benchmark, then the table.
@@ -95,7 +117,9 @@ enum Cmd {
         reconcile: ReconcileArgs,
         #[command(flatten)]
         daemon: DaemonArgs,
-        /// Benchmarks to skip (log, config, reconcile, footprint, latency).
+        #[command(flatten)]
+        fleet: FleetArgs,
+        /// Benchmarks to skip (log, config, reconcile, footprint, latency, fleet).
         #[arg(long, value_delimiter = ',')]
         skip: Vec<String>,
     },
@@ -133,6 +157,16 @@ enum Cmd {
         common: Common,
         #[command(flatten)]
         daemon: DaemonArgs,
+    },
+    /// `fleet` against the Compute and Logging emulators, and a per-VM loop of Google's client.
+    Fleet {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        fleet: FleetArgs,
+        /// The agent binary (default: the one cargo built next to this harness).
+        #[arg(long)]
+        agent: Option<PathBuf>,
     },
     /// Writes a synthetic Envoy log and prints what it holds (JSON).
     LogGen {
@@ -194,6 +228,7 @@ pub fn main_with(argv: Vec<String>) -> anyhow::Result<()> {
             config,
             reconcile,
             daemon,
+            fleet,
             skip,
         } => {
             let mut rows = Vec::new();
@@ -236,6 +271,9 @@ pub fn main_with(argv: Vec<String>) -> anyhow::Result<()> {
             step("latency", &mut || {
                 daemon::latency(&daemon_opts(&common, &daemon, &self_exe)?).map(|r| vec![r])
             });
+            step("fleet", &mut || {
+                fleet::bench(&fleet_opts(&common, &fleet, daemon.agent.as_deref()))
+            });
             report(&common, &rows, &errors)?;
             if !errors.is_empty() {
                 anyhow::bail!("{} benchmark(s) could not run", errors.len());
@@ -271,6 +309,14 @@ pub fn main_with(argv: Vec<String>) -> anyhow::Result<()> {
         Cmd::Latency { common, daemon } => {
             let row = daemon::latency(&daemon_opts(&common, &daemon, &self_exe)?)?;
             report(&common, &[row], &[])?;
+        }
+        Cmd::Fleet {
+            common,
+            fleet,
+            agent,
+        } => {
+            let rows = fleet::bench(&fleet_opts(&common, &fleet, agent.as_deref()))?;
+            report(&common, &rows, &[])?;
         }
         Cmd::LogGen {
             file,
@@ -340,6 +386,23 @@ fn daemon_opts(
         duration: d.footprint_duration,
         trials: d.latency_trials,
     })
+}
+
+fn fleet_opts(common: &Common, f: &FleetArgs, agent: Option<&std::path::Path>) -> fleet::Options {
+    fleet::Options {
+        dir: common.dir.clone(),
+        agent: agent.map_or_else(
+            || PathBuf::from(env!("CARGO_BIN_EXE_service-proxy-agent")),
+            std::path::Path::to_path_buf,
+        ),
+        vms: f.fleet_vms,
+        latency: f.fleet_latency,
+        process_sample: f.fleet_process_sample,
+        loop_sample: f.fleet_loop_sample,
+        runs: common.runs,
+        logging_only: f.fleet_logging_only,
+        peers_only: f.fleet_peers_only,
+    }
 }
 
 /// Prints the machine, the table and the errors; writes them to `<dir>/results.md`.

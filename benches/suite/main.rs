@@ -3,7 +3,7 @@
 //!
 //! Run it through `tests/bench.sh` (builds, checks the tools, passes the defaults of the issue),
 //! or directly: `cargo bench --bench suite -- all --dir target/bench`. Subcommands run one
-//! benchmark (`log`, `config`, `reconcile`, `footprint`, `latency`), and the internal ones
+//! benchmark (`log`, `config`, `reconcile`, `footprint`, `latency`, `fleet`), and the internal ones
 //! (`log-scan-product`, `config-product`, ...) are the product's side, run as their own process
 //! so that its time and peak RSS are measured like the peer's.
 
@@ -11,6 +11,7 @@ mod cli;
 mod common;
 mod config;
 mod daemon;
+mod fleet;
 mod logscan;
 mod reconcile;
 
