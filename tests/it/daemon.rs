@@ -3,6 +3,7 @@
 
 use crate::support;
 use crate::support_daemon as daemon;
+use crate::support_daemon::{free_addr, guest_attr as attr};
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -17,19 +18,7 @@ use testkit::envoy::{Envoy, envoy_version};
 use testkit::metadata_emulator::{Fault, MetadataEmulator, VmIdentity};
 use testkit::xds::{ControlPlane, ExpectedNode, InterceptionSpec, ServiceVip};
 
-const NS: &str = "gce-service-proxy";
 const CLOUD_PLATFORM: &str = "https://www.googleapis.com/auth/cloud-platform";
-
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-fn attr(md: &MetadataEmulator, key: &str) -> Option<String> {
-    md.guest_attributes(NS).get(key).cloned()
-}
 
 fn metric(addr: SocketAddr, name: &str) -> Option<f64> {
     let (_, body) = testkit::envoy::http_get(addr, "/metrics").ok()?;

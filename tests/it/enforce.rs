@@ -4,6 +4,7 @@
 
 use crate::support;
 use crate::support_daemon as daemon;
+use crate::support_daemon::free_addr;
 
 use std::net::{IpAddr, SocketAddr};
 use std::process::Command;
@@ -18,13 +19,6 @@ use testkit::xds::{ControlPlane, InterceptionSpec, ServiceVip};
 
 const ENVOY_UID: u32 = 65534;
 const POLL: Duration = Duration::from_secs(1);
-
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
 
 /// The body of `GET http://ip/`, or why not (short timeouts: nothing leaves the namespace).
 fn get(ip: IpAddr) -> String {

@@ -1,8 +1,8 @@
 //! `intercept plan|apply|clear` through the real binary, inside a private network namespace.
 
 use crate::support;
+use crate::support_daemon::free_addr;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use support::{agent, run, stderr, stdout};
@@ -10,13 +10,6 @@ use testkit::envoy::Envoy;
 use testkit::metadata_emulator::{MetadataEmulator, VmIdentity};
 use testkit::netns;
 use testkit::xds::{ControlPlane, InterceptionSpec, ServiceVip};
-
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
 
 #[test]
 fn plan_changes_nothing_apply_applies_clear_removes_only_ours() {

@@ -5,6 +5,7 @@
 
 use crate::support;
 use crate::support_daemon as daemon;
+use crate::support_daemon::free_addr;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -16,13 +17,6 @@ use support::{agent, closed_port};
 use testkit::metadata_emulator::{MetadataEmulator, VmIdentity};
 
 const OPENMETRICS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
-
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
 
 /// GET /metrics with an optional `Accept`: (content type, body).
 fn scrape(addr: SocketAddr, accept: Option<&str>) -> Option<(String, String)> {

@@ -5,6 +5,7 @@
 
 use crate::support;
 use crate::support_daemon as daemon;
+use crate::support_daemon::{free_addr, guest_attr as attr};
 
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
@@ -15,20 +16,8 @@ use testkit::envoy::Envoy;
 use testkit::metadata_emulator::{MetadataEmulator, VmIdentity};
 use testkit::xds::{ControlPlane, ExpectedNode, InterceptionSpec, ServiceVip};
 
-const NS: &str = "gce-service-proxy";
 const CLOUD_PLATFORM: &str = "https://www.googleapis.com/auth/cloud-platform";
 const REASON: &str = "read-only VMs in this pool accepted (TICKET-42)";
-
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-fn attr(md: &MetadataEmulator, key: &str) -> Option<String> {
-    md.guest_attributes(NS).get(key).cloned()
-}
 
 fn metric(addr: SocketAddr, series: &str) -> Option<f64> {
     let (_, body) = testkit::envoy::http_get(addr, "/metrics").ok()?;

@@ -136,3 +136,18 @@ pub fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Optio
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A loopback address no one listens on now (the port the kernel would give next).
+pub fn free_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// A guest attribute the agent published in `gce-service-proxy/`, as the emulator holds it.
+pub fn guest_attr(md: &testkit::metadata_emulator::MetadataEmulator, key: &str) -> Option<String> {
+    md.guest_attributes(service_proxy_agent::contract::guest_attributes::NAMESPACE)
+        .get(key)
+        .cloned()
+}
