@@ -433,9 +433,11 @@ fn run(
         }
         for id in closed {
             if let Some(t) = tracked.remove(&id) {
-                if t.became_copy
-                    && let Ok(m) = t.file.metadata()
-                {
+                // Read to its end now. Missed by a scan (renamed between the listing and its
+                // lstat, as logrotate renames `.1` to `.2` before compressing it) it is seen
+                // again under its new name at the next one: then it is not a new file, and
+                // reading it from its start would count every line twice.
+                if let Ok(m) = t.file.metadata() {
                     ignored.insert(Identity::of(&m));
                 }
                 if !sink(FollowEvent::Closed {

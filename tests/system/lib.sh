@@ -209,8 +209,11 @@ boot() {
     sleep 0.1
   done
   # `running`, or `degraded` when a unit failed (a startup script that failed, on purpose).
-  wait_for 60 "systemd in $name to finish starting up" sh -c \
-    "nsenter -t $VM_PID -a -- systemctl is-system-running --wait | grep -Eqx 'running|degraded'"
+  wait_for 120 "systemd in $name to finish starting up" sh -c \
+    "nsenter -t $VM_PID -a -- systemctl is-system-running --wait | grep -Eqx 'running|degraded'" || {
+    log "VM $name: system $(vm systemctl is-system-running 2>&1 || true); jobs: $(vm systemctl list-jobs --no-pager 2>&1 | tr '\n' ' ')"
+    return 1
+  }
   local state
   state=$(vm systemctl is-system-running || true)
   log "VM $name booted (PID 1 is $VM_PID on the host; system $state)"
