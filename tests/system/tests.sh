@@ -322,9 +322,10 @@ check_uninstall_leaves_nothing() {
     if vm test -e "$f"; then fail "$f is left"; fi
   done
   if vm getent passwd envoy >/dev/null; then fail "the user envoy is left"; fi
-  local units
-  units=$(vm systemctl list-units --all --no-legend 'envoy*' 'service-proxy*' || true)
-  [ -z "$units" ] || fail "units left: $units"
+  # (systemd unloads a unit no longer referenced at its next garbage collection: waited for.)
+  wait_for 10 "systemd to unload the units" sh -c \
+    "[ -z \"\$(nsenter -t $VM_PID -a -- systemctl list-units --all --no-legend 'envoy*' 'service-proxy*')\" ]" ||
+    fail "units left: $(vm systemctl list-units --all --no-legend 'envoy*' 'service-proxy*')"
 }
 
 # A run of the startup script in the VM, as the guest environment runs it; prints its result.
@@ -501,6 +502,8 @@ check_logrotate_20_times_at_2000_lines_a_second_loses_and_doubles_no_line() {
   wait_for 10 "the reload to be logged" sh -c \
     "nsenter -t $VM_PID -a -- journalctl --no-pager -o cat -u $AGENT_UNIT --since '$since' | grep -q 'SIGHUP: config reloaded'"
   vm systemctl stop envoy.service
+  # Whatever happens below, Envoy goes back in its place and the config back as it was.
+  trap restore_envoy_and_config EXIT
   local before
   before=$(settled_log_lines)
   vm sh -c 'cat >/run/envoy-log-writer && chmod 0755 /run/envoy-log-writer' <"$HERE/image/envoy-log-writer"
@@ -534,14 +537,18 @@ check_logrotate_20_times_at_2000_lines_a_second_loses_and_doubles_no_line() {
   got=$(settled_log_lines)
   [ "$got" = "$want" ] || fail "lines counted twice: the counter grew by $((got - before)) for $WRITER_LINES lines written"
   log "the counter grew by $((got - before)) for $WRITER_LINES lines written through 20 rotations"
-  # Envoy back in its place, the config as it was.
+}
+
+restore_envoy_and_config() {
+  local rc=$?
   vm rm -rf /run/systemd/system/envoy.service.d /run/envoy-log-writer
   vm systemctl daemon-reload
   vm systemctl start envoy.service
   wait_for 60 "Envoy to be LIVE again" sh -c \
-    "nsenter -t $VM_PID -a -- curl -fsS --max-time 2 http://127.0.0.1:15000/ready | grep -qx LIVE"
+    "nsenter -t $VM_PID -a -- curl -fsS --max-time 2 http://127.0.0.1:15000/ready | grep -qx LIVE" || rc=1
   vm rm -f /etc/service-proxy-agent/config.toml
-  vm systemctl reload "$AGENT_UNIT"
+  vm systemctl reload "$AGENT_UNIT" || rc=1
+  exit "$rc"
 }
 
 # watch_live_and_interception VM OUT: from before the VM boots, the times (ms) at which
