@@ -215,11 +215,6 @@ fn run(
     // Rotated files not to read: history present at start, and copytruncate copies. Keyed by
     // more than the inode (reused at once after an unlink), and never consulted for a live name.
     let mut ignored: std::collections::BTreeSet<Identity> = std::collections::BTreeSet::new();
-    // Files closed because a scan missed them (renamed between the listing and its lstat), with
-    // how far they were read: found again under a rotated name at the next scan, they are read
-    // on from there, not from their start (every line twice) nor ignored (the lines the writer
-    // added before it reopened its log would be lost).
-    let mut closed_at: BTreeMap<Identity, u64> = BTreeMap::new();
     let mut buf = vec![0u8; cfg.chunk_bytes.max(4096)];
     // `*.log` names that cannot be followed, and when that was last reported.
     let mut not_followed: BTreeMap<PathBuf, String> = BTreeMap::new();
@@ -286,7 +281,6 @@ fn run(
                     .collect();
                 names.sort_by_cached_key(|(p, _)| log_files::priority(p));
                 let mut seen_ignored = std::collections::BTreeSet::new();
-                let mut seen_closed = std::collections::BTreeSet::new();
                 not_followed.clear();
                 for (path, kind) in names {
                     let Ok(meta) = std::fs::symlink_metadata(&path) else {
@@ -313,15 +307,7 @@ fn run(
                         continue;
                     }
                     let identity = Identity::of(&meta);
-                    let resume = if kind == NameKind::Rotated {
-                        closed_at.get(&identity).copied()
-                    } else {
-                        None
-                    };
-                    if resume.is_some() {
-                        seen_closed.insert(identity);
-                    }
-                    if kind == NameKind::Rotated && resume.is_none() {
+                    if kind == NameKind::Rotated {
                         if ignored.contains(&identity) {
                             seen_ignored.insert(identity);
                             continue;
@@ -356,7 +342,7 @@ fn run(
                         continue;
                     }
                     let head = read_head(&file);
-                    if kind == NameKind::Rotated && resume.is_none() {
+                    if kind == NameKind::Rotated {
                         // A copy being written may still be empty: judge it once it is not.
                         if head.is_empty() {
                             continue;
@@ -384,10 +370,7 @@ fn run(
                     }
                     // A file seen for the first time is read from its start, but never more
                     // than a bounded tail of it (a 64 GiB sparse file is not read through).
-                    let offset = if let Some(read) = resume {
-                        closed_at.remove(&identity);
-                        read
-                    } else if first_scan {
+                    let offset = if first_scan {
                         meta.len().saturating_sub(cfg.initial_tail_bytes)
                     } else {
                         meta.len().saturating_sub(MAX_CATCH_UP_BYTES)
@@ -408,7 +391,6 @@ fn run(
                     );
                 }
                 ignored.retain(|id| seen_ignored.contains(id));
-                closed_at.retain(|id, _| seen_closed.contains(id));
                 for t in tracked.values_mut() {
                     if t.copy
                         .as_ref()
@@ -451,12 +433,10 @@ fn run(
         }
         for id in closed {
             if let Some(t) = tracked.remove(&id) {
-                if let Ok(m) = t.file.metadata() {
-                    if t.became_copy {
-                        ignored.insert(Identity::of(&m));
-                    } else {
-                        closed_at.insert(Identity::of(&m), t.offset);
-                    }
+                if t.became_copy
+                    && let Ok(m) = t.file.metadata()
+                {
+                    ignored.insert(Identity::of(&m));
                 }
                 if !sink(FollowEvent::Closed {
                     file: id,
