@@ -53,7 +53,8 @@ make_next_release() {
   log "a newer release: $NEXT_VERSION, from a copy of this tree in $src"
   rm -rf -- "$src"
   mkdir -p -- "$src"
-  # The tree as it is (committed or not), mtimes kept: an unchanged tree is not built again.
+  # The tree as it is (committed or not), mtimes kept. (The two builds still invalidate each
+  # other's root crate in the shared target directory: each run builds it twice, 2-6 min here.)
   git ls-files -z --cached --others --exclude-standard |
     tar --null -T - --ignore-failed-read -cf - 2>/dev/null | tar -xf - -C "$src"
   local f

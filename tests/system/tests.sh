@@ -328,10 +328,16 @@ check_uninstall_leaves_nothing() {
     if vm test -e "$f"; then fail "$f is left"; fi
   done
   if vm getent passwd envoy >/dev/null; then fail "the user envoy is left"; fi
-  # (systemd unloads a unit no longer referenced at its next garbage collection: waited for.)
-  wait_for 10 "systemd to unload the units" sh -c \
-    "[ -z \"\$(nsenter -t $VM_PID -a -- systemctl list-units --all --no-legend 'envoy*' 'service-proxy*')\" ]" ||
-    fail "units left: $(vm systemctl list-units --all --no-legend 'envoy*' 'service-proxy*')"
+  # A unit whose file is gone may stay in systemd's memory as `not-found inactive dead` while
+  # something still names it (seen on trixie after the upgrade test): no file, no process, so
+  # not left by the uninstall; logged. Anything else is.
+  local units
+  units=$(vm systemctl list-units --all --plain --no-legend 'envoy*' 'service-proxy*' || true)
+  if [ -n "$units" ]; then
+    log "units systemd still knows of: $units"
+  fi
+  units=$(printf '%s\n' "$units" | awk 'NF && !($2 == "not-found" && $3 == "inactive" && $4 == "dead")')
+  [ -z "$units" ] || fail "units left: $units"
 }
 
 # A run of the startup script in the VM, as the guest environment runs it; prints its result.
