@@ -83,6 +83,8 @@ for suite in ${SPA_SYSTEM_SUITES:-bookworm trixie}; do
   ROOTFS=$("$HERE/rootfs.sh" "$suite")
   run_suite "$suite"
 done
+# shellcheck source=tests/system/footprint.sh # (footprint on Debian 12 under the unit, 1,000 VIPs)
+. "$HERE/footprint.sh" && run_footprint
 
 log "glibc floor: the release's binary on the oldest Debian debootstrap makes here"
 run_test glibc_floor
