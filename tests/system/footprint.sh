@@ -70,7 +70,11 @@ footprint_rules() {
 # for it to be ready (Type=notify: after its first cycle).
 footprint_restart() {
   vm systemctl daemon-reload
-  vm systemctl restart "$AGENT_UNIT"
+  vm systemctl restart "$AGENT_UNIT" || {
+    vm systemctl cat "$AGENT_UNIT" >&2 || true
+    vm systemctl status --no-pager "$AGENT_UNIT" >&2 || true
+    fail "the agent did not restart with the drop-ins above"
+  }
   [ "$(unit_state "$AGENT_UNIT")" = active ] || fail "the agent is $(unit_state "$AGENT_UNIT") after a restart"
 }
 
@@ -243,7 +247,8 @@ if [ "${BASH_SOURCE[0]}" = "$0" ]; then
   REPO=$(cd "$HERE/../.." && pwd)
   cd "$REPO"
   FOOTPRINT_DURATION=600
-  FOOTPRINT_STRICT=1
+  # SPA_FOOTPRINT_STRICT= (empty): judge by the tier's ceilings instead of the targets.
+  FOOTPRINT_STRICT=${SPA_FOOTPRINT_STRICT-1}
   while [ $# -gt 0 ]; do
     case $1 in
       --duration) FOOTPRINT_DURATION=${2:?--duration SECONDS}; shift 2 ;;
