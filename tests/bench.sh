@@ -8,8 +8,16 @@
 #   tests/bench.sh --skip log,config,reconcile,footprint,latency   # only fleet (~15 min)
 #   tests/bench.sh ... --fleet-vms 1000         # a smaller fleet (the README's figures: 10,000)
 #   tests/bench.sh --footprint-duration 2m --latency-trials 20 --runs 3
+#   tests/bench.sh --booted-footprint           # also the footprint on the booted image (3 x 10 min)
+#   tests/bench.sh --booted-footprint=120 --skip log,config,reconcile,footprint,latency
 #
-# Arguments are passed to the suite (`cargo bench --bench suite -- all --help` lists them).
+# Arguments are passed to the suite (`cargo bench --bench suite -- all --help` lists them),
+# except --booted-footprint[=SECONDS]: after the suite, tests/system/footprint.sh measures the
+# agent installed by the startup script on Debian 12 booted under systemd, run by its unit
+# (1,000 VIPs; the unit as shipped, then without its malloc environment in enforce and in
+# verify mode; 600 s each unless SECONDS is given). Its table goes to
+# target/bench/footprint-booted.md.
+#
 # Needs root (private network namespaces for iptables), Debian's ripgrep, jq, curl, time and
 # iptables (tests/setup-system.sh installs them), Envoy (tests/setup-envoy.sh, into .venv) and
 # Google's Python client (tests/setup-google-clients.sh, into .venv: the fleet benchmark's peer).
@@ -18,6 +26,16 @@ cd "$(dirname "$0")/.."
 root=$(pwd)
 
 say() { printf '\n=== %s\n' "$*" >&2; }
+
+booted=""
+args=()
+for a in "$@"; do
+  case $a in
+    --booted-footprint) booted=600 ;;
+    --booted-footprint=*) booted=${a#--booted-footprint=} ;;
+    *) args+=("$a") ;;
+  esac
+done
 
 say "system packages"
 # ripgrep, jq, curl, time, iptables, iproute2, util-linux (the peers and the namespaces)
@@ -49,4 +67,9 @@ target_dir=$(cargo metadata --format-version 1 --no-deps | jq -r .target_directo
 agent="$target_dir/release/service-proxy-agent"
 
 say "run"
-"$suite" all --dir "$target_dir/bench" --agent "$agent" "$@"
+"$suite" all --dir "$target_dir/bench" --agent "$agent" ${args[@]+"${args[@]}"}
+
+if [ -n "$booted" ]; then
+  say "footprint on the booted image (${booted} s per run)"
+  tests/system/footprint.sh --duration "$booted"
+fi

@@ -49,6 +49,7 @@ fn extra_args() -> Vec<String> {
 
 /// The agent's environment: the `Environment=` lines of the shipped systemd unit (the agent is
 /// measured as deployed), then `SPA_BENCH_AGENT_ENV="K=V ..."` to try variations.
+/// `SPA_BENCH_NO_UNIT_ENV=1` leaves the unit's lines out (the agent started by hand).
 pub fn agent_env() -> Vec<(String, String)> {
     let pairs = |text: &str| -> Vec<(String, String)> {
         text.split_whitespace()
@@ -58,8 +59,12 @@ pub fn agent_env() -> Vec<(String, String)> {
             .collect()
     };
     let unit = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/service-proxy-agent.service");
-    let mut env: Vec<(String, String)> = std::fs::read_to_string(unit)
-        .unwrap_or_default()
+    let unit_text = if std::env::var_os("SPA_BENCH_NO_UNIT_ENV").is_some() {
+        String::new()
+    } else {
+        std::fs::read_to_string(unit).unwrap_or_default()
+    };
+    let mut env: Vec<(String, String)> = unit_text
         .lines()
         .filter_map(|l| l.trim().strip_prefix("Environment="))
         .flat_map(pairs)
@@ -335,6 +340,8 @@ pub fn footprint(o: &Options) -> anyhow::Result<Vec<Row>> {
     let m: FootprintResult = in_isolation("footprint", o)?;
     let rss = Stats::of(&m.rss);
     let total_cpu = m.cpu_self + m.cpu_children;
+    let malloc_env = agent_env().iter().any(|(k, _)| k.starts_with("MALLOC_"));
+    let rss_target = if malloc_env { 8.0 } else { 10.0 };
     Ok(vec![
         Row {
             what: format!("footprint, {} VIPs, 10 s poll, {:.0} s", o.vips, m.secs),
@@ -347,10 +354,18 @@ pub fn footprint(o: &Options) -> anyhow::Result<Vec<Row>> {
             ),
             peer: "—".into(),
             ratio: "—".into(),
-            target: "RSS ≤ 10 MiB; CPU (with children) ≤ 0.1 % of one core".into(),
+            target: format!(
+                "RSS ≤ {rss_target:.0} MiB{}; CPU (with children) ≤ 0.05 % of one core",
+                if malloc_env {
+                    " (the unit's malloc environment)"
+                } else {
+                    " (no malloc environment)"
+                }
+            ),
             // RSS: the largest sample after start-up (VmHWM, shown too, includes start-up);
-            // CPU: the agent's own plus its iptables-save children.
-            verdict: common::verdict(rss.max <= 10.0 && total_cpu <= 0.1),
+            // CPU: the agent's own plus its iptables-save children. Issue 13's targets: 8 MiB
+            // as the unit runs it, 10 MiB without its malloc environment.
+            verdict: common::verdict(rss.max <= rss_target && total_cpu <= 0.05),
             note: format!(
                 "agent environment: {}; sampled every second from /proc/<pid>/status after the first heartbeat; at the end {:.1} MiB anonymous + {:.1} MiB file-backed (binary, libc); CPU from /proc/<pid>/stat utime+stime (children: cutime+cstime); own PID/mount/network namespaces ({} Envoy visible); agent in enforce mode kept {} service rules; {} guest-attribute writes, {} budget violations; {}",
                 {

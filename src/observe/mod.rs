@@ -17,6 +17,7 @@ pub mod own_process;
 pub mod own_traffic;
 pub mod procfs;
 pub mod project;
+pub mod sock_diag;
 pub mod token;
 
 use std::path::PathBuf;

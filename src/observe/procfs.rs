@@ -167,6 +167,21 @@ pub struct ListenSocket {
 /// LISTEN sockets on `port` in `<proc_root>/net/tcp` and `tcp6` (the network namespace of
 /// whoever reads `<proc_root>/net`; pass `/proc/<pid>` as root for another namespace).
 pub fn listen_sockets(proc_root: &Path, port: u16) -> Result<Vec<ListenSocket>, ProcError> {
+    // The kernel's own /proc: ask it for listening sockets only (sock_diag.rs says why);
+    // the files when that fails, or for another root (tests).
+    if proc_root == Path::new("/proc")
+        && let Ok(sockets) = super::sock_diag::listen_sockets(port)
+    {
+        return Ok(sockets);
+    }
+    listen_sockets_from_files(proc_root, port)
+}
+
+/// [`listen_sockets`] from `net/tcp` and `net/tcp6` under `proc_root`.
+pub fn listen_sockets_from_files(
+    proc_root: &Path,
+    port: u16,
+) -> Result<Vec<ListenSocket>, ProcError> {
     let mut out = Vec::new();
     let mut readable = false;
     let mut last_err = None;

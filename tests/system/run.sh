@@ -124,6 +124,8 @@ for suite in ${SPA_SYSTEM_SUITES:-bookworm trixie}; do
     run_suite "$suite"
   fi
 done
+# shellcheck source=tests/system/footprint.sh # (footprint on Debian 12 under the unit, 1,000 VIPs)
+. "$HERE/footprint.sh" && run_footprint
 
 if want_group floor; then
   log "glibc floor: the release's binary on the oldest Debian debootstrap makes here"

@@ -12,6 +12,10 @@
 //! | `POST /services/add` | `VIP:PORT` (also `VIP/LEN:PORT`, `[V6]:PORT`) | add a VIP filter chain |
 //! | `POST /services/remove` | `VIP:PORT` | remove it |
 //!
+//! A `/services/add` or `/services/remove` body may hold several services, one a line: they
+//! are all checked first and then served in one listener update (a thousand VIPs in one push,
+//! where a request each rebuilds the listener a thousand times).
+//!
 //! Answers are JSON; errors are 4xx with `{"error": "..."}`.
 
 use std::convert::Infallible;
@@ -183,16 +187,19 @@ async fn route(ctx: &Ctx, req: Request<Incoming>) -> Response<Full<Bytes>> {
             reply(StatusCode::OK, state(ctx))
         }
         (Method::POST, "/services/add") | (Method::POST, "/services/remove") => {
-            let svc = match ServiceVip::parse(&text) {
-                Ok(s) => s,
+            let list = match parse_services(&text) {
+                Ok(l) => l,
                 Err(e) => return bad(e),
             };
             let mut spec = ctx.spec();
-            let changed = if path.ends_with("/add") {
-                spec.add_service(svc)
-            } else {
-                spec.remove_service(svc.address, svc.prefix_len, svc.port)
-            };
+            let mut changed = false;
+            for svc in list {
+                changed |= if path.ends_with("/add") {
+                    spec.add_service(svc)
+                } else {
+                    spec.remove_service(svc.address, svc.prefix_len, svc.port)
+                };
+            }
             h.set_interception(&spec);
             let mut v = services(&spec);
             v["changed"] = json!(changed);
@@ -204,6 +211,21 @@ async fn route(ctx: &Ctx, req: Request<Incoming>) -> Response<Full<Bytes>> {
             json!({"error": "unknown request", "see": "GET /state, POST /fail, POST /recover, POST|DELETE /expect, GET /services, POST /services/add|remove"}),
         ),
     }
+}
+
+/// The services of a `/services/add|remove` body, one a line (blank lines ignored); an error
+/// names the first bad line, and then none is taken.
+fn parse_services(text: &str) -> Result<Vec<ServiceVip>, String> {
+    let list = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(|l| ServiceVip::parse(l).map_err(|e| format!("{l:?}: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    if list.is_empty() {
+        return Err("no service in the body (VIP:PORT, one a line)".into());
+    }
+    Ok(list)
 }
 
 fn services(spec: &InterceptionSpec) -> Value {
@@ -236,4 +258,31 @@ fn state(ctx: &Ctx) -> Value {
         "interception": v,
         "observed": h.observations(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_services;
+
+    #[test]
+    fn a_body_holds_one_service_a_line() {
+        let list = parse_services("10.0.1.0:80\n\n10.0.1.1:80\r\n[fd00::1]:443\n").unwrap();
+        let got: Vec<(String, u16)> = list.iter().map(|s| (s.cidr(), s.port)).collect();
+        assert_eq!(
+            got,
+            [
+                ("10.0.1.0/32".to_string(), 80),
+                ("10.0.1.1/32".to_string(), 80),
+                ("fd00::1/128".to_string(), 443)
+            ]
+        );
+        assert_eq!(parse_services("10.0.0.1:80").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn one_bad_line_takes_none() {
+        let e = parse_services("10.0.1.0:80\nnot-a-vip\n").unwrap_err();
+        assert!(e.contains("not-a-vip"), "{e}");
+        assert!(parse_services(" \n").is_err());
+    }
 }
