@@ -86,6 +86,9 @@ pub struct FollowerConfig {
     /// Run on the follower's thread once the tail of the files present at start has been
     /// read, before anything else is: where lines were lost before issue 14 (tests write there).
     pub after_tail: Option<TestHook>,
+    /// Run on the follower's thread after each listing of the directory, before any listed
+    /// name is looked at: a test renames a file there, as logrotate does between the two.
+    pub after_listing: Option<TestHook>,
 }
 
 /// A step a test runs at a fixed point of the follower's work.
@@ -107,6 +110,7 @@ impl FollowerConfig {
             initial_tail_bytes: 256 * 1024,
             chunk_bytes: 256 * 1024,
             after_tail: None,
+            after_listing: None,
         }
     }
 }
@@ -136,6 +140,10 @@ struct Tracked {
     copy: Option<(Identity, File)>,
     /// Still has a name in the directory.
     present: bool,
+    /// Listings in a row that did not find it while it still had a link somewhere: renamed
+    /// (logrotate renames `.1` to `.2` between our listing and our lstat) and followed by its
+    /// descriptor until a listing finds it by identity again, for at most `MAX_MISSED_SCANS`.
+    missed: u32,
     /// Modification time at the last read: an equal-length rewrite changes it.
     modified: (i64, i64),
     /// Rewritten under a rotated name (copytruncate copying onto the file it renamed before):
@@ -187,6 +195,10 @@ impl Follower {
 }
 
 const HEAD_BYTES: usize = 512;
+
+/// Listings a renamed file may be missing from before it is closed though it still has a
+/// link (moved out of the directory): bounds how long it holds one of the `MAX_FOLLOWED` slots.
+const MAX_MISSED_SCANS: u32 = 8;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum NameKind {
@@ -299,6 +311,9 @@ fn run(
                     .filter_map(|p| name_kind(&p).map(|k| (p, k)))
                     .collect();
                 names.sort_by_cached_key(|(p, _)| log_files::priority(p));
+                if let Some(hook) = &cfg.after_listing {
+                    (hook.0)();
+                }
                 let mut seen_ignored = std::collections::BTreeSet::new();
                 not_followed.clear();
                 for (path, kind) in names {
@@ -404,10 +419,18 @@ fn run(
                             head_before_truncate: Vec::new(),
                             copy: None,
                             present: true,
+                            missed: 0,
                             modified: modified(&meta),
                             became_copy: false,
                         },
                     );
+                }
+                for t in tracked.values_mut() {
+                    t.missed = if t.present {
+                        0
+                    } else {
+                        t.missed.saturating_add(1)
+                    };
                 }
                 ignored.retain(|id| seen_ignored.contains(id));
                 for t in tracked.values_mut() {
@@ -435,6 +458,7 @@ fn run(
                 // Files deleted with their directory are still readable through our handles.
                 for t in tracked.values_mut() {
                     t.present = false;
+                    t.missed = u32::MAX;
                 }
                 first_scan = false;
             }
@@ -446,7 +470,7 @@ fn run(
             if !drain(*id, t, &cfg.dir, &mut buf, &mut sink, &counters) {
                 return;
             }
-            if !t.present || t.became_copy {
+            if t.became_copy || (!t.present && !renamed_away(t)) {
                 closed.push(*id);
             }
         }
@@ -515,6 +539,14 @@ fn run(
             scan |= wake_for(&event, &tracked).unwrap_or(false);
         }
     }
+}
+
+/// Whether a file a listing missed is to be followed on by its descriptor: it still has a link
+/// (renamed, to be found by identity at the next listing) and has not been missing for long.
+/// Closing it would read it again from its start when it is found under its new name; a file
+/// with no link left (removed, or compressed and unlinked) has just been read to its end.
+fn renamed_away(t: &Tracked) -> bool {
+    t.missed <= MAX_MISSED_SCANS && t.file.metadata().is_ok_and(|m| m.nlink() > 0)
 }
 
 /// What an inotify event asks of the follower: `None`, nothing (our own opens); `Some(false)`,
