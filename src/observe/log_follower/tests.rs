@@ -498,3 +498,42 @@ fn a_file_renamed_between_the_listing_and_its_lstat_is_read_once() {
         assert_eq!(all.matches(line).count(), 1, "{line:?} in {all:?}");
     }
 }
+
+/// A file followed by its descriptor after it left the directory is not held for ever: with no
+/// link left it is closed at once; moved elsewhere, after `MAX_MISSED_SCANS` listings.
+#[test]
+fn a_file_gone_from_the_directory_is_closed_when_unlinked_or_after_a_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let away = tempfile::tempdir_in(dir.path().parent().unwrap()).unwrap();
+    let (moved, removed) = (dir.path().join("moved.log"), dir.path().join("removed.log"));
+    std::fs::write(&moved, "moved\n").unwrap();
+    std::fs::write(&removed, "removed\n").unwrap();
+    let (f, events) = start(dir.path());
+    wait("both files", || {
+        let t = text(&events);
+        t.contains("moved\n") && t.contains("removed\n")
+    });
+    let closed = |name: &str| {
+        events.lock().unwrap().iter().any(
+            |e| matches!(e, FollowEvent::Closed { path, .. } if path.file_name().unwrap() == name),
+        )
+    };
+    std::fs::rename(&moved, away.path().join("moved.log")).unwrap();
+    std::fs::remove_file(&removed).unwrap();
+    wait("the unlinked file closed", || closed("removed.log"));
+    // Each new file is one more listing; the moved file is closed once it missed enough.
+    let mut listings = 0;
+    while !closed("moved.log") {
+        assert!(listings <= MAX_MISSED_SCANS + 2, "moved.log still followed");
+        let before = f.counters.scans.load(Ordering::SeqCst);
+        std::fs::write(dir.path().join(format!("n{listings}.log")), "x\n").unwrap();
+        wait("a listing", || {
+            f.counters.scans.load(Ordering::SeqCst) > before
+        });
+        listings += 1;
+    }
+    assert!(
+        listings >= MAX_MISSED_SCANS - 1,
+        "closed after {listings} listings"
+    );
+}
