@@ -10,7 +10,7 @@
 # The binary is built with cargo-zigbuild against glibc GLIBC_FLOOR (default 2.17, the oldest
 # Rust's standard library supports): it runs on any x86_64/aarch64 Linux with glibc >= that
 # (Debian 8+, RHEL 7+, Ubuntu 14.04+). cargo-zigbuild and zig come from PyPI into .zig-venv when
-# missing.
+# missing (SPA_ZIG_VENV names another venv). CARGO_TARGET_DIR is honoured, as by cargo.
 #
 # The .deb is made with dpkg-deb from the same binary (not cargo-deb, which would build its own
 # binary without the glibc floor, and costs minutes to install): /usr/bin/service-proxy-agent,
@@ -35,14 +35,15 @@ version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)
 # Reproducible archives: every timestamp is the last commit's.
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || echo 0)}
 
-if [ ! -x .zig-venv/bin/cargo-zigbuild ]; then
-  python3 -m venv .zig-venv
-  .zig-venv/bin/pip install --quiet --disable-pip-version-check ziglang cargo-zigbuild
+zig_venv=${SPA_ZIG_VENV:-$root/.zig-venv}
+if [ ! -x "$zig_venv/bin/cargo-zigbuild" ]; then
+  python3 -m venv "$zig_venv"
+  "$zig_venv/bin/pip" install --quiet --disable-pip-version-check ziglang cargo-zigbuild
 fi
 target=$arch-unknown-linux-gnu
-PATH=$root/.zig-venv/bin:$PATH cargo zigbuild --release --locked --target "$target.$floor" \
+PATH=$zig_venv/bin:$PATH cargo zigbuild --release --locked --target "$target.$floor" \
   --bin service-proxy-agent >&2
-bin=target/$target/release/service-proxy-agent
+bin=${CARGO_TARGET_DIR:-target}/$target/release/service-proxy-agent
 # The floor, checked on the binary itself: no symbol version newer than it.
 newest=$(objdump -T "$bin" | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -n 1)
 if [ "$(printf '%s\n' "GLIBC_$floor" "$newest" | sort -V | tail -n 1)" != "GLIBC_$floor" ]; then

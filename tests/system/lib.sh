@@ -37,6 +37,13 @@ wait_for() {
   done
 }
 
+want_group() { # GROUP: SPA_SYSTEM_GROUPS (default all) names it
+  case " ${SPA_SYSTEM_GROUPS:-main failures floor} " in
+    *" $1 "*) return 0 ;;
+    *) return 1 ;;
+  esac
+}
+
 # --- the world ------------------------------------------------------------------------------
 
 in_world() { nsenter --net="/run/netns/$NETNS" -- "$@"; }
@@ -66,12 +73,47 @@ start_world() {
   in_world ip link set gw0 up
   in_world ip link set eth0 up
   in_world ip route add default via 10.128.0.1 dev eth0
+  start_client_namespace
   mkdir -p "$WORK/release" "$WORK/logs"
   nsenter --net="/run/netns/$NETNS" -- python3 -m http.server --bind "$RELEASE_IP" --directory "$WORK/release" "$RELEASE_PORT" \
     >"$WORK/logs/release.log" 2>&1 &
   PIDS+=($!)
   wait_for 20 "the release server" in_world curl -fsS "$RELEASE_URL/"
   start_control_plane
+}
+
+# A second machine on the VM's network: a network namespace of its own, linked to the VM's by a
+# veth pair, from which a client reaches the VM's serving ports with real packets (they enter
+# the VM's namespace on its NIC and meet its PREROUTING rules, as a peer VM's would).
+CLIENT_IP=10.129.0.2
+VM_PEER_IP=10.129.0.1
+start_client_namespace() {
+  ip netns add "$NETNS-client"
+  CLIENT_NETNS_MADE=1
+  ip -n "$NETNS-client" link set lo up
+  in_world ip link add peer0 type veth peer name eth0 netns "$NETNS-client"
+  in_world ip addr add "$VM_PEER_IP/24" dev peer0
+  in_world ip link set peer0 up
+  ip -n "$NETNS-client" addr add "$CLIENT_IP/24" dev eth0
+  ip -n "$NETNS-client" link set eth0 up
+  ip -n "$NETNS-client" route add default via "$VM_PEER_IP"
+}
+in_client() { nsenter --net="/run/netns/$NETNS-client" -- "$@"; }
+
+# reset_netfilter VM: what a reboot does to the kernel's packet filter: nothing of it survives.
+# (The VM's network namespace is the world's and outlives the container, so the tier empties
+# it between two boots, with the VM's own iptables: its backend and version wrote the rules.)
+reset_netfilter() {
+  local root=$WORK/vm-$1/root t
+  for t in nat mangle filter raw; do
+    in_world chroot "$root" iptables -t "$t" -F
+    in_world chroot "$root" iptables -t "$t" -X
+    in_world chroot "$root" ip6tables -t "$t" -F
+    in_world chroot "$root" ip6tables -t "$t" -X
+  done
+  if in_world chroot "$root" sh -c 'iptables-save; ip6tables-save' | grep -q SERVICE_PROXY; then
+    fail "the VM's packet filter still holds SERVICE_PROXY rules after the reset"
+  fi
 }
 
 # The tier's CA and a certificate for trafficdirector.googleapis.com; the control plane stand-in
@@ -167,8 +209,11 @@ boot() {
     sleep 0.1
   done
   # `running`, or `degraded` when a unit failed (a startup script that failed, on purpose).
-  wait_for 60 "systemd in $name to finish starting up" sh -c \
-    "nsenter -t $VM_PID -a -- systemctl is-system-running --wait | grep -Eqx 'running|degraded'"
+  wait_for 120 "systemd in $name to finish starting up" sh -c \
+    "nsenter -t $VM_PID -a -- systemctl is-system-running --wait | grep -Eqx 'running|degraded'" || {
+    log "VM $name: system $(vm systemctl is-system-running 2>&1 || true); jobs: $(vm systemctl list-jobs --no-pager 2>&1 | tr '\n' ' ')"
+    return 1
+  }
   local state
   state=$(vm systemctl is-system-running || true)
   log "VM $name booted (PID 1 is $VM_PID on the host; system $state)"
@@ -218,6 +263,9 @@ cleanup() {
     umount -l "${MOUNTS[m]}" 2>/dev/null
   done
   ip netns del "$NETNS" 2>/dev/null
+  if [ -n "${CLIENT_NETNS_MADE:-}" ]; then
+    ip netns del "$NETNS-client" 2>/dev/null
+  fi
   if [ "$rc" -ne 0 ] && [ -n "${SPA_SYSTEM_KEEP:-}" ]; then
     log "kept $WORK for inspection"
   else
