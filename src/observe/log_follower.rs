@@ -10,6 +10,10 @@
 //!   (`envoy.log.1`, recognised by its first bytes); only bytes written between the end of the
 //!   copy and the truncation are lost, by that scheme itself (they are in neither file);
 //! - a missing directory is waited for;
+//! - a file renamed between a listing and its `lstat` (logrotate renames `.1` to `.2` before
+//!   compressing it) is missed by that listing: it is read on by its descriptor while it has a
+//!   link, and found by inode under its new name at the next listing, never read again from its
+//!   start; it is closed once unlinked (after a last read) or missing from several listings;
 //! - a file created and renamed away between two looks (a fast rotation under a flood) is
 //!   found under its rotated name (`envoy.log.1`, `envoy.log-20261122`) and read from its start,
 //!   unless its first bytes show it is a copytruncate copy of a file already read. Rotated files
@@ -467,10 +471,12 @@ fn run(
         // Read every tracked file to its end; drop those that are gone and drained.
         let mut closed = Vec::new();
         for (id, t) in tracked.iter_mut() {
+            // Judged before the last read: what a writer adds before the last link goes is read.
+            let gone = !t.present && !renamed_away(t);
             if !drain(*id, t, &cfg.dir, &mut buf, &mut sink, &counters) {
                 return;
             }
-            if t.became_copy || (!t.present && !renamed_away(t)) {
+            if t.became_copy || gone {
                 closed.push(*id);
             }
         }
