@@ -249,6 +249,10 @@ fn run(
     // Rotated files not to read: history present at start, and copytruncate copies. Keyed by
     // more than the inode (reused at once after an unlink), and never consulted for a live name.
     let mut ignored: std::collections::BTreeSet<Identity> = std::collections::BTreeSet::new();
+    // How many listings in a row missed each of them: one renamed between a listing and its
+    // lstat (`.1` to `.2`) is still ignored under its new name at the next one, not read from
+    // its start as a file created and rotated unseen (every line of it counted again).
+    let mut ignored_missed: BTreeMap<Identity, u32> = BTreeMap::new();
     let mut buf = vec![0u8; cfg.chunk_bytes.max(4096)];
     // `*.log` names that cannot be followed, and when that was last reported.
     let mut not_followed: BTreeMap<PathBuf, String> = BTreeMap::new();
@@ -436,7 +440,16 @@ fn run(
                         t.missed.saturating_add(1)
                     };
                 }
-                ignored.retain(|id| seen_ignored.contains(id));
+                ignored.retain(|id| {
+                    if seen_ignored.contains(id) {
+                        ignored_missed.remove(id);
+                        return true;
+                    }
+                    let missed = ignored_missed.entry(*id).or_insert(0);
+                    *missed = missed.saturating_add(1);
+                    *missed <= MAX_MISSED_SCANS
+                });
+                ignored_missed.retain(|id, _| ignored.contains(id));
                 for t in tracked.values_mut() {
                     if t.copy
                         .as_ref()

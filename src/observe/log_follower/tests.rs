@@ -537,3 +537,57 @@ fn a_file_gone_from_the_directory_is_closed_when_unlinked_or_after_a_bound() {
         "closed after {listings} listings"
     );
 }
+
+/// A rotated file present at start is history, not read; renamed between a listing and its
+/// lstat (logrotate's `.1` to `.2`), it is still history under its new name, not a file
+/// created and rotated unseen to be read from its start (after a reload restarted the
+/// follower, the tier counted such a file's lines once more).
+#[test]
+fn history_renamed_between_the_listing_and_its_lstat_is_still_not_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let (one, two) = (
+        dir.path().join("envoy.log.1"),
+        dir.path().join("envoy.log.2"),
+    );
+    std::fs::write(dir.path().join("envoy.log"), "live\n").unwrap();
+    std::fs::write(&one, "history\n").unwrap();
+    let armed = Arc::new(AtomicBool::new(false));
+    let fired = Arc::new(AtomicBool::new(false));
+    let (a, fd, from, to) = (armed.clone(), fired.clone(), one.clone(), two.clone());
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let e = events.clone();
+    let mut cfg = FollowerConfig::new(dir.path());
+    cfg.poll_interval = Duration::from_millis(100);
+    cfg.after_listing = Some(TestHook(Arc::new(move || {
+        if from.exists() && a.swap(false, Ordering::SeqCst) {
+            std::fs::rename(&from, &to).unwrap();
+            fd.store(true, Ordering::SeqCst);
+        }
+    })));
+    let _f = Follower::spawn(cfg, move |ev| {
+        e.lock().unwrap().push(ev);
+        true
+    })
+    .unwrap();
+    wait("caught up", || {
+        events
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| matches!(e, FollowEvent::CaughtUp))
+    });
+    armed.store(true, Ordering::SeqCst);
+    std::fs::write(dir.path().join("access.log"), "new 1\n").unwrap();
+    wait("the rename between listing and lstat", || {
+        fired.load(Ordering::SeqCst)
+    });
+    // Two files made one after the other: the second is read at a round after the one whose
+    // listing found `.2`.
+    std::fs::write(dir.path().join("other.log"), "marker 1\n").unwrap();
+    wait("marker 1", || text(&events).contains("marker 1\n"));
+    std::fs::write(dir.path().join("more.log"), "marker 2\n").unwrap();
+    wait("marker 2", || text(&events).contains("marker 2\n"));
+    let all = text(&events);
+    assert!(!all.contains("history"), "history read: {all:?}");
+    assert_eq!(all.matches("live\n").count(), 1, "{all:?}");
+}
