@@ -10,6 +10,10 @@
 //!   (`envoy.log.1`, recognised by its first bytes); only bytes written between the end of the
 //!   copy and the truncation are lost, by that scheme itself (they are in neither file);
 //! - a missing directory is waited for;
+//! - a file renamed between a listing and its `lstat` (logrotate renames `.1` to `.2` before
+//!   compressing it) is missed by that listing: it is read on by its descriptor while it has a
+//!   link, and found by inode under its new name at the next listing, never read again from its
+//!   start; it is closed once unlinked (after a last read) or missing from several listings;
 //! - a file created and renamed away between two looks (a fast rotation under a flood) is
 //!   found under its rotated name (`envoy.log.1`, `envoy.log-20261122`) and read from its start,
 //!   unless its first bytes show it is a copytruncate copy of a file already read. Rotated files
@@ -86,6 +90,9 @@ pub struct FollowerConfig {
     /// Run on the follower's thread once the tail of the files present at start has been
     /// read, before anything else is: where lines were lost before issue 14 (tests write there).
     pub after_tail: Option<TestHook>,
+    /// Run on the follower's thread after each listing of the directory, before any listed
+    /// name is looked at: a test renames a file there, as logrotate does between the two.
+    pub after_listing: Option<TestHook>,
 }
 
 /// A step a test runs at a fixed point of the follower's work.
@@ -107,6 +114,7 @@ impl FollowerConfig {
             initial_tail_bytes: 256 * 1024,
             chunk_bytes: 256 * 1024,
             after_tail: None,
+            after_listing: None,
         }
     }
 }
@@ -136,6 +144,10 @@ struct Tracked {
     copy: Option<(Identity, File)>,
     /// Still has a name in the directory.
     present: bool,
+    /// Listings in a row that did not find it while it still had a link somewhere: renamed
+    /// (logrotate renames `.1` to `.2` between our listing and our lstat) and followed by its
+    /// descriptor until a listing finds it by identity again, for at most `MAX_MISSED_SCANS`.
+    missed: u32,
     /// Modification time at the last read: an equal-length rewrite changes it.
     modified: (i64, i64),
     /// Rewritten under a rotated name (copytruncate copying onto the file it renamed before):
@@ -188,6 +200,10 @@ impl Follower {
 
 const HEAD_BYTES: usize = 512;
 
+/// Listings a renamed file may be missing from before it is closed though it still has a
+/// link (moved out of the directory): bounds how long it holds one of the `MAX_FOLLOWED` slots.
+const MAX_MISSED_SCANS: u32 = 8;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum NameKind {
     /// `*.log`: followed.
@@ -233,6 +249,10 @@ fn run(
     // Rotated files not to read: history present at start, and copytruncate copies. Keyed by
     // more than the inode (reused at once after an unlink), and never consulted for a live name.
     let mut ignored: std::collections::BTreeSet<Identity> = std::collections::BTreeSet::new();
+    // How many listings in a row missed each of them: one renamed between a listing and its
+    // lstat (`.1` to `.2`) is still ignored under its new name at the next one, not read from
+    // its start as a file created and rotated unseen (every line of it counted again).
+    let mut ignored_missed: BTreeMap<Identity, u32> = BTreeMap::new();
     let mut buf = vec![0u8; cfg.chunk_bytes.max(4096)];
     // `*.log` names that cannot be followed, and when that was last reported.
     let mut not_followed: BTreeMap<PathBuf, String> = BTreeMap::new();
@@ -299,6 +319,9 @@ fn run(
                     .filter_map(|p| name_kind(&p).map(|k| (p, k)))
                     .collect();
                 names.sort_by_cached_key(|(p, _)| log_files::priority(p));
+                if let Some(hook) = &cfg.after_listing {
+                    (hook.0)();
+                }
                 let mut seen_ignored = std::collections::BTreeSet::new();
                 not_followed.clear();
                 for (path, kind) in names {
@@ -404,12 +427,29 @@ fn run(
                             head_before_truncate: Vec::new(),
                             copy: None,
                             present: true,
+                            missed: 0,
                             modified: modified(&meta),
                             became_copy: false,
                         },
                     );
                 }
-                ignored.retain(|id| seen_ignored.contains(id));
+                for t in tracked.values_mut() {
+                    t.missed = if t.present {
+                        0
+                    } else {
+                        t.missed.saturating_add(1)
+                    };
+                }
+                ignored.retain(|id| {
+                    if seen_ignored.contains(id) {
+                        ignored_missed.remove(id);
+                        return true;
+                    }
+                    let missed = ignored_missed.entry(*id).or_insert(0);
+                    *missed = missed.saturating_add(1);
+                    *missed <= MAX_MISSED_SCANS
+                });
+                ignored_missed.retain(|id, _| ignored.contains(id));
                 for t in tracked.values_mut() {
                     if t.copy
                         .as_ref()
@@ -435,6 +475,7 @@ fn run(
                 // Files deleted with their directory are still readable through our handles.
                 for t in tracked.values_mut() {
                     t.present = false;
+                    t.missed = u32::MAX;
                 }
                 first_scan = false;
             }
@@ -443,10 +484,12 @@ fn run(
         // Read every tracked file to its end; drop those that are gone and drained.
         let mut closed = Vec::new();
         for (id, t) in tracked.iter_mut() {
+            // Judged before the last read: what a writer adds before the last link goes is read.
+            let gone = !t.present && !renamed_away(t);
             if !drain(*id, t, &cfg.dir, &mut buf, &mut sink, &counters) {
                 return;
             }
-            if !t.present || t.became_copy {
+            if t.became_copy || gone {
                 closed.push(*id);
             }
         }
@@ -515,6 +558,14 @@ fn run(
             scan |= wake_for(&event, &tracked).unwrap_or(false);
         }
     }
+}
+
+/// Whether a file a listing missed is to be followed on by its descriptor: it still has a link
+/// (renamed, to be found by identity at the next listing) and has not been missing for long.
+/// Closing it would read it again from its start when it is found under its new name; a file
+/// with no link left (removed, or compressed and unlinked) has just been read to its end.
+fn renamed_away(t: &Tracked) -> bool {
+    t.missed <= MAX_MISSED_SCANS && t.file.metadata().is_ok_and(|m| m.nlink() > 0)
 }
 
 /// What an inotify event asks of the follower: `None`, nothing (our own opens); `Some(false)`,

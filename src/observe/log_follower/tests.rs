@@ -407,3 +407,187 @@ fn a_tail_that_starts_inside_a_line_skips_it_and_keeps_the_times() {
     assert_eq!(t.newest_time.as_deref(), Some("2026-12-07 02:00:00.000"));
     assert!(t.modified.is_some());
 }
+
+/// logrotate renames `envoy.log.1` to `envoy.log.2` before compressing it: a scan that listed
+/// the `.1` name finds nothing there. The file must be read on from where it was (by its
+/// descriptor), not closed and read again from its start under `.2` (every line twice), nor
+/// dropped (lines the writer adds before it reopens its log lost).
+#[test]
+fn a_file_renamed_between_the_listing_and_its_lstat_is_read_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("envoy.log");
+    let one = dir.path().join("envoy.log.1");
+    let two = dir.path().join("envoy.log.2");
+    std::fs::write(&log, "").unwrap();
+    // The hook renames `.1` to `.2` once, when armed, right after a listing that saw `.1`.
+    let armed = Arc::new(AtomicBool::new(false));
+    let fired_at = Arc::new(AtomicU64::new(0));
+    let counters: Arc<Mutex<Option<Arc<FollowerCounters>>>> = Arc::new(Mutex::new(None));
+    let (a, at, c, from, to) = (
+        armed.clone(),
+        fired_at.clone(),
+        counters.clone(),
+        one.clone(),
+        two.clone(),
+    );
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let e = events.clone();
+    let mut cfg = FollowerConfig::new(dir.path());
+    cfg.poll_interval = Duration::from_millis(100);
+    cfg.after_listing = Some(TestHook(Arc::new(move || {
+        if from.exists() && a.swap(false, Ordering::SeqCst) {
+            std::fs::rename(&from, &to).unwrap();
+            let scans = c
+                .lock()
+                .unwrap()
+                .as_ref()
+                .unwrap()
+                .scans
+                .load(Ordering::SeqCst);
+            at.store(scans, Ordering::SeqCst);
+        }
+    })));
+    let f = Follower::spawn(cfg, move |ev| {
+        e.lock().unwrap().push(ev);
+        true
+    })
+    .unwrap();
+    *counters.lock().unwrap() = Some(f.counters.clone());
+
+    // The writer's file, rotated to `.1` while it keeps writing to it.
+    let mut w = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    w.write_all(b"line 1\n").unwrap();
+    wait("line 1", || text(&events).contains("line 1\n"));
+    std::fs::rename(&log, &one).unwrap();
+    std::fs::write(&log, "").unwrap();
+    w.write_all(b"line 2\n").unwrap();
+    wait("line 2", || text(&events).contains("line 2\n"));
+
+    // The next listing sees `.1`; the hook renames it to `.2` before it is looked at, and the
+    // writer goes on writing to it (it has not reopened its log yet).
+    armed.store(true, Ordering::SeqCst);
+    // A new file makes the follower list the directory at once (an append would not).
+    std::fs::write(dir.path().join("access.log"), "new 1\n").unwrap();
+    wait("the rename between listing and lstat", || {
+        fired_at.load(Ordering::SeqCst) > 0
+    });
+    w.write_all(b"line 3\n").unwrap();
+    drop(w);
+    let fired = fired_at.load(Ordering::SeqCst);
+    wait("a later listing", || {
+        f.counters.scans.load(Ordering::SeqCst) > fired
+    });
+    // A file created after that listing is read at the round of that listing or later; one
+    // created after it was read, at a later round still: the round that found `.2` is over.
+    std::fs::write(dir.path().join("other.log"), "marker 1\n").unwrap();
+    wait("marker 1", || text(&events).contains("marker 1\n"));
+    std::fs::write(dir.path().join("more.log"), "marker 2\n").unwrap();
+    wait("marker 2", || text(&events).contains("marker 2\n"));
+    wait("line 3", || text(&events).contains("line 3\n"));
+
+    let all = text(&events);
+    let lines = [
+        "line 1\n",
+        "line 2\n",
+        "line 3\n",
+        "new 1\n",
+        "marker 1\n",
+        "marker 2\n",
+    ];
+    for line in lines {
+        assert_eq!(all.matches(line).count(), 1, "{line:?} in {all:?}");
+    }
+}
+
+/// A file followed by its descriptor after it left the directory is not held for ever: with no
+/// link left it is closed at once; moved elsewhere, after `MAX_MISSED_SCANS` listings.
+#[test]
+fn a_file_gone_from_the_directory_is_closed_when_unlinked_or_after_a_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let away = tempfile::tempdir_in(dir.path().parent().unwrap()).unwrap();
+    let (moved, removed) = (dir.path().join("moved.log"), dir.path().join("removed.log"));
+    std::fs::write(&moved, "moved\n").unwrap();
+    std::fs::write(&removed, "removed\n").unwrap();
+    let (f, events) = start(dir.path());
+    wait("both files", || {
+        let t = text(&events);
+        t.contains("moved\n") && t.contains("removed\n")
+    });
+    let closed = |name: &str| {
+        events.lock().unwrap().iter().any(
+            |e| matches!(e, FollowEvent::Closed { path, .. } if path.file_name().unwrap() == name),
+        )
+    };
+    std::fs::rename(&moved, away.path().join("moved.log")).unwrap();
+    std::fs::remove_file(&removed).unwrap();
+    wait("the unlinked file closed", || closed("removed.log"));
+    // Each new file is one more listing; the moved file is closed once it missed enough.
+    let mut listings = 0;
+    while !closed("moved.log") {
+        assert!(listings <= MAX_MISSED_SCANS + 2, "moved.log still followed");
+        let before = f.counters.scans.load(Ordering::SeqCst);
+        std::fs::write(dir.path().join(format!("n{listings}.log")), "x\n").unwrap();
+        wait("a listing", || {
+            f.counters.scans.load(Ordering::SeqCst) > before
+        });
+        listings += 1;
+    }
+    assert!(
+        listings >= MAX_MISSED_SCANS - 1,
+        "closed after {listings} listings"
+    );
+}
+
+/// A rotated file present at start is history, not read; renamed between a listing and its
+/// lstat (logrotate's `.1` to `.2`), it is still history under its new name, not a file
+/// created and rotated unseen to be read from its start (after a reload restarted the
+/// follower, the tier counted such a file's lines once more).
+#[test]
+fn history_renamed_between_the_listing_and_its_lstat_is_still_not_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let (one, two) = (
+        dir.path().join("envoy.log.1"),
+        dir.path().join("envoy.log.2"),
+    );
+    std::fs::write(dir.path().join("envoy.log"), "live\n").unwrap();
+    std::fs::write(&one, "history\n").unwrap();
+    let armed = Arc::new(AtomicBool::new(false));
+    let fired = Arc::new(AtomicBool::new(false));
+    let (a, fd, from, to) = (armed.clone(), fired.clone(), one.clone(), two.clone());
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let e = events.clone();
+    let mut cfg = FollowerConfig::new(dir.path());
+    cfg.poll_interval = Duration::from_millis(100);
+    cfg.after_listing = Some(TestHook(Arc::new(move || {
+        if from.exists() && a.swap(false, Ordering::SeqCst) {
+            std::fs::rename(&from, &to).unwrap();
+            fd.store(true, Ordering::SeqCst);
+        }
+    })));
+    let _f = Follower::spawn(cfg, move |ev| {
+        e.lock().unwrap().push(ev);
+        true
+    })
+    .unwrap();
+    wait("caught up", || {
+        events
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| matches!(e, FollowEvent::CaughtUp))
+    });
+    armed.store(true, Ordering::SeqCst);
+    std::fs::write(dir.path().join("access.log"), "new 1\n").unwrap();
+    wait("the rename between listing and lstat", || {
+        fired.load(Ordering::SeqCst)
+    });
+    // Two files made one after the other: the second is read at a round after the one whose
+    // listing found `.2`.
+    std::fs::write(dir.path().join("other.log"), "marker 1\n").unwrap();
+    wait("marker 1", || text(&events).contains("marker 1\n"));
+    std::fs::write(dir.path().join("more.log"), "marker 2\n").unwrap();
+    wait("marker 2", || text(&events).contains("marker 2\n"));
+    let all = text(&events);
+    assert!(!all.contains("history"), "history read: {all:?}");
+    assert_eq!(all.matches("live\n").count(), 1, "{all:?}");
+}
