@@ -199,8 +199,21 @@ boot() {
   PIDS+=("$NSPAWN_PID")
   VM_PID=""
   local deadline=$((SECONDS + 30))
+  # systemd-nspawn's first child is a short-lived "outer child" that sets the container up and
+  # exits once it has forked the container's init (which nspawn, a subreaper, then adopts):
+  # taking the first child seen could take the outer one, dead a moment later (the boot wait
+  # then failed with "stat of /proc/N/ns/user failed"). The init is the child in a PID
+  # namespace of its own; the outer child shares nspawn's.
+  local host_pidns child
+  host_pidns=$(readlink "/proc/$NSPAWN_PID/ns/pid")
   while [ -z "$VM_PID" ]; do
-    VM_PID=$(pgrep -P "$NSPAWN_PID" | head -n 1 || true)
+    for child in $(pgrep -P "$NSPAWN_PID" || true); do
+      if [ "$(readlink "/proc/$child/ns/pid" 2>/dev/null)" != "$host_pidns" ] &&
+        [ -e "/proc/$child/ns/pid" ]; then
+        VM_PID=$child
+        break
+      fi
+    done
     if [ "$SECONDS" -ge "$deadline" ] || ! kill -0 "$NSPAWN_PID" 2>/dev/null; then
       tail -n 30 "$dir/console.log" >&2
       fail "systemd-nspawn did not start the VM $name (console above)"
