@@ -12,6 +12,7 @@ pub mod iptables;
 pub mod log_files;
 pub mod log_follower;
 pub mod metadata;
+mod netlink;
 pub mod nf_generation;
 pub mod own_process;
 pub mod own_traffic;

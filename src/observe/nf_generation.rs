@@ -11,11 +11,10 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use nix::sys::socket::{
-    AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, bind, recv, send,
-    socket,
-};
+use nix::sys::socket::{MsgFlags, SockProtocol, recv, send};
 use thiserror::Error;
+
+use super::netlink::{self, HDRLEN as NLMSG_HDRLEN, MSG_ERROR as NLMSG_ERROR, u16_at, u32_at};
 
 /// `NFNL_SUBSYS_NFTABLES`, `NFT_MSG_GETGEN`, `NFT_MSG_NEWGEN`, `NFTA_GEN_ID`
 /// (linux/netfilter/nfnetlink.h, nf_tables.h).
@@ -24,10 +23,8 @@ const MSG_GETGEN: u16 = 16;
 const MSG_NEWGEN: u16 = 15;
 const ATTR_GEN_ID: u16 = 1;
 /// `NLMSG_ERROR`, `NLM_F_REQUEST`, and the attribute type bits that are flags.
-const NLMSG_ERROR: u16 = 2;
 const NLM_F_REQUEST: u16 = 1;
 const NLA_TYPE_MASK: u16 = 0x3fff;
-const NLMSG_HDRLEN: usize = 16;
 const NFGENMSG_LEN: usize = 4;
 
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
@@ -46,18 +43,7 @@ pub enum GenerationError {
 /// answer is read without waiting, and no answer is an error. Needs `CAP_NET_ADMIN`, which the
 /// agent has for iptables anyway.
 pub fn current() -> Result<u32, GenerationError> {
-    let sock = socket(
-        AddressFamily::Netlink,
-        SockType::Raw,
-        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-        SockProtocol::NetlinkNetFilter,
-    )
-    .map_err(|e| GenerationError::Socket(format!("socket: {e}")))?;
-    bind(
-        std::os::fd::AsRawFd::as_raw_fd(&sock),
-        &NetlinkAddr::new(0, 0),
-    )
-    .map_err(|e| GenerationError::Socket(format!("bind: {e}")))?;
+    let sock = netlink::open(SockProtocol::NetlinkNetFilter).map_err(GenerationError::Socket)?;
     let fd = std::os::fd::AsRawFd::as_raw_fd(&sock);
     let request = request(1);
     send(fd, &request, MsgFlags::empty())
@@ -71,31 +57,13 @@ pub fn current() -> Result<u32, GenerationError> {
 /// An `NFT_MSG_GETGEN` request: the netlink header and a zeroed `nfgenmsg`.
 fn request(seq: u32) -> [u8; NLMSG_HDRLEN + NFGENMSG_LEN] {
     let mut m = [0u8; NLMSG_HDRLEN + NFGENMSG_LEN];
-    let len = (NLMSG_HDRLEN + NFGENMSG_LEN) as u32;
     let kind = (SUBSYS_NFTABLES << 8) | MSG_GETGEN;
-    let fields: [&[u8]; 5] = [
-        &len.to_ne_bytes(),
-        &kind.to_ne_bytes(),
-        &NLM_F_REQUEST.to_ne_bytes(),
-        &seq.to_ne_bytes(),
-        &0u32.to_ne_bytes(),
-    ];
-    let mut at = 0;
-    for f in fields {
-        if let Some(slot) = m.get_mut(at..at + f.len()) {
-            slot.copy_from_slice(f);
-        }
-        at += f.len();
+    let head = netlink::header(NLMSG_HDRLEN + NFGENMSG_LEN, kind, NLM_F_REQUEST, seq);
+    if let Some(slot) = m.get_mut(..NLMSG_HDRLEN) {
+        slot.copy_from_slice(&head);
     }
+    // The nfgenmsg after it stays zeroed.
     m
-}
-
-fn u16_at(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
-}
-
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
 }
 
 /// The generation from the kernel's answer: an `NFT_MSG_NEWGEN` with an `NFTA_GEN_ID`

@@ -11,20 +11,17 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 
-use nix::sys::socket::{
-    AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, bind, recv, send,
-    socket,
-};
+use nix::sys::socket::{AddressFamily, MsgFlags, SockProtocol, recv, send};
+
+use super::netlink::{self, HDRLEN as NLMSG_HDRLEN, MSG_ERROR as NLMSG_ERROR, u16_at, u32_at};
 
 use super::procfs::ListenSocket;
 
-/// `SOCK_DIAG_BY_FAMILY`, `NLMSG_ERROR`, `NLMSG_DONE`, `NLM_F_REQUEST | NLM_F_DUMP`
+/// `SOCK_DIAG_BY_FAMILY`, `NLMSG_DONE`, `NLM_F_REQUEST | NLM_F_DUMP`
 /// (linux/sock_diag.h, netlink.h).
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
-const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 const NLM_F_REQUEST_DUMP: u16 = 0x1 | 0x300;
-const NLMSG_HDRLEN: usize = 16;
 /// `struct inet_diag_req_v2` and `struct inet_diag_msg` (linux/inet_diag.h).
 const REQ_LEN: usize = 56;
 const MSG_LEN: usize = 72;
@@ -45,17 +42,10 @@ pub fn listen_sockets(port: u16) -> Result<Vec<ListenSocket>, String> {
 }
 
 fn dump(family: u8, port: u16) -> Result<Vec<ListenSocket>, String> {
-    // Non-blocking: the kernel makes each part of a dump while it is asked for (in send and
-    // in each recv), so a part that is not there at once is an error, never a wait.
-    let sock = socket(
-        AddressFamily::Netlink,
-        SockType::Raw,
-        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-        SockProtocol::NetlinkSockDiag,
-    )
-    .map_err(|e| format!("socket: {e}"))?;
+    // Non-blocking (netlink::open): the kernel makes each part of a dump while it is asked
+    // for (in send and in each recv), so a part that is not there at once is an error.
+    let sock = netlink::open(SockProtocol::NetlinkSockDiag)?;
     let fd = sock.as_raw_fd();
-    bind(fd, &NetlinkAddr::new(0, 0)).map_err(|e| format!("bind: {e}"))?;
     send(fd, &request(family), MsgFlags::empty()).map_err(|e| format!("send: {e}"))?;
     let mut out = Vec::new();
     let mut seen = 0usize;
@@ -73,21 +63,15 @@ fn dump(family: u8, port: u16) -> Result<Vec<ListenSocket>, String> {
 /// A dump request: the netlink header and an `inet_diag_req_v2` for TCP in LISTEN.
 fn request(family: u8) -> [u8; NLMSG_HDRLEN + REQ_LEN] {
     let mut m = [0u8; NLMSG_HDRLEN + REQ_LEN];
-    let len = (NLMSG_HDRLEN + REQ_LEN) as u32;
-    let head: [&[u8]; 4] = [
-        &len.to_ne_bytes(),
-        &SOCK_DIAG_BY_FAMILY.to_ne_bytes(),
-        &NLM_F_REQUEST_DUMP.to_ne_bytes(),
-        &1u32.to_ne_bytes(),
-    ];
-    let mut at = 0;
-    for f in head {
-        if let Some(slot) = m.get_mut(at..at + f.len()) {
-            slot.copy_from_slice(f);
-        }
-        at += f.len();
+    let head = netlink::header(
+        NLMSG_HDRLEN + REQ_LEN,
+        SOCK_DIAG_BY_FAMILY,
+        NLM_F_REQUEST_DUMP,
+        1,
+    );
+    if let Some(slot) = m.get_mut(..NLMSG_HDRLEN) {
+        slot.copy_from_slice(&head);
     }
-    // at = 12: the port id stays 0; the request starts at 16.
     let states = 1u32 << TCP_LISTEN;
     if let Some(slot) = m.get_mut(NLMSG_HDRLEN..NLMSG_HDRLEN + 4) {
         slot.copy_from_slice(&[family, IPPROTO_TCP, 0, 0]);
@@ -102,14 +86,6 @@ fn request(family: u8) -> [u8; NLMSG_HDRLEN + REQ_LEN] {
 enum Part {
     More,
     Done,
-}
-
-fn u16_at(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
-}
-
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
 }
 
 /// One datagram of the answer: its `inet_diag_msg`s on `port` are added to `out`.
