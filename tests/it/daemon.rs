@@ -3,7 +3,7 @@
 
 use crate::support;
 use crate::support_daemon as daemon;
-use crate::support_daemon::{free_addr, guest_attr as attr};
+use crate::support_daemon::{OneVipMesh, free_addr, guest_attr as attr};
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -16,7 +16,6 @@ use nix::sys::signal::Signal;
 use support::{agent, closed_port};
 use testkit::envoy::{Envoy, envoy_version};
 use testkit::metadata_emulator::{Fault, MetadataEmulator, VmIdentity};
-use testkit::xds::{ControlPlane, ExpectedNode, InterceptionSpec, ServiceVip};
 
 const CLOUD_PLATFORM: &str = "https://www.googleapis.com/auth/cloud-platform";
 
@@ -51,20 +50,13 @@ fn assert_within_budget(md: &MetadataEmulator) {
 
 #[test]
 fn publishes_envoy_state_within_budget_and_follows_envoy_down_and_up() {
-    let vm = VmIdentity::default();
-    let project = vm.project_number.to_string();
-    let md = MetadataEmulator::start(vm).unwrap();
-    let cp = ControlPlane::start().unwrap();
-    cp.set_interception(
-        &InterceptionSpec::new(15001, &project).service(ServiceVip::parse("10.0.0.1:80").unwrap()),
-    );
-    cp.expect_node(Some(ExpectedNode::new("default", &project)));
-    let mut bootstrap = cp.bootstrap("default", &project);
-    let admin = free_addr();
-    bootstrap.admin = Some(admin);
-    let mut envoy =
-        Envoy::start(bootstrap.envoy_config()).expect("real Envoy (tests/setup-envoy.sh)");
-    envoy.wait_live(Duration::from_secs(30)).unwrap();
+    let OneVipMesh {
+        md,
+        cp,
+        mut envoy,
+        admin,
+        bootstrap,
+    } = OneVipMesh::start();
 
     let dir = tempfile::tempdir().unwrap();
     let metrics = free_addr();

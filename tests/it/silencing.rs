@@ -5,16 +5,13 @@
 
 use crate::support;
 use crate::support_daemon as daemon;
-use crate::support_daemon::{free_addr, guest_attr as attr};
+use crate::support_daemon::{OneVipMesh, free_addr, guest_attr as attr};
 
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
 use daemon::{Daemon, eventually};
 use support::{agent, run};
-use testkit::envoy::Envoy;
-use testkit::metadata_emulator::{MetadataEmulator, VmIdentity};
-use testkit::xds::{ControlPlane, ExpectedNode, InterceptionSpec, ServiceVip};
 
 const CLOUD_PLATFORM: &str = "https://www.googleapis.com/auth/cloud-platform";
 const REASON: &str = "read-only VMs in this pool accepted (TICKET-42)";
@@ -39,19 +36,13 @@ fn ignore_until(until: SystemTime) -> String {
 
 #[test]
 fn an_ignored_finding_stops_counting_stays_visible_and_comes_back_at_until() {
-    let vm = VmIdentity::default();
-    let project = vm.project_number.to_string();
-    let md = MetadataEmulator::start(vm).unwrap();
-    let cp = ControlPlane::start().unwrap();
-    cp.set_interception(
-        &InterceptionSpec::new(15001, &project).service(ServiceVip::parse("10.0.0.1:80").unwrap()),
-    );
-    cp.expect_node(Some(ExpectedNode::new("default", &project)));
-    let mut bootstrap = cp.bootstrap("default", &project);
-    let admin = free_addr();
-    bootstrap.admin = Some(admin);
-    let envoy = Envoy::start(bootstrap.envoy_config()).expect("real Envoy (tests/setup-envoy.sh)");
-    envoy.wait_live(Duration::from_secs(30)).unwrap();
+    let OneVipMesh {
+        md,
+        cp,
+        envoy,
+        admin,
+        ..
+    } = OneVipMesh::start();
 
     let common = |cmd: &mut std::process::Command| {
         cmd.args(["--envoy-admin", &format!("http://{admin}")])

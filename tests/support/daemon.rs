@@ -151,3 +151,43 @@ pub fn guest_attr(md: &testkit::metadata_emulator::MetadataEmulator, key: &str) 
         .get(key)
         .cloned()
 }
+
+/// The world of the daemon tests: the metadata emulator, the xDS stand-in serving one VIP
+/// (10.0.0.1:80) to the node it expects, and a real Envoy fed by it, LIVE, with its admin on
+/// `admin`.
+pub struct OneVipMesh {
+    pub md: testkit::metadata_emulator::MetadataEmulator,
+    pub cp: testkit::xds::ControlPlane,
+    pub envoy: testkit::envoy::Envoy,
+    pub admin: std::net::SocketAddr,
+    /// What Envoy was started from, to start it again.
+    pub bootstrap: testkit::xds::BootstrapSpec,
+}
+
+impl OneVipMesh {
+    pub fn start() -> OneVipMesh {
+        use testkit::xds::{ExpectedNode, InterceptionSpec, ServiceVip};
+        let vm = testkit::metadata_emulator::VmIdentity::default();
+        let project = vm.project_number.to_string();
+        let md = testkit::metadata_emulator::MetadataEmulator::start(vm).unwrap();
+        let cp = testkit::xds::ControlPlane::start().unwrap();
+        cp.set_interception(
+            &InterceptionSpec::new(15001, &project)
+                .service(ServiceVip::parse("10.0.0.1:80").unwrap()),
+        );
+        cp.expect_node(Some(ExpectedNode::new("default", &project)));
+        let mut bootstrap = cp.bootstrap("default", &project);
+        let admin = free_addr();
+        bootstrap.admin = Some(admin);
+        let envoy = testkit::envoy::Envoy::start(bootstrap.envoy_config())
+            .expect("real Envoy (tests/setup-envoy.sh)");
+        envoy.wait_live(Duration::from_secs(30)).unwrap();
+        OneVipMesh {
+            md,
+            cp,
+            envoy,
+            admin,
+            bootstrap,
+        }
+    }
+}
