@@ -302,25 +302,6 @@ if [ "${BASH_SOURCE[0]}" = "$0" ]; then
   FOOTPRINT_RESULTS=$REPO/target/bench/footprint-booted.md
   FAILED=()
   PASSED=()
-  # run_test NAME, as tests/system/run.sh runs each test of the tier.
-  run_test() {
-    local t0=$SECONDS rc=0
-    log "--- $1"
-    set +e
-    (
-      set -e +o pipefail
-      "test_$1"
-    )
-    rc=$?
-    set -e
-    if [ "$rc" -eq 0 ]; then
-      PASSED+=("$1")
-      log "PASS $1 ($((SECONDS - t0))s)"
-    else
-      FAILED+=("$1")
-      log "FAIL $1 ($((SECONDS - t0))s)"
-    fi
-  }
   run_footprint
   log "passed: ${PASSED[*]:-none}"
   if [ ${#FAILED[@]} -gt 0 ]; then

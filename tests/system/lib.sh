@@ -286,3 +286,26 @@ cleanup() {
   fi
   exit "$rc"
 }
+
+# run_test NAME: runs test_NAME in a subshell of its own (a failing test ends there, the next
+# one runs), logs PASS or FAIL with its time, and adds NAME to PASSED or FAILED.
+run_test() {
+  local t0=$SECONDS
+  log "--- $1"
+  local rc=0
+  set +e
+  (
+    # No pipefail in tests: `... | grep -q` ends its writer early, on purpose.
+    set -e +o pipefail
+    "test_$1"
+  )
+  rc=$?
+  set -e
+  if [ "$rc" -eq 0 ]; then
+    PASSED+=("$1")
+    log "PASS $1 ($((SECONDS - t0))s)"
+  else
+    FAILED+=("$1")
+    log "FAIL $1 ($((SECONDS - t0))s)"
+  fi
+}

@@ -97,26 +97,6 @@ start_world
 FAILED=()
 PASSED=()
 # run_test NAME: runs the function test_NAME; its failure is recorded, the tier goes on.
-run_test() {
-  local t0=$SECONDS
-  log "--- $1"
-  local rc=0
-  set +e
-  (
-    # No pipefail in tests: `... | grep -q` ends its writer early, on purpose.
-    set -e +o pipefail
-    "test_$1"
-  )
-  rc=$?
-  set -e
-  if [ "$rc" -eq 0 ]; then
-    PASSED+=("$1")
-    log "PASS $1 ($((SECONDS - t0))s)"
-  else
-    FAILED+=("$1")
-    log "FAIL $1 ($((SECONDS - t0))s)"
-  fi
-}
 
 for suite in ${SPA_SYSTEM_SUITES:-bookworm trixie}; do
   if want_group main || want_group failures; then
