@@ -309,7 +309,13 @@ fn metadata_faults_and_disabled_guest_attributes_do_not_stop_the_agent() {
 
     // 5xx, then an unresponsive server: the agent keeps running.
     md.set_fault(Fault::Status(503));
-    std::thread::sleep(Duration::from_secs(4));
+    // Waited for, not slept on: the agent meets the fault only when it next asks the server,
+    // and its writes wait for the write budget (10 a minute, spent by the start-up), so a fixed
+    // 4 s could pass without a request (the test failed so, one run in several). Bounded by
+    // the budget's window.
+    agent.wait_log(Duration::from_secs(75), "the 503 logged", |l| {
+        l.contains("\"source\":\"metadata\"") && l.contains("503")
+    });
     md.set_fault(Fault::Hang);
     std::thread::sleep(Duration::from_secs(6));
     assert!(agent.is_running());
