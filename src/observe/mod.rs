@@ -167,6 +167,8 @@ pub struct Observer {
     /// The last save of each family, reused while nf_tables' generation stands still.
     pub iptables_saves: SaveCache,
     listeners_kept: std::sync::Mutex<Option<KeptListeners>>,
+    /// The last parse of the listeners, reused when a re-read brings the same bytes.
+    pub listener_parses: envoy_admin::ListenerParses,
     settings: Settings,
 }
 
@@ -188,6 +190,7 @@ impl Observer {
             iptables: Tools::system(),
             iptables_saves: SaveCache::default(),
             listeners_kept: std::sync::Mutex::new(None),
+            listener_parses: envoy_admin::ListenerParses::default(),
             settings: settings.clone(),
         }
     }
@@ -237,7 +240,10 @@ impl Observer {
         {
             return Ok(Arc::clone(&k.listeners));
         }
-        let read = self.admin.dynamic_listeners().await.map(Arc::new);
+        let read = self
+            .admin
+            .dynamic_listeners_with(&self.listener_parses)
+            .await;
         if let Ok(mut kept) = self.listeners_kept.lock() {
             *kept = match (key, &read) {
                 (Some(key), Ok(l)) => Some(KeptListeners {

@@ -707,6 +707,17 @@ async fn live_dynamic_listeners_vips_then_rejected_update() {
             .iter()
             .any(|v| v.to_string() == "10.9.0.1/32")
     );
+    // Nothing changed since: Envoy answers the same bytes, and the last parse is handed back
+    // instead of a second copy of the same listeners (issue 13: the agent's footprint).
+    let parses = ListenerParses::default();
+    let first = c.dynamic_listeners_with(&parses).await.unwrap();
+    assert_eq!(*first, listeners);
+    let again = c.dynamic_listeners_with(&parses).await.unwrap();
+    assert!(
+        std::sync::Arc::ptr_eq(&first, &again),
+        "Envoy's unchanged listeners were parsed again"
+    );
+    assert_eq!(parses.reused(), 1);
     capture(
         "config_dump-dynamic_listeners-vips.json",
         admin_body(envoy.admin_addr(), PATH_DYNAMIC_LISTENERS).as_bytes(),
@@ -748,6 +759,16 @@ async fn live_dynamic_listeners_vips_then_rejected_update() {
     )
     .await;
     check_states(&listeners);
+    // The update changed the bytes: parsed afresh, not the first update's listeners again.
+    let changed = c.dynamic_listeners_with(&parses).await.unwrap();
+    assert!(!std::sync::Arc::ptr_eq(&first, &changed));
+    assert!(
+        changed
+            .iter()
+            .any(|l| l.name.as_deref() == Some("via-rds") && l.active.is_some()),
+        "{changed:?}"
+    );
+    assert_eq!(parses.reused(), 1);
     capture(
         "config_dump-dynamic_listeners-states.json",
         admin_body(envoy.admin_addr(), PATH_DYNAMIC_LISTENERS).as_bytes(),

@@ -66,6 +66,24 @@ impl AdminClient {
         parse_listeners(&body)
     }
 
+    /// [`Self::dynamic_listeners`], parsed only when the body differs from the last one
+    /// `parses` saw (see [`ListenerParses`]).
+    pub async fn dynamic_listeners_with(
+        &self,
+        parses: &ListenerParses,
+    ) -> Result<std::sync::Arc<Vec<DynamicListener>>, AdminError> {
+        match self
+            .get_ok(PATH_DYNAMIC_LISTENERS, PATH_DYNAMIC_LISTENERS)
+            .await
+        {
+            Ok(body) => parses.parse(&body),
+            Err(e) => {
+                parses.forget();
+                Err(e)
+            }
+        }
+    }
+
     pub async fn clusters(&self) -> Result<Vec<ClusterStatus>, AdminError> {
         let body = self.get_ok(PATH_CLUSTERS, PATH_CLUSTERS).await?;
         parse_clusters(&body)

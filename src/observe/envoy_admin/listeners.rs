@@ -348,3 +348,67 @@ pub fn parse_listeners(body: &[u8]) -> Result<Vec<DynamicListener>, AdminError> 
         })
         .collect())
 }
+
+/// The last parse of the dynamic listeners, kept with a digest of the body it came from, so a
+/// body byte-identical to the last one is not parsed again. The observer re-reads the
+/// listeners at least once a minute even when Envoy's counters say nothing changed; with 1,000
+/// VIPs that body is a megabyte, and parsing it again would build a second copy of the same
+/// listeners beside the first (issue 13: the agent's footprint).
+///
+/// The digest is SipHash with keys drawn at random for this process (the length is compared
+/// too): the admin's answers come from another program, and keyed, it cannot make two
+/// different bodies look the same.
+#[derive(Debug, Default)]
+pub struct ListenerParses {
+    keys: std::hash::RandomState,
+    last: std::sync::Mutex<Option<LastListenerParse>>,
+    reused: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Debug)]
+struct LastListenerParse {
+    len: usize,
+    digest: u64,
+    listeners: std::sync::Arc<Vec<DynamicListener>>,
+}
+
+impl ListenerParses {
+    /// `body` parsed ([`parse_listeners`]), or the last parse again when `body` is the same
+    /// bytes as the last body parsed successfully.
+    pub fn parse(&self, body: &[u8]) -> Result<std::sync::Arc<Vec<DynamicListener>>, AdminError> {
+        use std::hash::BuildHasher;
+        let digest = self.keys.hash_one(body);
+        if let Ok(last) = self.last.lock()
+            && let Some(l) = last.as_ref()
+            && l.len == body.len()
+            && l.digest == digest
+        {
+            self.reused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Ok(std::sync::Arc::clone(&l.listeners));
+        }
+        // The old parse is let go first: the new one is not built beside it.
+        self.forget();
+        let parsed = parse_listeners(body).map(std::sync::Arc::new);
+        if let (Ok(listeners), Ok(mut last)) = (&parsed, self.last.lock()) {
+            *last = Some(LastListenerParse {
+                len: body.len(),
+                digest,
+                listeners: std::sync::Arc::clone(listeners),
+            });
+        }
+        parsed
+    }
+
+    /// Drops the kept parse (the admin did not answer: nothing to compare the next body with).
+    pub fn forget(&self) {
+        if let Ok(mut last) = self.last.lock() {
+            *last = None;
+        }
+    }
+
+    /// How many bodies were answered with the last parse.
+    pub fn reused(&self) -> u64 {
+        self.reused.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}

@@ -1,4 +1,5 @@
 use super::*;
+use std::sync::Arc;
 
 fn range(addr: &str, len: Option<u64>) -> PrefixRange {
     PrefixRange {
@@ -178,4 +179,54 @@ fn stats_keep_a_bounded_number_of_names() {
     let s = parse_stats(&text);
     assert_eq!(s.init_fetch_timeout_total, 2000);
     assert_eq!(s.init_fetch_timeouts.len(), MAX_TRACKED_INIT_FETCH_TIMEOUTS);
+}
+
+const LISTENERS_VIPS: &[u8] = include_bytes!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/envoy/1.40.0-config_dump-dynamic_listeners-vips.json"
+));
+const LISTENERS_STATES: &[u8] = include_bytes!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/envoy/1.40.0-config_dump-dynamic_listeners-states.json"
+));
+
+#[test]
+fn a_byte_identical_listener_body_is_not_parsed_again() {
+    let parses = ListenerParses::default();
+    let first = parses.parse(LISTENERS_VIPS).unwrap();
+    assert_eq!(*first, parse_listeners(LISTENERS_VIPS).unwrap());
+    // The same bytes in another buffer (as each read brings them).
+    let copy = LISTENERS_VIPS.to_vec();
+    let again = parses.parse(&copy).unwrap();
+    assert!(
+        Arc::ptr_eq(&first, &again),
+        "the same bytes were parsed again"
+    );
+    assert_eq!(parses.reused(), 1);
+
+    // One byte more (trailing white space, still valid JSON) is another body: parsed.
+    let mut longer = LISTENERS_VIPS.to_vec();
+    longer.push(b'\n');
+    let other = parses.parse(&longer).unwrap();
+    assert!(!Arc::ptr_eq(&first, &other));
+    assert_eq!(*other, *first);
+    let states = parses.parse(LISTENERS_STATES).unwrap();
+    assert_eq!(*states, parse_listeners(LISTENERS_STATES).unwrap());
+    assert_ne!(*states, *first);
+    assert_eq!(parses.reused(), 1);
+}
+
+#[test]
+fn a_failed_parse_or_read_keeps_nothing_to_reuse() {
+    let parses = ListenerParses::default();
+    let first = parses.parse(LISTENERS_VIPS).unwrap();
+    assert!(parses.parse(b"{\"configs\": [").is_err());
+    // The malformed body replaced the kept parse: the good body is parsed afresh.
+    let second = parses.parse(LISTENERS_VIPS).unwrap();
+    assert!(!Arc::ptr_eq(&first, &second));
+    parses.forget();
+    let third = parses.parse(LISTENERS_VIPS).unwrap();
+    assert!(!Arc::ptr_eq(&second, &third));
+    assert_eq!(parses.reused(), 0);
+    assert_eq!(*third, *first);
 }
