@@ -12,8 +12,8 @@
 #
 # Needs root, debootstrap and systemd-container (tests/setup-system.sh installs them).
 # SPA_SYSTEM_SUITES chooses the Debian releases, SPA_SYSTEM_GROUPS the groups of tests (default
-# "main failures floor": see run_suite in tests.sh; floor is the glibc floor; logrotate-load,
-# not in the default, is a test that fails today), to run a part while working on it.
+# "main failures floor": see run_suite in tests.sh; floor is the glibc floor), to run a part
+# while working on it.
 # SPA_SYSTEM_KEEP=1 keeps the work directory of a failed run. Prints PASS/FAIL per test and
 # exits 1 when any failed.
 set -euo pipefail

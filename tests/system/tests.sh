@@ -18,9 +18,8 @@ configure_metadata() {
 }
 
 # The tests of one Debian release, in the order a VM lives them. SPA_SYSTEM_GROUPS (default
-# "main failures") chooses the VMs: main (install, run, rotate, reboot, upgrade, uninstall) and
-# failures (what fails to install, on a small disk); logrotate-load adds the rotation-under-load
-# test to main.
+# "main failures") chooses the VMs: main (install, run, rotate, rotate under load, reboot,
+# upgrade, uninstall) and failures (what fails to install, on a small disk).
 run_suite() {
   local s=$1
   log "=== Debian $s ($ROOTFS)"
@@ -37,12 +36,7 @@ run_suite() {
     run_test "${s}_systemctl_status_shows_the_verdict"
     run_test "${s}_reload_rereads_the_config"
     run_test "${s}_logrotate_rotates_envoys_log_and_envoy_reopens_it"
-    # Not in the default groups yet: it fails today, the log follower counting some lines
-    # twice around fast rotations (tier runs: 676, then 112 extra in 30,000). Run it with
-    # SPA_SYSTEM_GROUPS="main logrotate-load"; make it default once the follower is fixed.
-    if want_group logrotate-load; then
-      run_test "${s}_logrotate_20_times_at_2000_lines_a_second_loses_and_doubles_no_line"
-    fi
+    run_test "${s}_logrotate_20_times_at_2000_lines_a_second_loses_and_doubles_no_line"
     run_test "${s}_stop_ends_it_within_5s"
     run_test "${s}_frozen_agent_is_restarted_by_the_watchdog"
     local gets
