@@ -14,8 +14,7 @@
 # Needs root, debootstrap and systemd-container (tests/setup-system.sh installs them).
 # SPA_SYSTEM_SUITES chooses the Debian releases, SPA_SYSTEM_GROUPS the groups of tests (default
 # "main failures footprint floor": see run_suite in tests.sh; footprint is footprint.sh's
-# measurements on Debian 12; floor is the glibc floor; logrotate-load,
-# not in the default, is a test that fails today), to run a part while working on it.
+# measurements on Debian 12; floor is the glibc floor), to run a part while working on it.
 # SPA_SYSTEM_KEEP=1 keeps the work directory of a failed run. Prints PASS/FAIL per test and
 # exits 1 when any failed.
 set -euo pipefail
