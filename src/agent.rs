@@ -214,7 +214,12 @@ impl Agent {
                 ev = publish_rx.recv() => if let Some(ev) = ev { self.on_publish_event(ev) },
                 _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break; }
                 _ = int.recv() => { tracing::info!("SIGINT: stopping"); break; }
-                _ = hup.recv() => self.reload().await,
+                _ = hup.recv() => {
+                    self.reload().await;
+                    // A shorter poll interval takes effect now, not once the old one has run out
+                    // (a longer one after the pending cycle; a running cycle sets `next` itself).
+                    next = next.min(self.next_cycle());
+                }
             }
         }
         if let Some(c) = cycle {

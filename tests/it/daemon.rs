@@ -360,6 +360,47 @@ fn metadata_faults_and_disabled_guest_attributes_do_not_stop_the_agent() {
     assert!(status.success());
 }
 
+/// SIGHUP with a shorter poll interval: the next cycle comes within the new interval, not when
+/// the old one runs out (the tier's logrotate test read a metric that was a cycle late so).
+#[test]
+fn a_shorter_poll_interval_takes_effect_at_the_reload() {
+    let md = MetadataEmulator::start(VmIdentity::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(&config, "poll-interval = \"10m\"\n").unwrap();
+    let metrics = free_addr();
+    let mut cmd = agent(&md.host(), dir.path());
+    cmd.args([
+        "--envoy-admin",
+        &format!("http://127.0.0.1:{}", closed_port()),
+    ])
+    .arg("--envoy-log-dir")
+    .arg(dir.path())
+    .args(["--interception", "off"])
+    .args(["--metrics-addr", &metrics.to_string()])
+    .args(["--control-plane", &format!("127.0.0.1:{}", closed_port())])
+    .arg("--config")
+    .arg(&config);
+    let mut agent = Daemon::start(cmd, tempfile::tempdir().unwrap());
+    let first = eventually(Duration::from_secs(20), "the first cycle", || {
+        metric(metrics, "spa_cycles_total").filter(|c| *c >= 1.0)
+    });
+    std::fs::write(&config, "poll-interval = \"1s\"\n").unwrap();
+    agent.signal(Signal::SIGHUP);
+    agent.wait_log(Duration::from_secs(10), "reloaded", |l| {
+        l.contains("config reloaded")
+    });
+    // Two more cycles at the new 1 s interval: well within 20 s, where the old interval would
+    // have given none for ten minutes.
+    eventually(
+        Duration::from_secs(20),
+        "cycles at the new interval",
+        || metric(metrics, "spa_cycles_total").filter(|c| *c >= first + 2.0),
+    );
+    let (status, _) = agent.stop();
+    assert!(status.success(), "{status:?}");
+}
+
 #[test]
 fn readiness_watchdog_sighup_and_sigterm() {
     let md = MetadataEmulator::start(VmIdentity::default()).unwrap();

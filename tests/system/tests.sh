@@ -17,8 +17,8 @@ configure_metadata() {
   metadata_set service-proxy-agent-envoy-sha256 "$ENVOY_SHA"
 }
 
-# The tests of one Debian release, in the order a VM lives them. SPA_SYSTEM_GROUPS (default
-# "main failures") chooses the VMs: main (install, run, rotate, rotate under load, reboot,
+# The tests of one Debian release, in the order a VM lives them. SPA_SYSTEM_GROUPS (lib.sh's
+# want_group) chooses the VMs: main (install, run, rotate, rotate under load, reboot,
 # upgrade, uninstall) and failures (what fails to install, on a small disk).
 run_suite() {
   local s=$1
