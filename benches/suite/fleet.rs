@@ -549,7 +549,7 @@ pub fn bench(o: &Options) -> anyhow::Result<Vec<Row>> {
             target: "none (reported)".into(),
             verdict: "n/a".into(),
             note: format!(
-                "at {latency_ms} ms a call a sequential loop reads at most {:.0} VMs a second, the order of the product's default budget of 20 requests a second (it sustained {:.1} a second here: the limiter's one-second window carries 250 ms of arrival margin): at the default rate the product's gain over such a loop is a bounded, quota-safe rate with backoff on 429, not speed; `--max-qps` raises it",
+                "at {latency_ms} ms a call a sequential loop reads at most {:.0} VMs a second, the order of the product's default budget of 20 requests a second (it sustained {:.1} a second here: the limiter counts a request until a second after its answer, so the emulator never sees more than 20 in a second, and the pace is 20 / (1 s + the round trip)): at the default rate the product's gain over such a loop is a bounded, quota-safe rate with backoff on 429, not speed; `--max-qps` raises it",
                 1000.0 / latency_ms.max(1) as f64,
                 compute_requests as f64 / compute_s
             ),
