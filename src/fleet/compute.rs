@@ -103,10 +103,10 @@ impl Budget {
     }
 
     /// Runs `call` under the limit, retrying while it is throttled.
-    pub async fn call<F, Fut>(&self, mut call: F) -> Result<Value, ApiError>
+    pub async fn call<T, F, Fut>(&self, mut call: F) -> Result<T, ApiError>
     where
         F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<Value, ApiError>>,
+        Fut: std::future::Future<Output = Result<T, ApiError>>,
     {
         let mut attempt = 0;
         loop {
@@ -324,38 +324,54 @@ pub fn unread_reason(e: &ApiError, guest_attributes_enabled: Option<bool>) -> St
     }
 }
 
+/// A `getGuestAttributes` answer, read into what is used of it: one small allocation per
+/// string instead of a `Value` map per item (one of these is parsed per VM).
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct GuestAttributesAnswer {
+    #[serde(default, rename = "queryValue")]
+    query_value: Option<QueryValue>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+struct QueryValue {
+    #[serde(default)]
+    items: Option<Vec<GuestAttributeItem>>,
+}
+
+/// Members of another type than a string are skipped, as a missing one is.
+#[derive(Debug, serde::Deserialize)]
+struct GuestAttributeItem {
+    #[serde(default)]
+    namespace: Option<Value>,
+    #[serde(default)]
+    key: Option<Value>,
+    #[serde(default)]
+    value: Option<Value>,
+}
+
 /// The attributes of the `gce-service-proxy/` namespace in a `getGuestAttributes` answer.
-fn attributes(v: &Value) -> BTreeMap<String, String> {
-    v.pointer("/queryValue/items")
-        .unwrap_or(&super::NULL)
-        .as_array()
+fn attributes(answer: GuestAttributesAnswer) -> BTreeMap<String, String> {
+    answer
+        .query_value
+        .and_then(|q| q.items)
+        .unwrap_or_default()
         .into_iter()
-        .flatten()
         .filter(|i| {
-            i.pointer("/namespace")
-                .unwrap_or(&super::NULL)
-                .as_str()
-                .is_none_or(|n| n == NAMESPACE)
+            i.namespace
+                .as_ref()
+                .is_none_or(|n| n.as_str().is_none_or(|n| n == NAMESPACE))
         })
-        .filter_map(|i| {
-            Some((
-                i.pointer("/key")
-                    .unwrap_or(&super::NULL)
-                    .as_str()?
-                    .to_owned(),
-                i.pointer("/value")
-                    .unwrap_or(&super::NULL)
-                    .as_str()?
-                    .to_owned(),
-            ))
+        .filter_map(|i| match (i.key, i.value) {
+            (Some(Value::String(k)), Some(Value::String(v))) => Some((k, v)),
+            _ => None,
         })
         .collect()
 }
 
 /// Reads one VM's attributes under the budget.
 async fn read_one(api: Arc<Api>, budget: Arc<Budget>, url: String, vm: Listed) -> VmReport {
-    match budget.call(|| api.get_json(&url)).await {
-        Ok(v) => VmReport::from_attributes(&vm.name, &vm.zone, vm.mig, &attributes(&v)),
+    match budget.call(|| api.get::<GuestAttributesAnswer>(&url)).await {
+        Ok(answer) => VmReport::from_attributes(&vm.name, &vm.zone, vm.mig, &attributes(answer)),
         Err(e) => VmReport::unread(
             &vm.name,
             &vm.zone,
@@ -431,6 +447,28 @@ mod tests {
             message: "Required 'compute.instances.getGuestAttributes' permission".into(),
         };
         assert!(unread_reason(&e403, Some(true)).starts_with("permission denied: HTTP 403"));
+    }
+
+    #[test]
+    fn attributes_of_the_namespace_from_an_answer() {
+        let answer: GuestAttributesAnswer = serde_json::from_value(serde_json::json!({
+            "kind": "compute#guestAttributes",
+            "queryPath": "gce-service-proxy/",
+            "queryValue": {"items": [
+                {"namespace": "gce-service-proxy", "key": "health", "value": "OK"},
+                {"key": "findings", "value": ""},
+                {"namespace": "other", "key": "health", "value": "FAILING"},
+                {"namespace": "gce-service-proxy", "key": "proxy-version", "value": 7},
+                {"namespace": "gce-service-proxy", "value": "no key"}
+            ]}
+        }))
+        .unwrap();
+        let a = attributes(answer);
+        assert_eq!(a.len(), 2, "{a:?}");
+        assert_eq!(a.get("health").map(String::as_str), Some("OK"));
+        assert_eq!(a.get("findings").map(String::as_str), Some(""));
+        let empty: GuestAttributesAnswer = serde_json::from_str("{}").unwrap();
+        assert!(attributes(empty).is_empty());
     }
 
     #[test]
