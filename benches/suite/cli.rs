@@ -101,6 +101,9 @@ struct FleetArgs {
     /// The logging source and the peers, without the compute source's minutes.
     #[arg(long)]
     fleet_peers_only: bool,
+    /// Only the compute source: no logging source, no peers.
+    #[arg(long)]
+    fleet_compute_only: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -402,6 +405,7 @@ fn fleet_opts(common: &Common, f: &FleetArgs, agent: Option<&std::path::Path>) -
         runs: common.runs,
         logging_only: f.fleet_logging_only,
         peers_only: f.fleet_peers_only,
+        compute_only: f.fleet_compute_only,
     }
 }
 

@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use crate::config::{CommonArgs, Settings, parse_duration};
 use crate::fleet::api::Api;
 use crate::fleet::compute::{self, Budget, ComputeQuery};
-use crate::fleet::{FleetReport, MigRef, Source, exit_status, to_json, to_text};
+use crate::fleet::{FleetReport, MigRef, Source, exit_status, to_text, write_json};
 use crate::publish::state_event::STATE_PERIOD;
 
 /// The label `gcloud ... --service-proxy` puts on its VMs.
@@ -215,7 +215,9 @@ pub async fn read(
 fn print(args: &FleetArgs, report: &FleetReport, redraw: bool) {
     let mut out = std::io::stdout().lock();
     if args.json {
-        let _ = writeln!(out, "{}", to_json(report, args.stale_after()));
+        // Streamed: the document of a large fleet is not built in memory first.
+        let _ = write_json(&mut out, report, args.stale_after());
+        let _ = writeln!(out);
     } else {
         if redraw && std::io::stdout().is_terminal() {
             let _ = write!(out, "\x1b[2J\x1b[H");

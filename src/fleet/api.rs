@@ -211,16 +211,21 @@ impl Api {
         self.call(Method::GET, url, None).await
     }
 
+    /// A GET whose answer is read straight into `T` (no `Value` tree of the whole answer).
+    pub async fn get<T: serde::de::DeserializeOwned>(&self, url: &str) -> Result<T, ApiError> {
+        self.call(Method::GET, url, None).await
+    }
+
     pub async fn post_json(&self, url: &str, body: &Value) -> Result<Value, ApiError> {
         self.call(Method::POST, url, Some(body.to_string())).await
     }
 
-    async fn call(
+    async fn call<T: serde::de::DeserializeOwned>(
         &self,
         method: Method,
         url: &str,
         body: Option<String>,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<T, ApiError> {
         let token = self.token().await?;
         let req = Request::builder()
             .method(method)

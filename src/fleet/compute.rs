@@ -4,7 +4,6 @@
 //! the limiter's backoff; a VM whose attributes cannot be read is reported with the reason.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -16,7 +15,8 @@ use super::{MigRef, VmReport};
 
 /// Attempts per request when Google keeps answering 429 (with the backoff, minutes).
 const MAX_ATTEMPTS: u32 = 12;
-/// Requests in flight at once; the rate limit, not this, sets the pace.
+/// Reads under way at once (a task each, spawned as others end, not one per VM up front: a
+/// task holds its whole future from the start); the rate limit, not this, sets the pace.
 const MAX_IN_FLIGHT: usize = 128;
 const PAGE_SIZE: u32 = 500;
 pub use crate::contract::guest_attributes::NAMESPACE;
@@ -47,39 +47,73 @@ pub struct Listed {
 /// Shared budget: the limiter and the retry loop around each call.
 pub struct Budget {
     limiter: Mutex<RateLimiter>,
+    /// Callers wait for a slot one at a time, in turn (tokio's mutex is fair): the one at the
+    /// head sleeps until the limiter names, the others queue behind it instead of all waking
+    /// to race for each slot.
+    queue: tokio::sync::Mutex<()>,
+    /// An answer came in (it may free a slot before the time the limiter named).
+    answer: tokio::sync::Notify,
+}
+
+/// A started request: tells the limiter when its answer is in, also when the call is dropped
+/// half-way (a slot held for ever would stop every later request).
+struct Started<'a> {
+    budget: &'a Budget,
+}
+
+impl Drop for Started<'_> {
+    fn drop(&mut self) {
+        // The time is read after the answer is in: the server saw the request before it.
+        let now = Instant::now();
+        if let Ok(mut l) = self.budget.limiter.lock() {
+            l.answered(now);
+        }
+        self.budget.answer.notify_one();
+    }
 }
 
 impl Budget {
     pub fn new(max_qps: u32) -> Budget {
         Budget {
             limiter: Mutex::new(RateLimiter::new(max_qps)),
+            queue: tokio::sync::Mutex::new(()),
+            answer: tokio::sync::Notify::new(),
         }
     }
 
-    async fn acquire(&self) {
+    async fn acquire(&self) -> Started<'_> {
+        let _turn = self.queue.lock().await;
         loop {
             let wait = match self.limiter.lock() {
                 Ok(mut l) => l.try_acquire(Instant::now()),
                 Err(_) => Ok(()),
             };
             match wait {
-                Ok(()) => return,
-                Err(at) => tokio::time::sleep_until(at.into()).await,
+                Ok(()) => return Started { budget: self },
+                // An answer since the check left a permit: `notified` returns at once then.
+                Err(Some(at)) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(at.into()) => {}
+                        _ = self.answer.notified() => {}
+                    }
+                }
+                Err(None) => self.answer.notified().await,
             }
         }
     }
 
     /// Runs `call` under the limit, retrying while it is throttled.
-    pub async fn call<F, Fut>(&self, mut call: F) -> Result<Value, ApiError>
+    pub async fn call<T, F, Fut>(&self, mut call: F) -> Result<T, ApiError>
     where
         F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<Value, ApiError>>,
+        Fut: std::future::Future<Output = Result<T, ApiError>>,
     {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            self.acquire().await;
+            let started = self.acquire().await;
             let result = call().await;
+            drop(started);
             let now = Instant::now();
             match &result {
                 Err(e) if e.is_rate_limited() && attempt < MAX_ATTEMPTS => {
@@ -290,7 +324,65 @@ pub fn unread_reason(e: &ApiError, guest_attributes_enabled: Option<bool>) -> St
     }
 }
 
-/// Reads every listed VM's attributes. `progress(done, total)` is called as reads finish.
+/// A `getGuestAttributes` answer, read into what is used of it: one small allocation per
+/// string instead of a `Value` map per item (one of these is parsed per VM).
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct GuestAttributesAnswer {
+    #[serde(default, rename = "queryValue")]
+    query_value: Option<QueryValue>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+struct QueryValue {
+    #[serde(default)]
+    items: Option<Vec<GuestAttributeItem>>,
+}
+
+/// Members of another type than a string are skipped, as a missing one is.
+#[derive(Debug, serde::Deserialize)]
+struct GuestAttributeItem {
+    #[serde(default)]
+    namespace: Option<Value>,
+    #[serde(default)]
+    key: Option<Value>,
+    #[serde(default)]
+    value: Option<Value>,
+}
+
+/// The attributes of the `gce-service-proxy/` namespace in a `getGuestAttributes` answer.
+fn attributes(answer: GuestAttributesAnswer) -> BTreeMap<String, String> {
+    answer
+        .query_value
+        .and_then(|q| q.items)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|i| {
+            i.namespace
+                .as_ref()
+                .is_none_or(|n| n.as_str().is_none_or(|n| n == NAMESPACE))
+        })
+        .filter_map(|i| match (i.key, i.value) {
+            (Some(Value::String(k)), Some(Value::String(v))) => Some((k, v)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Reads one VM's attributes under the budget.
+async fn read_one(api: Arc<Api>, budget: Arc<Budget>, url: String, vm: Listed) -> VmReport {
+    match budget.call(|| api.get::<GuestAttributesAnswer>(&url)).await {
+        Ok(answer) => VmReport::from_attributes(&vm.name, &vm.zone, vm.mig, &attributes(answer)),
+        Err(e) => VmReport::unread(
+            &vm.name,
+            &vm.zone,
+            vm.mig,
+            unread_reason(&e, vm.guest_attributes_enabled),
+        ),
+    }
+}
+
+/// Reads every listed VM's attributes, at most [`MAX_IN_FLIGHT`] at once. `progress(done,
+/// total)` is called as reads finish. The reports are in the order of `vms`.
 pub async fn read_all(
     api: Arc<Api>,
     budget: Arc<Budget>,
@@ -299,73 +391,33 @@ pub async fn read_all(
     progress: Arc<dyn Fn(usize, usize) + Send + Sync>,
 ) -> Vec<VmReport> {
     let total = vms.len();
-    let done = Arc::new(AtomicUsize::new(0));
-    let sem = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
+    let mut pending = vms.into_iter().enumerate();
     let mut set = tokio::task::JoinSet::new();
-    for (i, vm) in vms.into_iter().enumerate() {
-        let (api, budget, sem, done, progress) = (
-            api.clone(),
-            budget.clone(),
-            sem.clone(),
-            done.clone(),
-            progress.clone(),
-        );
-        let url = format!(
-            "{}/compute/v1/projects/{}/zones/{}/instances/{}/getGuestAttributes?queryPath={}",
-            q.endpoint,
-            escape(&q.project),
-            escape(&vm.zone),
-            escape(&vm.name),
-            escape(&format!("{NAMESPACE}/"))
-        );
-        set.spawn(async move {
-            let _permit = sem.acquire_owned().await;
-            let result = budget.call(|| api.get_json(&url)).await;
-            let report = match result {
-                Ok(v) => {
-                    let attrs: BTreeMap<String, String> = v
-                        .pointer("/queryValue/items")
-                        .unwrap_or(&super::NULL)
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter(|i| {
-                            i.pointer("/namespace")
-                                .unwrap_or(&super::NULL)
-                                .as_str()
-                                .is_none_or(|n| n == NAMESPACE)
-                        })
-                        .filter_map(|i| {
-                            Some((
-                                i.pointer("/key")
-                                    .unwrap_or(&super::NULL)
-                                    .as_str()?
-                                    .to_owned(),
-                                i.pointer("/value")
-                                    .unwrap_or(&super::NULL)
-                                    .as_str()?
-                                    .to_owned(),
-                            ))
-                        })
-                        .collect();
-                    VmReport::from_attributes(&vm.name, &vm.zone, vm.mig.clone(), &attrs)
-                }
-                Err(e) => VmReport::unread(
-                    &vm.name,
-                    &vm.zone,
-                    vm.mig.clone(),
-                    unread_reason(&e, vm.guest_attributes_enabled),
-                ),
-            };
-            let n = done.fetch_add(1, Ordering::Relaxed) + 1;
-            progress(n, total);
-            (i, report)
-        });
-    }
     let mut out: Vec<(usize, VmReport)> = Vec::with_capacity(total);
-    while let Some(r) = set.join_next().await {
-        if let Ok(r) = r {
-            out.push(r);
+    loop {
+        while set.len() < MAX_IN_FLIGHT {
+            let Some((i, vm)) = pending.next() else {
+                break;
+            };
+            let url = format!(
+                "{}/compute/v1/projects/{}/zones/{}/instances/{}/getGuestAttributes?queryPath={}",
+                q.endpoint,
+                escape(&q.project),
+                escape(&vm.zone),
+                escape(&vm.name),
+                escape(&format!("{NAMESPACE}/"))
+            );
+            let read = read_one(api.clone(), budget.clone(), url, vm);
+            set.spawn(async move { (i, read.await) });
+        }
+        match set.join_next().await {
+            Some(Ok(r)) => {
+                out.push(r);
+                progress(out.len(), total);
+            }
+            // A task that panicked (it cannot: no panics on this path) is not a report.
+            Some(Err(_)) => {}
+            None => break,
         }
     }
     out.sort_by_key(|(i, _)| *i);
@@ -395,6 +447,28 @@ mod tests {
             message: "Required 'compute.instances.getGuestAttributes' permission".into(),
         };
         assert!(unread_reason(&e403, Some(true)).starts_with("permission denied: HTTP 403"));
+    }
+
+    #[test]
+    fn attributes_of_the_namespace_from_an_answer() {
+        let answer: GuestAttributesAnswer = serde_json::from_value(serde_json::json!({
+            "kind": "compute#guestAttributes",
+            "queryPath": "gce-service-proxy/",
+            "queryValue": {"items": [
+                {"namespace": "gce-service-proxy", "key": "health", "value": "OK"},
+                {"key": "findings", "value": ""},
+                {"namespace": "other", "key": "health", "value": "FAILING"},
+                {"namespace": "gce-service-proxy", "key": "proxy-version", "value": 7},
+                {"namespace": "gce-service-proxy", "value": "no key"}
+            ]}
+        }))
+        .unwrap();
+        let a = attributes(answer);
+        assert_eq!(a.len(), 2, "{a:?}");
+        assert_eq!(a.get("health").map(String::as_str), Some("OK"));
+        assert_eq!(a.get("findings").map(String::as_str), Some(""));
+        let empty: GuestAttributesAnswer = serde_json::from_str("{}").unwrap();
+        assert!(attributes(empty).is_empty());
     }
 
     #[test]

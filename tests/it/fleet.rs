@@ -384,6 +384,23 @@ fn compute_source_at_the_default_rate_never_exceeds_20_a_second() {
     );
     // 151 requests at 20 a second take at least 7 s: the limit is what set the pace.
     assert!(took >= Duration::from_secs(7), "{took:?}");
+    // And the limit is used: a request counts from its start until a second after its answer
+    // (here a millisecond or so), so the reads come at nearly 20 a second (the earlier
+    // limiter, 20 in a window of 1.25 s, sustained 16).
+    let reads: Vec<Instant> = e
+        .apis
+        .seen()
+        .iter()
+        .filter(|s| s.path.contains("getGuestAttributes"))
+        .map(|s| s.at)
+        .collect();
+    let span = reads
+        .iter()
+        .max()
+        .unwrap()
+        .duration_since(*reads.iter().min().unwrap());
+    let rate = (reads.len() - 1) as f64 / span.as_secs_f64();
+    assert!(rate >= 18.0, "{rate:.1} reads a second at --max-qps 20");
 }
 
 /// Compute's default read quota is 1,500 a minute, in fixed windows, 429 beyond. Scaled so the
