@@ -509,6 +509,41 @@ fn tail_ages_entries_from_mtime_without_time_zones() {
     assert_eq!(lf.active(now, Duration::from_secs(3600), &vm()).len(), 1);
 }
 
+/// Envoy flushes its log every few seconds: the file's mtime is later than its newest line. A
+/// line's age counts that lag, so a rejection logged before a fix is not taken as newer than
+/// the fix (a `doctor` run right after a fix kept the old rejection when the flush came late).
+#[test]
+fn tail_ages_count_the_flush_lag_after_the_newest_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("envoy.log");
+    std::fs::write(
+        &p,
+        format!(
+            "[2026-12-07 07:11:38.000][1][warning][config] [a.cc:1] {}\n\
+             [2026-12-07 07:11:40.000][1][info][main] [a.cc:2] newest\n",
+            "gRPC config for type.googleapis.com/envoy.config.listener.v3.Listener rejected: Error adding/updating listener(s) L: unable to open file '/x/access.log': Permission denied"
+        ),
+    )
+    .unwrap();
+    // Written 8 s after the newest stamp (in a zone 2 h east: the zone does not matter).
+    let newest =
+        service_proxy_agent::observe::envoy_log::parse_local_millis("2026-12-07 07:11:40.000")
+            .unwrap();
+    let written = SystemTime::UNIX_EPOCH
+        + Duration::from_millis(u64::try_from(newest - 2 * 3_600_000 + 8_000).unwrap());
+    File::options()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .set_modified(written)
+        .unwrap();
+    let tail = read_tail(&p, 1 << 20).unwrap();
+    let now = written + Duration::from_secs(1);
+    let rejection = &tail.entries[0];
+    // 1 s since the write, 8 s of lag, 2 s before the newest line.
+    assert_eq!(tail.age_of(rejection, now), Some(Duration::from_secs(11)));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Live, against the real Envoy.
 

@@ -20,14 +20,42 @@ pub struct Tail {
 
 impl Tail {
     /// How long ago `entry` was written, from its distance to the newest entry and the file's
-    /// modification time; no time zone needed. `None` when the times are unknown.
+    /// modification time less the flush's lag ([`flush_lag`]); no time zone needed. `None`
+    /// when the times are unknown.
     pub fn age_of(&self, entry: &LogEntry, now: SystemTime) -> Option<Duration> {
         let newest = self.newest_time.as_deref().and_then(parse_local_millis)?;
         let this = entry.local_millis()?;
+        let modified = self.modified?;
         let since_newest = u64::try_from(newest.saturating_sub(this)).unwrap_or(0);
-        let since_write = now.duration_since(self.modified?).unwrap_or(Duration::ZERO);
-        Some(since_write + Duration::from_millis(since_newest))
+        let since_write = now.duration_since(modified).unwrap_or(Duration::ZERO);
+        Some(since_write + Duration::from_millis(since_newest) + flush_lag(newest, modified))
     }
+}
+
+/// How long after its newest line was stamped the file was last written. Envoy buffers its log
+/// and flushes it every few seconds (10 s by default), so the mtime is late by up to that, and
+/// a line taken as written at the mtime looks newer than it is: newer, say, than the listener
+/// update that fixed what it reports (a `doctor` run right after a fix kept the old rejection).
+/// The stamps are local time of an unknown zone; the stamp minus the mtime is the zone's
+/// offset less the lag, and every zone's offset is a whole number of quarter hours, so the lag
+/// is the distance from that difference up to the nearest quarter hour. Zero when the
+/// difference is no zone's (beyond ±14 h: a file copied or touched) or the clocks disagree.
+pub fn flush_lag(newest_local_ms: i64, modified: SystemTime) -> Duration {
+    const QUARTER_HOUR_MS: i64 = 15 * 60 * 1000;
+    const MAX_OFFSET_MS: i64 = 14 * 3600 * 1000;
+    let Ok(m) = modified.duration_since(SystemTime::UNIX_EPOCH) else {
+        return Duration::ZERO;
+    };
+    let Ok(modified_ms) = i64::try_from(m.as_millis()) else {
+        return Duration::ZERO;
+    };
+    let diff = newest_local_ms.saturating_sub(modified_ms);
+    let offset =
+        (diff.saturating_add(QUARTER_HOUR_MS / 2)).div_euclid(QUARTER_HOUR_MS) * QUARTER_HOUR_MS;
+    if offset.abs() > MAX_OFFSET_MS {
+        return Duration::ZERO;
+    }
+    u64::try_from(offset - diff).map_or(Duration::ZERO, Duration::from_millis)
 }
 
 /// One `*.log` file of the directory and what reading its tail gave.

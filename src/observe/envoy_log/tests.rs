@@ -62,3 +62,32 @@ fn header_mask() {
     assert_eq!(header_offset(b"\0\0"), None);
     assert_eq!(header_offset(b""), None);
 }
+
+#[test]
+fn flush_lag_is_the_mtime_past_the_newest_stamp_whatever_the_zone() {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+    let stamp = parse_local_millis("2026-12-07 07:11:40.250").unwrap();
+    let hour = 3_600_000;
+    // mtime = the stamp's UTC instant + lag, for a zone of `offset` ms east.
+    let written = |offset: i64, lag_ms: i64| {
+        UNIX_EPOCH + Duration::from_millis(u64::try_from(stamp - offset + lag_ms).unwrap())
+    };
+    assert_eq!(flush_lag(stamp, written(0, 4_000)), Duration::from_secs(4));
+    assert_eq!(
+        flush_lag(stamp, written(5 * hour + hour / 2, 9_500)),
+        Duration::from_millis(9_500)
+    );
+    assert_eq!(flush_lag(stamp, written(-8 * hour, 0)), Duration::ZERO);
+    assert_eq!(
+        flush_lag(stamp, written(12 * hour + 3 * hour / 4, 250)),
+        Duration::from_millis(250)
+    );
+    // A stamp a little after the mtime (the mtime's milliseconds): no lag, not a huge one.
+    assert_eq!(flush_lag(stamp, written(0, -3)), Duration::ZERO);
+    // No zone explains the difference (a file touched or copied later): no lag.
+    assert_eq!(
+        flush_lag(stamp, written(0, 20 * 86_400_000)),
+        Duration::ZERO
+    );
+    assert_eq!(flush_lag(stamp, SystemTime::UNIX_EPOCH), Duration::ZERO);
+}
