@@ -52,7 +52,10 @@ if mode == "read":
         # which they refuse: that refusal is how the 401 shows here.
         out["anonymous"] = 401
     client = cloud_logging.Client(project=project, credentials=token, client_options=opts, _use_grpc=False)
-    flt = f'logName="projects/{project}/logs/service-proxy-agent" AND jsonPayload.event="state"'
+    # An explicit time bound: without one the library adds `timestamp>=` 24 h before now, and
+    # the emulated entries (fixed dates) would age out of the answer as the calendar moves.
+    flt = (f'logName="projects/{project}/logs/service-proxy-agent" AND jsonPayload.event="state"'
+           ' AND timestamp>="2026-12-06T00:00:00Z"')
     out["log_entries"] = [(e.labels["compute.googleapis.com/resource_name"], e.payload["health"], e.payload["findings"])
                           for e in client.list_entries(resource_names=["projects/" + project], filter_=flt,
                                                        order_by=cloud_logging.DESCENDING, page_size=2)]
