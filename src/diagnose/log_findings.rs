@@ -25,7 +25,7 @@ use crate::diagnose::log_classifier::{
     ConfigRejected, LogEvent, StreamClosed, classify, grpc_code_name,
 };
 use crate::finding::{Finding, FindingId};
-use crate::observe::envoy_log::{LogEntry, Tail};
+use crate::observe::envoy_log::{LogEntry, Tail, flush_lag};
 use crate::text::truncate_with_ellipsis;
 
 /// Closes of 13/14 further apart than this do not add up to "repeatedly".
@@ -118,6 +118,18 @@ impl LogFindings {
         for ev in classify(entry) {
             self.record(&ev, at);
         }
+    }
+
+    /// Records an entry the follower has just read, at `now` less Envoy's flush lag: Envoy
+    /// buffers its log and writes it every few seconds, so a line read now may be seconds old,
+    /// and a rejection logged before a fix must not look newer than the fix. The lag is read
+    /// from the line's own stamp against the wall clock, as for a tail ([`flush_lag`]); none
+    /// when the stamp is missing or no zone explains it.
+    pub fn record_followed(&mut self, entry: &LogEntry, now: Instant, wall_now: SystemTime) {
+        let lag = entry
+            .local_millis()
+            .map_or(Duration::ZERO, |stamp| flush_lag(stamp, wall_now));
+        self.record_entry(entry, now.checked_sub(lag).unwrap_or(now));
     }
 
     /// Records the entries of a file tail (`doctor`), each at the time it was written, estimated
@@ -497,6 +509,54 @@ mod tests {
 
     fn ids(f: &[Finding]) -> Vec<FindingId> {
         f.iter().map(|f| f.id).collect()
+    }
+
+    /// A rejection read by the follower 8 s after Envoy stamped it (the flush came late) is
+    /// dated 8 s back, whatever Envoy's zone: with a 5 s lifetime it has already ended, where
+    /// dating it at the read would keep it.
+    #[test]
+    fn followed_lines_are_dated_back_by_the_flush_lag() {
+        use crate::observe::envoy_log::{EntryAssembler, parse_local_millis};
+        let stamp = "2026-12-07 07:11:40.000";
+        let mut out = Vec::new();
+        let mut a = EntryAssembler::default();
+        a.feed(
+            format!(
+                "[{stamp}][1][warning][config] [x.cc:1] gRPC config for \
+                 type.googleapis.com/envoy.config.listener.v3.Listener rejected: bad listener\n"
+            )
+            .as_bytes(),
+            &mut out,
+        );
+        a.finish(&mut out);
+        let entry = out.pop().unwrap();
+        let stamp_ms = u64::try_from(parse_local_millis(stamp).unwrap()).unwrap();
+        let hour = 3_600_000;
+        let t0 = Instant::now();
+        let ttl = Duration::from_secs(5);
+        for zone_ms in [0, 2 * hour, 5 * hour + hour / 2] {
+            // Read 8 s after the stamp, the stamp being local time `zone_ms` east of UTC.
+            let wall = SystemTime::UNIX_EPOCH + Duration::from_millis(stamp_ms - zone_ms + 8_000);
+            let mut lf = LogFindings::new();
+            lf.record_followed(&entry, t0, wall);
+            assert!(lf.active(t0, ttl, &ctx()).is_empty(), "zone {zone_ms}");
+            // (`active` forgets what has ended: a fresh record for the second look.)
+            let mut lf = LogFindings::new();
+            lf.record_followed(&entry, t0, wall);
+            assert_eq!(
+                ids(&lf.active(t0 - Duration::from_secs(4), ttl, &ctx())),
+                [FindingId::ConfigRejected],
+                "zone {zone_ms}"
+            );
+        }
+        // A stamp no zone explains (a replayed old file): dated at the read.
+        let wall = SystemTime::UNIX_EPOCH + Duration::from_millis(stamp_ms + 20 * 86_400_000);
+        let mut lf = LogFindings::new();
+        lf.record_followed(&entry, t0, wall);
+        assert_eq!(
+            ids(&lf.active(t0, ttl, &ctx())),
+            [FindingId::ConfigRejected]
+        );
     }
 
     #[test]

@@ -226,7 +226,7 @@ impl Monitor {
                 a.rediagnose_soon = !tail.entries.is_empty();
             }
             EntryEvent::Entry(entry) => {
-                self.logs.record_entry(&entry, now);
+                self.logs.record_followed(&entry, now, wall);
                 a.rediagnose_soon = true;
             }
             EntryEvent::CaughtUp => {}
