@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use daemon::{Daemon, eventually};
 use nix::sys::signal::Signal;
-use support::{agent, closed_port};
+use support::{agent, agent_without_envoy};
 use testkit::envoy::{Envoy, envoy_version};
 use testkit::metadata_emulator::{Fault, MetadataEmulator, VmIdentity};
 
@@ -215,16 +215,9 @@ fn log_failures_show_up_across_rotations_and_a_flood_loses_no_line() {
         "[2026-11-22 10:00:00.000][7][info][main] [source/server/server.cc:1] starting\n",
     );
     let metrics = free_addr();
-    let mut cmd = agent(&md.host(), dir.path());
-    cmd.args([
-        "--envoy-admin",
-        &format!("http://127.0.0.1:{}", closed_port()),
-    ])
-    .arg("--envoy-log-dir")
-    .arg(&logs)
-    .args(["--interception", "off", "--poll-interval", "2s"])
-    .args(["--metrics-addr", &metrics.to_string()])
-    .args(["--control-plane", &format!("127.0.0.1:{}", closed_port())]);
+    let mut cmd = agent_without_envoy(&md.host(), dir.path(), &logs, None);
+    cmd.args(["--poll-interval", "2s"])
+        .args(["--metrics-addr", &metrics.to_string()]);
     let agent = Daemon::start(cmd, dir);
     eventually(Duration::from_secs(20), "first publication", || {
         attr(&md, "findings")
@@ -286,22 +279,8 @@ fn log_failures_show_up_across_rotations_and_a_flood_loses_no_line() {
 fn metadata_faults_and_disabled_guest_attributes_do_not_stop_the_agent() {
     let md = MetadataEmulator::start(VmIdentity::default()).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut cmd = agent(&md.host(), dir.path());
-    cmd.args([
-        "--envoy-admin",
-        &format!("http://127.0.0.1:{}", closed_port()),
-    ])
-    .arg("--envoy-log-dir")
-    .arg(dir.path().join("nope"))
-    .args([
-        "--interception",
-        "off",
-        "--poll-interval",
-        "1s",
-        "--heartbeat-interval",
-        "2s",
-    ])
-    .args(["--control-plane", &format!("127.0.0.1:{}", closed_port())]);
+    let mut cmd = agent_without_envoy(&md.host(), dir.path(), &dir.path().join("nope"), None);
+    cmd.args(["--poll-interval", "1s", "--heartbeat-interval", "2s"]);
     let mut agent = Daemon::start(cmd, dir);
     let hb = eventually(Duration::from_secs(20), "heartbeat", || {
         attr(&md, "agent-heartbeat")
@@ -369,18 +348,10 @@ fn a_shorter_poll_interval_takes_effect_at_the_reload() {
     let config = dir.path().join("agent.toml");
     std::fs::write(&config, "poll-interval = \"10m\"\n").unwrap();
     let metrics = free_addr();
-    let mut cmd = agent(&md.host(), dir.path());
-    cmd.args([
-        "--envoy-admin",
-        &format!("http://127.0.0.1:{}", closed_port()),
-    ])
-    .arg("--envoy-log-dir")
-    .arg(dir.path())
-    .args(["--interception", "off"])
-    .args(["--metrics-addr", &metrics.to_string()])
-    .args(["--control-plane", &format!("127.0.0.1:{}", closed_port())])
-    .arg("--config")
-    .arg(&config);
+    let mut cmd = agent_without_envoy(&md.host(), dir.path(), dir.path(), None);
+    cmd.args(["--metrics-addr", &metrics.to_string()])
+        .arg("--config")
+        .arg(&config);
     let mut agent = Daemon::start(cmd, tempfile::tempdir().unwrap());
     let first = eventually(Duration::from_secs(20), "the first cycle", || {
         metric(metrics, "spa_cycles_total").filter(|c| *c >= 1.0)
@@ -411,17 +382,9 @@ fn readiness_watchdog_sighup_and_sigterm() {
         .unwrap();
     let config = dir.path().join("agent.toml");
     std::fs::write(&config, "poll-interval = \"1s\"\n").unwrap();
-    let mut cmd = agent(&md.host(), dir.path());
+    let mut cmd = agent_without_envoy(&md.host(), dir.path(), dir.path(), None);
     cmd.env("NOTIFY_SOCKET", &sock_path)
         .env("WATCHDOG_USEC", "2000000")
-        .args([
-            "--envoy-admin",
-            &format!("http://127.0.0.1:{}", closed_port()),
-        ])
-        .arg("--envoy-log-dir")
-        .arg(dir.path())
-        .args(["--interception", "off"])
-        .args(["--control-plane", &format!("127.0.0.1:{}", closed_port())])
         .arg("--config")
         .arg(&config);
     let mut agent = Daemon::start(cmd, tempfile::tempdir().unwrap());

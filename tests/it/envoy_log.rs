@@ -477,6 +477,15 @@ fn read_recent_reads_tails_and_reports_each_bad_file() {
     ));
 }
 
+fn set_mtime(path: &Path, at: SystemTime) {
+    File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(at)
+        .unwrap();
+}
+
 #[test]
 fn tail_ages_entries_from_mtime_without_time_zones() {
     let dir = tempfile::tempdir().unwrap();
@@ -487,12 +496,7 @@ fn tail_ages_entries_from_mtime_without_time_zones() {
     );
     std::fs::write(&p, text).unwrap();
     let written = SystemTime::now() - Duration::from_secs(30);
-    File::options()
-        .write(true)
-        .open(&p)
-        .unwrap()
-        .set_modified(written)
-        .unwrap();
+    set_mtime(&p, written);
     let tail = read_tail(&p, 1 << 20).unwrap();
     let age = tail.age_of(&tail.entries[0], SystemTime::now()).unwrap();
     assert!(
@@ -531,12 +535,7 @@ fn tail_ages_count_the_flush_lag_after_the_newest_line() {
             .unwrap();
     let written = SystemTime::UNIX_EPOCH
         + Duration::from_millis(u64::try_from(newest - 2 * 3_600_000 + 8_000).unwrap());
-    File::options()
-        .write(true)
-        .open(&p)
-        .unwrap()
-        .set_modified(written)
-        .unwrap();
+    set_mtime(&p, written);
     let tail = read_tail(&p, 1 << 20).unwrap();
     let now = written + Duration::from_secs(1);
     let rejection = &tail.entries[0];

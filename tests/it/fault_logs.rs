@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use daemon::{Daemon, eventually};
-use support::{agent, closed_port};
+use support::agent_without_envoy;
 use testkit::metadata_emulator::{MetadataEmulator, VmIdentity};
 
 const PERMISSION_DENIED: &str = "[2026-11-22 10:00:00.000][7][warning][config] [./source/extensions/config_subscription/grpc/grpc_stream.h:189] StreamAggregatedResources gRPC config stream to trafficdirector closed: 7, permission denied\n";
@@ -59,16 +59,9 @@ fn start_with(logs_exist: bool, configure: impl FnOnce(&mut Command)) -> Run {
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let metrics = free_addr();
     let (control_plane, cp_addr) = reachable_control_plane();
-    let mut cmd = agent(&md.host(), dir.path());
-    cmd.args([
-        "--envoy-admin",
-        &format!("http://127.0.0.1:{}", closed_port()),
-    ])
-    .arg("--envoy-log-dir")
-    .arg(&logs)
-    .args(["--interception", "off", "--poll-interval", "1s"])
-    .args(["--metrics-addr", &metrics.to_string()])
-    .args(["--control-plane", &cp_addr]);
+    let mut cmd = agent_without_envoy(&md.host(), dir.path(), &logs, Some(&cp_addr));
+    cmd.args(["--poll-interval", "1s"])
+        .args(["--metrics-addr", &metrics.to_string()]);
     configure(&mut cmd);
     let agent = Daemon::start(cmd, dir);
     eventually(Duration::from_secs(20), "first publication", || {

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::*;
 use daemon::{Daemon, eventually};
-use support::{agent, closed_port};
+use support::agent_without_envoy;
 use testkit::metadata_emulator::{Fault, MetadataEmulator, VmIdentity};
 
 #[test]
@@ -23,17 +23,9 @@ fn garbage_resets_and_a_server_without_the_flavor_header_are_survived_and_report
     let metrics = free_addr();
     // A reachable control plane: its check raises no failure to overwrite the one we wait for.
     let (_control_plane, cp_addr) = reachable_control_plane();
-    let mut cmd = agent(&md.host(), dir.path());
-    cmd.args([
-        "--envoy-admin",
-        &format!("http://127.0.0.1:{}", closed_port()),
-    ])
-    .arg("--envoy-log-dir")
-    .arg(dir.path())
-    .args(["--interception", "off", "--poll-interval", "1s"])
-    .args(["--heartbeat-interval", "2s"])
-    .args(["--metrics-addr", &metrics.to_string()])
-    .args(["--control-plane", &cp_addr]);
+    let mut cmd = agent_without_envoy(&md.host(), dir.path(), dir.path(), Some(&cp_addr));
+    cmd.args(["--poll-interval", "1s", "--heartbeat-interval", "2s"])
+        .args(["--metrics-addr", &metrics.to_string()]);
     let mut agent = Daemon::start(cmd, dir);
     eventually(Duration::from_secs(20), "first heartbeat", || {
         attr(&md, "agent-heartbeat")

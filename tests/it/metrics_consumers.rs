@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use daemon::{Daemon, eventually};
-use support::{agent, closed_port};
+use support::{agent, agent_without_envoy};
 use testkit::metadata_emulator::{MetadataEmulator, VmIdentity};
 
 const OPENMETRICS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
@@ -88,16 +88,10 @@ fn promtool_and_the_openmetrics_parser_accept_the_endpoint() {
     let md = MetadataEmulator::start(VmIdentity::default()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let metrics = free_addr();
-    let mut cmd = agent(&md.host(), dir.path());
-    cmd.args([
-        "--envoy-admin",
-        &format!("http://127.0.0.1:{}", closed_port()),
-    ])
-    .arg("--envoy-log-dir")
-    .arg(dir.path().join("no-envoy-logs"))
-    .args(["--interception", "off", "--poll-interval", "1s"])
-    .args(["--metrics-addr", &metrics.to_string()])
-    .args(["--control-plane", &format!("127.0.0.1:{}", closed_port())]);
+    let logs = dir.path().join("no-envoy-logs");
+    let mut cmd = agent_without_envoy(&md.host(), dir.path(), &logs, None);
+    cmd.args(["--poll-interval", "1s"])
+        .args(["--metrics-addr", &metrics.to_string()]);
     let _agent = Daemon::start(cmd, dir);
 
     // After the first cycle (and the first CPU tick); no error has happened to the sinks yet.

