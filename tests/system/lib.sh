@@ -208,7 +208,7 @@ pypi_mirror() {
   # shellcheck disable=SC2153 # RELEASE_DIR is run.sh's
   # shellcheck disable=SC2034 # used by tests.sh
   WHEEL_SHA=$(python3 "$HERE/mirrors.py" pypi "$wheel" "$RELEASE_DIR/simple")
-  [[ $WHEEL_SHA =~ ^[0-9a-f]{64}$ ]] || fail "mirrors.py pypi printed no SHA-256: $WHEEL_SHA"
+  [[ $WHEEL_SHA =~ ^[0-9a-f]{64}$ ]] || { fail "mirrors.py pypi printed no SHA-256: $WHEEL_SHA"; exit 1; }
 }
 
 # --- the VM ---------------------------------------------------------------------------------
