@@ -55,7 +55,12 @@ pub fn attr(md: &MetadataEmulator, key: &str) -> Option<String> {
 /// The value of one sample of `/metrics` (`name` may carry labels: `spa_health{health="OK"}`).
 pub fn metric(addr: SocketAddr, name: &str) -> Option<f64> {
     let (_, body) = testkit::envoy::http_get(addr, "/metrics").ok()?;
-    body.lines()
+    sample(&body, name)
+}
+
+/// The value of one sample in a scrape's text.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
         .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
@@ -73,17 +78,30 @@ pub fn cycles(addr: SocketAddr) -> f64 {
 
 /// Waits until `spa_cycles_total` has grown by `n` from now: the loop is not stalled.
 pub fn cycles_advance(addr: SocketAddr, n: u32, timeout: Duration, what: &str) {
-    let start = cycles(addr);
-    let deadline = Instant::now() + timeout;
+    // A scrape that fails is told apart from a loop that stalls (both read as no progress).
+    let scrape = || {
+        testkit::envoy::http_get(addr, "/metrics")
+            .map_err(|e| e.to_string())
+            .and_then(|(_, text)| {
+                sample(&text, "spa_cycles_total")
+                    .ok_or_else(|| "no spa_cycles_total in the scrape".to_owned())
+            })
+    };
+    let started = Instant::now();
+    let deadline = started + timeout;
+    let mut start = scrape();
     loop {
-        let now = cycles(addr);
-        if now >= start + f64::from(n) {
-            return;
+        let now = scrape();
+        match (&start, &now) {
+            (Ok(s), Ok(c)) if *c >= s + f64::from(n) => return,
+            (Err(_), Ok(_)) => start = now.clone(),
+            _ => {}
         }
         assert!(
             Instant::now() < deadline,
-            "{what}: the loop completed {} cycles in {timeout:?}, expected {n}",
-            now - start
+            "{what}: the loop did not complete {n} cycles in {timeout:?}: spa_cycles_total \
+             {start:?} at the start, {now:?} at the last scrape ({:?} in)",
+            started.elapsed()
         );
         std::thread::sleep(Duration::from_millis(100));
     }
