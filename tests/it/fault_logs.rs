@@ -16,7 +16,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-use daemon::{Daemon, eventually};
+use daemon::{ATTRIBUTE_WRITE_WAIT, Daemon, eventually};
 use support::agent_without_envoy;
 use testkit::metadata_emulator::{MetadataEmulator, VmIdentity};
 
@@ -84,8 +84,9 @@ fn lines_counted(metrics: SocketAddr) -> f64 {
     metric(metrics, "spa_envoy_log_lines_total").unwrap_or(-1.0)
 }
 
-fn wait_finding(run: &Run, id: &str, timeout: Duration) {
-    eventually(timeout, &format!("{id} in findings"), || {
+/// Waits for `id` in the `findings` attribute, within the write budget's window.
+fn wait_finding(run: &Run, id: &str) {
+    eventually(ATTRIBUTE_WRITE_WAIT, &format!("{id} in findings"), || {
         attr(&run.md, "findings").filter(|f| f.contains(id))
     });
 }
@@ -95,7 +96,7 @@ fn recovers_with(run: &Run, skip: usize, finding: &str) {
     wait_log(run, skip, "recovered", |l| {
         l.contains("\"source\":\"envoy_log_file\"") && l.contains("recovered")
     });
-    wait_finding(run, finding, Duration::from_secs(10));
+    wait_finding(run, finding);
 }
 
 fn wait_log(run: &Run, skip: usize, what: &str, pred: impl Fn(&str) -> bool) -> String {
@@ -116,7 +117,7 @@ fn a_missing_directory_is_waited_for_and_a_deleted_one_followed_again_when_recre
     });
     assert!(l.contains(&run.logs.display().to_string()), "{l}");
     cycles_advance(run.metrics, 3, Duration::from_secs(15), "missing directory");
-    eventually(Duration::from_secs(75), "agent-last-failure", || {
+    eventually(ATTRIBUTE_WRITE_WAIT, "agent-last-failure", || {
         attr(&run.md, "agent-last-failure").filter(|f| f.contains("Envoy log directory"))
     });
 
@@ -127,11 +128,7 @@ fn a_missing_directory_is_waited_for_and_a_deleted_one_followed_again_when_recre
     wait_log(&run, skip, "recovery", |l| {
         l.contains("\"source\":\"envoy_log\"") && l.contains("recovered")
     });
-    wait_finding(
-        &run,
-        "CONTROL_PLANE_PERMISSION_DENIED",
-        Duration::from_secs(10),
-    );
+    wait_finding(&run, "CONTROL_PLANE_PERMISSION_DENIED");
 
     // Deleted with its files, then re-created: reported, then followed again.
     let skip = run.agent.lines().len();
@@ -146,11 +143,7 @@ fn a_missing_directory_is_waited_for_and_a_deleted_one_followed_again_when_recre
     wait_log(&run, skip, "recovery after re-creation", |l| {
         l.contains("\"source\":\"envoy_log\"") && l.contains("recovered")
     });
-    wait_finding(
-        &run,
-        "CONTROL_PLANE_UNAUTHENTICATED",
-        Duration::from_secs(10),
-    );
+    wait_finding(&run, "CONTROL_PLANE_UNAUTHENTICATED");
     assert!(run.agent.is_running());
     assert!(run.agent.stop().0.success());
 }
@@ -180,11 +173,7 @@ fn a_fifo_or_a_directory_named_like_a_log_is_reported_not_opened() {
         &run.logs.join("envoy.err.log"),
         PERMISSION_DENIED.as_bytes(),
     );
-    wait_finding(
-        &run,
-        "CONTROL_PLANE_PERMISSION_DENIED",
-        Duration::from_secs(10),
-    );
+    wait_finding(&run, "CONTROL_PLANE_PERMISSION_DENIED");
 
     let skip = run.agent.lines().len();
     std::fs::remove_file(&fifo).unwrap();
@@ -217,7 +206,7 @@ fn a_log_the_agent_may_not_read_is_reported_and_read_once_permitted() {
     });
     assert!(l.contains("envoy.log"), "{l}");
     cycles_advance(run.metrics, 3, Duration::from_secs(15), "unreadable log");
-    eventually(Duration::from_secs(75), "agent-last-failure", || {
+    eventually(ATTRIBUTE_WRITE_WAIT, "agent-last-failure", || {
         attr(&run.md, "agent-last-failure").filter(|f| f.contains("Permission denied"))
     });
 
@@ -423,16 +412,8 @@ fn a_50_mb_line_between_two_failure_lines_hides_neither() {
     huge.push(b'\n');
     append(&log, &huge);
     append(&log, UNAUTHENTICATED.as_bytes());
-    wait_finding(
-        &run,
-        "CONTROL_PLANE_PERMISSION_DENIED",
-        Duration::from_secs(20),
-    );
-    wait_finding(
-        &run,
-        "CONTROL_PLANE_UNAUTHENTICATED",
-        Duration::from_secs(20),
-    );
+    wait_finding(&run, "CONTROL_PLANE_PERMISSION_DENIED");
+    wait_finding(&run, "CONTROL_PLANE_UNAUTHENTICATED");
     eventually(Duration::from_secs(20), "3 lines counted", || {
         (lines_counted(run.metrics) == 3.0).then_some(())
     });

@@ -122,6 +122,11 @@ impl Drop for Daemon {
     }
 }
 
+/// How long a change may take to reach the guest attributes: the agent writes at most 8 a
+/// minute, so a change that follows a burst of writes (the first publication, a failure and
+/// its recovery) waits for the minute's window to free. Waits on attribute changes use this.
+pub const ATTRIBUTE_WRITE_WAIT: Duration = Duration::from_secs(75);
+
 /// Waits (bounded) for `pred` to hold.
 pub fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
