@@ -55,7 +55,7 @@ fn start() -> Run {
         .args(["--metrics-addr", &metrics.to_string()])
         .args(["--control-plane", &format!("127.0.0.1:{}", closed_port())]);
     let agent = Daemon::start(cmd, dir);
-    daemon::eventually(Duration::from_secs(30), "proxy-state LIVE", || {
+    daemon::eventually(daemon::ATTRIBUTE_WRITE_WAIT, "proxy-state LIVE", || {
         (attr(&md, "proxy-state").as_deref() == Some("LIVE")).then_some(())
     });
     Run {

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use common::*;
-use daemon::{Daemon, eventually};
+use daemon::{ATTRIBUTE_WRITE_WAIT, Daemon, eventually};
 use support::agent;
 use testkit::metadata_emulator::{MetadataEmulator, VmIdentity};
 
@@ -150,7 +150,7 @@ fn the_daemon_survives_the_wall_clock_jumping() {
         "a day of wall clock expired a finding seen {:?} ago",
         sighted.elapsed()
     );
-    let hb1 = eventually(Duration::from_secs(40), "heartbeat from tomorrow", || {
+    let hb1 = eventually(ATTRIBUTE_WRITE_WAIT, "heartbeat from tomorrow", || {
         attr(&md, "agent-heartbeat").filter(|h| *h > hb0 && h.get(..10) != hb0.get(..10))
     });
     eprintln!("heartbeats: {hb0} -> {hb1}");
@@ -159,7 +159,7 @@ fn the_daemon_survives_the_wall_clock_jumping() {
     jump(&clock, "-1d");
     wait_offset(metrics, -1.0, "the agent's clock a day back");
     cycles_advance(metrics, 3, Duration::from_secs(15), "after jumping back");
-    let hb2 = eventually(Duration::from_secs(40), "heartbeat from yesterday", || {
+    let hb2 = eventually(ATTRIBUTE_WRITE_WAIT, "heartbeat from yesterday", || {
         attr(&md, "agent-heartbeat").filter(|h| *h < hb0)
     });
     eprintln!("heartbeat: {hb2}");
@@ -179,7 +179,7 @@ fn the_daemon_survives_the_wall_clock_jumping() {
     jump(&clock, "+0");
     wait_offset(metrics, 0.0, "the agent's clock back to the true time");
     cycles_advance(metrics, 3, Duration::from_secs(15), "back to the true time");
-    eventually(Duration::from_secs(40), "heartbeat from today", || {
+    eventually(ATTRIBUTE_WRITE_WAIT, "heartbeat from today", || {
         attr(&md, "agent-heartbeat").filter(|h| h.get(..10) == hb0.get(..10) && *h > hb0)
     });
     assert!(agent.is_running());

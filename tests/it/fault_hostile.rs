@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use daemon::{Daemon, eventually};
+use daemon::{ATTRIBUTE_WRITE_WAIT, Daemon, eventually};
 use support::{BIN, agent};
 use testkit::http_stub::{HttpStub, Reply};
 use testkit::metadata_emulator::{MetadataEmulator, VmIdentity};
@@ -247,7 +247,7 @@ fn guest_attributes_stay_bounded_and_free_of_control_characters() {
         let cmd = enforce_cmd(&md, &admin, dir.path(), metrics, &cp_addr);
         let mut agent = Daemon::start(cmd, dir);
 
-        let version = eventually(Duration::from_secs(30), "proxy-version", || {
+        let version = eventually(ATTRIBUTE_WRITE_WAIT, "proxy-version", || {
             attr(&md, "proxy-version")
         });
         assert!(
@@ -396,7 +396,7 @@ fn no_token_in_logs_attributes_or_metrics() {
             .then_some(())
     });
     cycles_advance(metrics, 2, Duration::from_secs(30), "token test");
-    eventually(Duration::from_secs(30), "heartbeat", || {
+    eventually(ATTRIBUTE_WRITE_WAIT, "heartbeat", || {
         attr(&md, "agent-heartbeat")
     });
     let metrics_text = metrics_text(metrics);

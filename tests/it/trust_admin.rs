@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use daemon::{Daemon, eventually};
+use daemon::{ATTRIBUTE_WRITE_WAIT, Daemon, eventually};
 use faults::{AdminAnswers, MountNs, admin_with, listeners_dump, range};
 use support::{agent, run, stderr, stdout};
 use testkit::envoy::{Envoy, http_get};
@@ -170,7 +170,7 @@ fn a_fake_admin_of_another_user_is_never_programmed_from() {
                 .ok(),
             Some("peer\n".into())
         );
-        let failure = eventually(Duration::from_secs(30), "agent-last-failure", || {
+        let failure = eventually(ATTRIBUTE_WRITE_WAIT, "agent-last-failure", || {
             faults::attr(&md, "agent-last-failure").filter(|v| v.contains("not trusted"))
         });
         assert!(failure.contains("uid 65534"), "{failure}");
