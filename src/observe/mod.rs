@@ -162,6 +162,9 @@ pub struct Observer {
     /// The same admin with the small cap of `/stats`.
     admin_stats: AdminClient,
     pub metadata: MetadataClient,
+    /// The VM's identity, read whole once and then only `gce-service-proxy` each poll; the
+    /// daemon's reload forgets it.
+    pub vm_identity: metadata::KeptIdentity,
     pub proc_root: PathBuf,
     pub iptables: Tools,
     /// The last save of each family, reused while nf_tables' generation stands still.
@@ -186,6 +189,7 @@ impl Observer {
                 ADMIN_STATS_MAX_BODY,
             ),
             metadata: MetadataClient::new(&settings.metadata_host, Duration::from_secs(3)),
+            vm_identity: metadata::KeptIdentity::default(),
             proc_root: PathBuf::from("/proc"),
             iptables: Tools::system(),
             iptables_saves: SaveCache::default(),
@@ -305,7 +309,7 @@ impl Observer {
             }
         };
         let ((server_info, listeners, clusters, stats), vm, control_plane) =
-            tokio::join!(admin, self.metadata.vm_metadata(), reach);
+            tokio::join!(admin, self.vm_identity.vm_metadata(&self.metadata), reach);
 
         let listener_summary = listeners
             .as_ref()

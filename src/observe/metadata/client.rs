@@ -78,7 +78,6 @@ impl MetadataClient {
     /// Everything the agent needs about its VM, fetched in parallel (one slow item costs one
     /// timeout, not seven). Fails only when an identity item (project, zone, instance) fails.
     pub async fn vm_metadata(&self) -> Result<VmMetadata, MetadataError> {
-        let sp_path = sp_path();
         let (project_id, project_number, instance_id, zone, network, scopes, service_proxy) = tokio::join!(
             self.get("project/project-id"),
             self.get("project/numeric-project-id"),
@@ -86,7 +85,7 @@ impl MetadataClient {
             self.get("instance/zone"),
             self.get("instance/network-interfaces/0/network"),
             self.get("instance/service-accounts/default/scopes"),
-            self.get_optional(&sp_path),
+            self.service_proxy(),
         );
         let project_id = parse_project_id(&project_id?.0)
             .map_err(|reason| malformed("project/project-id", reason))?;
@@ -105,8 +104,6 @@ impl MetadataClient {
             Err(MetadataError::NotFound { .. }) => Ok(Vec::new()),
             Err(e) => Err(e),
         };
-        let service_proxy =
-            service_proxy.and_then(|v| v.as_deref().map(parse_service_proxy).transpose());
         Ok(VmMetadata {
             instance_id,
             zone,
@@ -116,6 +113,15 @@ impl MetadataClient {
             scopes,
             service_proxy,
         })
+    }
+
+    /// The `gce-service-proxy` attribute, parsed; `Ok(None)` when it is not set. The one
+    /// item the daemon reads every poll once it holds the VM's identity (see
+    /// [`KeptIdentity`]).
+    pub async fn service_proxy(&self) -> Result<Option<ServiceProxyConfig>, MetadataError> {
+        self.get_optional(&sp_path())
+            .await
+            .and_then(|v| v.as_deref().map(parse_service_proxy).transpose())
     }
 
     /// `PUT instance/guest-attributes/<namespace>/<key>`. The value is made fit first (one
@@ -231,7 +237,7 @@ impl MetadataClient {
             .is_some_and(|v| v.trim().eq_ignore_ascii_case(FLAVOR));
         if !flavored {
             return Err(MetadataError::NotMetadataServer {
-                host: self.authority.clone(),
+                host: self.authority().to_owned(),
                 status: resp.status.as_u16(),
             });
         }
