@@ -2,7 +2,9 @@
 //! and the metadata server): one connection per request, a deadline on the whole exchange, and a
 //! cap on the body so a hostile or broken peer cannot make us hang or balloon.
 
-use std::time::Duration;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Full};
@@ -45,6 +47,120 @@ impl Response {
     }
 }
 
+/// How long looked-up addresses are used before the name is looked up again. The metadata
+/// server's name (`metadata.google.internal`, in `/etc/hosts` or answered by the VM's
+/// resolver) was looked up on tokio's blocking pool for every request, seven a poll; its
+/// address is fixed on Compute Engine, and the bound still follows a change of `/etc/hosts`.
+pub const RESOLVED_TTL: Duration = Duration::from_secs(300);
+
+/// One HTTP peer (`host:port`) of a client: its addresses, looked up once and kept for
+/// [`RESOLVED_TTL`] or until none of them can be connected to. Shared by a client's clones.
+#[derive(Debug)]
+pub struct Peer {
+    authority: String,
+    resolved: Mutex<Option<(Arc<[SocketAddr]>, Instant)>>,
+}
+
+impl Peer {
+    pub fn new(authority: &str) -> Peer {
+        Peer {
+            authority: authority.to_owned(),
+            resolved: Mutex::new(None),
+        }
+    }
+
+    pub fn authority(&self) -> &str {
+        &self.authority
+    }
+
+    /// The kept addresses, when younger than [`RESOLVED_TTL`].
+    pub fn resolved(&self) -> Option<Arc<[SocketAddr]>> {
+        let kept = self.resolved.lock().ok()?;
+        let (addrs, at) = kept.as_ref()?;
+        (at.elapsed() < RESOLVED_TTL).then(|| Arc::clone(addrs))
+    }
+
+    fn keep(&self, addrs: Option<Arc<[SocketAddr]>>) {
+        if let Ok(mut kept) = self.resolved.lock() {
+            *kept = addrs.map(|a| (a, Instant::now()));
+        }
+    }
+
+    /// Connects through the kept addresses (looked up first when none are kept; a literal
+    /// address is parsed, not looked up). When no address answers, they are forgotten: the
+    /// next connection looks the name up again.
+    async fn connect(&self) -> std::io::Result<tokio::net::TcpStream> {
+        let addrs = match self.resolved() {
+            Some(a) => a,
+            None => {
+                let a: Arc<[SocketAddr]> = tokio::net::lookup_host(self.authority.as_str())
+                    .await?
+                    .collect();
+                self.keep(Some(Arc::clone(&a)));
+                a
+            }
+        };
+        let mut last = None;
+        for addr in addrs.iter() {
+            match crate::observe::own_traffic::connect_addr(*addr).await {
+                Ok(s) => return Ok(s),
+                Err(e) => last = Some(e),
+            }
+        }
+        self.keep(None);
+        Err(last.unwrap_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("{}: no address", self.authority),
+            )
+        }))
+    }
+
+    /// [`request`] to this peer, through its kept addresses.
+    pub async fn request(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        headers: &[(&str, &str)],
+        body: Option<Bytes>,
+        timeout: Duration,
+        max_body: usize,
+    ) -> Result<Response, HttpError> {
+        let exchange = exchange(
+            Connect::Peer(self),
+            method,
+            &self.authority,
+            path_and_query,
+            headers,
+            body,
+            max_body,
+        );
+        deadline(&self.authority, timeout, exchange).await
+    }
+}
+
+/// How an exchange gets its connection.
+#[derive(Clone, Copy)]
+enum Connect<'a> {
+    /// The name looked up for this request.
+    Lookup,
+    Peer(&'a Peer),
+}
+
+async fn deadline(
+    authority: &str,
+    timeout: Duration,
+    exchange: impl Future<Output = Result<Response, HttpError>>,
+) -> Result<Response, HttpError> {
+    match tokio::time::timeout(timeout, exchange).await {
+        Ok(r) => r,
+        Err(_) => Err(HttpError::Timeout {
+            authority: authority.to_owned(),
+            timeout,
+        }),
+    }
+}
+
 /// One request to `authority` (`host:port`). `timeout` bounds connect, headers and body.
 pub async fn request(
     method: Method,
@@ -55,14 +171,16 @@ pub async fn request(
     timeout: Duration,
     max_body: usize,
 ) -> Result<Response, HttpError> {
-    let exchange = exchange(method, authority, path_and_query, headers, body, max_body);
-    match tokio::time::timeout(timeout, exchange).await {
-        Ok(r) => r,
-        Err(_) => Err(HttpError::Timeout {
-            authority: authority.to_owned(),
-            timeout,
-        }),
-    }
+    let exchange = exchange(
+        Connect::Lookup,
+        method,
+        authority,
+        path_and_query,
+        headers,
+        body,
+        max_body,
+    );
+    deadline(authority, timeout, exchange).await
 }
 
 /// `GET` shorthand.
@@ -89,6 +207,7 @@ pub async fn get(
 const READ_BUF_MAX: usize = 64 << 10;
 
 async fn exchange(
+    connect: Connect<'_>,
     method: Method,
     authority: &str,
     path_and_query: &str,
@@ -100,12 +219,14 @@ async fn exchange(
         authority: authority.to_owned(),
         reason,
     };
-    let stream = crate::observe::own_traffic::connect(authority)
-        .await
-        .map_err(|e| HttpError::Connect {
-            authority: authority.to_owned(),
-            reason: e.to_string(),
-        })?;
+    let stream = match connect {
+        Connect::Peer(peer) => peer.connect().await,
+        Connect::Lookup => crate::observe::own_traffic::connect(authority).await,
+    };
+    let stream = stream.map_err(|e| HttpError::Connect {
+        authority: authority.to_owned(),
+        reason: e.to_string(),
+    })?;
     let _ = stream.set_nodelay(true);
     // A small read buffer (hyper's grows to ~400 KB on a big body): the body is kept by us.
     let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
@@ -330,6 +451,41 @@ mod tests {
                 .enumerate()
                 .all(|(i, b)| *b == b'0' + (i % 10) as u8)
         );
+    }
+
+    #[tokio::test]
+    async fn a_peer_keeps_its_addresses_until_none_answers() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let port = l.local_addr().unwrap().port();
+        // One answer, then the listener is closed.
+        let server = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                .await;
+        });
+        // A name, looked up on the first request and kept.
+        let peer = Peer::new(&format!("localhost:{port}"));
+        assert!(peer.resolved().is_none());
+        let r = peer
+            .request(Method::GET, "/x", &[], None, Duration::from_secs(2), 100)
+            .await
+            .unwrap();
+        assert_eq!(&r.body[..], b"ok");
+        let kept = peer.resolved().expect("the addresses are kept");
+        assert!(kept.iter().any(|a| a.to_string() == addr), "{kept:?}");
+        server.await.unwrap();
+        // Nothing listens any more: the connection fails and the addresses are forgotten, so
+        // the next request looks the name up again.
+        let e = peer
+            .request(Method::GET, "/x", &[], None, Duration::from_secs(2), 100)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, HttpError::Connect { .. }), "{e}");
+        assert!(peer.resolved().is_none());
     }
 
     #[tokio::test]

@@ -4,10 +4,11 @@
 
 use super::*;
 
-/// A client for one metadata server. Cheap to clone; one connection per request.
+/// A client for one metadata server. Cheap to clone (clones share the server's address, looked
+/// up once); one connection per request.
 #[derive(Debug, Clone)]
 pub struct MetadataClient {
-    authority: String,
+    peer: std::sync::Arc<http::Peer>,
     timeout: Duration,
 }
 
@@ -17,14 +18,14 @@ impl MetadataClient {
     /// default. `timeout` bounds each request (a long poll gets its wait on top).
     pub fn new(host: &str, timeout: Duration) -> Self {
         MetadataClient {
-            authority: authority_of(host),
+            peer: std::sync::Arc::new(http::Peer::new(&authority_of(host))),
             timeout,
         }
     }
 
     /// `host:port` the requests go to.
     pub fn authority(&self) -> &str {
-        &self.authority
+        self.peer.authority()
     }
 
     pub fn timeout(&self) -> Duration {
@@ -204,34 +205,35 @@ impl MetadataClient {
         timeout: Duration,
     ) -> Result<http::Response, MetadataError> {
         let target = format!("{BASE_PATH}{path}{query}");
-        let resp = http::request(
-            method,
-            &self.authority,
-            &target,
-            &[(FLAVOR_HEADER, FLAVOR)],
-            body,
-            timeout,
-            MAX_BODY,
-        )
-        .await
-        .map_err(|e| match e {
-            HttpError::Connect { authority, reason } => MetadataError::Unreachable {
-                host: authority,
-                reason,
-            },
-            HttpError::Timeout { authority, timeout } => MetadataError::Timeout {
-                host: authority,
+        let resp = self
+            .peer
+            .request(
+                method,
+                &target,
+                &[(FLAVOR_HEADER, FLAVOR)],
+                body,
                 timeout,
-            },
-            HttpError::TooLarge { limit, .. } => MetadataError::TooLarge {
-                path: path.to_owned(),
-                limit,
-            },
-            HttpError::Protocol { authority, reason } => MetadataError::Protocol {
-                host: authority,
-                reason,
-            },
-        })?;
+                MAX_BODY,
+            )
+            .await
+            .map_err(|e| match e {
+                HttpError::Connect { authority, reason } => MetadataError::Unreachable {
+                    host: authority,
+                    reason,
+                },
+                HttpError::Timeout { authority, timeout } => MetadataError::Timeout {
+                    host: authority,
+                    timeout,
+                },
+                HttpError::TooLarge { limit, .. } => MetadataError::TooLarge {
+                    path: path.to_owned(),
+                    limit,
+                },
+                HttpError::Protocol { authority, reason } => MetadataError::Protocol {
+                    host: authority,
+                    reason,
+                },
+            })?;
         let flavored = resp
             .header(FLAVOR_HEADER)
             .is_some_and(|v| v.trim().eq_ignore_ascii_case(FLAVOR));
