@@ -177,17 +177,15 @@ pub struct Observer {
 
 impl Observer {
     pub fn new(settings: &Settings) -> Observer {
+        let admin = AdminClient::new(
+            &settings.envoy_admin,
+            Duration::from_secs(5),
+            ADMIN_MAX_BODY,
+        );
         Observer {
-            admin: AdminClient::new(
-                &settings.envoy_admin,
-                Duration::from_secs(5),
-                ADMIN_MAX_BODY,
-            ),
-            admin_stats: AdminClient::new(
-                &settings.envoy_admin,
-                Duration::from_secs(5),
-                ADMIN_STATS_MAX_BODY,
-            ),
+            // One connection for both: a poll's reads are made one after the other.
+            admin_stats: admin.with_max_body(ADMIN_STATS_MAX_BODY),
+            admin,
             metadata: MetadataClient::new(&settings.metadata_host, Duration::from_secs(3)),
             vm_identity: metadata::KeptIdentity::default(),
             proc_root: PathBuf::from("/proc"),
@@ -292,6 +290,8 @@ impl Observer {
             let stats = self.admin_stats.stats().await;
             let listeners = self.listeners(&processes, &info, &stats).await;
             let clusters = self.admin.clusters().await;
+            // The poll's reads are done: Envoy is not held to an idle connection until the next.
+            self.admin.release();
             (info, listeners, clusters, stats)
         };
         let reach = async {
