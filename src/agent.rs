@@ -294,6 +294,9 @@ impl Agent {
     }
 
     async fn reload_config(&mut self) {
+        // The VM's identity is read once (it cannot change while the VM runs); a reload is how
+        // an operator makes the agent read it again, whatever becomes of the config.
+        self.observer.vm_identity.forget();
         let new = match Settings::resolve(&self.args, |k| std::env::var(k).ok()) {
             Ok(s) => s,
             Err(e) => {

@@ -162,6 +162,9 @@ pub struct Observer {
     /// The same admin with the small cap of `/stats`.
     admin_stats: AdminClient,
     pub metadata: MetadataClient,
+    /// The VM's identity, read whole once and then only `gce-service-proxy` each poll; the
+    /// daemon's reload forgets it.
+    pub vm_identity: metadata::KeptIdentity,
     pub proc_root: PathBuf,
     pub iptables: Tools,
     /// The last save of each family, reused while nf_tables' generation stands still.
@@ -174,18 +177,17 @@ pub struct Observer {
 
 impl Observer {
     pub fn new(settings: &Settings) -> Observer {
+        let admin = AdminClient::new(
+            &settings.envoy_admin,
+            Duration::from_secs(5),
+            ADMIN_MAX_BODY,
+        );
         Observer {
-            admin: AdminClient::new(
-                &settings.envoy_admin,
-                Duration::from_secs(5),
-                ADMIN_MAX_BODY,
-            ),
-            admin_stats: AdminClient::new(
-                &settings.envoy_admin,
-                Duration::from_secs(5),
-                ADMIN_STATS_MAX_BODY,
-            ),
+            // One connection for both: a poll's reads are made one after the other.
+            admin_stats: admin.with_max_body(ADMIN_STATS_MAX_BODY),
+            admin,
             metadata: MetadataClient::new(&settings.metadata_host, Duration::from_secs(3)),
+            vm_identity: metadata::KeptIdentity::default(),
             proc_root: PathBuf::from("/proc"),
             iptables: Tools::system(),
             iptables_saves: SaveCache::default(),
@@ -288,6 +290,8 @@ impl Observer {
             let stats = self.admin_stats.stats().await;
             let listeners = self.listeners(&processes, &info, &stats).await;
             let clusters = self.admin.clusters().await;
+            // The poll's reads are done: Envoy is not held to an idle connection until the next.
+            self.admin.release();
             (info, listeners, clusters, stats)
         };
         let reach = async {
@@ -305,7 +309,7 @@ impl Observer {
             }
         };
         let ((server_info, listeners, clusters, stats), vm, control_plane) =
-            tokio::join!(admin, self.metadata.vm_metadata(), reach);
+            tokio::join!(admin, self.vm_identity.vm_metadata(&self.metadata), reach);
 
         let listener_summary = listeners
             .as_ref()

@@ -95,16 +95,43 @@ fn publishes_envoy_state_within_budget_and_follows_envoy_down_and_up() {
         l.contains(&format!("\"message\":\"Envoy Version: {version}\""))
     });
 
-    // Churn: the VM's scopes flip every 1.5 s for 15 s, so health and findings change constantly.
+    // The VM's identity is read once (it cannot change while the VM runs): afterwards each
+    // poll asks only for gce-service-proxy, and a reload (SIGHUP) reads the identity again.
+    let gets = |path: &str| {
+        let path = format!("/computeMetadata/v1/{path}");
+        md.requests()
+            .iter()
+            .filter(|r| r.method == "GET" && r.path == path)
+            .count()
+    };
+    let sp = "instance/attributes/gce-service-proxy";
+    let (ids, sps) = (gets("instance/id"), gets(sp));
+    assert!(ids >= 1, "the identity was never read");
+    eventually(
+        Duration::from_secs(20),
+        "three polls of gce-service-proxy",
+        || (gets(sp) >= sps + 3).then_some(()),
+    );
+    assert_eq!(gets("instance/id"), ids, "the identity was read again");
+    agent.signal(Signal::SIGHUP);
+    eventually(Duration::from_secs(20), "the identity read again", || {
+        (gets("instance/id") > ids).then_some(())
+    });
+
+    // Churn: the VM's scopes flip every 1.5 s for 15 s, so health and findings change
+    // constantly. Each flip is followed by a reload: the scopes are part of the identity, which
+    // the agent reads once (on a real VM they change only while it is stopped).
     for i in 0..10 {
         md.set_scopes(if i % 2 == 0 {
             &["https://www.googleapis.com/auth/devstorage.read_only"]
         } else {
             &[CLOUD_PLATFORM]
         });
+        agent.signal(Signal::SIGHUP);
         std::thread::sleep(Duration::from_millis(1500));
     }
     md.set_scopes(&[CLOUD_PLATFORM]);
+    agent.signal(Signal::SIGHUP);
     agent.wait_log(Duration::from_secs(5), "finding raised", |l| {
         l.contains("\"finding\":\"SCOPES_INSUFFICIENT\"") && l.contains("\"severity\":\"ERROR\"")
     });

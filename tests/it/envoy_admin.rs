@@ -531,6 +531,44 @@ fn check_clusters(clusters: &[ClusterStatus]) {
 // Live: the real Envoy
 // ------------------------------------------------------------------------------------------
 
+/// A poll's reads share one connection, kept open until released: Envoy's own count of admin
+/// connections says so (each raw read of the count is a connection too).
+#[tokio::test]
+async fn a_polls_reads_share_one_kept_connection() {
+    let envoy = Envoy::start(EnvoyConfig::new(minimal_bootstrap(
+        NODE_ID,
+        node_metadata(),
+    )))
+    .expect("start real Envoy");
+    let c = client(&envoy);
+    let small = c.with_max_body(1 << 20);
+    let connections = || -> u64 {
+        let path = format!(
+            "/stats?filter={}",
+            urlencode("^http\\.admin\\.downstream_cx_total$")
+        );
+        let body = admin_body(envoy.admin_addr(), &path);
+        body.lines()
+            .find_map(|l| l.strip_prefix("http.admin.downstream_cx_total: "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no http.admin.downstream_cx_total in {body:?}"))
+    };
+    let before = connections();
+    for _ in 0..3 {
+        c.server_info().await.unwrap();
+        small.stats().await.unwrap();
+        c.dynamic_listeners().await.unwrap();
+        c.clusters().await.unwrap();
+    }
+    assert!(c.holds_connection());
+    // Twelve reads on one connection, and the count's own read.
+    assert_eq!(connections(), before + 2);
+    c.release();
+    assert!(!small.holds_connection());
+    c.server_info().await.unwrap();
+    assert_eq!(connections(), before + 4);
+}
+
 #[tokio::test]
 async fn live_server_info_ready_draining() {
     let envoy = Envoy::start(EnvoyConfig::new(minimal_bootstrap(
@@ -1018,11 +1056,13 @@ async fn serve(response: Vec<u8>) -> AdminClient {
     tokio::spawn(async move {
         while let Ok((mut s, _)) = l.accept().await {
             let response = response.clone();
+            // The same answer to each request on the connection (the client keeps its
+            // connection open between requests), until the client closes it.
             tokio::spawn(async move {
                 let mut buf = [0u8; 4096];
-                let _ = s.read(&mut buf).await;
-                let _ = s.write_all(&response).await;
-                tokio::time::sleep(Duration::from_secs(30)).await;
+                while s.read(&mut buf).await.is_ok_and(|n| n > 0) {
+                    let _ = s.write_all(&response).await;
+                }
             });
         }
     });

@@ -612,6 +612,84 @@ async fn faults_give_clear_errors_quickly_and_service_recovers() {
     emu.clear_fault();
 }
 
+/// The daemon's read: the identity once, then only `gce-service-proxy`; a server failure on
+/// that one request is the read's error (as when the identity was read every poll), a value
+/// fault stays on the attribute; `forget` (the daemon's reload) reads the identity again.
+#[tokio::test]
+async fn the_kept_identity_is_read_once_and_again_after_forget() {
+    use service_proxy_agent::observe::metadata::KeptIdentity;
+    let emu = emulator();
+    let c = client_with(&emu, Duration::from_millis(700));
+    let gets = |path: &str| {
+        let path = format!("/computeMetadata/v1/{path}");
+        emu.requests()
+            .iter()
+            .filter(|r| r.method == "GET" && r.path == path)
+            .count()
+    };
+    let kept = KeptIdentity::default();
+    let first = kept.vm_metadata(&c).await.unwrap();
+    assert_eq!(first, c.vm_metadata().await.unwrap());
+    assert_eq!(gets("instance/id"), 2);
+    emu.set_scopes(&["https://www.googleapis.com/auth/devstorage.read_only"]);
+    emu.set_service_proxy(r#"{"service": {"serving-ports": [8080]}}"#);
+    for _ in 0..3 {
+        let vm = kept.vm_metadata(&c).await.unwrap();
+        // The identity as first read; the attribute as it is now.
+        assert_eq!(vm.scopes, first.scopes);
+        let sp = vm.service_proxy.unwrap().unwrap();
+        assert_eq!(sp.service.serving_ports, vec![8080]);
+    }
+    assert_eq!(gets("instance/id"), 2, "the identity was read again");
+    assert_eq!(gets("instance/service-accounts/default/scopes"), 2);
+    // The server failing: the read fails, as it did when every poll read the identity.
+    for fault in [
+        Fault::Status(503),
+        Fault::Status(403),
+        Fault::Hang,
+        Fault::NoFlavor,
+    ] {
+        emu.set_fault(fault.clone());
+        let e = kept.vm_metadata(&c).await.unwrap_err();
+        assert!(
+            matches!(e, MetadataError::Status { .. }) || e.is_unavailable(),
+            "{fault:?}: {e}"
+        );
+        emu.clear_fault();
+    }
+    // A value the agent cannot use is the attribute's fault, not the server's.
+    emu.set_service_proxy("[1, 2]");
+    let vm = kept.vm_metadata(&c).await.unwrap();
+    assert!(vm.service_proxy.is_err(), "{vm:?}");
+    // Not set is not a failure.
+    emu.remove_attribute("gce-service-proxy");
+    assert_eq!(kept.vm_metadata(&c).await.unwrap().service_proxy, Ok(None));
+    assert_eq!(gets("instance/id"), 2);
+    // A reload: the identity is read again, with the scopes as they are now.
+    kept.forget();
+    let vm = kept.vm_metadata(&c).await.unwrap();
+    assert_eq!(gets("instance/id"), 3);
+    assert_eq!(vm.has_cloud_platform_scope(), Some(false));
+    assert!(kept.is_kept());
+}
+
+/// An identity read with an item failing is not kept: the next read asks for all of it.
+#[tokio::test]
+async fn an_identity_with_a_failed_item_is_read_again() {
+    use service_proxy_agent::observe::metadata::KeptIdentity;
+    let emu = emulator();
+    let c = client(&emu);
+    emu.set_fault_on("instance/service-accounts/", Fault::Status(500));
+    let kept = KeptIdentity::default();
+    let vm = kept.vm_metadata(&c).await.unwrap();
+    assert!(vm.scopes.is_err(), "{vm:?}");
+    assert!(!kept.is_kept());
+    emu.clear_fault();
+    let vm = kept.vm_metadata(&c).await.unwrap();
+    assert_eq!(vm.has_cloud_platform_scope(), Some(true));
+    assert!(kept.is_kept());
+}
+
 #[tokio::test]
 async fn a_fault_on_a_prefix_leaves_the_rest_alone() {
     let emu = emulator();

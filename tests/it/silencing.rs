@@ -68,6 +68,8 @@ fn an_ignored_finding_stops_counting_stays_visible_and_comes_back_at_until() {
 
     // The fault: the VM's service account loses the cloud-platform scope.
     md.set_scopes(&["https://www.googleapis.com/auth/devstorage.read_only"]);
+    // The agent reads the VM's identity (scopes included) once; a reload reads it again.
+    daemon.signal(nix::sys::signal::Signal::SIGHUP);
     eventually(
         Duration::from_secs(30),
         "FAILING, SCOPES_INSUFFICIENT",

@@ -42,7 +42,10 @@ FOOTPRINT_RSS_NO_MALLOC_MIB=10
 # 90 s runs. Later that day, 100 s runs at load 4-7: 10.6, 12.1, 11.4 MiB and 0.065-0.087 %;
 # then, with the trimmed regex, the listener body parsed only when its bytes change and the
 # unit's 256 KiB mmap threshold: 10.1, 10.2, 9.6 MiB and 0.060-0.069 %. The binary's resident
-# pages alone vary by 0.4 MiB from one boot to the next.)
+# pages alone vary by 0.4 MiB from one boot to the next. With the identity read once and a
+# poll's connections 11 -> 2, two 100 s runs each at load 0.05-1.9: 10.23/9.79, 10.31/10.18,
+# 9.45/9.52 MiB and 0.050-0.070 %, against 10.21/10.06, 10.35/10.26, 9.61/9.64 MiB and
+# 0.060-0.080 % before: the ceilings stand.)
 FOOTPRINT_CEILING_RSS_UNIT_MIB=11
 FOOTPRINT_CEILING_RSS_NO_MALLOC_MIB=12
 FOOTPRINT_CEILING_CPU_PCT=0.2

@@ -4,10 +4,11 @@
 
 use super::*;
 
-/// A client for one metadata server. Cheap to clone; one connection per request.
+/// A client for one metadata server. Cheap to clone (clones share the server's address, looked
+/// up once); one connection per request.
 #[derive(Debug, Clone)]
 pub struct MetadataClient {
-    authority: String,
+    peer: std::sync::Arc<http::Peer>,
     timeout: Duration,
 }
 
@@ -17,14 +18,14 @@ impl MetadataClient {
     /// default. `timeout` bounds each request (a long poll gets its wait on top).
     pub fn new(host: &str, timeout: Duration) -> Self {
         MetadataClient {
-            authority: authority_of(host),
+            peer: std::sync::Arc::new(http::Peer::new(&authority_of(host))),
             timeout,
         }
     }
 
     /// `host:port` the requests go to.
     pub fn authority(&self) -> &str {
-        &self.authority
+        self.peer.authority()
     }
 
     pub fn timeout(&self) -> Duration {
@@ -78,7 +79,6 @@ impl MetadataClient {
     /// Everything the agent needs about its VM, fetched in parallel (one slow item costs one
     /// timeout, not seven). Fails only when an identity item (project, zone, instance) fails.
     pub async fn vm_metadata(&self) -> Result<VmMetadata, MetadataError> {
-        let sp_path = sp_path();
         let (project_id, project_number, instance_id, zone, network, scopes, service_proxy) = tokio::join!(
             self.get("project/project-id"),
             self.get("project/numeric-project-id"),
@@ -86,7 +86,7 @@ impl MetadataClient {
             self.get("instance/zone"),
             self.get("instance/network-interfaces/0/network"),
             self.get("instance/service-accounts/default/scopes"),
-            self.get_optional(&sp_path),
+            self.service_proxy(),
         );
         let project_id = parse_project_id(&project_id?.0)
             .map_err(|reason| malformed("project/project-id", reason))?;
@@ -105,8 +105,6 @@ impl MetadataClient {
             Err(MetadataError::NotFound { .. }) => Ok(Vec::new()),
             Err(e) => Err(e),
         };
-        let service_proxy =
-            service_proxy.and_then(|v| v.as_deref().map(parse_service_proxy).transpose());
         Ok(VmMetadata {
             instance_id,
             zone,
@@ -116,6 +114,15 @@ impl MetadataClient {
             scopes,
             service_proxy,
         })
+    }
+
+    /// The `gce-service-proxy` attribute, parsed; `Ok(None)` when it is not set. The one
+    /// item the daemon reads every poll once it holds the VM's identity (see
+    /// [`KeptIdentity`]).
+    pub async fn service_proxy(&self) -> Result<Option<ServiceProxyConfig>, MetadataError> {
+        self.get_optional(&sp_path())
+            .await
+            .and_then(|v| v.as_deref().map(parse_service_proxy).transpose())
     }
 
     /// `PUT instance/guest-attributes/<namespace>/<key>`. The value is made fit first (one
@@ -198,40 +205,41 @@ impl MetadataClient {
         timeout: Duration,
     ) -> Result<http::Response, MetadataError> {
         let target = format!("{BASE_PATH}{path}{query}");
-        let resp = http::request(
-            method,
-            &self.authority,
-            &target,
-            &[(FLAVOR_HEADER, FLAVOR)],
-            body,
-            timeout,
-            MAX_BODY,
-        )
-        .await
-        .map_err(|e| match e {
-            HttpError::Connect { authority, reason } => MetadataError::Unreachable {
-                host: authority,
-                reason,
-            },
-            HttpError::Timeout { authority, timeout } => MetadataError::Timeout {
-                host: authority,
+        let resp = self
+            .peer
+            .request(
+                method,
+                &target,
+                &[(FLAVOR_HEADER, FLAVOR)],
+                body,
                 timeout,
-            },
-            HttpError::TooLarge { limit, .. } => MetadataError::TooLarge {
-                path: path.to_owned(),
-                limit,
-            },
-            HttpError::Protocol { authority, reason } => MetadataError::Protocol {
-                host: authority,
-                reason,
-            },
-        })?;
+                MAX_BODY,
+            )
+            .await
+            .map_err(|e| match e {
+                HttpError::Connect { authority, reason } => MetadataError::Unreachable {
+                    host: authority,
+                    reason,
+                },
+                HttpError::Timeout { authority, timeout } => MetadataError::Timeout {
+                    host: authority,
+                    timeout,
+                },
+                HttpError::TooLarge { limit, .. } => MetadataError::TooLarge {
+                    path: path.to_owned(),
+                    limit,
+                },
+                HttpError::Protocol { authority, reason } => MetadataError::Protocol {
+                    host: authority,
+                    reason,
+                },
+            })?;
         let flavored = resp
             .header(FLAVOR_HEADER)
             .is_some_and(|v| v.trim().eq_ignore_ascii_case(FLAVOR));
         if !flavored {
             return Err(MetadataError::NotMetadataServer {
-                host: self.authority.clone(),
+                host: self.authority().to_owned(),
                 status: resp.status.as_u16(),
             });
         }

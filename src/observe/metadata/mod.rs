@@ -187,10 +187,12 @@ pub struct TrafficInterception {
 }
 
 mod client;
+mod identity;
 mod service_proxy;
 mod values;
 
 pub use client::*;
+pub use identity::*;
 pub use service_proxy::*;
 pub use values::*;
 
