@@ -163,20 +163,11 @@ impl Peer {
                 a
             }
         };
-        let mut last = None;
-        for addr in addrs.iter() {
-            match crate::observe::own_traffic::connect_addr(*addr).await {
-                Ok(s) => return Ok(s),
-                Err(e) => last = Some(e),
-            }
+        let connected = crate::observe::own_traffic::connect_any(&addrs, &self.authority).await;
+        if connected.is_err() {
+            self.keep(None);
         }
-        self.keep(None);
-        Err(last.unwrap_or_else(|| {
-            std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                format!("{}: no address", self.authority),
-            )
-        }))
+        connected
     }
 
     /// [`request`] to this peer, through its kept addresses.
@@ -190,7 +181,7 @@ impl Peer {
         max_body: usize,
     ) -> Result<Response, HttpError> {
         let exchange = exchange(
-            Connect::Peer(self),
+            self,
             method,
             &self.authority,
             path_and_query,
@@ -200,14 +191,6 @@ impl Peer {
         );
         deadline(&self.authority, timeout, exchange).await
     }
-}
-
-/// How an exchange gets its connection.
-#[derive(Clone, Copy)]
-enum Connect<'a> {
-    /// The name looked up for this request.
-    Lookup,
-    Peer(&'a Peer),
 }
 
 async fn deadline(
@@ -224,7 +207,8 @@ async fn deadline(
     }
 }
 
-/// One request to `authority` (`host:port`). `timeout` bounds connect, headers and body.
+/// One request to `authority` (`host:port`) on a connection of its own (the name looked up
+/// for it). `timeout` bounds connect, headers and body.
 pub async fn request(
     method: Method,
     authority: &str,
@@ -234,16 +218,9 @@ pub async fn request(
     timeout: Duration,
     max_body: usize,
 ) -> Result<Response, HttpError> {
-    let exchange = exchange(
-        Connect::Lookup,
-        method,
-        authority,
-        path_and_query,
-        headers,
-        body,
-        max_body,
-    );
-    deadline(authority, timeout, exchange).await
+    Peer::new(authority)
+        .request(method, path_and_query, headers, body, timeout, max_body)
+        .await
 }
 
 /// `GET` shorthand.
@@ -270,7 +247,7 @@ pub async fn get(
 const READ_BUF_MAX: usize = 64 << 10;
 
 async fn exchange(
-    connect: Connect<'_>,
+    peer: &Peer,
     method: Method,
     authority: &str,
     path_and_query: &str,
@@ -294,13 +271,7 @@ async fn exchange(
             .body(Full::new(body.clone().unwrap_or_default()))
             .map_err(|e| protocol(e.to_string()))
     };
-    let peer = match connect {
-        Connect::Peer(peer) => Some(peer),
-        Connect::Lookup => None,
-    };
-    if let Some(peer) = peer
-        && let Some(mut idle) = peer.take_idle()
-    {
+    if let Some(mut idle) = peer.take_idle() {
         // The peer may have closed a kept connection since its last answer (a restart, an
         // idle timeout): a request that could be sent twice (GET, HEAD) and failed on it
         // before any answer is sent again on a new connection.
@@ -313,11 +284,7 @@ async fn exchange(
             Err(Failed::BeforeAnswer(e) | Failed::After(e)) => return Err(e),
         }
     }
-    let stream = match peer {
-        Some(peer) => peer.connect().await,
-        None => crate::observe::own_traffic::connect(authority).await,
-    };
-    let stream = stream.map_err(|e| HttpError::Connect {
+    let stream = peer.connect().await.map_err(|e| HttpError::Connect {
         authority: authority.to_owned(),
         reason: e.to_string(),
     })?;
@@ -337,14 +304,13 @@ async fn exchange(
     let resp = send(&mut sender, request()?, authority, max_body)
         .await
         .map_err(|(Failed::BeforeAnswer(e) | Failed::After(e))| e)?;
-    if let Some(peer) = peer {
-        let idle = Idle {
-            sender,
-            _conn: conn_task,
-            since: Instant::now(),
-        };
-        peer.put_idle(idle, &resp);
-    }
+    // Kept only by a keep-alive peer; otherwise dropped here, which closes the connection.
+    let idle = Idle {
+        sender,
+        _conn: conn_task,
+        since: Instant::now(),
+    };
+    peer.put_idle(idle, &resp);
     Ok(resp)
 }
 

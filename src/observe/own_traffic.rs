@@ -47,9 +47,15 @@ pub async fn connect_addr(addr: SocketAddr) -> io::Result<TcpStream> {
 
 /// Connects to `host:port`, trying each address in turn, like `TcpStream::connect`.
 pub async fn connect(authority: &str) -> io::Result<TcpStream> {
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(authority).await?.collect();
+    connect_any(&addrs, authority).await
+}
+
+/// Connects to the first of `addrs` (the addresses of `authority`) that answers.
+pub async fn connect_any(addrs: &[SocketAddr], authority: &str) -> io::Result<TcpStream> {
     let mut last = None;
-    for addr in tokio::net::lookup_host(authority).await? {
-        match connect_addr(addr).await {
+    for addr in addrs {
+        match connect_addr(*addr).await {
             Ok(s) => return Ok(s),
             Err(e) => last = Some(e),
         }
