@@ -558,9 +558,12 @@ settled_log_lines() {
 # The shipped logrotate config forced 20 times while 2,000 lines a second go to Envoy's log:
 # the agent's line counter grows by exactly the lines written. The writer runs as
 # envoy.service (a runtime drop-in, removed after), so the config's postrotate signals it as it
-# signals Envoy, and it reopens its log on SIGUSR1 as Envoy does.
-WRITER_LINES=30000
+# signals Envoy, and it reopens its log on SIGUSR1 as Envoy does. It writes until told to stop
+# after the 20th rotation (a fixed 15 s of lines raced the rotations: on a busy machine 20
+# forced rotations took longer, and the writer ended first), within a bound of 100 s.
+WRITER_MAX_LINES=200000
 WRITER_RATE=2000
+WRITER_STOP=/run/envoy-log-writer.stop
 check_logrotate_20_times_at_2000_lines_a_second_loses_and_doubles_no_line() {
   local log=/var/log/envoy/envoy.err.log
   # Cycles of 2 s: the metric (copied from the follower each cycle) follows within seconds.
@@ -577,9 +580,10 @@ check_logrotate_20_times_at_2000_lines_a_second_loses_and_doubles_no_line() {
   local before
   before=$(settled_log_lines)
   vm sh -c 'cat >/run/envoy-log-writer && chmod 0755 /run/envoy-log-writer' <"$HERE/image/envoy-log-writer"
+  vm rm -f "$WRITER_STOP"
   vm mkdir -p /run/systemd/system/envoy.service.d
-  printf '[Service]\nExecStart=\nExecStart=/bin/bash /run/envoy-log-writer\nRestart=no\nEnvironment=WRITER_LINES=%s WRITER_RATE=%s\n' \
-    "$WRITER_LINES" "$WRITER_RATE" | vm tee /run/systemd/system/envoy.service.d/writer.conf >/dev/null
+  printf '[Service]\nExecStart=\nExecStart=/bin/bash /run/envoy-log-writer\nRestart=no\nEnvironment=WRITER_MAX_LINES=%s WRITER_RATE=%s WRITER_STOP=%s\n' \
+    "$WRITER_MAX_LINES" "$WRITER_RATE" "$WRITER_STOP" | vm tee /run/systemd/system/envoy.service.d/writer.conf >/dev/null
   vm systemctl daemon-reload
   vm systemctl start envoy.service
   wait_for 10 "the writer's first line" nsenter -t "$VM_PID" -a -- grep -q 'writer.cc:1' "$log"
@@ -589,29 +593,36 @@ check_logrotate_20_times_at_2000_lines_a_second_loses_and_doubles_no_line() {
     vm logrotate -f /etc/logrotate.d/envoy
     sleep 0.3 # pacing: 20 rotations spread over the writer's 15 s
   done
-  [ "$(unit_state envoy.service)" = active ] || fail "the writer ended before the 20th rotation"
+  [ "$(unit_state envoy.service)" = active ] || fail "the writer ended (its bound of $WRITER_MAX_LINES lines) before the 20th rotation"
+  # Some more lines after the last rotation, then the writer is told to stop.
+  sleep 1
+  vm touch "$WRITER_STOP"
   wait_for 30 "the writer to finish" sh -c \
     "[ \"\$(nsenter -t $VM_PID -a -- systemctl show -P ActiveState envoy.service)\" != active ]"
-  local said
+  local said written
   said=$(journal_of -u envoy.service | grep 'envoy-log-writer: wrote' | tail -n 1)
   log "$said"
   [ "$(vm systemctl show -P Result envoy.service)" = success ] || fail "the writer failed: $said"
   case $said in
-    *"wrote $WRITER_LINES lines, reopened $log 20 times"*) ;;
-    *) fail "the writer did not write $WRITER_LINES lines through 20 reopenings: $said" ;;
+    *" lines, reopened $log 20 times"*) ;;
+    *) fail "the writer did not reopen its log 20 times: $said" ;;
   esac
-  local want=$((before + WRITER_LINES)) got
+  written=$(sed -n 's/.*envoy-log-writer: wrote \([0-9][0-9]*\) lines,.*/\1/p' <<<"$said")
+  # 20 rotations paced 0.3 s apart and the second after them: over 7 s at 2,000 a second
+  # (10,000 leaves room for a writer running late on a busy machine).
+  { [ -n "$written" ] && [ "$written" -ge 10000 ]; } || fail "the writer wrote too few lines to load the rotations: $said"
+  local want=$((before + written)) got
   wait_for 40 "the counter to reach $want" sh -c \
     "[ \"\$(nsenter -t $VM_PID -a -- curl -fsS --max-time 2 http://127.0.0.1:15091/metrics | awk '\$1 == \"spa_envoy_log_lines_total\" { printf \"%d\", \$2 }')\" -ge $want ]" ||
-    fail "lines lost: the counter is at $(($(log_lines_metric) - before)) of $WRITER_LINES lines written"
+    fail "lines lost: the counter is at $(($(log_lines_metric) - before)) of $written lines written"
   got=$(settled_log_lines)
-  [ "$got" = "$want" ] || fail "lines counted twice: the counter grew by $((got - before)) (from $before to $got) for $WRITER_LINES lines written"
-  log "the counter went from $before to $got: $((got - before)) for $WRITER_LINES lines written through 20 rotations"
+  [ "$got" = "$want" ] || fail "lines counted twice: the counter grew by $((got - before)) (from $before to $got) for $written lines written"
+  log "the counter went from $before to $got: $((got - before)) for $written lines written through 20 rotations"
 }
 
 restore_envoy_and_config() {
   local rc=$?
-  vm rm -rf /run/systemd/system/envoy.service.d /run/envoy-log-writer
+  vm rm -rf /run/systemd/system/envoy.service.d /run/envoy-log-writer "$WRITER_STOP"
   vm systemctl daemon-reload
   vm systemctl start envoy.service
   wait_for 60 "Envoy to be LIVE again" sh -c \
