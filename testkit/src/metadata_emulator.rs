@@ -499,6 +499,17 @@ impl MetadataEmulator {
         self.shared.lock().requests.clone()
     }
 
+    /// How many GETs of `path` (under `/computeMetadata/v1/`, e.g. `instance/id`) it answered.
+    pub fn gets(&self, path: &str) -> usize {
+        let path = format!("/computeMetadata/v1/{path}");
+        self.shared
+            .lock()
+            .requests
+            .iter()
+            .filter(|r| r.method == "GET" && r.path == path)
+            .count()
+    }
+
     pub fn clear_requests(&self) {
         self.shared.lock().requests.clear();
     }

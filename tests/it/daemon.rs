@@ -87,7 +87,7 @@ fn publishes_envoy_state_within_budget_and_follows_envoy_down_and_up() {
     });
     assert!(humantime::parse_rfc3339(&hb1).is_ok(), "{hb1}");
     assert!(hb1.ends_with('Z'));
-    let hb2 = eventually(Duration::from_secs(30), "heartbeat advancing", || {
+    let hb2 = eventually(daemon::ATTRIBUTE_WRITE_WAIT, "heartbeat advancing", || {
         attr(&md, "agent-heartbeat").filter(|h| *h != hb1)
     });
     assert!(humantime::parse_rfc3339(&hb2).unwrap() > humantime::parse_rfc3339(&hb1).unwrap());
@@ -97,25 +97,18 @@ fn publishes_envoy_state_within_budget_and_follows_envoy_down_and_up() {
 
     // The VM's identity is read once (it cannot change while the VM runs): afterwards each
     // poll asks only for gce-service-proxy, and a reload (SIGHUP) reads the identity again.
-    let gets = |path: &str| {
-        let path = format!("/computeMetadata/v1/{path}");
-        md.requests()
-            .iter()
-            .filter(|r| r.method == "GET" && r.path == path)
-            .count()
-    };
     let sp = "instance/attributes/gce-service-proxy";
-    let (ids, sps) = (gets("instance/id"), gets(sp));
+    let (ids, sps) = (md.gets("instance/id"), md.gets(sp));
     assert!(ids >= 1, "the identity was never read");
     eventually(
         Duration::from_secs(20),
         "three polls of gce-service-proxy",
-        || (gets(sp) >= sps + 3).then_some(()),
+        || (md.gets(sp) >= sps + 3).then_some(()),
     );
-    assert_eq!(gets("instance/id"), ids, "the identity was read again");
+    assert_eq!(md.gets("instance/id"), ids, "the identity was read again");
     agent.signal(Signal::SIGHUP);
     eventually(Duration::from_secs(20), "the identity read again", || {
-        (gets("instance/id") > ids).then_some(())
+        (md.gets("instance/id") > ids).then_some(())
     });
 
     // Churn: the VM's scopes flip every 1.5 s for 15 s, so health and findings change

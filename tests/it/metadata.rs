@@ -620,17 +620,10 @@ async fn the_kept_identity_is_read_once_and_again_after_forget() {
     use service_proxy_agent::observe::metadata::KeptIdentity;
     let emu = emulator();
     let c = client_with(&emu, Duration::from_millis(700));
-    let gets = |path: &str| {
-        let path = format!("/computeMetadata/v1/{path}");
-        emu.requests()
-            .iter()
-            .filter(|r| r.method == "GET" && r.path == path)
-            .count()
-    };
     let kept = KeptIdentity::default();
     let first = kept.vm_metadata(&c).await.unwrap();
     assert_eq!(first, c.vm_metadata().await.unwrap());
-    assert_eq!(gets("instance/id"), 2);
+    assert_eq!(emu.gets("instance/id"), 2);
     emu.set_scopes(&["https://www.googleapis.com/auth/devstorage.read_only"]);
     emu.set_service_proxy(r#"{"service": {"serving-ports": [8080]}}"#);
     for _ in 0..3 {
@@ -640,8 +633,8 @@ async fn the_kept_identity_is_read_once_and_again_after_forget() {
         let sp = vm.service_proxy.unwrap().unwrap();
         assert_eq!(sp.service.serving_ports, vec![8080]);
     }
-    assert_eq!(gets("instance/id"), 2, "the identity was read again");
-    assert_eq!(gets("instance/service-accounts/default/scopes"), 2);
+    assert_eq!(emu.gets("instance/id"), 2, "the identity was read again");
+    assert_eq!(emu.gets("instance/service-accounts/default/scopes"), 2);
     // The server failing: the read fails, as it did when every poll read the identity.
     for fault in [
         Fault::Status(503),
@@ -664,11 +657,11 @@ async fn the_kept_identity_is_read_once_and_again_after_forget() {
     // Not set is not a failure.
     emu.remove_attribute("gce-service-proxy");
     assert_eq!(kept.vm_metadata(&c).await.unwrap().service_proxy, Ok(None));
-    assert_eq!(gets("instance/id"), 2);
+    assert_eq!(emu.gets("instance/id"), 2);
     // A reload: the identity is read again, with the scopes as they are now.
     kept.forget();
     let vm = kept.vm_metadata(&c).await.unwrap();
-    assert_eq!(gets("instance/id"), 3);
+    assert_eq!(emu.gets("instance/id"), 3);
     assert_eq!(vm.has_cloud_platform_scope(), Some(false));
     assert!(kept.is_kept());
 }
