@@ -39,6 +39,8 @@ pub struct History {
     pub rejected_grew_now: bool,
     pub accepted_update_now: bool,
     pub snapshots: u64,
+    /// The interception checks' last answer, reused while their inputs stand still.
+    pub interception: super::interception::Memo,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -165,6 +165,7 @@ pub fn run(
         // before are over (a `doctor` run after a fix sees no counter move).
         logs.contradict(Contradiction::NoRejectedConfig, at);
     }
+    let interception = interception_group(snap, &mut history.interception);
     let ctx = CheckContext {
         now,
         settings,
@@ -174,7 +175,7 @@ pub fn run(
         (CheckGroup::Proxy, proxy::check(snap, &ctx)),
         (CheckGroup::ControlPlane, control_plane::check(snap, &ctx)),
         (CheckGroup::Configuration, configuration::check(snap, &ctx)),
-        (CheckGroup::Interception, interception_group(snap)),
+        (CheckGroup::Interception, interception),
         (CheckGroup::Endpoints, endpoints::check(snap, &ctx)),
         (CheckGroup::Metadata, metadata::check(snap, &ctx)),
     ];
@@ -269,7 +270,7 @@ fn silence_rules(
 }
 
 /// The verify-side interception checks over the snapshot's iptables view.
-fn interception_group(snap: &Snapshot) -> GroupOutcome {
+fn interception_group(snap: &Snapshot, memo: &mut interception::Memo) -> GroupOutcome {
     let Some(view) = &snap.iptables else {
         return GroupOutcome {
             not_checked: Some("interception is off".into()),
@@ -291,8 +292,13 @@ fn interception_group(snap: &Snapshot) -> GroupOutcome {
         has_interception_listener: summary.interception.is_some(),
         proxy_port: Some(snap.resolved.proxy_port),
     };
+    let findings = match (&view.v4, &view.v6) {
+        (Ok(v4), None) => memo.check(&input, v4, None),
+        (Ok(v4), Some(Ok(v6))) => memo.check(&input, v4, Some(v6)),
+        _ => interception::check(&input),
+    };
     GroupOutcome {
-        findings: interception::check(&input),
+        findings,
         not_checked: None,
         note: format!(
             "{} VIP{}, {} serving port{}, proxy port {}",

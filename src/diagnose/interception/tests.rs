@@ -539,3 +539,69 @@ mod dst_index {
         }
     }
 }
+
+fn memo_input<'a>(
+    rs: &'a Ruleset,
+    vips: &'a [IpNet],
+    ports: &'a [u16],
+    uid: u32,
+) -> (Vec<Finding>, InterceptionInput<'a>) {
+    let input = InterceptionInput {
+        v4: Ok(rs),
+        v6: None,
+        vips,
+        serving_ports: ports,
+        envoy_uid: Some(uid),
+        has_interception_listener: true,
+        proxy_port: Some(15001),
+    };
+    (check(&input), input)
+}
+
+/// The memo answers as `check` does, walks the chains again when any input changes (a new
+/// ruleset, even an equal one, other VIPs, another port or UID), and not when none does.
+#[test]
+fn the_memo_answers_as_check_does_and_walks_again_only_when_an_input_changes() {
+    let clean = Arc::new(ours(&["10.0.0.1/32"], &[80], 1006));
+    let v = vips(&["10.0.0.1/32", "10.0.0.2/32"]);
+    let ports = [80u16];
+    let mut memo = Memo::default();
+    let (want, i) = memo_input(&clean, &v, &ports, 1006);
+    assert_eq!(ids(&want), [FindingId::ServiceNotIntercepted]);
+    assert_eq!(memo.check(&i, &clean, None), want);
+    assert_eq!(memo.check(&i, &clean, None), want);
+    assert_eq!(memo.computed(), 1, "the same inputs walked twice");
+
+    // Each input in turn: the answer is check's, from a new walk.
+    let fixed = Arc::new(ours(&["10.0.0.1/32", "10.0.0.2/32"], &[80], 1006));
+    let (want, i) = memo_input(&fixed, &v, &ports, 1006);
+    assert!(want.is_empty(), "{want:?}");
+    assert_eq!(memo.check(&i, &fixed, None), want);
+    assert_eq!(memo.computed(), 2);
+    let one = vips(&["10.0.0.2/32"]);
+    let (want, i) = memo_input(&fixed, &one, &ports, 1006);
+    assert_eq!(memo.check(&i, &fixed, None), want);
+    assert_eq!(memo.computed(), 3);
+    let (want, i) = memo_input(&fixed, &one, &[80, 8080], 1006);
+    assert_eq!(ids(&want), [FindingId::InboundPortNotIntercepted]);
+    assert_eq!(memo.check(&i, &fixed, None), want);
+    assert_eq!(memo.computed(), 4);
+    let (want, i) = memo_input(&fixed, &one, &[80, 8080], 0);
+    assert_eq!(memo.check(&i, &fixed, None), want);
+    assert_eq!(memo.computed(), 5);
+    // An equal ruleset from another save is walked again: identity, not content, is the key.
+    let copy = Arc::new((*fixed).clone());
+    let (want, i) = memo_input(&copy, &one, &[80, 8080], 0);
+    assert_eq!(memo.check(&i, &copy, None), want);
+    assert_eq!(memo.computed(), 6);
+    // An IPv6 ruleset read where none was.
+    let v6 = Arc::new(Ruleset::default());
+    let i6 = InterceptionInput {
+        v6: Some(Ok(&v6)),
+        ..i
+    };
+    assert_eq!(memo.check(&i6, &copy, Some(&v6)), check(&i6));
+    assert_eq!(memo.computed(), 7);
+    assert_eq!(memo.check(&i6, &copy, Some(&v6)), check(&i6));
+    assert_eq!(memo.computed(), 7);
+}
