@@ -47,8 +47,8 @@ pub(super) async fn observe_and_reconcile(
         Some(rec) => Some(match desired_plan(&snapshot) {
             Ok(plan) => {
                 let view = snapshot.iptables.as_ref();
-                let v4 = view.and_then(|v| v.v4.as_deref().ok());
-                let v6 = view.and_then(|v| v.v6.as_ref().and_then(|r| r.as_deref().ok()));
+                let v4 = view.and_then(|v| v.v4.as_ref().ok());
+                let v6 = view.and_then(|v| v.v6.as_ref().and_then(|r| r.as_ref().ok()));
                 let report = rec.reconcile_with(&plan, v4, v6).await;
                 if report.changed() {
                     // Judge what is there now, not what was there before the fix.

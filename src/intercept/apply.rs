@@ -4,6 +4,7 @@
 //! applies it atomically) and comes back as an error carrying iptables' own message.
 
 use std::fmt;
+use std::sync::Arc;
 
 use thiserror::Error;
 
@@ -11,7 +12,7 @@ use crate::intercept::is_ours;
 use crate::intercept::plan::{
     FamilyPlan, Plan, PlanError, Transaction, transaction, transaction_with,
 };
-use crate::observe::iptables::{self, Family, IptablesError, Ruleset, Table, Tools, parse_save};
+use crate::observe::iptables::{self, Family, IptablesError, Ruleset, Tools, parse_save};
 use crate::observe::nf_generation::Stamp;
 
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
@@ -160,6 +161,9 @@ pub struct Counters {
     /// Polls that found nf_tables' ruleset generation where it was when the table last matched
     /// the same plan, and so ran no save at all: the steady state.
     pub unchanged_by_generation: u64,
+    /// Polls handed the very rules (the daemon's read, shared while the generation stood still)
+    /// last found in step with the same plan, and so compared nothing: the daemon's steady state.
+    pub unchanged_by_identity: u64,
 }
 
 /// Applies plans. Keep one for the life of the daemon: it remembers that ip6tables holds
@@ -171,12 +175,16 @@ pub struct Reconciler {
     tools: Tools,
     v6_clean: bool,
     totals: Counters,
-    /// Per family (v4, v6): the last plan and its parsed table.
-    desired: [Option<(FamilyPlan, Table)>; 2],
+    /// Per family (v4, v6): the last plan. Not its parsed table: with 1,000 VIPs that was a
+    /// second copy of the rules (about 0.7 MiB) kept for the life of the daemon, and a
+    /// comparison is needed only when the tables or the plan moved.
+    desired: [Option<FamilyPlan>; 2],
     /// Per family: the stamp (ruleset generation, save program) read before the save that last
     /// found the table equal to the plan held in `desired`.
     in_step: [Option<Stamp>; 2],
-    empty: Table,
+    /// Per family: the rules handed in (the daemon's read of the tables) that were last found
+    /// equal to the plan held in `desired`. Held, so that no other read can take its address.
+    agreed: [Option<Arc<Ruleset>>; 2],
 }
 
 impl Reconciler {
@@ -187,11 +195,7 @@ impl Reconciler {
             totals: Counters::default(),
             desired: [None, None],
             in_step: [None, None],
-            empty: Table {
-                name: "nat".into(),
-                chains: Vec::new(),
-                committed: true,
-            },
+            agreed: [None, None],
         }
     }
 
@@ -215,8 +219,8 @@ impl Reconciler {
     pub async fn reconcile_with(
         &mut self,
         plan: &Plan,
-        v4: Option<&Ruleset>,
-        v6: Option<&Ruleset>,
+        v4: Option<&Arc<Ruleset>>,
+        v6: Option<&Arc<Ruleset>>,
     ) -> ReconcileReport {
         let mut report = ReconcileReport {
             v4: FamilyOutcome::Skipped,
@@ -294,10 +298,11 @@ impl Reconciler {
     async fn reconcile_family(
         &mut self,
         fp: &FamilyPlan,
-        given: Option<&Ruleset>,
+        given: Option<&Arc<Ruleset>>,
         report: &mut ReconcileReport,
     ) -> FamilyOutcome {
         let family = fp.family;
+        self.remember(fp);
         let idle_v6 = family == Family::V6 && !fp.is_active();
         if idle_v6 && self.v6_clean {
             return FamilyOutcome::Skipped;
@@ -308,13 +313,26 @@ impl Reconciler {
         let i = family.index();
         let saved;
         let rs = match given {
-            Some(rs) => rs,
+            Some(rs) => {
+                // The same read as the one last found in step: nothing changed any table since
+                // (the daemon reads again when the generation moves), and the plan is the same.
+                if self
+                    .agreed
+                    .get(i)
+                    .and_then(Option::as_ref)
+                    .is_some_and(|a| Arc::ptr_eq(a, rs))
+                {
+                    self.totals.unchanged_by_identity += 1;
+                    return FamilyOutcome::Unchanged {
+                        rules: fp.rule_count(),
+                    };
+                }
+                rs.as_ref()
+            }
             None => {
                 let stamp = Stamp::read(self.tools.save_program(family));
-                if stamp.is_some()
-                    && self.in_step.get(i).copied().flatten() == stamp
-                    && self.holds(fp)
-                {
+                // (`remember` above: a plan other than the last one is in step with nothing.)
+                if stamp.is_some() && self.in_step.get(i).copied().flatten() == stamp {
                     self.totals.unchanged_by_generation += 1;
                     return FamilyOutcome::Unchanged {
                         rules: fp.rule_count(),
@@ -337,7 +355,6 @@ impl Reconciler {
                 if fp.matches_saved_text(&text) {
                     self.totals.unchanged_by_text += 1;
                     if let Some(stamp) = Stamp::for_save(stamp, &text) {
-                        self.desired_table(fp);
                         if let Some(s) = self.in_step.get_mut(i) {
                             *s = Some(stamp);
                         }
@@ -353,8 +370,15 @@ impl Reconciler {
                 &saved
             }
         };
-        let want = self.desired_table(fp);
-        let tx = match transaction_with(fp, want, rs.table("nat"), unparsed_in_ours(rs)) {
+        if let Some(a) = self.agreed.get_mut(i) {
+            *a = None;
+        }
+        let tx = match transaction_with(
+            fp,
+            &fp.desired_table(),
+            rs.table("nat"),
+            unparsed_in_ours(rs),
+        ) {
             Ok(tx) => tx,
             Err(source) => return FamilyOutcome::Failed(InterceptError::Plan { family, source }),
         };
@@ -362,6 +386,9 @@ impl Reconciler {
         let Some(tx) = tx else {
             if idle_v6 {
                 self.v6_clean = true;
+            }
+            if let (Some(rs), Some(a)) = (given, self.agreed.get_mut(i)) {
+                *a = Some(Arc::clone(rs));
             }
             return FamilyOutcome::Unchanged { rules };
         };
@@ -383,28 +410,26 @@ impl Reconciler {
         }
     }
 
-    /// The nat table as `*-save` prints it: compared as text first, parsed only if it differs.
-    /// The plan as a parsed table, kept while the plan stays the same: parsing 10,000 planned
-    /// rules every poll would cost more than comparing them.
-    fn desired_table(&mut self, fp: &FamilyPlan) -> &Table {
-        let i = fp.family.index();
-        if !self.holds(fp)
-            && let Some(slot) = self.desired.get_mut(i)
-        {
-            *slot = Some((fp.clone(), fp.desired_table()));
-            if let Some(s) = self.in_step.get_mut(i) {
-                *s = None;
-            }
+    /// Holds `fp` as the plan of its family; a new plan is in step with nothing yet.
+    fn remember(&mut self, fp: &FamilyPlan) {
+        if self.holds(fp) {
+            return;
         }
-        match self.desired.get(i) {
-            Some(Some((_, table))) => table,
-            _ => &self.empty,
+        let i = fp.family.index();
+        if let Some(slot) = self.desired.get_mut(i) {
+            *slot = Some(fp.clone());
+        }
+        if let Some(s) = self.in_step.get_mut(i) {
+            *s = None;
+        }
+        if let Some(a) = self.agreed.get_mut(i) {
+            *a = None;
         }
     }
 
     /// Whether `desired` holds this very plan.
     fn holds(&self, fp: &FamilyPlan) -> bool {
-        matches!(self.desired.get(fp.family.index()), Some(Some((cached, _))) if cached == fp)
+        matches!(self.desired.get(fp.family.index()), Some(Some(cached)) if cached == fp)
     }
 
     async fn save_nat(&mut self, family: Family) -> Result<String, IptablesError> {

@@ -901,6 +901,91 @@ fn steady_polls_skip_the_save_until_anything_changes() {
     .unwrap();
 }
 
+/// The daemon's path: it hands the reconciler its own read of the tables (the save cache's,
+/// shared while the generation stands still). The same read found in step before is not
+/// compared again; a fresh read after anyone's change is, and a change to our rules is
+/// repaired; a new plan is compared whatever the read.
+#[test]
+fn the_daemons_shared_read_is_compared_once_while_it_stands() {
+    use service_proxy_agent::observe::iptables::SaveCache;
+    use std::sync::Arc;
+    netns::in_new_netns(|| {
+        let rt = runtime();
+        let tools = Tools::system();
+        let cache = SaveCache::default();
+        let mut rec = Reconciler::new(tools.clone());
+        let plan = desired(&[net("10.0.0.1/32"), net("10.7.240.0/20")], &[80]);
+        let read = || rt.block_on(cache.save(&tools, Family::V4));
+        let first = read()?;
+        must_change(
+            &rt.block_on(rec.reconcile_with(&plan, Some(&first), None))
+                .v4,
+        );
+
+        // The read after the apply: compared once (in step), then the same read is not.
+        let after = read()?;
+        let r = rt.block_on(rec.reconcile_with(&plan, Some(&after), None));
+        assert!(matches!(r.v4, FamilyOutcome::Unchanged { .. }), "{r:?}");
+        assert_eq!(rec.totals().unchanged_by_identity, 0);
+        for _ in 0..3 {
+            let again = read()?;
+            assert!(
+                Arc::ptr_eq(&again, &after),
+                "the cache read again with nothing changed"
+            );
+            let r = rt.block_on(rec.reconcile_with(&plan, Some(&again), None));
+            assert!(matches!(r.v4, FamilyOutcome::Unchanged { .. }), "{r:?}");
+            assert_eq!((r.saves, r.restores), (0, 0), "{r:?}");
+        }
+        assert_eq!(rec.totals().unchanged_by_identity, 3);
+
+        // Someone deletes one of our rules: a fresh read, compared, repaired.
+        netns::iptables(
+            false,
+            &[
+                "-t",
+                "nat",
+                "-D",
+                "SERVICE_PROXY_SERVICE_CIDRS",
+                "-d",
+                "10.0.0.1/32",
+                "-j",
+                "SERVICE_PROXY_REDIRECT",
+            ],
+        )?;
+        let broken = read()?;
+        assert!(
+            !Arc::ptr_eq(&broken, &after),
+            "a changed ruleset came from the cache"
+        );
+        must_change(
+            &rt.block_on(rec.reconcile_with(&plan, Some(&broken), None))
+                .v4,
+        );
+        assert!(
+            netns::save(false, Some("nat"))?.contains("-d 10.0.0.1/32 -j SERVICE_PROXY_REDIRECT")
+        );
+        let repaired = read()?;
+        let r = rt.block_on(rec.reconcile_with(&plan, Some(&repaired), None));
+        assert!(matches!(r.v4, FamilyOutcome::Unchanged { .. }), "{r:?}");
+        let by_identity = rec.totals().unchanged_by_identity;
+
+        // A new plan against the read last found in step with the old one: compared, applied.
+        let other = desired(&[net("10.0.0.1/32")], &[80]);
+        must_change(
+            &rt.block_on(rec.reconcile_with(&other, Some(&repaired), None))
+                .v4,
+        );
+        assert_eq!(rec.totals().unchanged_by_identity, by_identity);
+        assert!(
+            !netns::save(false, Some("nat"))?.contains("10.7.240.0/20"),
+            "the new plan was not applied"
+        );
+        Ok(())
+    })
+    .unwrap();
+}
+
 /// The observer reads Envoy's dynamic listeners again only when the listener manager's
 /// counters (or the Envoy process) change: a new LDS version is seen at once, an unchanged
 /// Envoy is not asked for its megabyte of config dump every poll.
