@@ -87,8 +87,12 @@ pub fn apply(table: Option<&Table>, tx: &Transaction) -> Table {
         panic!("no table in {:?}", tx.text)
     };
     // parse_save groups rules by chain; the order of operations is the line order.
-    let mut rules: Vec<_> = ops.chains.iter().flat_map(|c| c.rules.iter()).collect();
-    rules.sort_by_key(|r| r.line);
+    let mut rules: Vec<_> = ops
+        .chains
+        .iter()
+        .flat_map(|c| c.rules.iter().map(move |r| (c.name.as_str(), r)))
+        .collect();
+    rules.sort_by_key(|(_, r)| r.line);
     let lines: Vec<&str> = tx.text.lines().collect();
     let mut rule_iter = rules.into_iter().peekable();
     for (idx, line) in lines.iter().enumerate() {
@@ -119,11 +123,11 @@ pub fn apply(table: Option<&Table>, tx: &Transaction) -> Table {
             );
             t.chains.remove(pos);
         } else if line.starts_with("-A ") || line.starts_with("-D ") || line.starts_with("-I ") {
-            let Some(rule) = rule_iter.next() else {
+            let Some((rule_chain, rule)) = rule_iter.next() else {
                 panic!("rule line not parsed: {line}")
             };
             assert_eq!(rule.line, line_no);
-            let chain = match t.chains.iter_mut().find(|c| c.name == rule.chain) {
+            let chain = match t.chains.iter_mut().find(|c| c.name == rule_chain) {
                 Some(c) => c,
                 None => {
                     assert!(
@@ -132,7 +136,7 @@ pub fn apply(table: Option<&Table>, tx: &Transaction) -> Table {
                         tx.text
                     );
                     t.chains.push(Chain {
-                        name: rule.chain.clone(),
+                        name: rule_chain.to_owned(),
                         policy: None,
                         declared: false,
                         rules: Vec::new(),
@@ -154,7 +158,7 @@ pub fn apply(table: Option<&Table>, tx: &Transaction) -> Table {
                 let mut r = rule.clone();
                 r.text = format!(
                     "-A {} {}",
-                    rule.chain,
+                    rule_chain,
                     insert_parts(line).map_or("", |p| p.2)
                 );
                 chain.rules.insert(pos - 1, r);

@@ -146,7 +146,8 @@ impl Chain {
 /// One `-A CHAIN ...` line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
-    pub chain: String,
+    // (No copy of the chain's name: a rule is always read from its chain, and with 1,000
+    // rules a name per rule was 1,000 strings held for nothing.)
     pub spec: RuleSpec,
     /// The line as printed by iptables-save (bounded), for humans.
     pub text: String,
@@ -170,15 +171,9 @@ pub struct RuleSpec {
     pub protocol: Option<Neg<String>>,
     pub source: Option<Neg<IpNet>>,
     pub destination: Option<Neg<IpNet>>,
-    pub in_interface: Option<Neg<String>>,
-    pub out_interface: Option<Neg<String>>,
     /// `--dport` (one range) or `--dports` (a list), from `-m tcp`/`udp`/`multiport`.
     pub dports: Option<Neg<Vec<PortRange>>>,
-    pub sports: Option<Neg<Vec<PortRange>>>,
     pub uid_owner: Option<Neg<Owner>>,
-    pub gid_owner: Option<Neg<Owner>>,
-    /// `-m conntrack --ctstate` / `-m state --state`, upper case.
-    pub ct_state: Option<Neg<Vec<String>>>,
     /// `-m comment --comment`; never a condition.
     pub comment: Option<String>,
     pub target: Option<Target>,
@@ -187,9 +182,50 @@ pub struct RuleSpec {
     /// Match options this parser does not model, verbatim and in order (e.g. `-m`, `mark`,
     /// `--mark`, `0x1`). A rule with any is treated as "may match".
     pub other: Vec<String>,
+    /// The rest, on the few rules that have any (`None` when all are empty: never an empty
+    /// box, so that equality holds).
+    pub rare: Option<Box<RareSpec>>,
+}
+
+/// What most rules lack, kept apart so that a rule without it (every rule of ours) takes
+/// half the room: a ruleset of 1,000 rules is held for the daemon's life.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct RareSpec {
+    pub in_interface: Option<Neg<String>>,
+    pub out_interface: Option<Neg<String>>,
+    pub sports: Option<Neg<Vec<PortRange>>>,
+    pub gid_owner: Option<Neg<Owner>>,
+    /// `-m conntrack --ctstate` / `-m state --state`, upper case.
+    pub ct_state: Option<Neg<Vec<String>>>,
     /// Options of the target other than `--to-ports` (e.g. `--reject-with tcp-reset`); they
     /// change what the target does, not whether the rule matches.
     pub target_options: Vec<String>,
+}
+
+impl RuleSpec {
+    pub fn in_interface(&self) -> Option<&Neg<String>> {
+        self.rare.as_ref().and_then(|r| r.in_interface.as_ref())
+    }
+
+    pub fn out_interface(&self) -> Option<&Neg<String>> {
+        self.rare.as_ref().and_then(|r| r.out_interface.as_ref())
+    }
+
+    pub fn sports(&self) -> Option<&Neg<Vec<PortRange>>> {
+        self.rare.as_ref().and_then(|r| r.sports.as_ref())
+    }
+
+    pub fn gid_owner(&self) -> Option<&Neg<Owner>> {
+        self.rare.as_ref().and_then(|r| r.gid_owner.as_ref())
+    }
+
+    pub fn ct_state(&self) -> Option<&Neg<Vec<String>>> {
+        self.rare.as_ref().and_then(|r| r.ct_state.as_ref())
+    }
+
+    pub fn target_options(&self) -> &[String] {
+        self.rare.as_ref().map_or(&[], |r| &r.target_options)
+    }
 }
 
 /// A value with the `!` of iptables.

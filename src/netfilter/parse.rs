@@ -85,7 +85,6 @@ pub fn parse_save(text: &str) -> Ruleset {
             match parse_rule(body) {
                 Ok((chain, spec)) => {
                     let rule = Rule {
-                        chain: chain.clone(),
                         spec,
                         text: crate::text::truncate_with_ellipsis(body, MAX_UNPARSED_TEXT * 4),
                         line: line_no,
@@ -264,7 +263,7 @@ pub(super) fn parse_rule(line: &str) -> Result<(String, RuleSpec), RuleError> {
             "-i" | "--in-interface" => {
                 let v = value(&mut it, &mut negate)?;
                 set_once(
-                    &mut spec.in_interface,
+                    &mut spec.rare.get_or_insert_with(Box::default).in_interface,
                     negate,
                     v.clone(),
                     &mut spec.other,
@@ -275,7 +274,7 @@ pub(super) fn parse_rule(line: &str) -> Result<(String, RuleSpec), RuleError> {
             "-o" | "--out-interface" => {
                 let v = value(&mut it, &mut negate)?;
                 set_once(
-                    &mut spec.out_interface,
+                    &mut spec.rare.get_or_insert_with(Box::default).out_interface,
                     negate,
                     v.clone(),
                     &mut spec.other,
@@ -305,7 +304,14 @@ pub(super) fn parse_rule(line: &str) -> Result<(String, RuleSpec), RuleError> {
             "--sport" | "--source-port" | "--sports" | "--source-ports" => {
                 let v = value(&mut it, &mut negate)?;
                 let ports = parse_port_list(&v, ':').map_err(|e| fail(format!("{opt} {e}")))?;
-                set_once(&mut spec.sports, negate, ports, &mut spec.other, opt, &v);
+                set_once(
+                    &mut spec.rare.get_or_insert_with(Box::default).sports,
+                    negate,
+                    ports,
+                    &mut spec.other,
+                    opt,
+                    &v,
+                );
             }
             "--uid-owner" | "--gid-owner" => {
                 let v = value(&mut it, &mut negate)?;
@@ -313,7 +319,7 @@ pub(super) fn parse_rule(line: &str) -> Result<(String, RuleSpec), RuleError> {
                 let slot = if opt == "--uid-owner" {
                     &mut spec.uid_owner
                 } else {
-                    &mut spec.gid_owner
+                    &mut spec.rare.get_or_insert_with(Box::default).gid_owner
                 };
                 set_once(slot, negate, owner, &mut spec.other, opt, &v);
             }
@@ -329,7 +335,14 @@ pub(super) fn parse_rule(line: &str) -> Result<(String, RuleSpec), RuleError> {
                 {
                     return Err(fail(format!("{opt} with invalid states")));
                 }
-                set_once(&mut spec.ct_state, negate, states, &mut spec.other, opt, &v);
+                set_once(
+                    &mut spec.rare.get_or_insert_with(Box::default).ct_state,
+                    negate,
+                    states,
+                    &mut spec.other,
+                    opt,
+                    &v,
+                );
             }
             "--comment" => {
                 let v = value(&mut it, &mut negate)?;
@@ -355,7 +368,7 @@ pub(super) fn parse_rule(line: &str) -> Result<(String, RuleSpec), RuleError> {
             _ if opt.starts_with('-') => {
                 // Unknown option: keep it with its values (tokens up to the next option).
                 let keep = if in_target {
-                    &mut spec.target_options
+                    &mut spec.rare.get_or_insert_with(Box::default).target_options
                 } else {
                     &mut spec.other
                 };
@@ -378,6 +391,10 @@ pub(super) fn parse_rule(line: &str) -> Result<(String, RuleSpec), RuleError> {
     }
     if negate {
         return Err(fail("dangling !".into()));
+    }
+    // A duplicate option may have made the box and left it empty: equality wants `None`.
+    if spec.rare.as_deref() == Some(&RareSpec::default()) {
+        spec.rare = None;
     }
     Ok((chain, spec))
 }

@@ -42,7 +42,7 @@ fn parses_tables_chains_and_rules() {
     );
     assert_eq!(nat.chain("ISTIO_OUTPUT").unwrap().policy, None);
     let pre = &nat.chain("PREROUTING").unwrap().rules[0].spec;
-    assert_eq!(pre.in_interface, Some(Neg::new("eth+".to_owned())));
+    assert_eq!(pre.in_interface(), Some(&Neg::new("eth+".to_owned())));
     assert_eq!(pre.protocol, Some(Neg::new("udp".to_owned())));
     assert_eq!(pre.dports, Some(Neg::new(vec![PortRange::single(53)])));
     assert_eq!(pre.target, Some(Target::Jump("REDIRECT".into())));
@@ -75,7 +75,7 @@ fn parses_tables_chains_and_rules() {
         "10.0.0.0/16".parse::<IpNet>().unwrap()
     );
     assert_eq!(
-        out[2].spec.sports.as_ref().unwrap().value,
+        out[2].spec.sports().unwrap().value,
         vec![PortRange {
             first: 1000,
             last: 2000
@@ -83,7 +83,7 @@ fn parses_tables_chains_and_rules() {
     );
     let neg = &out[3].spec;
     assert!(neg.destination.as_ref().unwrap().negated);
-    assert!(neg.out_interface.as_ref().unwrap().negated);
+    assert!(neg.out_interface().unwrap().negated);
     assert_eq!(out[4].spec.other, vec!["-m", "mark", "--mark", "0x1/0xff"]);
     assert_eq!(
         out[5].spec.target,

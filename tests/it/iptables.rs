@@ -197,9 +197,9 @@ fn kitchen_sink_is_understood() {
         out.iter()
             .any(|r| r.spec.target == Some(Target::Goto("NAMED.chain-1".into())))
     );
-    let ct = out.iter().find(|r| r.spec.ct_state.is_some()).unwrap();
+    let ct = out.iter().find(|r| r.spec.ct_state().is_some()).unwrap();
     assert_eq!(
-        ct.spec.ct_state.as_ref().unwrap().value,
+        ct.spec.ct_state().unwrap().value,
         vec!["NEW", "ESTABLISHED"]
     );
     let addrtype = out.iter().find(|r| r.text.contains("addrtype")).unwrap();
@@ -220,12 +220,12 @@ fn kitchen_sink_is_understood() {
         .find(|r| r.spec.target == Some(Target::Jump("REJECT".into())))
         .unwrap();
     assert_eq!(
-        reject.spec.target_options,
+        reject.spec.target_options(),
         vec!["--reject-with", "tcp-reset"]
     );
     assert!(reject.spec.other.is_empty());
     let log = filter.chain("INPUT").unwrap().rules.last().unwrap();
-    assert_eq!(log.spec.target_options, vec!["--log-prefix", "in drop: "]);
+    assert_eq!(log.spec.target_options(), vec!["--log-prefix", "in drop: "]);
 
     let v6 = parse_save(&fixture("kitchen_sink_v6.save"));
     let out6 = &v6.table("nat").unwrap().chain("OUTPUT").unwrap().rules;

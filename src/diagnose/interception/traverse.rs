@@ -385,14 +385,14 @@ pub(super) fn matches(spec: &RuleSpec, pkt: &Packet) -> (Tri, bool) {
         };
         t = t.and(m.negate_if(d.negated));
     }
-    if let Some(i) = &spec.in_interface {
+    if let Some(i) = spec.in_interface() {
         let m = match pkt.hook {
             Hook::Output => Tri::Maybe,
             Hook::Prerouting | Hook::Input => iface_is_lo(&i.value, false),
         };
         t = t.and(m.negate_if(i.negated));
     }
-    if let Some(o) = &spec.out_interface {
+    if let Some(o) = spec.out_interface() {
         let m = match (pkt.hook, pkt.dst) {
             (Hook::Output, Some(dst)) if !is_loopback(&dst) => iface_is_lo(&o.value, false),
             _ => Tri::Maybe,
@@ -408,7 +408,7 @@ pub(super) fn matches(spec: &RuleSpec, pkt: &Packet) -> (Tri, bool) {
         port_specific = m == Tri::Yes && !d.negated;
         t = t.and(m.negate_if(d.negated));
     }
-    if let Some(s) = &spec.sports {
+    if let Some(s) = spec.sports() {
         let all = s.value.iter().any(|r| r.first <= 1 && r.last == u16::MAX);
         t = t.and(if all {
             Tri::Yes.negate_if(s.negated)
@@ -424,10 +424,10 @@ pub(super) fn matches(spec: &RuleSpec, pkt: &Packet) -> (Tri, bool) {
         };
         t = t.and(m.negate_if(u.negated));
     }
-    if spec.gid_owner.is_some() {
+    if spec.gid_owner().is_some() {
         t = t.and(Tri::Maybe);
     }
-    if let Some(c) = &spec.ct_state {
+    if let Some(c) = spec.ct_state() {
         // Every packet we follow opens a new connection.
         t = t.and(Tri::from_bool(c.value.iter().any(|s| s == "NEW")).negate_if(c.negated));
     }
