@@ -817,6 +817,24 @@ fn netns_without_root_fails_saying_so() {
     );
 }
 
+/// Someone else deletes our rule for `vip` (in the current namespace).
+fn delete_our_rule_for(vip: &str) -> anyhow::Result<()> {
+    netns::iptables(
+        false,
+        &[
+            "-t",
+            "nat",
+            "-D",
+            "SERVICE_PROXY_SERVICE_CIDRS",
+            "-d",
+            vip,
+            "-j",
+            "SERVICE_PROXY_REDIRECT",
+        ],
+    )?;
+    Ok(())
+}
+
 /// nf_tables' ruleset generation stands for the whole ruleset: while it stands still a poll
 /// runs no save, and any change by anyone — to our chains, to another table — is seen by the
 /// next poll and repaired.
@@ -845,19 +863,7 @@ fn steady_polls_skip_the_save_until_anything_changes() {
         assert_eq!(rec.totals().unchanged_by_generation, 3);
 
         // Someone deletes one of our rules: the generation moves, the poll saves and repairs.
-        netns::iptables(
-            false,
-            &[
-                "-t",
-                "nat",
-                "-D",
-                "SERVICE_PROXY_SERVICE_CIDRS",
-                "-d",
-                "10.0.0.1/32",
-                "-j",
-                "SERVICE_PROXY_REDIRECT",
-            ],
-        )?;
+        delete_our_rule_for("10.0.0.1/32")?;
         let r = rt.block_on(rec.reconcile(&plan));
         must_change(&r.v4);
         assert!(
@@ -940,19 +946,7 @@ fn the_daemons_shared_read_is_compared_once_while_it_stands() {
         assert_eq!(rec.totals().unchanged_by_identity, 3);
 
         // Someone deletes one of our rules: a fresh read, compared, repaired.
-        netns::iptables(
-            false,
-            &[
-                "-t",
-                "nat",
-                "-D",
-                "SERVICE_PROXY_SERVICE_CIDRS",
-                "-d",
-                "10.0.0.1/32",
-                "-j",
-                "SERVICE_PROXY_REDIRECT",
-            ],
-        )?;
+        delete_our_rule_for("10.0.0.1/32")?;
         let broken = read()?;
         assert!(
             !Arc::ptr_eq(&broken, &after),
