@@ -47,7 +47,8 @@ FOOTPRINT_RSS_NO_MALLOC_MIB=10
 # 9.45/9.52 MiB and 0.050-0.070 %, against 10.21/10.06, 10.35/10.26, 9.61/9.64 MiB and
 # 0.060-0.080 % before: the ceilings stand. With the interception check's answer reused and the
 # rules held once and smaller, one 100 s run each at load ~2: 9.53, 9.53, 9.54 MiB and
-# 0.050-0.060 %.)
+# 0.050-0.060 %; in a clean-clone .ci/run: 9.21, 11.45 (a 4 MiB untrimmed heap without the
+# malloc environment), 9.25 MiB and 0.060-0.070 %: the ceilings stand.)
 FOOTPRINT_CEILING_RSS_UNIT_MIB=11
 FOOTPRINT_CEILING_RSS_NO_MALLOC_MIB=12
 FOOTPRINT_CEILING_CPU_PCT=0.2
