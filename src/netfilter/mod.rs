@@ -187,8 +187,8 @@ pub struct RuleSpec {
     pub rare: Option<Box<RareSpec>>,
 }
 
-/// What most rules lack, kept apart so that a rule without it (every rule of ours) takes
-/// half the room: a ruleset of 1,000 rules is held for the daemon's life.
+/// What most rules lack, kept apart so that a rule without it (every rule of ours) is 264
+/// bytes instead of 464: a ruleset of 1,000 rules is held for the daemon's life.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct RareSpec {
     pub in_interface: Option<Neg<String>>,

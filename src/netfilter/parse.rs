@@ -110,6 +110,13 @@ pub fn parse_save(text: &str) -> Ruleset {
     rs
 }
 
+/// The rare conditions of a spec being parsed, made when the first one is met; every caller
+/// then writes into it (`set_once` sets an empty slot, or the option goes to `other` beside a
+/// set one), so no box is left empty and equality holds.
+fn rare(slot: &mut Option<Box<RareSpec>>) -> &mut RareSpec {
+    slot.get_or_insert_with(Box::default)
+}
+
 pub(super) fn push_unparsed(
     rs: &mut Ruleset,
     line: usize,
@@ -263,7 +270,7 @@ pub(super) fn parse_rule(line: &str) -> Result<(String, RuleSpec), RuleError> {
             "-i" | "--in-interface" => {
                 let v = value(&mut it, &mut negate)?;
                 set_once(
-                    &mut spec.rare.get_or_insert_with(Box::default).in_interface,
+                    &mut rare(&mut spec.rare).in_interface,
                     negate,
                     v.clone(),
                     &mut spec.other,
@@ -274,7 +281,7 @@ pub(super) fn parse_rule(line: &str) -> Result<(String, RuleSpec), RuleError> {
             "-o" | "--out-interface" => {
                 let v = value(&mut it, &mut negate)?;
                 set_once(
-                    &mut spec.rare.get_or_insert_with(Box::default).out_interface,
+                    &mut rare(&mut spec.rare).out_interface,
                     negate,
                     v.clone(),
                     &mut spec.other,
@@ -305,7 +312,7 @@ pub(super) fn parse_rule(line: &str) -> Result<(String, RuleSpec), RuleError> {
                 let v = value(&mut it, &mut negate)?;
                 let ports = parse_port_list(&v, ':').map_err(|e| fail(format!("{opt} {e}")))?;
                 set_once(
-                    &mut spec.rare.get_or_insert_with(Box::default).sports,
+                    &mut rare(&mut spec.rare).sports,
                     negate,
                     ports,
                     &mut spec.other,
@@ -319,7 +326,7 @@ pub(super) fn parse_rule(line: &str) -> Result<(String, RuleSpec), RuleError> {
                 let slot = if opt == "--uid-owner" {
                     &mut spec.uid_owner
                 } else {
-                    &mut spec.rare.get_or_insert_with(Box::default).gid_owner
+                    &mut rare(&mut spec.rare).gid_owner
                 };
                 set_once(slot, negate, owner, &mut spec.other, opt, &v);
             }
@@ -336,7 +343,7 @@ pub(super) fn parse_rule(line: &str) -> Result<(String, RuleSpec), RuleError> {
                     return Err(fail(format!("{opt} with invalid states")));
                 }
                 set_once(
-                    &mut spec.rare.get_or_insert_with(Box::default).ct_state,
+                    &mut rare(&mut spec.rare).ct_state,
                     negate,
                     states,
                     &mut spec.other,
@@ -368,7 +375,7 @@ pub(super) fn parse_rule(line: &str) -> Result<(String, RuleSpec), RuleError> {
             _ if opt.starts_with('-') => {
                 // Unknown option: keep it with its values (tokens up to the next option).
                 let keep = if in_target {
-                    &mut spec.rare.get_or_insert_with(Box::default).target_options
+                    &mut rare(&mut spec.rare).target_options
                 } else {
                     &mut spec.other
                 };
@@ -391,10 +398,6 @@ pub(super) fn parse_rule(line: &str) -> Result<(String, RuleSpec), RuleError> {
     }
     if negate {
         return Err(fail("dangling !".into()));
-    }
-    // A duplicate option may have made the box and left it empty: equality wants `None`.
-    if spec.rare.as_deref() == Some(&RareSpec::default()) {
-        spec.rare = None;
     }
     Ok((chain, spec))
 }
