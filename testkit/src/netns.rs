@@ -13,7 +13,7 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -415,8 +415,10 @@ pub fn serve_http_in(peer: &Peer, addr: SocketAddr, body: &str) -> anyhow::Resul
                 Ok((mut s, _)) => {
                     s.set_nonblocking(false)?;
                     s.set_read_timeout(Some(Duration::from_secs(2)))?;
-                    let mut buf = [0u8; 4096];
-                    let _ = s.read(&mut buf);
+                    // Read the whole request head before answering: a client may send it in
+                    // several segments, and closing with some of it unread (or still coming)
+                    // resets the connection under the client's next write (EPIPE).
+                    read_request_head(&mut s);
                     let _ = write!(
                         s,
                         "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
@@ -439,6 +441,19 @@ pub fn serve_http_in(peer: &Peer, addr: SocketAddr, body: &str) -> anyhow::Resul
         }),
         Ok(Err(e)) => bail!("peer server: {e}"),
         Err(_) => bail!("peer server did not start within 5s"),
+    }
+}
+
+/// Reads from `s` until the blank line ending an HTTP request head, EOF, an error (the read
+/// timeout set by the caller included) or 64 KiB, whichever comes first.
+fn read_request_head(s: &mut TcpStream) {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while head.len() < 64 * 1024 && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
     }
 }
 
