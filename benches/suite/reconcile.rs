@@ -178,7 +178,7 @@ pub fn product_run(n: usize, polls: usize) -> anyhow::Result<ProductRun> {
         rt.block_on(cache.save(&Tools::system(), Family::V4))?;
         for _ in 0..polls {
             let t = Instant::now();
-            let p = plan(&base)?;
+            let p = r.plan(base.clone())?;
             let rs = rt.block_on(cache.save(&Tools::system(), Family::V4))?;
             let rep = rt.block_on(r.reconcile_with(&p, Some(&rs), None));
             daemon_poll.push(t.elapsed().as_secs_f64() * 1000.0);

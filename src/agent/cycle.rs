@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use crate::config::{CloudLoggingMode, DEFAULT_METADATA_HOST, Settings};
 use crate::intercept::Reconciler;
-use crate::intercept::desired::desired_plan;
+use crate::intercept::desired::DesiredError;
+use crate::intercept::desired::desired_input;
 use crate::monitor::CycleOutcome;
 use crate::observe::metadata::{MetadataClient, MetadataError};
 use crate::observe::{Observer, Snapshot};
@@ -44,25 +45,29 @@ pub(super) async fn observe_and_reconcile(
     let mut snapshot = observer.snapshot(check_cp).await;
     let mut ignored = Vec::new();
     let reconcile = match &mut reconciler {
-        Some(rec) => Some(match desired_plan(&snapshot) {
-            Ok(plan) => {
-                let view = snapshot.iptables.as_ref();
-                let v4 = view.and_then(|v| v.v4.as_ref().ok());
-                let v6 = view.and_then(|v| v.v6.as_ref().and_then(|r| r.as_ref().ok()));
-                let report = rec.reconcile_with(&plan, v4, v6).await;
-                if report.changed() {
-                    // Judge what is there now, not what was there before the fix.
-                    observer.refresh_iptables(&mut snapshot).await;
+        Some(rec) => Some(
+            match desired_input(&snapshot)
+                .and_then(|input| rec.plan(input).map_err(DesiredError::from))
+            {
+                Ok(plan) => {
+                    let view = snapshot.iptables.as_ref();
+                    let v4 = view.and_then(|v| v.v4.as_ref().ok());
+                    let v6 = view.and_then(|v| v.v6.as_ref().and_then(|r| r.as_ref().ok()));
+                    let report = rec.reconcile_with(&plan, v4, v6).await;
+                    if report.changed() {
+                        // Judge what is there now, not what was there before the fix.
+                        observer.refresh_iptables(&mut snapshot).await;
+                    }
+                    ignored = plan
+                        .ignored
+                        .iter()
+                        .map(|ig| format!("{} {:?}: {}", ig.field, ig.value, ig.reason))
+                        .collect();
+                    Ok(report)
                 }
-                ignored = plan
-                    .ignored
-                    .iter()
-                    .map(|ig| format!("{} {:?}: {}", ig.field, ig.value, ig.reason))
-                    .collect();
-                Ok(report)
-            }
-            Err(e) => Err(e.to_string()),
-        }),
+                Err(e) => Err(e.to_string()),
+            },
+        ),
         None => None,
     };
     CycleResult {

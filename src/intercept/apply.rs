@@ -10,7 +10,7 @@ use thiserror::Error;
 
 use crate::intercept::is_ours;
 use crate::intercept::plan::{
-    FamilyPlan, Plan, PlanError, Transaction, transaction, transaction_with,
+    DesiredInput, FamilyPlan, Plan, PlanError, PlanMemo, Transaction, transaction, transaction_with,
 };
 use crate::observe::iptables::{self, Family, IptablesError, Ruleset, Tools, parse_save};
 use crate::observe::nf_generation::Stamp;
@@ -175,10 +175,13 @@ pub struct Reconciler {
     tools: Tools,
     v6_clean: bool,
     totals: Counters,
-    /// Per family (v4, v6): the last plan. Not its parsed table: with 1,000 VIPs that was a
-    /// second copy of the rules (about 0.7 MiB) kept for the life of the daemon, and a
-    /// comparison is needed only when the tables or the plan moved.
-    desired: [Option<FamilyPlan>; 2],
+    /// Per family (v4, v6): the last plan (its family's part is the one meant). Not its parsed
+    /// table: with 1,000 VIPs that was a second copy of the rules (about 0.7 MiB) kept for the
+    /// life of the daemon, and a comparison is needed only when the tables or the plan moved.
+    /// Shared with `plans`, so the rules are held once.
+    desired: [Option<Arc<Plan>>; 2],
+    /// The daemon's plans, made again only when their input moves ([`Reconciler::plan`]).
+    plans: PlanMemo,
     /// Per family: the stamp (ruleset generation, save program) read before the save that last
     /// found the table equal to the plan held in `desired`.
     in_step: [Option<Stamp>; 2],
@@ -194,6 +197,7 @@ impl Reconciler {
             v6_clean: false,
             totals: Counters::default(),
             desired: [None, None],
+            plans: PlanMemo::default(),
             in_step: [None, None],
             agreed: [None, None],
         }
@@ -207,10 +211,17 @@ impl Reconciler {
         self.totals
     }
 
+    /// The plan for `input`: the one made last while `input` stands where it stood (the
+    /// daemon's every poll but a change), so the reconciler finds it held by identity.
+    pub fn plan(&mut self, input: DesiredInput) -> Result<Arc<Plan>, PlanError> {
+        self.plans.plan(input)
+    }
+
     /// Brings both families to `plan`. Each family is handled on its own: a failure of one
     /// is reported in its outcome and does not stop the other.
     pub async fn reconcile(&mut self, plan: &Plan) -> ReconcileReport {
-        self.reconcile_with(plan, None, None).await
+        self.reconcile_with(&Arc::new(plan.clone()), None, None)
+            .await
     }
 
     /// As [`Reconciler::reconcile`], judging against rules already read this poll (a save of
@@ -218,7 +229,7 @@ impl Reconciler {
     /// per poll for verification and reuses that read here.
     pub async fn reconcile_with(
         &mut self,
-        plan: &Plan,
+        plan: &Arc<Plan>,
         v4: Option<&Arc<Ruleset>>,
         v6: Option<&Arc<Ruleset>>,
     ) -> ReconcileReport {
@@ -229,12 +240,13 @@ impl Reconciler {
             restores: 0,
         };
         for family in Family::BOTH {
-            let fp = plan.family(family);
             let given = match family {
                 Family::V4 => v4,
                 Family::V6 => v6,
             };
-            let outcome = self.reconcile_family(fp, given, &mut report).await;
+            let outcome = self
+                .reconcile_family(plan, family, given, &mut report)
+                .await;
             match family {
                 Family::V4 => report.v4 = outcome,
                 Family::V6 => report.v6 = outcome,
@@ -253,6 +265,12 @@ impl Reconciler {
             jumps: Vec::new(),
             rules: Vec::new(),
         };
+        let nothing = Arc::new(Plan {
+            v4: nothing(Family::V4),
+            v6: nothing(Family::V6),
+            ignored: Vec::new(),
+            excluded_vips: Vec::new(),
+        });
         let mut report = ReconcileReport {
             v4: FamilyOutcome::Skipped,
             v6: FamilyOutcome::Skipped,
@@ -260,10 +278,10 @@ impl Reconciler {
             restores: 0,
         };
         report.v4 = self
-            .reconcile_family(&nothing(Family::V4), None, &mut report)
+            .reconcile_family(&nothing, Family::V4, None, &mut report)
             .await;
         report.v6 = self
-            .reconcile_family(&nothing(Family::V6), None, &mut report)
+            .reconcile_family(&nothing, Family::V6, None, &mut report)
             .await;
         report
     }
@@ -297,12 +315,13 @@ impl Reconciler {
 
     async fn reconcile_family(
         &mut self,
-        fp: &FamilyPlan,
+        plan: &Arc<Plan>,
+        family: Family,
         given: Option<&Arc<Ruleset>>,
         report: &mut ReconcileReport,
     ) -> FamilyOutcome {
-        let family = fp.family;
-        self.remember(fp);
+        let fp = plan.family(family);
+        self.remember(plan, family);
         let idle_v6 = family == Family::V6 && !fp.is_active();
         if idle_v6 && self.v6_clean {
             return FamilyOutcome::Skipped;
@@ -410,14 +429,14 @@ impl Reconciler {
         }
     }
 
-    /// Holds `fp` as the plan of its family; a new plan is in step with nothing yet.
-    fn remember(&mut self, fp: &FamilyPlan) {
-        if self.holds(fp) {
+    /// Holds `plan` as the plan of `family`; a new plan is in step with nothing yet.
+    fn remember(&mut self, plan: &Arc<Plan>, family: Family) {
+        if self.holds(plan, family) {
             return;
         }
-        let i = fp.family.index();
+        let i = family.index();
         if let Some(slot) = self.desired.get_mut(i) {
-            *slot = Some(fp.clone());
+            *slot = Some(Arc::clone(plan));
         }
         if let Some(s) = self.in_step.get_mut(i) {
             *s = None;
@@ -427,9 +446,21 @@ impl Reconciler {
         }
     }
 
-    /// Whether `desired` holds this very plan.
-    fn holds(&self, fp: &FamilyPlan) -> bool {
-        matches!(self.desired.get(fp.family.index()), Some(Some(cached)) if cached == fp)
+    /// Whether `desired` holds this plan of `family`: the same one (the memo's, every steady
+    /// poll) or an equal one. An equal plan is kept in the new one's place, so the next poll
+    /// finds it by identity and the old one is freed.
+    fn holds(&mut self, plan: &Arc<Plan>, family: Family) -> bool {
+        let Some(slot) = self.desired.get_mut(family.index()) else {
+            return false;
+        };
+        match slot {
+            Some(held) if Arc::ptr_eq(held, plan) => true,
+            Some(held) if held.family(family) == plan.family(family) => {
+                *held = Arc::clone(plan);
+                true
+            }
+            _ => false,
+        }
     }
 
     async fn save_nat(&mut self, family: Family) -> Result<String, IptablesError> {

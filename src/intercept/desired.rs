@@ -3,7 +3,7 @@
 
 use thiserror::Error;
 
-use crate::intercept::plan::{DesiredInput, Plan, TrafficInterception, plan};
+use crate::intercept::plan::{DesiredInput, Plan, PlanError, TrafficInterception, plan};
 use crate::observe::Snapshot;
 use crate::observe::admin_trust::AdminTrust;
 
@@ -23,9 +23,22 @@ pub enum DesiredError {
     Plan(String),
 }
 
-/// The plan for this snapshot. A restarting Envoy has no listeners until it has its config:
-/// planning from that would tear interception down and back up on every Envoy restart.
+impl From<PlanError> for DesiredError {
+    fn from(e: PlanError) -> Self {
+        DesiredError::Plan(e.to_string())
+    }
+}
+
+/// The plan for this snapshot (`intercept plan|apply`; the daemon keeps its plans in its
+/// reconciler, made from [`desired_input`] again only when that moves).
 pub fn desired_plan(snap: &Snapshot) -> Result<Plan, DesiredError> {
+    Ok(plan(&desired_input(snap)?)?)
+}
+
+/// What the plan for this snapshot is made from. A restarting Envoy has no listeners until it
+/// has its config: planning from that would tear interception down and back up on every Envoy
+/// restart.
+pub fn desired_input(snap: &Snapshot) -> Result<DesiredInput, DesiredError> {
     if let Ok(info) = &snap.server_info
         && info.state.as_str() != "LIVE"
     {
@@ -57,12 +70,11 @@ pub fn desired_plan(snap: &Snapshot) -> Result<Plan, DesiredError> {
                 .clone(),
         })
         .unwrap_or_default();
-    plan(&DesiredInput {
+    Ok(DesiredInput {
         vips: summary.vips.clone(),
         serving_ports: snap.resolved.serving_ports.clone(),
         envoy_uid,
         proxy_port: snap.resolved.proxy_port,
         traffic,
     })
-    .map_err(|e| DesiredError::Plan(e.to_string()))
 }

@@ -204,14 +204,17 @@ fn active_listener_count(envoy: &Envoy) -> usize {
 }
 
 fn desired(vips: &[IpNet], ports: &[u16]) -> Plan {
-    plan::plan(&DesiredInput {
+    plan::plan(&desired_input(vips, ports)).unwrap()
+}
+
+fn desired_input(vips: &[IpNet], ports: &[u16]) -> DesiredInput {
+    DesiredInput {
         vips: vips.to_vec(),
         serving_ports: ports.to_vec(),
         envoy_uid: ENVOY_UID,
         proxy_port: PROXY_PORT,
         traffic: TrafficInterception::default(),
-    })
-    .unwrap()
+    }
 }
 
 /// The body served at `ip:80`, or the error.
@@ -872,7 +875,8 @@ fn steady_polls_skip_the_save_until_anything_changes() {
 
         // A change of plan is never answered from the generation.
         rt.block_on(rec.reconcile(&plan));
-        let other = desired(&[net("10.0.0.1/32")], &[80]);
+        let other = rec.plan(desired_input(&[net("10.0.0.1/32")], &[80]))?;
+        assert_eq!(*other, desired(&[net("10.0.0.1/32")], &[80]));
         must_change(&rt.block_on(rec.reconcile(&other)).v4);
 
         // The daemon's read of every table: reused while nothing changes, fresh after a
@@ -907,10 +911,11 @@ fn steady_polls_skip_the_save_until_anything_changes() {
     .unwrap();
 }
 
-/// The daemon's path: it hands the reconciler its own read of the tables (the save cache's,
-/// shared while the generation stands still). The same read found in step before is not
-/// compared again; a fresh read after anyone's change is, and a change to our rules is
-/// repaired; a new plan is compared whatever the read.
+/// The daemon's path: it asks the reconciler for the plan (the same one while the input stands
+/// still) and hands it its own read of the tables (the save cache's, shared while the
+/// generation stands still). The same read found in step before is not compared again; a
+/// fresh read after anyone's change is, and a change to our rules is repaired; a new plan is
+/// compared whatever the read.
 #[test]
 fn the_daemons_shared_read_is_compared_once_while_it_stands() {
     use service_proxy_agent::observe::iptables::SaveCache;
@@ -920,7 +925,8 @@ fn the_daemons_shared_read_is_compared_once_while_it_stands() {
         let tools = Tools::system();
         let cache = SaveCache::default();
         let mut rec = Reconciler::new(tools.clone());
-        let plan = desired(&[net("10.0.0.1/32"), net("10.7.240.0/20")], &[80]);
+        let input = desired_input(&[net("10.0.0.1/32"), net("10.7.240.0/20")], &[80]);
+        let plan = rec.plan(input.clone())?;
         let read = || rt.block_on(cache.save(&tools, Family::V4));
         let first = read()?;
         must_change(
@@ -939,7 +945,12 @@ fn the_daemons_shared_read_is_compared_once_while_it_stands() {
                 Arc::ptr_eq(&again, &after),
                 "the cache read again with nothing changed"
             );
-            let r = rt.block_on(rec.reconcile_with(&plan, Some(&again), None));
+            let same = rec.plan(input.clone())?;
+            assert!(
+                Arc::ptr_eq(&same, &plan),
+                "planned again from the same input"
+            );
+            let r = rt.block_on(rec.reconcile_with(&same, Some(&again), None));
             assert!(matches!(r.v4, FamilyOutcome::Unchanged { .. }), "{r:?}");
             assert_eq!((r.saves, r.restores), (0, 0), "{r:?}");
         }
@@ -965,7 +976,8 @@ fn the_daemons_shared_read_is_compared_once_while_it_stands() {
         let by_identity = rec.totals().unchanged_by_identity;
 
         // A new plan against the read last found in step with the old one: compared, applied.
-        let other = desired(&[net("10.0.0.1/32")], &[80]);
+        let other = rec.plan(desired_input(&[net("10.0.0.1/32")], &[80]))?;
+        assert_eq!(*other, desired(&[net("10.0.0.1/32")], &[80]));
         must_change(
             &rt.block_on(rec.reconcile_with(&other, Some(&repaired), None))
                 .v4,

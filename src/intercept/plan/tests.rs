@@ -587,3 +587,41 @@ mod props {
         }
     }
 }
+
+#[test]
+fn the_memo_plans_again_only_when_the_input_changes() {
+    let mut memo = PlanMemo::default();
+    let a = memo.plan(input(&["10.0.0.1/32"], &[80])).unwrap();
+    assert_eq!(*a, plan(&input(&["10.0.0.1/32"], &[80])).unwrap());
+    // An equal input: the very same plan, not one built again.
+    let again = memo.plan(input(&["10.0.0.1/32"], &[80])).unwrap();
+    assert!(Arc::ptr_eq(&a, &again));
+    // Each input in turn: a new plan, equal to what `plan` makes of it.
+    let mut changed = vec![
+        input(&["10.0.0.2/32"], &[80]),
+        input(&["10.0.0.2/32"], &[80, 8080]),
+    ];
+    let mut uid = input(&["10.0.0.2/32"], &[80]);
+    uid.envoy_uid = 1007;
+    changed.push(uid);
+    let mut port = input(&["10.0.0.2/32"], &[80]);
+    port.proxy_port = 15002;
+    changed.push(port);
+    let mut all = input(&["10.0.0.2/32"], &[80]);
+    all.traffic.intercept_all_outbound = true;
+    changed.push(all);
+    let mut last = a;
+    for i in changed {
+        let p = memo.plan(i.clone()).unwrap();
+        assert!(!Arc::ptr_eq(&p, &last), "{i:?}");
+        assert_eq!(*p, plan(&i).unwrap(), "{i:?}");
+        last = p;
+    }
+    // A failed plan is not remembered: the error each time, then a plan again.
+    let mut bad = input(&["10.0.0.1/32"], &[80]);
+    bad.proxy_port = 0;
+    assert_eq!(memo.plan(bad.clone()), Err(PlanError::ProxyPortZero));
+    assert_eq!(memo.plan(bad), Err(PlanError::ProxyPortZero));
+    let p = memo.plan(input(&["10.0.0.1/32"], &[80])).unwrap();
+    assert_eq!(*p, plan(&input(&["10.0.0.1/32"], &[80])).unwrap());
+}
