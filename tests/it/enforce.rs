@@ -185,3 +185,91 @@ fn enforce_mode_keeps_interception_in_step_with_envoys_listeners() {
     })
     .unwrap();
 }
+
+/// The steady state executes no program: while Envoy's listeners and the tables stand still, a
+/// poll reads nf_tables' ruleset generation and reuses its read of the tables, its plan and its
+/// check, so neither `iptables-save` nor `iptables-restore` runs (the footprint's premise, seen
+/// from outside the agent, under strace). Someone flushing our chain moves the generation: the
+/// next poll reads the tables again and repairs them.
+#[test]
+fn a_steady_poll_executes_no_iptables_program_and_a_change_is_still_repaired() {
+    netns::in_new_netns(|| {
+        let version = netns::run(Command::new("iptables").arg("-V"))?;
+        assert!(
+            version.contains("nf_tables"),
+            "the steady state without saves needs the nf_tables backend; this machine has {version}"
+        );
+        let vm = VmIdentity::default();
+        let project = vm.project_number.to_string();
+        let md = MetadataEmulator::start(vm)?;
+        md.set_service_proxy(r#"{"api-version":"0.2","service":{"serving-ports":[8080]},"proxy-spec":{"proxy-port":15001,"network":""}}"#);
+        let cp = ControlPlane::start()?;
+        let vip = ServiceVip::parse("10.202.0.1:80").unwrap().named("orders");
+        cp.set_interception(&InterceptionSpec::new(15001, &project).service(vip.clone()));
+        let mut bootstrap = cp.bootstrap("default", &project);
+        let admin = free_addr();
+        bootstrap.admin = Some(admin);
+        let mut cfg = bootstrap.envoy_config();
+        cfg.run_as = Some((ENVOY_UID, ENVOY_UID));
+        let envoy = Envoy::start(cfg)?;
+        envoy.wait_live(Duration::from_secs(30))?;
+
+        let dir = tempfile::tempdir()?;
+        let trace = dir.path().join("run.trace");
+        let metrics = free_addr();
+        let mut cmd = agent(&md.host(), dir.path());
+        cmd.args(["--interception", "enforce", "--poll-interval", "1s"])
+            .args(["--envoy-admin", &format!("http://{admin}")])
+            .arg("--envoy-log-dir")
+            .arg(envoy.dir())
+            .args(["--envoy-user", &ENVOY_UID.to_string()])
+            .args(["--metrics-addr", &metrics.to_string()])
+            .args(["--control-plane", &cp.addr().to_string()]);
+        let _agent = Daemon::start(support::under_strace(&cmd, &trace), dir);
+
+        let rule = "-A SERVICE_PROXY_SERVICE_CIDRS -d 10.202.0.1/32 -j SERVICE_PROXY_REDIRECT";
+        eventually(Duration::from_secs(30), "the VIP's rule", || {
+            netns::save(false, Some("nat"))
+                .is_ok_and(|s| s.contains(rule))
+                .then_some(())
+        });
+        let cycles = || metric(metrics, "spa_cycles_total").unwrap_or(0.0);
+        let wait_cycles = |n: f64, what: &str| {
+            let from = cycles();
+            eventually(Duration::from_secs(30), what, || {
+                (cycles() >= from + n).then_some(())
+            });
+        };
+        let iptables_runs = || {
+            let progs = support::executed(&trace);
+            let count = |suffix: &str| progs.iter().filter(|p| p.ends_with(suffix)).count();
+            (count("tables-save"), count("tables-restore"))
+        };
+        // Two cycles after the apply: the read that follows it has been taken.
+        wait_cycles(2.0, "two cycles after the apply");
+        let (saves, restores) = iptables_runs();
+        assert!(saves >= 1 && restores >= 1, "{saves} saves, {restores} restores");
+        wait_cycles(5.0, "five steady cycles");
+        assert_eq!(
+            iptables_runs(),
+            (saves, restores),
+            "a steady poll ran iptables (saves, restores); executed: {:?}",
+            support::executed(&trace)
+        );
+
+        // Someone flushes our chain: read again, repaired.
+        netns::iptables(false, &["-t", "nat", "-F", "SERVICE_PROXY_SERVICE_CIDRS"])?;
+        eventually(Duration::from_secs(15), "repaired", || {
+            netns::save(false, Some("nat"))
+                .is_ok_and(|s| s.contains(rule))
+                .then_some(())
+        });
+        let (after_saves, after_restores) = iptables_runs();
+        assert!(
+            after_saves > saves && after_restores > restores,
+            "the repair: saves {saves} → {after_saves}, restores {restores} → {after_restores}"
+        );
+        Ok(())
+    })
+    .unwrap();
+}

@@ -22,13 +22,13 @@ use crate::support;
 use crate::support_daemon as daemon;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
 use daemon::{ATTRIBUTE_WRITE_WAIT, Daemon, eventually};
-use support::{BIN, agent};
+use support::agent;
 use testkit::http_stub::{HttpStub, Reply};
 use testkit::metadata_emulator::{MetadataEmulator, VmIdentity};
 use testkit::netns;
@@ -476,36 +476,9 @@ const ALLOWED: [&str; 6] = [
     "xtables-legacy-multi",
 ];
 
-/// `strace -f -e trace=execve -o TRACE BIN`, with `agent()`'s clean environment.
+/// The agent as `agent()` makes it, under strace (execve only).
 fn traced(md: &MetadataEmulator, dir: &Path, trace: &Path) -> Command {
-    let base = agent(&md.host(), dir);
-    let mut cmd = Command::new("strace");
-    cmd.args(["-f", "-qq", "-s", "256", "-e", "trace=execve", "-o"])
-        .arg(trace)
-        .arg(BIN);
-    for (k, v) in base.get_envs() {
-        match v {
-            Some(v) => cmd.env(k, v),
-            None => cmd.env_remove(k),
-        };
-    }
-    cmd.stdin(Stdio::null());
-    cmd
-}
-
-/// Every program a trace shows executed (successfully or not), the agent itself excepted.
-fn executed(trace: &Path) -> Vec<String> {
-    let text = std::fs::read_to_string(trace).expect("strace's output");
-    let progs: Vec<String> = text
-        .lines()
-        .filter_map(|l| l.split_once("execve(\"").map(|(_, r)| r))
-        .filter_map(|r| r.split_once('"').map(|(p, _)| p.to_owned()))
-        .collect();
-    assert!(
-        progs.first().map(String::as_str) == Some(BIN),
-        "not a trace of the agent: {text}"
-    );
-    progs.into_iter().skip(1).collect()
+    support::under_strace(&agent(&md.host(), dir), trace)
 }
 
 fn assert_allowed(progs: &[String]) {
@@ -529,10 +502,6 @@ fn assert_allowed(progs: &[String]) {
 
 #[test]
 fn no_program_but_iptables_is_ever_executed() {
-    assert!(
-        Command::new("strace").arg("-V").output().is_ok(),
-        "strace is needed (apt-get install strace; tests/setup-system.sh)"
-    );
     netns::in_new_netns(|| {
         let md = vm();
         let mut ranges = valid_ranges();
@@ -547,7 +516,7 @@ fn no_program_but_iptables_is_ever_executed() {
         enforce_flags(&mut cmd, &admin.url(), dir.path(), &cp_addr).args(["doctor", "--json"]);
         let (out, _) = support::run(cmd, Duration::from_secs(60));
         assert!(out.status.code().is_some_and(|c| c < 2), "{out:?}");
-        let progs = executed(&trace);
+        let progs = support::executed(&trace);
         assert!(
             progs.iter().any(|p| p.ends_with("iptables-save")),
             "doctor did not read iptables: {progs:?}"
@@ -586,7 +555,7 @@ fn no_program_but_iptables_is_ever_executed() {
         eventually(Duration::from_secs(15), "agent stopped", || {
             (!run.is_running()).then_some(())
         });
-        let progs = executed(&run.dir.path().join("run.trace"));
+        let progs = support::executed(&run.dir.path().join("run.trace"));
         assert!(
             progs.iter().any(|p| p.ends_with("iptables-restore")),
             "the daemon never applied: {progs:?}"

@@ -98,3 +98,45 @@ pub fn stdout(o: &Output) -> String {
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+/// `cmd` (its program, arguments and environment changes) run under
+/// `strace -f -e trace=execve -o trace`. strace writes each line as it happens, so a test reads
+/// the trace while the agent runs. Fails saying what is missing when strace is not installed.
+pub fn under_strace(cmd: &Command, trace: &Path) -> Command {
+    assert!(
+        Command::new("strace").arg("-V").output().is_ok(),
+        "strace is needed (apt-get install strace; tests/setup-system.sh)"
+    );
+    let mut traced = Command::new("strace");
+    traced
+        .args(["-f", "-qq", "-s", "256", "-e", "trace=execve", "-o"])
+        .arg(trace)
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => traced.env(k, v),
+            None => traced.env_remove(k),
+        };
+    }
+    traced.stdin(Stdio::null());
+    traced
+}
+
+/// Every program a trace of the agent under [`under_strace`] shows executed (successfully or
+/// not), the agent itself excepted.
+pub fn executed(trace: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(trace).expect("strace's output");
+    let progs: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.split_once("execve(\"").map(|(_, r)| r))
+        .filter_map(|r| r.split_once('"').map(|(p, _)| p.to_owned()))
+        .collect();
+    assert!(
+        progs
+            .first()
+            .is_some_and(|p| Path::new(p).file_name() == Path::new(BIN).file_name()),
+        "not a trace of the agent: {text}"
+    );
+    progs.into_iter().skip(1).collect()
+}
