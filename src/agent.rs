@@ -6,7 +6,7 @@
 //! cycle runs as a task so signals and log lines are handled while it waits. Retries are paced
 //! by the poll interval (with jitter, so a fleet does not poll in step) or by their own backoff
 //! (guest attributes, Cloud Logging). What to say and publish is decided by the
-//! [`Monitor`](crate::monitor::Monitor); this module wires it to tokio, signals and reload.
+//! [`Monitor`]; this module wires it to tokio, signals and reload.
 
 mod apply;
 mod cycle;

@@ -331,7 +331,7 @@ pub struct CommonArgs {
     /// on | off | auto [default: auto]
     pub cloud_logging: Option<CloudLoggingMode>,
 
-    /// Cloud Logging API base URL [default: https://logging.googleapis.com]
+    /// Cloud Logging API base URL [default: <https://logging.googleapis.com>]
     pub cloud_logging_endpoint: Option<String>,
 
     /// Target of the control-plane reachability check [default: trafficdirector.googleapis.com:443]
@@ -340,16 +340,16 @@ pub struct CommonArgs {
     /// on | off: the project-side checks with Google's APIs (docs/contract.md#10-project-side-checks) [default: on]
     pub cloud_checks: Option<bool>,
 
-    /// Compute API base URL [default: https://compute.googleapis.com]
+    /// Compute API base URL [default: <https://compute.googleapis.com>]
     pub compute_endpoint: Option<String>,
 
-    /// Traffic Director API base URL (CSDS) [default: https://trafficdirector.googleapis.com]
+    /// Traffic Director API base URL (CSDS) [default: <https://trafficdirector.googleapis.com>]
     pub trafficdirector_endpoint: Option<String>,
 
-    /// Cloud Resource Manager API base URL [default: https://cloudresourcemanager.googleapis.com]
+    /// Cloud Resource Manager API base URL [default: <https://cloudresourcemanager.googleapis.com>]
     pub resourcemanager_endpoint: Option<String>,
 
-    /// Service Usage API base URL [default: https://serviceusage.googleapis.com]
+    /// Service Usage API base URL [default: <https://serviceusage.googleapis.com>]
     pub serviceusage_endpoint: Option<String>,
 }
 

@@ -22,6 +22,9 @@ export SPA_DISCOVERY_DIR SPA_PYTHON="$root/.venv/bin/python"
 say "format and lints"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The API documentation: a broken or ambiguous link is an error (it reuses clippy's checked
+# dependencies, seconds).
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 
 say "dependencies: licences, bans, sources (cargo-deny; these checks need no advisory database)"
 # Built once when missing: 4.5 CPU-minutes (21 minutes wall-clock on a shared 2-core machine).

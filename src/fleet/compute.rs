@@ -381,7 +381,7 @@ async fn read_one(api: Arc<Api>, budget: Arc<Budget>, url: String, vm: Listed) -
     }
 }
 
-/// Reads every listed VM's attributes, at most [`MAX_IN_FLIGHT`] at once. `progress(done,
+/// Reads every listed VM's attributes, at most `MAX_IN_FLIGHT` (128) at once. `progress(done,
 /// total)` is called as reads finish. The reports are in the order of `vms`.
 pub async fn read_all(
     api: Arc<Api>,

@@ -2,7 +2,7 @@
 //! APIs. [`compute`] lists the VMs and reads each one's `gce-service-proxy/` guest attributes
 //! under a [`limiter`]; [`logging`] reads the agents' `state` events (docs/contract.md#6-logs) in a few pages.
 //! Both produce [`VmReport`]s; [`summarize`] and the renderers here are pure (time passed in).
-//! [`cmd`] is the command line and the I/O around it.
+//! `crate::cmd::fleet` is the command line and the I/O around it.
 
 pub mod api;
 pub mod compute;
