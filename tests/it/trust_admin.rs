@@ -23,24 +23,15 @@ use testkit::xds::{ControlPlane, InterceptionSpec, ServiceVip};
 
 /// The unit's capabilities, and nothing else, for a command run as root.
 fn with_unit_caps(cmd: Command) -> Command {
-    let mut c = Command::new("setpriv");
-    c.args([
+    let mut setpriv = Command::new("setpriv");
+    setpriv.args([
         "--bounding-set",
         "-all,+net_admin,+net_raw,+dac_read_search",
         "--inh-caps",
         "-all",
         "--",
-    ])
-    .arg(cmd.get_program())
-    .args(cmd.get_args());
-    for (k, v) in cmd.get_envs() {
-        match v {
-            Some(v) => c.env(k, v),
-            None => c.env_remove(k),
-        };
-    }
-    c.stdin(Stdio::null());
-    c
+    ]);
+    support::run_through(setpriv, &cmd)
 }
 
 /// A process killed when dropped.

@@ -107,20 +107,25 @@ pub fn under_strace(cmd: &Command, trace: &Path) -> Command {
         Command::new("strace").arg("-V").output().is_ok(),
         "strace is needed (apt-get install strace; tests/setup-system.sh)"
     );
-    let mut traced = Command::new("strace");
-    traced
+    let mut strace = Command::new("strace");
+    strace
         .args(["-f", "-qq", "-s", "256", "-e", "trace=execve", "-o"])
-        .arg(trace)
-        .arg(cmd.get_program())
-        .args(cmd.get_args());
+        .arg(trace);
+    run_through(strace, cmd)
+}
+
+/// `cmd` run by `wrapper` (strace, setpriv...): its program and arguments appended to the
+/// wrapper's, its environment changes made on the wrapper (which passes them on), no stdin.
+pub fn run_through(mut wrapper: Command, cmd: &Command) -> Command {
+    wrapper.arg(cmd.get_program()).args(cmd.get_args());
     for (k, v) in cmd.get_envs() {
         match v {
-            Some(v) => traced.env(k, v),
-            None => traced.env_remove(k),
+            Some(v) => wrapper.env(k, v),
+            None => wrapper.env_remove(k),
         };
     }
-    traced.stdin(Stdio::null());
-    traced
+    wrapper.stdin(Stdio::null());
+    wrapper
 }
 
 /// Every program a trace of the agent under [`under_strace`] shows executed (successfully or
