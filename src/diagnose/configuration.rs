@@ -111,7 +111,7 @@ pub fn check(snap: &Snapshot, ctx: &CheckContext<'_>) -> GroupOutcome {
             "{dynamic} dynamic listener{}",
             if dynamic == 1 { "" } else { "s" }
         ));
-        if let Some(f) = no_mesh_config(snap, listeners, dynamic) {
+        if let Some(f) = no_mesh_config(snap, ctx, listeners, dynamic) {
             out.findings.push(f);
         }
     }
@@ -293,12 +293,15 @@ pub fn node_mismatch(node: &Node, vm: Option<&VmMetadata>, has_xds: bool) -> Nod
 
 fn no_mesh_config(
     snap: &Snapshot,
+    ctx: &CheckContext<'_>,
     listeners: &[DynamicListener],
     dynamic: usize,
 ) -> Option<Finding> {
     let stats = snap.stats.as_ref().ok()?;
-    let connected = matches!(stats.control_plane_connected_state, Some(1 | 2));
-    if !connected || dynamic > 0 || listeners.iter().any(|l| l.error.is_some()) {
+    if !ctx.history.connected(stats.control_plane_connected_state)
+        || dynamic > 0
+        || listeners.iter().any(|l| l.error.is_some())
+    {
         return None;
     }
     let lds_timeout = stats
@@ -728,13 +731,14 @@ pub fn merge_log_findings(out: &mut GroupOutcome, log: Vec<(Finding, String)>) {
     }
 }
 
-/// NO_MESH_CONFIG gives way when the control plane refused Envoy (it is then the refusal that
-/// keeps listeners away, and `connected_state` 1 was a moment between retries).
-pub fn explained_by_refusal(out: &mut GroupOutcome, refusal: FindingId) {
+/// NO_MESH_CONFIG gives way when the control plane refused Envoy or Envoy keeps losing its
+/// stream (it is then that which keeps listeners away, and `connected_state` 1 was a moment
+/// between retries).
+pub fn explained_by(out: &mut GroupOutcome, cause: FindingId) {
     let before = out.findings.len();
     out.findings.retain(|f| f.id != FindingId::NoMeshConfig);
     if out.findings.len() != before {
-        let note = format!("no listener: explained by {refusal}");
+        let note = format!("no listener: explained by {cause}");
         out.note = if out.note.is_empty() {
             note
         } else {

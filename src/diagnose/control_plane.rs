@@ -29,8 +29,20 @@ pub const REFUSALS: [FindingId; 4] = [
     FindingId::ControlPlaneUnauthenticated,
 ];
 
+/// Whether this control-plane finding, where it holds, explains an Envoy without listeners:
+/// the server refused it, or its streams keep closing.
+pub fn keeps_listeners_away(id: FindingId) -> bool {
+    REFUSALS.contains(&id) || id == FindingId::ControlPlaneDisconnected
+}
+
 /// Longest detail built here.
 const MAX_DETAIL: usize = 1024;
+
+/// Said of a disconnection when this snapshot read `connected_state` 1 that no second reading
+/// or accepted update has confirmed yet ([`History::update`]).
+///
+/// [`History::update`]: crate::diagnose::History::update
+const OPENING: &str = "; this snapshot read 1: a stream opening, not yet seen to hold";
 
 pub fn check(snap: &Snapshot, ctx: &CheckContext<'_>) -> GroupOutcome {
     let mut out = GroupOutcome::default();
@@ -45,10 +57,13 @@ pub fn check(snap: &Snapshot, ctx: &CheckContext<'_>) -> GroupOutcome {
         }
         Ok(stats) => match stats.control_plane_connected_state {
             None => notes.push("Envoy has no xDS control plane (static configuration)".into()),
-            Some(0) => match disconnected(snap, stats, ctx) {
-                Ok(f) => out.findings.push(f),
-                Err(note) => notes.push(note),
-            },
+            // A 1 the history has not yet believed is a stream opening between refusals.
+            Some(n) if n == 0 || ctx.history.disconnected_since.is_some() => {
+                match disconnected(snap, stats, ctx, n != 0) {
+                    Ok(f) => out.findings.push(f),
+                    Err(note) => notes.push(note),
+                }
+            }
             Some(2) => notes.push("connected (failover)".into()),
             Some(_) => notes.push("connected".into()),
         },
@@ -100,19 +115,22 @@ pub fn check(snap: &Snapshot, ctx: &CheckContext<'_>) -> GroupOutcome {
 }
 
 /// The stats-based CONTROL_PLANE_DISCONNECTED, or a note of why it is not (yet) raised.
+/// `opening`: this snapshot read 1, which the history has not believed yet.
 fn disconnected(
     snap: &Snapshot,
     stats: &EnvoyStats,
     ctx: &CheckContext<'_>,
+    opening: bool,
 ) -> Result<Finding, String> {
     let grace = ctx.settings.disconnected_grace;
+    let opening = if opening { OPENING } else { "" };
     let Some(since) = ctx.history.disconnected_since else {
         return Err("not connected".into());
     };
     let for_how_long = ctx.now.saturating_duration_since(since);
     if for_how_long < grace {
         return Err(format!(
-            "not connected for {} (a finding after {})",
+            "not connected for {} (a finding after {}){opening}",
             human(for_how_long),
             human(grace)
         ));
@@ -137,6 +155,7 @@ fn disconnected(
     if !timeouts.is_empty() {
         d.push_str(&format!("; initial fetch timed out for {timeouts}"));
     }
+    d.push_str(opening);
     d.push('.');
     Ok(Finding::new(FindingId::ControlPlaneDisconnected, d))
 }
@@ -285,11 +304,80 @@ mod tests {
         let snaps: Vec<&Snapshot> = std::iter::repeat_n(&s, 7).collect();
         let o = with_history(&snaps, |ctx, _| check(&s, ctx));
         assert_eq!(ids(&o), [FindingId::ControlPlaneDisconnected]);
-        // Connected in between: starts over.
+        // Connected in between, read twice in a row: starts over.
         let up = snapshot();
-        let snaps = [&s, &s, &s, &s, &up, &s, &s];
+        let snaps = [&s, &s, &s, &s, &up, &up, &s];
         let o = with_history(&snaps, |ctx, _| check(&s, ctx));
         assert!(o.findings.is_empty(), "{o:?}");
+    }
+
+    #[test]
+    fn a_single_reading_of_one_between_refusals_does_not_end_a_disconnection() {
+        // Envoy reads connected_state 1 while each retried stream opens, tens of milliseconds
+        // before the server closes it: one poll in a run of 0s may land there.
+        let s = down(3, 3600);
+        let mut flicker = s.clone();
+        flicker
+            .stats
+            .as_mut()
+            .unwrap()
+            .control_plane_connected_state = Some(1);
+        let snaps = [&s, &s, &s, &flicker, &s, &s, &s];
+        let o = with_history(&snaps, |ctx, _| check(&s, ctx));
+        assert_eq!(ids(&o), [FindingId::ControlPlaneDisconnected], "{o:?}");
+        assert!(o.findings[0].detail.contains("for 1m at least"), "{o:?}");
+
+        // The latest snapshot is the one that read 1: still the finding, saying so.
+        let snaps = [&s, &s, &s, &s, &s, &s, &flicker];
+        let o = with_history(&snaps, |ctx, _| check(&flicker, ctx));
+        assert_eq!(ids(&o), [FindingId::ControlPlaneDisconnected], "{o:?}");
+        let d = &o.findings[0].detail;
+        assert!(
+            d.ends_with("; this snapshot read 1: a stream opening, not yet seen to hold."),
+            "{d}"
+        );
+        let o = with_history(&snaps, |ctx, _| {
+            crate::diagnose::configuration::check(&flicker, ctx)
+        });
+        assert!(
+            !ids(&o).contains(&FindingId::NoMeshConfig),
+            "a stream opening is not a connection without listeners: {o:?}"
+        );
+
+        // Envoy that has never been configured, first seen during an opening stream, then 0:
+        // its uptime still bounds the disconnection (the 1 was not a connection).
+        let never = down(0, 300);
+        let mut opening = never.clone();
+        opening
+            .stats
+            .as_mut()
+            .unwrap()
+            .control_plane_connected_state = Some(1);
+        let o = with_history(&[&opening, &never], |ctx, _| check(&never, ctx));
+        assert_eq!(ids(&o), [FindingId::ControlPlaneDisconnected], "{o:?}");
+
+        // Two readings of 1 with a failed stream between them are two openings.
+        let mut again = flicker.clone();
+        again.stats.as_mut().unwrap().cds_update_failure = Some(9);
+        let mut before = flicker.clone();
+        before.stats.as_mut().unwrap().cds_update_failure = Some(8);
+        let o = with_history(&[&s, &s, &s, &s, &s, &s, &before, &again], |ctx, _| {
+            check(&again, ctx)
+        });
+        assert_eq!(ids(&o), [FindingId::ControlPlaneDisconnected], "{o:?}");
+
+        // A second reading of 1, or an accepted listener update with the first, is a connection.
+        let o = with_history(&[&s, &s, &s, &s, &s, &s, &flicker, &flicker], |ctx, _| {
+            check(&flicker, ctx)
+        });
+        assert!(o.findings.is_empty(), "{o:?}");
+        let mut carried = flicker.clone();
+        carried.stats.as_mut().unwrap().lds_update_success = Some(4);
+        let o = with_history(&[&s, &s, &s, &s, &s, &s, &carried], |ctx, _| {
+            check(&carried, ctx)
+        });
+        assert!(o.findings.is_empty(), "{o:?}");
+        assert!(o.note.starts_with("connected"), "{}", o.note);
     }
 
     #[test]

@@ -17,9 +17,14 @@ pub struct History {
     pub not_live_since: Option<(String, Instant)>,
     /// Since when `control_plane.connected_state` has been 0. When Envoy has never accepted a
     /// listener update, its uptime bounds it from the first sight (no configuration since start).
+    /// A single reading of 1 does not end it (see [`History::update`]): while it is set, Envoy
+    /// is taken as disconnected whatever this snapshot read.
     pub disconnected_since: Option<Instant>,
-    /// When `connected_state` was last seen other than 0 (bounds the uptime inference).
+    /// When `connected_state` was last seen other than 0, confirmed (bounds the uptime
+    /// inference).
     last_connected: Option<Instant>,
+    /// Whether the previous snapshot read `connected_state` other than 0.
+    previous_read_connected: bool,
     /// Restarts seen (PID change or uptime going backwards), within [`RESTART_WINDOW`].
     pub restarts: VecDeque<Instant>,
     last_pid: Option<u32>,
@@ -29,6 +34,8 @@ pub struct History {
     pub lds_rejected: Counter,
     pub cds_rejected: Counter,
     pub lds_success: Counter,
+    /// LDS's and CDS's `update_failure` together: xDS streams that failed.
+    xds_failures: Counter,
     /// When a rejection counter last grew.
     pub rejected_grew_at: Option<Instant>,
     /// When `lds.update_rejected` / `cds.update_rejected` last grew, and `lds.update_success`.
@@ -120,17 +127,37 @@ impl History {
             self.restarts.pop_front();
         }
         if let Ok(stats) = &snap.stats {
-            match stats.control_plane_connected_state {
-                Some(0) if self.disconnected_since.is_none() => {
-                    self.disconnected_since = Some(self.disconnected_start(snap, now));
-                }
-                Some(0) => {}
-                Some(_) => {
-                    self.disconnected_since = None;
-                    self.last_connected = Some(now);
-                }
-                None => {}
+            self.accepted_update_now = self.lds_success.update(stats.lds_update_success);
+            if self.accepted_update_now {
+                self.lds_accepted_at = Some(now);
             }
+            let stream_failed = self.xds_failures.update(stats.xds_fetch_failures());
+            let read_connected = match stats.control_plane_connected_state {
+                Some(0) => {
+                    if self.disconnected_since.is_none() {
+                        self.disconnected_since = Some(self.disconnected_start(snap, now));
+                    }
+                    false
+                }
+                Some(_) => {
+                    // Envoy sets connected_state to 1 as it opens each stream, before the
+                    // server has answered, so a stream refused at once (14 on every retry)
+                    // reads 1 for tens of milliseconds a retry (40-45 ms measured on Envoy
+                    // 1.40 against a loopback server; a connect timeout's worth where packets
+                    // are dropped) and a poll can land there. A reading of 1 counts as
+                    // connected when a listener update was accepted (a stream that carried
+                    // configuration), or when the previous poll read 1 too and no stream
+                    // failed in between (each failure adds to `update_failure`).
+                    if self.accepted_update_now || (self.previous_read_connected && !stream_failed)
+                    {
+                        self.disconnected_since = None;
+                        self.last_connected = Some(now);
+                    }
+                    true
+                }
+                None => false,
+            };
+            self.previous_read_connected = read_connected;
             let lds = self.lds_rejected.update(stats.lds_update_rejected);
             let cds = self.cds_rejected.update(stats.cds_update_rejected);
             self.rejected_grew_now = lds || cds;
@@ -143,12 +170,9 @@ impl History {
             if cds {
                 self.cds_rejected_grew_at = Some(now);
             }
-            self.accepted_update_now = self.lds_success.update(stats.lds_update_success);
-            if self.accepted_update_now {
-                self.lds_accepted_at = Some(now);
-            }
         } else {
             self.disconnected_since = None;
+            self.previous_read_connected = false;
             self.rejected_grew_now = false;
             self.accepted_update_now = false;
         }
@@ -156,6 +180,13 @@ impl History {
 }
 
 impl History {
+    /// Whether Envoy is taken as connected to its control plane when this snapshot reads
+    /// `connected_state` as `state`: 1 or 2, and not a reading the history discounts as a
+    /// stream opening between refusals.
+    pub fn connected(&self, state: Option<u64>) -> bool {
+        matches!(state, Some(1 | 2)) && self.disconnected_since.is_none()
+    }
+
     /// When a disconnection just seen began. Envoy that has never accepted a listener update
     /// has had no configuration since it started, so its uptime bounds it (later than the last
     /// time it was seen connected, if it was).

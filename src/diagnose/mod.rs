@@ -215,17 +215,19 @@ pub fn run(
             }
         }
     }
-    let refusal = outcomes
+    // A refusal or a disconnection keeps listeners away; a stream opening between refusals
+    // can read as connected, so NO_MESH_CONFIG gives way to either.
+    let cause = outcomes
         .iter()
         .flat_map(|(_, o)| &o.findings)
         .map(|f| f.id)
-        .find(|id| control_plane::REFUSALS.contains(id));
-    if let Some(refusal) = refusal
+        .find(|id| control_plane::keeps_listeners_away(*id));
+    if let Some(cause) = cause
         && let Some((_, o)) = outcomes
             .iter_mut()
             .find(|(g, _)| *g == CheckGroup::Configuration)
     {
-        configuration::explained_by_refusal(o, refusal);
+        configuration::explained_by(o, cause);
     }
     outcomes.sort_by_key(|(g, _)| *g);
     // Silencing last, per group, so a group whose only finding is ignored shows as passed.
@@ -571,6 +573,47 @@ mod tests {
                 cp.note.contains("explained by MESH_CONFIG_NOT_FOUND"),
                 "{}",
                 cp.note
+            );
+        }
+
+        #[test]
+        fn streams_closing_with_unavailable_explain_no_listener_read_while_one_opens() {
+            // doctor's single snapshot lands in the tens of milliseconds a retried stream is
+            // open (connected_state 1); the log says the streams keep closing with 14.
+            let now = base();
+            let mut s = snapshot();
+            s.listeners = Ok(Vec::new().into());
+            {
+                let st = s.stats.as_mut().unwrap();
+                st.lds_update_success = Some(0);
+                st.init_fetch_timeouts
+                    .insert("listener_manager.lds.init_fetch_timeout".into(), 1);
+            }
+            let mut logs = LogFindings::new();
+            for ago in [40, 25, 10] {
+                logs.record(
+                    &closed(14, "upstream connect error"),
+                    now - Duration::from_secs(ago),
+                );
+            }
+            let d = run(
+                &s,
+                &mut History::new(),
+                &mut logs,
+                &testutil::settings(),
+                now,
+            );
+            assert_eq!(ids(&d), [FindingId::ControlPlaneDisconnected], "{d:#?}");
+            let conf = d
+                .groups
+                .iter()
+                .find(|g| g.group == CheckGroup::Configuration)
+                .unwrap();
+            assert!(
+                conf.note
+                    .contains("no listener: explained by CONTROL_PLANE_DISCONNECTED"),
+                "{}",
+                conf.note
             );
         }
 

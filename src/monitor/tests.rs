@@ -229,8 +229,11 @@ fn the_control_plane_is_checked_every_cycle_only_while_disconnected() {
         assert!(m.control_plane_due(clock.t(s).0), "at {s}s");
         cycle(&mut m, down.clone(), clock.t(s));
     }
-    // Connected again: back to the slow cadence from the last check.
-    cycle(&mut m, snapshot(), clock.t(360));
+    // Connected again (the new stream carried a listener update): back to the slow cadence
+    // from the last check.
+    let mut up = snapshot();
+    up.stats.as_mut().unwrap().lds_update_success = Some(2);
+    cycle(&mut m, up, clock.t(360));
     assert!(!m.control_plane_due(clock.t(370).0));
     assert!(m.control_plane_due(clock.t(650).0));
 }

@@ -40,6 +40,11 @@ pub const ENDPOINT_TYPE: &str =
 pub struct Failure {
     pub code: i32,
     pub message: String,
+    /// How long a stream is held open before it is closed with this status (0: at once).
+    /// Envoy reads `control_plane.connected_state` 1 while a stream is open, so a held
+    /// refusal makes that reading last long enough to be polled on purpose.
+    #[serde(default)]
+    pub hold_ms: u64,
 }
 
 impl Failure {
@@ -47,7 +52,14 @@ impl Failure {
         Failure {
             code,
             message: message.into(),
+            hold_ms: 0,
         }
+    }
+
+    /// The same status, sent after holding each stream open for `hold`.
+    pub fn held_for(mut self, hold: std::time::Duration) -> Self {
+        self.hold_ms = u64::try_from(hold.as_millis()).unwrap_or(u64::MAX);
+        self
     }
 
     /// What Cloud Service Mesh answers a node whose network/project has no configuration.

@@ -666,6 +666,12 @@ async fn live_control_plane_down_initializing_then_live_with_timeouts() {
     assert_eq!(stats.lds_update_success, Some(0));
     assert_eq!(stats.lds_update_rejected, Some(0));
     assert_eq!(stats.cds_update_rejected, Some(0));
+    // Each stream that could not open counts as a failed fetch: what tells two readings of
+    // connected_state 1 in separate retries from one held stream (History::update).
+    assert!(
+        stats.cds_update_failure.is_some_and(|n| n >= 1),
+        "{stats:?}"
+    );
     assert_eq!(stats.init_fetch_timeout_total, 2);
     assert_eq!(
         stats.init_fetch_timeouts.keys().collect::<Vec<_>>(),
@@ -1172,6 +1178,8 @@ fn fixture_stats() {
         assert_eq!(s.control_plane_connected_state, Some(0));
         assert_eq!(s.init_fetch_timeout_total, 2);
         assert_eq!(s.lds_version_text.as_deref(), Some(""));
+        assert!(s.cds_update_failure.is_some_and(|n| n >= 1), "{s:?}");
+        assert!(s.xds_fetch_failures().is_some_and(|n| n >= 1), "{s:?}");
     }
     for (_, body) in fixtures("stats-lds-rejected.txt") {
         let s = parse_stats(std::str::from_utf8(&body).unwrap());

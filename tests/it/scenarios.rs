@@ -353,6 +353,11 @@ fn repeated_unavailable_is_control_plane_disconnected() {
     let mut ip = InProcess::new(&settings);
     ip.checks.disconnected_grace = Duration::from_secs(20);
     ip.read_logs(envoy.dir());
+    // Two polls, as the daemon takes them: Envoy reads connected_state 1 for ~45 ms as each
+    // retried stream opens, and one poll may land there (History::update believes a 1 only
+    // when read twice in a row or with an accepted update).
+    let _ = ip.diagnose(false);
+    std::thread::sleep(Duration::from_secs(1));
     let d = ip.diagnose(false);
     let found: Vec<_> = d
         .findings
@@ -369,6 +374,81 @@ fn repeated_unavailable_is_control_plane_disconnected() {
             "listeners (LDS)",
             "Envoy's log: StreamAggregatedResources to trafficdirector keeps closing with 14",
         ],
+    );
+}
+
+/// Envoy reads `control_plane.connected_state` 1 while each retried stream is open, before the
+/// server refuses it (~45 ms against this stand-in on Envoy 1.40; a connect timeout's worth
+/// where packets are dropped). The stand-in holds each refused stream 1.5 s so a poll lands in
+/// one on purpose: that reading is not a connection, and no NO_MESH_CONFIG comes of it.
+#[test]
+fn a_stream_opening_between_refusals_is_not_a_connection() {
+    let md = vm();
+    let p = project();
+    let cp = mesh(&p);
+    cp.fail_ads(Failure::new(14, "upstream connect error").held_for(Duration::from_millis(1500)));
+    let mut spec = cp.bootstrap("default", &p);
+    spec.initial_fetch_timeout = Duration::from_secs(1);
+    let envoy = start_envoy(&spec);
+    let settings = settings(
+        &md.host(),
+        &[
+            "--envoy-admin",
+            &envoy.admin_url(),
+            "--interception",
+            "off",
+            "--control-plane",
+            &cp.addr().to_string(),
+        ],
+    );
+    let mut ip = InProcess::new(&settings);
+    ip.checks.disconnected_grace = Duration::from_secs(2);
+    let state = |s: &service_proxy_agent::observe::Snapshot| {
+        s.stats
+            .as_ref()
+            .ok()
+            .and_then(|s| s.control_plane_connected_state)
+    };
+    // Polls 100 ms apart (bounded: 600 polls, ~60 s) until one reads 1 after one read 0 with
+    // the disconnection past its grace. Refused streams are retried at most ~30 s apart.
+    let mut seen_down = false;
+    let mut opening = None;
+    for _ in 0..600 {
+        let (snap, d) = ip.observe_and_diagnose(false);
+        let past_grace = d
+            .findings
+            .iter()
+            .any(|f| f.id == FindingId::ControlPlaneDisconnected);
+        match state(&snap) {
+            Some(0) => seen_down |= past_grace,
+            Some(1) if seen_down => {
+                opening = Some(d);
+                break;
+            }
+            _ => {}
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let d = opening.expect(
+        "no poll in 60 s read connected_state 1 after the disconnection had passed its grace: \
+         the stand-in holds each refused stream 1.5 s, so Envoy retried no stream in that time",
+    );
+    let found: Vec<_> = d
+        .findings
+        .iter()
+        .filter(|f| f.id == FindingId::ControlPlaneDisconnected)
+        .collect();
+    assert_eq!(found.len(), 1, "{d:#?}");
+    contains_all(
+        &found[0].detail,
+        &[
+            "control_plane.connected_state is 0",
+            "this snapshot read 1: a stream opening, not yet seen to hold",
+        ],
+    );
+    assert!(
+        !d.findings.iter().any(|f| f.id == FindingId::NoMeshConfig),
+        "{d:#?}"
     );
 }
 

@@ -12,7 +12,7 @@ use serde_json::Value;
 use service_proxy_agent::config::Settings;
 use service_proxy_agent::diagnose::log_findings::LogFindings;
 use service_proxy_agent::diagnose::{self, CheckSettings, Diagnosis, History};
-use service_proxy_agent::observe::Observer;
+use service_proxy_agent::observe::{Observer, Snapshot};
 use testkit::envoy::Envoy;
 use testkit::metadata_emulator::{MetadataEmulator, VmIdentity};
 use testkit::xds::BootstrapSpec;
@@ -321,14 +321,20 @@ impl InProcess {
 
     /// One snapshot (with the reachability probe when `probe`), diagnosed now.
     pub fn diagnose(&mut self, probe: bool) -> Diagnosis {
+        self.observe_and_diagnose(probe).1
+    }
+
+    /// [`Self::diagnose`], with the snapshot it diagnosed.
+    pub fn observe_and_diagnose(&mut self, probe: bool) -> (Snapshot, Diagnosis) {
         let snap = self.rt.block_on(self.observer.snapshot(probe));
-        diagnose::run(
+        let d = diagnose::run(
             &snap,
             &mut self.history,
             &mut self.logs,
             &self.checks,
             Instant::now(),
-        )
+        );
+        (snap, d)
     }
 
     /// Reads the log directory's recent entries into the log tracker, as `doctor` does.

@@ -196,7 +196,7 @@ fn no_mesh_config_when_connected_without_listeners() {
     // A refusal explains it.
     s.stats.as_mut().unwrap().control_plane_connected_state = Some(1);
     let mut o = run(&s);
-    explained_by_refusal(&mut o, FindingId::MeshConfigNotFound);
+    explained_by(&mut o, FindingId::MeshConfigNotFound);
     assert!(o.findings.is_empty());
     assert!(
         o.note

@@ -52,7 +52,7 @@ pub const PATH_STATS: &str = "/stats";
 /// subscription (`listener_manager.lds.`, `cluster_manager.cds.`, `cluster.<name>.`...).
 /// The listener manager's change counters are read too: while they and the Envoy process stay
 /// the same, the dynamic listeners have not changed (see [`EnvoyStats::listener_fingerprint`]).
-pub const STATS_FILTER: &str = r"^(control_plane\.connected_state|listener_manager\.(lds\.(update_rejected|update_success|update_attempt|update_failure|update_time|version|version_text)|total_listeners_(active|warming|draining)|listener_(added|modified|removed|stopped|create_success|create_failure|in_place_updated))|cluster_manager\.cds\.update_rejected)$|\.init_fetch_timeout$";
+pub const STATS_FILTER: &str = r"^(control_plane\.connected_state|listener_manager\.(lds\.(update_rejected|update_success|update_attempt|update_failure|update_time|version|version_text)|total_listeners_(active|warming|draining)|listener_(added|modified|removed|stopped|create_success|create_failure|in_place_updated))|cluster_manager\.cds\.update_(rejected|failure))$|\.init_fetch_timeout$";
 
 /// The counters without which the listener fingerprint is not trusted.
 const LISTENER_CHANGE_COUNTERS: [&str; 3] = [

@@ -11,6 +11,10 @@ pub struct EnvoyStats {
     pub lds_update_rejected: Option<u64>,
     pub lds_update_success: Option<u64>,
     pub cds_update_rejected: Option<u64>,
+    /// Fetches that failed on the connection (each xDS stream that closed or could not open
+    /// adds one to CDS's, and to LDS's once listeners are subscribed).
+    pub lds_update_failure: Option<u64>,
+    pub cds_update_failure: Option<u64>,
     pub total_listeners_active: Option<u64>,
     pub total_listeners_warming: Option<u64>,
     /// Without its quotes.
@@ -24,6 +28,15 @@ pub struct EnvoyStats {
 }
 
 impl EnvoyStats {
+    /// xDS fetches failed on the connection, LDS's and CDS's together (`None` if neither is
+    /// reported).
+    pub fn xds_fetch_failures(&self) -> Option<u64> {
+        match (self.lds_update_failure, self.cds_update_failure) {
+            (None, None) => None,
+            (a, b) => Some(a.unwrap_or(0).saturating_add(b.unwrap_or(0))),
+        }
+    }
+
     /// What the dynamic listeners depend on, as far as the listener manager tells: every
     /// listener added, modified, removed, warmed, drained, or rejected moves one of these
     /// counters or gauges. `None` unless the change counters are all there (an admin that
@@ -75,6 +88,8 @@ pub fn parse_stats(text: &str) -> EnvoyStats {
             "listener_manager.lds.update_rejected" => s.lds_update_rejected = Some(n),
             "listener_manager.lds.update_success" => s.lds_update_success = Some(n),
             "cluster_manager.cds.update_rejected" => s.cds_update_rejected = Some(n),
+            "listener_manager.lds.update_failure" => s.lds_update_failure = Some(n),
+            "cluster_manager.cds.update_failure" => s.cds_update_failure = Some(n),
             "listener_manager.total_listeners_active" => s.total_listeners_active = Some(n),
             "listener_manager.total_listeners_warming" => s.total_listeners_warming = Some(n),
             _ if name.ends_with(".init_fetch_timeout") => {

@@ -698,6 +698,9 @@ async fn ads_stream(shared: Arc<Shared>, mut inbound: Streaming<DiscoveryRequest
             (closing, responses)
         };
         if let Some(f) = closing {
+            if f.hold_ms > 0 {
+                tokio::time::sleep(Duration::from_millis(f.hold_ms)).await;
+            }
             let status = f.status();
             close_with(&shared, &guard, node.as_ref(), f, async {
                 let _ = tx.send(Err(status)).await;
@@ -758,6 +761,7 @@ fn on_request(
     let nack = req.error_detail.as_ref().map(|e| Failure {
         code: e.code,
         message: e.message.clone(),
+        hold_ms: 0,
     });
     let record = AckRecord {
         stream,
@@ -861,6 +865,9 @@ async fn lrs_stream(
         changes.borrow_and_update();
         let closing = closing_status(&shared.lock(), StreamKind::Lrs, node.as_ref());
         if let Some(f) = closing {
+            if f.hold_ms > 0 {
+                tokio::time::sleep(Duration::from_millis(f.hold_ms)).await;
+            }
             let status = f.status();
             close_with(&shared, &guard, node.as_ref(), f, async {
                 let _ = tx.send(Err(status)).await;
