@@ -96,11 +96,11 @@ fn admin_body(admin: SocketAddr, path: &str) -> String {
 fn admin_post(addr: SocketAddr, path: &str) -> u16 {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(
-        s,
+    // One write: `write!` sends each formatted piece as its own segment.
+    let req = format!(
         "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
+    );
+    s.write_all(req.as_bytes()).unwrap();
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).unwrap();
     let text = String::from_utf8_lossy(&buf);

@@ -25,11 +25,9 @@ fn scrape(addr: SocketAddr, accept: Option<&str>) -> Option<(String, String)> {
     let accept = accept
         .map(|a| format!("Accept: {a}\r\n"))
         .unwrap_or_default();
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\n{accept}Connection: close\r\n\r\n"
-    )
-    .ok()?;
+    // One write: `write!` sends each formatted piece as its own segment.
+    let req = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\n{accept}Connection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).ok()?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).ok()?;
     let text = String::from_utf8(buf).ok()?;

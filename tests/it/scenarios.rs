@@ -1062,11 +1062,11 @@ fn initializing_and_draining_envoy_are_envoy_not_live() {
 fn post(addr: std::net::SocketAddr, path: &str) {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        s,
+    // One write: `write!` sends each formatted piece as its own segment.
+    let req = format!(
         "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
+    );
+    s.write_all(req.as_bytes()).unwrap();
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
     assert!(out.starts_with("HTTP/1.1 200"), "POST {path}: {out}");
