@@ -14,7 +14,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use common::*;
-use service_proxy_agent::finding::FindingId;
+use service_proxy_agent::diagnose::Diagnosis;
+use service_proxy_agent::finding::{Finding, FindingId};
 use testkit::envoy::{Envoy, EnvoyConfig};
 use testkit::http_stub::{HttpStub, Reply};
 use testkit::metadata_emulator::{MetadataEmulator, VmIdentity};
@@ -337,6 +338,34 @@ fn repeated_unavailable_is_control_plane_disconnected() {
 
     // In-process with a 20 s grace: connected_state 0 since start (no listener update ever)
     // and the log's closes make one finding carrying both.
+    let mut ip = following(&md, &envoy, &cp, Duration::from_secs(20));
+    ip.read_logs(envoy.dir());
+    // Two polls, as the daemon takes them: Envoy reads connected_state 1 for ~45 ms as each
+    // retried stream opens, and one poll may land there (History::update believes a 1 only
+    // when read twice in a row or with an accepted update).
+    let _ = ip.diagnose(false);
+    std::thread::sleep(Duration::from_secs(1));
+    let d = ip.diagnose(false);
+    contains_all(
+        &only(&d, FindingId::ControlPlaneDisconnected).detail,
+        &[
+            "control_plane.connected_state is 0",
+            "Envoy has accepted no listener update in its ",
+            "initial fetch timed out for ",
+            "listeners (LDS)",
+            "Envoy's log: StreamAggregatedResources to trafficdirector keeps closing with 14",
+        ],
+    );
+}
+
+/// The daemon's observer and diagnosis state on this Envoy and control plane (interception
+/// off), with this grace for CONTROL_PLANE_DISCONNECTED.
+fn following(
+    md: &MetadataEmulator,
+    envoy: &Envoy,
+    cp: &ControlPlane,
+    disconnected_grace: Duration,
+) -> InProcess {
     let settings = settings(
         &md.host(),
         &[
@@ -351,30 +380,15 @@ fn repeated_unavailable_is_control_plane_disconnected() {
         ],
     );
     let mut ip = InProcess::new(&settings);
-    ip.checks.disconnected_grace = Duration::from_secs(20);
-    ip.read_logs(envoy.dir());
-    // Two polls, as the daemon takes them: Envoy reads connected_state 1 for ~45 ms as each
-    // retried stream opens, and one poll may land there (History::update believes a 1 only
-    // when read twice in a row or with an accepted update).
-    let _ = ip.diagnose(false);
-    std::thread::sleep(Duration::from_secs(1));
-    let d = ip.diagnose(false);
-    let found: Vec<_> = d
-        .findings
-        .iter()
-        .filter(|f| f.id == FindingId::ControlPlaneDisconnected)
-        .collect();
+    ip.checks.disconnected_grace = disconnected_grace;
+    ip
+}
+
+/// The one finding of this ID in `d`.
+fn only(d: &Diagnosis, id: FindingId) -> &Finding {
+    let found: Vec<_> = d.findings.iter().filter(|f| f.id == id).collect();
     assert_eq!(found.len(), 1, "{d:#?}");
-    contains_all(
-        &found[0].detail,
-        &[
-            "control_plane.connected_state is 0",
-            "Envoy has accepted no listener update in its ",
-            "initial fetch timed out for ",
-            "listeners (LDS)",
-            "Envoy's log: StreamAggregatedResources to trafficdirector keeps closing with 14",
-        ],
-    );
+    found[0]
 }
 
 /// Envoy reads `control_plane.connected_state` 1 while each retried stream is open, before the
@@ -390,19 +404,7 @@ fn a_stream_opening_between_refusals_is_not_a_connection() {
     let mut spec = cp.bootstrap("default", &p);
     spec.initial_fetch_timeout = Duration::from_secs(1);
     let envoy = start_envoy(&spec);
-    let settings = settings(
-        &md.host(),
-        &[
-            "--envoy-admin",
-            &envoy.admin_url(),
-            "--interception",
-            "off",
-            "--control-plane",
-            &cp.addr().to_string(),
-        ],
-    );
-    let mut ip = InProcess::new(&settings);
-    ip.checks.disconnected_grace = Duration::from_secs(2);
+    let mut ip = following(&md, &envoy, &cp, Duration::from_secs(2));
     let state = |s: &service_proxy_agent::observe::Snapshot| {
         s.stats
             .as_ref()
@@ -433,14 +435,8 @@ fn a_stream_opening_between_refusals_is_not_a_connection() {
         "no poll in 60 s read connected_state 1 after the disconnection had passed its grace: \
          the stand-in holds each refused stream 1.5 s, so Envoy retried no stream in that time",
     );
-    let found: Vec<_> = d
-        .findings
-        .iter()
-        .filter(|f| f.id == FindingId::ControlPlaneDisconnected)
-        .collect();
-    assert_eq!(found.len(), 1, "{d:#?}");
     contains_all(
-        &found[0].detail,
+        &only(&d, FindingId::ControlPlaneDisconnected).detail,
         &[
             "control_plane.connected_state is 0",
             "this snapshot read 1: a stream opening, not yet seen to hold",
@@ -710,14 +706,8 @@ fn rejected_listener_is_config_rejected_once_with_envoys_reason() {
 
     // ...and after it: the rejection counter grew while watched.
     let d = ip.diagnose(false);
-    let f: Vec<_> = d
-        .findings
-        .iter()
-        .filter(|f| f.id == FindingId::ConfigRejected)
-        .collect();
-    assert_eq!(f.len(), 1, "{d:#?}");
     contains_all(
-        &f[0].detail,
+        &only(&d, FindingId::ConfigRejected).detail,
         &[
             "bad-listener",
             "(listener_manager.lds.update_rejected grew from 0 to 1)",
