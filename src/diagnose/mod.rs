@@ -532,47 +532,43 @@ mod tests {
             Instant::now() + Duration::from_secs(24 * 3600)
         }
 
+        /// Envoy LIVE with no listener, never configured, its LDS initial fetch timed out.
+        fn never_configured() -> Snapshot {
+            let mut s = snapshot();
+            s.listeners = Ok(Vec::new().into());
+            let st = s.stats.as_mut().unwrap();
+            st.lds_update_success = Some(0);
+            st.init_fetch_timeouts
+                .insert("listener_manager.lds.init_fetch_timeout".into(), 1);
+            s
+        }
+
+        /// `s` diagnosed with no history, as `doctor`'s one snapshot is.
+        fn once(s: &Snapshot, logs: &mut LogFindings, now: Instant) -> Diagnosis {
+            run(s, &mut History::new(), logs, &testutil::settings(), now)
+        }
+
+        fn note_of(d: &Diagnosis, group: CheckGroup) -> &str {
+            &d.groups.iter().find(|g| g.group == group).unwrap().note
+        }
+
         #[test]
         fn a_refusal_explains_no_listener_and_a_disconnection() {
             let now = base();
-            let mut s = snapshot();
-            s.listeners = Ok(Vec::new().into());
-            {
-                let st = s.stats.as_mut().unwrap();
-                st.lds_update_success = Some(0);
-                st.init_fetch_timeouts
-                    .insert("listener_manager.lds.init_fetch_timeout".into(), 1);
-            }
+            let mut s = never_configured();
             let mut logs = LogFindings::new();
             logs.record(&closed(5, NOT_FOUND), now - Duration::from_secs(5));
             // Sampled in the moment the stream is open: connected_state 1.
-            let d = run(
-                &s,
-                &mut History::new(),
-                &mut logs,
-                &testutil::settings(),
-                now,
-            );
+            let d = once(&s, &mut logs, now);
             assert_eq!(ids(&d), [FindingId::MeshConfigNotFound]);
             // And while it is closed: 0 for the whole uptime, explained by the refusal too.
             s.stats.as_mut().unwrap().control_plane_connected_state = Some(0);
-            let d = run(
-                &s,
-                &mut History::new(),
-                &mut logs,
-                &testutil::settings(),
-                now,
-            );
+            let d = once(&s, &mut logs, now);
             assert_eq!(ids(&d), [FindingId::MeshConfigNotFound]);
-            let cp = d
-                .groups
-                .iter()
-                .find(|g| g.group == CheckGroup::ControlPlane)
-                .unwrap();
+            let note = note_of(&d, CheckGroup::ControlPlane);
             assert!(
-                cp.note.contains("explained by MESH_CONFIG_NOT_FOUND"),
-                "{}",
-                cp.note
+                note.contains("explained by MESH_CONFIG_NOT_FOUND"),
+                "{note}"
             );
         }
 
@@ -581,14 +577,7 @@ mod tests {
             // doctor's single snapshot lands in the tens of milliseconds a retried stream is
             // open (connected_state 1); the log says the streams keep closing with 14.
             let now = base();
-            let mut s = snapshot();
-            s.listeners = Ok(Vec::new().into());
-            {
-                let st = s.stats.as_mut().unwrap();
-                st.lds_update_success = Some(0);
-                st.init_fetch_timeouts
-                    .insert("listener_manager.lds.init_fetch_timeout".into(), 1);
-            }
+            let s = never_configured();
             let mut logs = LogFindings::new();
             for ago in [40, 25, 10] {
                 logs.record(
@@ -596,24 +585,12 @@ mod tests {
                     now - Duration::from_secs(ago),
                 );
             }
-            let d = run(
-                &s,
-                &mut History::new(),
-                &mut logs,
-                &testutil::settings(),
-                now,
-            );
+            let d = once(&s, &mut logs, now);
             assert_eq!(ids(&d), [FindingId::ControlPlaneDisconnected], "{d:#?}");
-            let conf = d
-                .groups
-                .iter()
-                .find(|g| g.group == CheckGroup::Configuration)
-                .unwrap();
+            let note = note_of(&d, CheckGroup::Configuration);
             assert!(
-                conf.note
-                    .contains("no listener: explained by CONTROL_PLANE_DISCONNECTED"),
-                "{}",
-                conf.note
+                note.contains("no listener: explained by CONTROL_PLANE_DISCONNECTED"),
+                "{note}"
             );
         }
 
@@ -624,21 +601,9 @@ mod tests {
             assert_eq!(quiet_period(&s), Duration::from_secs(60));
             let mut logs = LogFindings::new();
             logs.record(&closed(7, "denied"), now - Duration::from_secs(30));
-            let d = run(
-                &s,
-                &mut History::new(),
-                &mut logs,
-                &testutil::settings(),
-                now,
-            );
+            let d = once(&s, &mut logs, now);
             assert_eq!(ids(&d), [FindingId::ControlPlanePermissionDenied]);
-            let d = run(
-                &s,
-                &mut History::new(),
-                &mut logs,
-                &testutil::settings(),
-                now + Duration::from_secs(31),
-            );
+            let d = once(&s, &mut logs, now + Duration::from_secs(31));
             assert!(d.findings.is_empty(), "{d:?}");
         }
 
@@ -668,13 +633,7 @@ mod tests {
             );
             // A line newer than the update survives.
             logs.record(&closed(16, "bad token"), now - Duration::from_secs(1));
-            let d = run(
-                &s,
-                &mut History::new(),
-                &mut logs,
-                &testutil::settings(),
-                now,
-            );
+            let d = once(&s, &mut logs, now);
             assert_eq!(ids(&d), [FindingId::ControlPlaneUnauthenticated]);
         }
 
@@ -697,13 +656,7 @@ mod tests {
             assert_eq!(ids(&d), [FindingId::EnvoyNotLive]);
             // Initializing, by contrast, has been so since Envoy started (10 minutes).
             s.server_info.as_mut().unwrap().state = ServerState::Initializing;
-            let d = run(
-                &s,
-                &mut History::new(),
-                &mut logs,
-                &testutil::settings(),
-                now,
-            );
+            let d = once(&s, &mut logs, now);
             assert_eq!(ids(&d), [FindingId::EnvoyNotLive]);
             assert!(
                 d.findings[0].detail.contains("INITIALIZING for 10m"),
