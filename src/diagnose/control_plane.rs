@@ -57,8 +57,8 @@ pub fn check(snap: &Snapshot, ctx: &CheckContext<'_>) -> GroupOutcome {
         }
         Ok(stats) => match stats.control_plane_connected_state {
             None => notes.push("Envoy has no xDS control plane (static configuration)".into()),
-            // A 1 the history has not yet believed is a stream opening between refusals.
-            Some(n) if n == 0 || ctx.history.disconnected_since.is_some() => {
+            // 0, or a 1 the history has not yet believed: a stream opening between refusals.
+            Some(n) if !ctx.history.connected(Some(n)) => {
                 match disconnected(snap, stats, ctx, n != 0) {
                     Ok(f) => out.findings.push(f),
                     Err(note) => notes.push(note),
@@ -257,6 +257,13 @@ mod tests {
         s
     }
 
+    /// `s` read while a stream opens: `connected_state` 1, the rest as it was.
+    fn opening(s: &Snapshot) -> Snapshot {
+        let mut o = s.clone();
+        o.stats.as_mut().unwrap().control_plane_connected_state = Some(1);
+        o
+    }
+
     #[test]
     fn connected_passes_with_a_note() {
         let s = snapshot();
@@ -316,12 +323,7 @@ mod tests {
         // Envoy reads connected_state 1 while each retried stream opens, tens of milliseconds
         // before the server closes it: one poll in a run of 0s may land there.
         let s = down(3, 3600);
-        let mut flicker = s.clone();
-        flicker
-            .stats
-            .as_mut()
-            .unwrap()
-            .control_plane_connected_state = Some(1);
+        let flicker = opening(&s);
         let snaps = [&s, &s, &s, &flicker, &s, &s, &s];
         let o = with_history(&snaps, |ctx, _| check(&s, ctx));
         assert_eq!(ids(&o), [FindingId::ControlPlaneDisconnected], "{o:?}");
@@ -347,13 +349,7 @@ mod tests {
         // Envoy that has never been configured, first seen during an opening stream, then 0:
         // its uptime still bounds the disconnection (the 1 was not a connection).
         let never = down(0, 300);
-        let mut opening = never.clone();
-        opening
-            .stats
-            .as_mut()
-            .unwrap()
-            .control_plane_connected_state = Some(1);
-        let o = with_history(&[&opening, &never], |ctx, _| check(&never, ctx));
+        let o = with_history(&[&opening(&never), &never], |ctx, _| check(&never, ctx));
         assert_eq!(ids(&o), [FindingId::ControlPlaneDisconnected], "{o:?}");
 
         // Two readings of 1 with a failed stream between them are two openings.

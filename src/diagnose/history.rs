@@ -181,10 +181,10 @@ impl History {
 
 impl History {
     /// Whether Envoy is taken as connected to its control plane when this snapshot reads
-    /// `connected_state` as `state`: 1 or 2, and not a reading the history discounts as a
-    /// stream opening between refusals.
+    /// `connected_state` as `state`: not 0 (1, or 2 in failover), and not a reading the history
+    /// discounts as a stream opening between refusals.
     pub fn connected(&self, state: Option<u64>) -> bool {
-        matches!(state, Some(1 | 2)) && self.disconnected_since.is_none()
+        state.is_some_and(|n| n != 0) && self.disconnected_since.is_none()
     }
 
     /// When a disconnection just seen began. Envoy that has never accepted a listener update
