@@ -16,6 +16,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use ipnet::IpNet;
 use serde_json::{Value, json};
 use service_proxy_agent::config::parse_admin_url;
 use service_proxy_agent::observe::envoy_admin::*;
@@ -376,15 +377,16 @@ fn check_vips(listeners: &[DynamicListener], interception_port: Option<u16>) {
         .expect("interception listener is active")
         .listener;
     assert!(active.use_original_dst);
-    assert_eq!(active.filter_chains.len(), 7);
-    let first = &active.filter_chains[0];
-    assert_eq!(first.destination_port, Some(80));
-    assert_eq!(first.route_config_names, ["URL_MAP/123.service-a"]);
-    assert!(active.filter_chains[6].is_inbound());
+    // Seven chains: four VIPs, two prefixes rejected, one inbound chain (its route name's port
+    // and its destination_port, both 8080).
+    let chains = &active.chains;
+    let vips: Vec<String> = chains.vips.iter().map(ToString::to_string).collect();
     assert_eq!(
-        active.filter_chains[6].name.as_deref(),
-        Some("inbound-8080")
+        vips,
+        ["10.0.0.1/32", "10.0.0.2/32", "fd00::5/128", "10.1.2.0/24"]
     );
+    assert_eq!(chains.rejected.len(), 2, "{:?}", chains.rejected);
+    assert_eq!(chains.inbound_ports, [8080, 8080]);
 
     let s = summarize_listeners(listeners);
     let vips: Vec<String> = s.vips.iter().map(ToString::to_string).collect();
@@ -860,10 +862,9 @@ fn check_states(listeners: &[DynamicListener]) {
     assert!(draining.last_updated.is_some());
     let via = find(listeners, "via-rds");
     let via = &via.active.as_ref().expect("active over RDS").listener;
-    assert_eq!(
-        via.filter_chains[0].route_config_names,
-        ["URL_MAP/123.via-rds"]
-    );
+    // Routed over RDS (`rds.route_config_name`), not inbound: its prefix is a VIP.
+    assert_eq!(via.chains.vips, ["10.3.0.0/16".parse::<IpNet>().unwrap()]);
+    assert!(via.chains.inbound_ports.is_empty());
     assert!(!via.is_interception());
     let warming = find(listeners, "warming");
     assert!(warming.active.is_none(), "{warming:#?}");
@@ -871,8 +872,8 @@ fn check_states(listeners: &[DynamicListener]) {
     let current = warming.current().unwrap();
     assert_eq!(current.name, "warming");
     assert_eq!(
-        current.filter_chains[0].route_config_names,
-        ["URL_MAP/123.never"]
+        current.chains.vips,
+        ["10.4.0.0/16".parse::<IpNet>().unwrap()]
     );
     // Only active listeners give VIPs: not the warming one's, nor the draining one's.
     let s = summarize_listeners(listeners);
@@ -1348,9 +1349,10 @@ fn wrong_types() {
           {"name": "other", "typed_config": {"@type": "x.Other", "route_config": {"name": "not-hcm"}}}
         ]}]}}}]}"#;
     let listeners = parse_listeners(body).unwrap();
-    let chain = &listeners[0].active.as_ref().unwrap().listener.filter_chains[0];
-    assert_eq!(chain.destination_port, None);
-    assert!(chain.route_config_names.is_empty(), "{chain:?}");
+    // The odd route names make no inbound chain: its prefixes are read as VIPs and judged.
+    let chains = &listeners[0].active.as_ref().unwrap().listener.chains;
+    assert!(chains.inbound_ports.is_empty(), "{chains:?}");
+    assert_eq!(chains.rejected.len(), 7, "{chains:?}");
     let s = summarize_listeners(&listeners);
     assert_eq!(
         s.vips.iter().map(ToString::to_string).collect::<Vec<_>>(),

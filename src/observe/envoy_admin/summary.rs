@@ -111,37 +111,13 @@ pub fn summarize_listeners(listeners: &[DynamicListener]) -> ListenerSummary {
                 interception = Some(candidate);
             }
         }
-        for chain in l.filter_chains.iter().chain(l.default_filter_chain.iter()) {
-            if chain.is_inbound() {
-                inbound.extend(
-                    chain
-                        .route_config_names
-                        .iter()
-                        .filter_map(|n| inbound_route_port(n)),
-                );
-                inbound.extend(
-                    chain
-                        .destination_port
-                        .and_then(|p| u16::try_from(p).ok())
-                        .filter(|p| *p != 0),
-                );
-                continue;
-            }
-            for range in &chain.prefix_ranges {
-                match parse_prefix(range) {
-                    Ok(net) => {
-                        vips.insert(net);
-                    }
-                    Err(reason) => {
-                        rejected.insert(RejectedPrefix {
-                            listener: name.to_owned(),
-                            raw: raw_prefix_text(range),
-                            reason,
-                        });
-                    }
-                }
-            }
-        }
+        vips.extend(l.chains.vips.iter().copied());
+        inbound.extend(l.chains.inbound_ports.iter().copied());
+        rejected.extend(l.chains.rejected.iter().map(|r| RejectedPrefix {
+            listener: name.to_owned(),
+            raw: r.raw.clone(),
+            reason: r.reason.clone(),
+        }));
     }
     ListenerSummary {
         vips: vips.into_iter().collect(),

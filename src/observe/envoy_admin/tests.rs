@@ -230,3 +230,45 @@ fn a_failed_parse_or_read_keeps_nothing_to_reuse() {
     assert_eq!(parses.reused(), 0);
     assert_eq!(*third, *first);
 }
+
+#[test]
+fn a_listeners_chains_are_kept_as_vips_rejected_prefixes_and_inbound_ports() {
+    let hcm = |route: &str| {
+        serde_json::json!({"name": "envoy.filters.network.http_connection_manager", "typed_config": {
+            "@type": format!("type.googleapis.com/envoy{HCM_TYPE}"),
+            "rds": {"route_config_name": route}}})
+    };
+    let range = |a: &str, l: u64| serde_json::json!({"address_prefix": a, "prefix_len": l});
+    let body = serde_json::json!({"configs": [{"name": "mesh", "active_state": {"listener": {
+        "name": "mesh",
+        "filter_chains": [
+            {"name": "out-a", "filter_chain_match": {"prefix_ranges": [
+                range("10.1.2.3", 24), range("10.0.0.1 -j ACCEPT", 32)]},
+             "filters": [hcm("10.1.2.0:80")]},
+            // Inbound: its ports, and its prefix is no VIP.
+            {"filter_chain_match": {"destination_port": 9090, "prefix_ranges": [range("10.7.0.1", 32)]},
+             "filters": [hcm("inbound|default_inbound_config-8080")]},
+            {"filter_chain_match": {"destination_port": 70000}, "filters": [hcm("inbound|other")]},
+        ],
+        "default_filter_chain": {"filter_chain_match": {"prefix_ranges": [range("fd00::5:1", 64)]}}
+    }}}]});
+    let listeners = parse_listeners(body.to_string().as_bytes()).unwrap();
+    let chains = &listeners[0].current().unwrap().chains;
+    assert_eq!(
+        chains.vips,
+        ["10.1.2.0/24".parse().unwrap(), "fd00::/64".parse().unwrap()] as [IpNet; 2]
+    );
+    assert_eq!(chains.rejected.len(), 1);
+    assert_eq!(chains.rejected[0].raw, "10.0.0.1 -j ACCEPT/32");
+    assert_eq!(
+        chains.rejected[0].reason,
+        "address_prefix is not an IP address"
+    );
+    assert_eq!(chains.inbound_ports, [8080, 9090]);
+
+    let summary = summarize_listeners(&listeners);
+    assert_eq!(summary.vips, chains.vips);
+    assert_eq!(summary.inbound_ports, [8080, 9090]);
+    assert_eq!(summary.rejected[0].listener, "mesh");
+    assert_eq!(summary.rejected[0].raw, "10.0.0.1 -j ACCEPT/32");
+}
