@@ -156,6 +156,15 @@ struct KeptListeners {
     read_at: std::time::Instant,
 }
 
+/// The last `/server_info` of the Envoy processes it was read from.
+#[derive(Debug)]
+struct KeptServerInfo {
+    /// Every Envoy process (PID, start time), as in [`ListenersKey`].
+    envoys: Vec<(u32, u64)>,
+    info: ServerInfo,
+    read_at: std::time::Instant,
+}
+
 /// Reads the VM. Holds the clients; cheap to keep for the daemon's life.
 pub struct Observer {
     pub admin: AdminClient,
@@ -170,6 +179,7 @@ pub struct Observer {
     /// The last save of each family, reused while nf_tables' generation stands still.
     pub iptables_saves: SaveCache,
     listeners_kept: std::sync::Mutex<Option<KeptListeners>>,
+    server_info_kept: std::sync::Mutex<Option<KeptServerInfo>>,
     /// The last parse of the listeners, reused when a re-read brings the same bytes.
     pub listener_parses: envoy_admin::ListenerParses,
     settings: Settings,
@@ -192,6 +202,7 @@ impl Observer {
             iptables: Tools::system(),
             iptables_saves: SaveCache::default(),
             listeners_kept: std::sync::Mutex::new(None),
+            server_info_kept: std::sync::Mutex::new(None),
             listener_parses: envoy_admin::ListenerParses::default(),
             settings: settings.clone(),
         }
@@ -259,6 +270,69 @@ impl Observer {
         read
     }
 
+    /// Envoy's `/server_info`. Of what it says, only the state and the uptime change while the
+    /// same process runs (version, command line and node are fixed at its start), and it is
+    /// ~125 KB (the node lists every compiled-in extension): read and parsed every poll, it was
+    /// most of what a poll allocates, and glibc kept the heap at that poll's peak (issue 13).
+    /// So it is read when the Envoy processes are new; while they stand, `/ready` (a few bytes)
+    /// gives the state and the uptime is the last read's plus the time since. Read whole again
+    /// when `/ready` does not answer with a known state, and whenever the processes cannot be
+    /// told (no key).
+    async fn server_info(
+        &self,
+        processes: &Result<Vec<EnvoyProcess>, ProcError>,
+    ) -> Result<ServerInfo, AdminError> {
+        let envoys: Option<Vec<(u32, u64)>> = match processes {
+            Ok(ps) if !ps.is_empty() => Some(ps.iter().map(|p| (p.pid, p.start_ticks)).collect()),
+            _ => None,
+        };
+        let kept = envoys.as_ref().and_then(|e| {
+            let kept = self.server_info_kept.lock().ok()?;
+            kept.as_ref()
+                .filter(|k| k.envoys == *e)
+                .map(|k| (k.info.clone(), k.read_at))
+        });
+        if let Some((mut info, read_at)) = kept {
+            match self.admin.ready().await {
+                Ok(r) if !matches!(r.state, envoy_admin::ServerState::Other(_)) => {
+                    info.state = r.state;
+                    let since = read_at.elapsed();
+                    info.uptime_current_epoch =
+                        info.uptime_current_epoch.and_then(|u| u.checked_add(since));
+                    info.uptime_all_epochs =
+                        info.uptime_all_epochs.and_then(|u| u.checked_add(since));
+                    return Ok(info);
+                }
+                Err(e) if e.is_unreachable() => {
+                    self.forget_server_info();
+                    return Err(e);
+                }
+                // Another answer: the whole read says what it is.
+                _ => {}
+            }
+        }
+        let read = self.admin.server_info().await;
+        match (envoys, &read) {
+            (Some(envoys), Ok(info)) => {
+                if let Ok(mut kept) = self.server_info_kept.lock() {
+                    *kept = Some(KeptServerInfo {
+                        envoys,
+                        info: info.clone(),
+                        read_at: std::time::Instant::now(),
+                    });
+                }
+            }
+            _ => self.forget_server_info(),
+        }
+        read
+    }
+
+    fn forget_server_info(&self) {
+        if let Ok(mut kept) = self.server_info_kept.lock() {
+            *kept = None;
+        }
+    }
+
     /// Re-reads iptables into `snap` (after the agent changed the rules itself).
     pub async fn refresh_iptables(&self, snap: &mut Snapshot) {
         if let Some(view) = snap.iptables.as_mut() {
@@ -275,7 +349,7 @@ impl Observer {
         // The admin's socket is read before and after its answers (docs/contract.md#11-trust).
         let trust_before = self.admin_trust(&processes);
         let admin = async {
-            let info = self.admin.server_info().await;
+            let info = self.server_info(&processes).await;
             if let Err(e) = &info
                 && e.is_unreachable()
             {

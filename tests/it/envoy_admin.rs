@@ -1415,3 +1415,104 @@ fn big_dumps_parse() {
     let unhealthy: usize = parsed.iter().map(ClusterStatus::unhealthy_hosts).sum();
     assert_eq!(unhealthy, 7_500);
 }
+
+/// The observer reads `/server_info` (~125 KB) when the Envoy processes are new, and while
+/// they stand asks `/ready` for the state: Envoy's own admin access log says which it was
+/// asked. A new Envoy process is a reason to read it whole again.
+#[tokio::test]
+async fn server_info_is_read_whole_only_when_the_envoy_processes_change() {
+    use service_proxy_agent::config::{CommonArgs, InterceptionMode, Settings};
+    use service_proxy_agent::observe::Observer;
+
+    let dir = tempfile::tempdir().unwrap();
+    let admin_log = dir.path().join("admin.log");
+    let mut b = minimal_bootstrap(NODE_ID, node_metadata());
+    b["admin"]["access_log"] = json!([{
+        "name": "envoy.access_loggers.file",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+            "path": admin_log,
+        }
+    }]);
+    let envoy = Envoy::start(EnvoyConfig::new(b)).expect("start real Envoy");
+    let config = dir.path().join("empty.toml");
+    std::fs::write(&config, "").unwrap();
+    let settings = Settings::resolve(
+        &CommonArgs {
+            config: Some(config),
+            envoy_admin: Some(parse_admin_url(&envoy.admin_url()).unwrap()),
+            interception: Some(InterceptionMode::Off),
+            ..CommonArgs::default()
+        },
+        |k| (k == "GCE_METADATA_HOST").then(|| "127.0.0.1:1".to_owned()),
+    )
+    .unwrap();
+    let observer = Observer::new(&settings);
+    let asked = || asked_for_server_info(&admin_log);
+    let after = |before| requests_after(&envoy, &admin_log, before);
+
+    let first = observer.snapshot(false).await;
+    let first_info = first.server_info.clone().expect("server_info");
+    assert_eq!(
+        after((0, 0)).await,
+        (1, 0),
+        "a first snapshot reads it whole"
+    );
+    // Other tests' Envoys start and stop beside this one (each a reason to read it whole): a
+    // few tries for a snapshot taken while the processes stood.
+    let mut kept = None;
+    for _ in 0..10 {
+        let before = asked();
+        let snap = observer.snapshot(false).await;
+        if after(before).await == (0, 1) {
+            kept = Some(snap);
+            break;
+        }
+    }
+    let kept = kept.expect("every snapshot read /server_info whole, none asked /ready");
+    let info = kept.server_info.expect("server_info from /ready");
+    assert_eq!(info.state, ServerState::Live);
+    assert_eq!(info.version, first_info.version);
+    assert_eq!(info.node, first_info.node);
+    assert!(info.uptime_current_epoch >= first_info.uptime_current_epoch);
+
+    // A new Envoy process: read whole again.
+    let _second = Envoy::start(EnvoyConfig::new(minimal_bootstrap(
+        NODE_ID,
+        node_metadata(),
+    )))
+    .expect("start a second Envoy");
+    let before = asked();
+    observer.snapshot(false).await.server_info.unwrap();
+    assert_eq!(after(before).await.0, 1, "a new Envoy process: read whole");
+}
+
+/// (`/server_info`, `/ready`) requests in Envoy's admin access log so far.
+fn asked_for_server_info(admin_log: &Path) -> (usize, usize) {
+    let log = std::fs::read_to_string(admin_log).unwrap_or_default();
+    (
+        log.matches("\"GET /server_info ").count(),
+        log.matches("\"GET /ready ").count(),
+    )
+}
+
+/// The requests logged since `before`: waits for one more (Envoy flushes the log every
+/// 200 ms here), and a flush more for anything after it.
+async fn requests_after(envoy: &Envoy, admin_log: &Path, before: (usize, usize)) -> (usize, usize) {
+    let now = eventually(
+        &|| envoy.log_text(),
+        "the admin access log's next line",
+        Duration::from_secs(10),
+        || async {
+            Some(asked_for_server_info(admin_log)).filter(|n| n.0 + n.1 > before.0 + before.1)
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        asked_for_server_info(admin_log),
+        now,
+        "more requests than one snapshot makes"
+    );
+    (now.0 - before.0, now.1 - before.1)
+}
