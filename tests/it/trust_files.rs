@@ -485,14 +485,16 @@ fn a_reader_that_goes_away_ends_a_command_quietly() {
     );
     let config = tempfile::tempdir().unwrap();
     for args in [&["status"][..], &["status", "--json"], &["version"]] {
-        let mut child = command(&md, config.path(), args)
-            .stdout(std::process::Stdio::piped())
+        // The read end is closed before the command starts, so it can write nothing. (Closing
+        // it after the spawn raced a quick command: `version` had once written its line into
+        // the pipe's buffer first and ended with 0.)
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = command(&md, config.path(), args)
+            .stdout(writer)
             .stderr(std::process::Stdio::piped())
-            .spawn()
+            .output()
             .unwrap();
-        // The read end closed before the command writes anything.
-        drop(child.stdout.take());
-        let out = child.wait_with_output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(
             (out.status.code(), out.status.signal()),
