@@ -156,10 +156,20 @@ struct KeptListeners {
     read_at: std::time::Instant,
 }
 
+/// Every Envoy process as (PID, start time): a restart, a hot restart or a second Envoy changes
+/// it. `None` when the processes cannot be told (none found, or /proc unreadable): then
+/// nothing read from the admin is reused.
+fn envoy_ids(processes: &Result<Vec<EnvoyProcess>, ProcError>) -> Option<Vec<(u32, u64)>> {
+    match processes {
+        Ok(ps) if !ps.is_empty() => Some(ps.iter().map(|p| (p.pid, p.start_ticks)).collect()),
+        _ => None,
+    }
+}
+
 /// The last `/server_info` of the Envoy processes it was read from.
 #[derive(Debug)]
 struct KeptServerInfo {
-    /// Every Envoy process (PID, start time), as in [`ListenersKey`].
+    /// [`envoy_ids`] when it was read.
     envoys: Vec<(u32, u64)>,
     info: ServerInfo,
     read_at: std::time::Instant,
@@ -235,10 +245,10 @@ impl Observer {
         info: &Result<ServerInfo, AdminError>,
         stats: &Result<EnvoyStats, AdminError>,
     ) -> Result<Arc<Vec<DynamicListener>>, AdminError> {
-        let key = match (processes, info, stats) {
-            (Ok(ps), Ok(info), Ok(stats)) if !ps.is_empty() => {
+        let key = match (envoy_ids(processes), info, stats) {
+            (Some(envoys), Ok(info), Ok(stats)) => {
                 stats.listener_fingerprint().map(|f| ListenersKey {
-                    envoys: ps.iter().map(|p| (p.pid, p.start_ticks)).collect(),
+                    envoys,
                     version: info.version.clone(),
                     fingerprint: f.clone(),
                 })
@@ -282,10 +292,7 @@ impl Observer {
         &self,
         processes: &Result<Vec<EnvoyProcess>, ProcError>,
     ) -> Result<ServerInfo, AdminError> {
-        let envoys: Option<Vec<(u32, u64)>> = match processes {
-            Ok(ps) if !ps.is_empty() => Some(ps.iter().map(|p| (p.pid, p.start_ticks)).collect()),
-            _ => None,
-        };
+        let envoys = envoy_ids(processes);
         let kept = envoys.as_ref().and_then(|e| {
             let kept = self.server_info_kept.lock().ok()?;
             kept.as_ref()
