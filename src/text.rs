@@ -74,16 +74,17 @@ pub fn redact_secrets(s: &str) -> String {
     if !TRIGGERS.iter().any(|t| s.contains(t)) {
         return s.to_owned();
     }
-    static PATTERNS: std::sync::LazyLock<Option<regex::Regex>> = std::sync::LazyLock::new(|| {
-        regex::Regex::new(concat!(
-            r"ya29\.[0-9A-Za-z_\-.]+",
-            r"|(?i:bearer)\s+[A-Za-z0-9_\-.=+/]+",
-            r#"|"(?:access_token|private_key|id_token|refresh_token)"\s*:\s*"[^"]*""#,
-            r"|-----BEGIN[^-]*PRIVATE KEY-----[\s\S]*?(?:-----END[^-]*PRIVATE KEY-----|$)",
-            r"|eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]*",
-        ))
-        .ok()
-    });
+    static PATTERNS: std::sync::LazyLock<Option<regex_lite::Regex>> =
+        std::sync::LazyLock::new(|| {
+            regex_lite::Regex::new(concat!(
+                r"ya29\.[0-9A-Za-z_\-.]+",
+                r"|(?i:bearer)\s+[A-Za-z0-9_\-.=+/]+",
+                r#"|"(?:access_token|private_key|id_token|refresh_token)"\s*:\s*"[^"]*""#,
+                r"|-----BEGIN[^-]*PRIVATE KEY-----[\s\S]*?(?:-----END[^-]*PRIVATE KEY-----|$)",
+                r"|eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]*",
+            ))
+            .ok()
+        });
     match PATTERNS.as_ref() {
         Some(re) => re.replace_all(s, "[redacted]").into_owned(),
         // Cannot happen with a constant pattern; refuse to pass the text on rather than leak.
@@ -156,6 +157,11 @@ mod tests {
             }
         }
         assert_eq!(redact_secrets("plain text"), "plain text");
+        // What surrounds a credential stays: the pattern compiled (its fallback redacts all).
+        assert_eq!(
+            redact_secrets("token ya29.a0Af-x here, BEARER abc=/+ and eyJ"),
+            "token [redacted] here, [redacted] and eyJ"
+        );
         let mut v = serde_json::json!({"a": ["Bearer abc.def", {"k": "ya29.x"}], "n": 1});
         redact_json(&mut v);
         assert!(!v.to_string().contains("abc.def") && !v.to_string().contains("ya29.x"));

@@ -149,8 +149,8 @@ fn classify(status: u16, body: &[u8]) -> ApiError {
 /// `<API name> has not been used in project N before or it is disabled` → (API name, N). The
 /// same sentence is in Envoy's close message when the Traffic Director API is off.
 pub fn disabled_api(message: &str) -> Option<(String, String)> {
-    static RE: std::sync::LazyLock<Option<regex::Regex>> = std::sync::LazyLock::new(|| {
-        regex::Regex::new(
+    static RE: std::sync::LazyLock<Option<regex_lite::Regex>> = std::sync::LazyLock::new(|| {
+        regex_lite::Regex::new(
             r"(?:^|[:.]\s*|\s)([A-Za-z][A-Za-z0-9 ()-]{0,80}? API) has not been used in project ([0-9a-z-]{1,64}) before or it is disabled",
         )
         .ok()

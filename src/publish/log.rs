@@ -19,9 +19,10 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::Layer;
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::Context;
 use tracing_subscriber::prelude::*;
-use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::LogFormat;
 use crate::text::redact_secrets;
@@ -343,12 +344,22 @@ impl<S: Subscriber> Layer<S> for AgentLogLayer {
 }
 
 /// The default filter: our own events at info and above, libraries' warnings only (their debug
-/// output can carry request details). `SPA_LOG` overrides it with an `EnvFilter` directive.
-pub fn default_filter() -> EnvFilter {
-    let directive = std::env::var("SPA_LOG").unwrap_or_else(|_| {
-        "warn,service_proxy_agent=info,gcp_auth=error,hyper=warn,notify=warn".into()
-    });
-    EnvFilter::try_new(&directive).unwrap_or_else(|_| EnvFilter::new("info"))
+/// output can carry request details). `SPA_LOG` overrides it with a list of `target=level`
+/// directives (`warn,service_proxy_agent=debug`); one it cannot read leaves everything at info.
+/// Targets and levels only, not `EnvFilter`'s span and field matching: that pulled in a regex
+/// engine for a feature nobody used (issue 13).
+pub fn default_filter() -> Targets {
+    filter_from(std::env::var("SPA_LOG").ok().as_deref())
+}
+
+const DEFAULT_DIRECTIVES: &str =
+    "warn,service_proxy_agent=info,gcp_auth=error,hyper=warn,notify=warn";
+
+fn filter_from(directives: Option<&str>) -> Targets {
+    directives
+        .unwrap_or(DEFAULT_DIRECTIVES)
+        .parse()
+        .unwrap_or_else(|_| Targets::new().with_default(Level::INFO))
 }
 
 /// Installs the agent's logger as the global subscriber. Returns the output handle (to attach
@@ -362,6 +373,23 @@ pub fn init(format: LogFormat, serial_port: Option<&Path>) -> (LogOutput, Option
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_filter_keeps_our_info_and_libraries_warnings_and_reads_spa_log() {
+        use super::{Level, filter_from};
+        let default = filter_from(None);
+        assert!(default.would_enable("service_proxy_agent::run", &Level::INFO));
+        assert!(!default.would_enable("service_proxy_agent::run", &Level::DEBUG));
+        assert!(!default.would_enable("gcp_auth::types", &Level::WARN));
+        assert!(default.would_enable("rustls::conn", &Level::WARN));
+        assert!(!default.would_enable("hyper::proto", &Level::INFO));
+        let debug = filter_from(Some("warn,service_proxy_agent=debug"));
+        assert!(debug.would_enable("service_proxy_agent::observe", &Level::DEBUG));
+        assert!(!debug.would_enable("hyper::proto", &Level::INFO));
+        let unreadable = filter_from(Some("service_proxy_agent[span{x=1}]=loud"));
+        assert!(unreadable.would_enable("hyper::proto", &Level::INFO));
+        assert!(!unreadable.would_enable("service_proxy_agent", &Level::DEBUG));
+    }
+
     use super::*;
 
     fn with_capture(f: impl FnOnce()) -> Vec<LogRecord> {
