@@ -373,9 +373,10 @@ pub fn init(format: LogFormat, serial_port: Option<&Path>) -> (LogOutput, Option
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn the_filter_keeps_our_info_and_libraries_warnings_and_reads_spa_log() {
-        use super::{Level, filter_from};
         let default = filter_from(None);
         assert!(default.would_enable("service_proxy_agent::run", &Level::INFO));
         assert!(!default.would_enable("service_proxy_agent::run", &Level::DEBUG));
@@ -389,8 +390,6 @@ mod tests {
         assert!(unreadable.would_enable("hyper::proto", &Level::INFO));
         assert!(!unreadable.would_enable("service_proxy_agent", &Level::DEBUG));
     }
-
-    use super::*;
 
     fn with_capture(f: impl FnOnce()) -> Vec<LogRecord> {
         let out = LogOutput::capturing();
