@@ -163,11 +163,12 @@ pub fn main() -> ExitCode {
     code
 }
 
-/// How long an idle thread of tokio's blocking pool is kept. Each poll resolves the metadata
-/// server's name once per request (seven at once), each on a blocking thread: with tokio's
-/// 10 s default, about the poll interval, the threads ended between polls and were created
-/// again at the next one (a dozen threads in 70 s, measured with perf on the booted image).
-/// Kept past a poll they are reused, and their number stays what one poll needs.
+/// How long an idle thread of tokio's blocking pool is kept. The pool does the agent's name
+/// lookups (the metadata server's, once per `RESOLVED_TTL` and by one request at a time; Cloud
+/// Logging's and the token's through hyper's resolver): with tokio's 10 s default, about the
+/// poll interval, the threads ended between polls and were created again at the next one (a
+/// dozen threads in 70 s, measured with perf on the booted image, when each request looked the
+/// name up). Kept past a poll they are reused.
 const BLOCKING_THREAD_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(300);
 
 async fn dispatch(command: Command, common: CommonArgs, settings: Settings) -> ExitCode {

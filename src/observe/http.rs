@@ -65,6 +65,12 @@ pub const RESOLVED_TTL: Duration = Duration::from_secs(300);
 pub struct Peer {
     authority: String,
     resolved: Mutex<Option<(Arc<[SocketAddr]>, Instant)>>,
+    /// Held while the name is looked up: requests that find nothing kept at the same time wait
+    /// for that one lookup instead of making their own. Each lookup takes a thread of tokio's
+    /// blocking pool, and the identity's seven requests at once, every time the kept addresses
+    /// expired, kept seven idle threads (stacks, and arenas without the unit's malloc
+    /// environment) alive for the agent's life (issue 13).
+    lookup: tokio::sync::Mutex<()>,
     /// `Some` when connections are kept open between requests ([`Peer::keep_alive`]): the
     /// idle one, if any.
     idle: Option<Mutex<Option<Idle>>>,
@@ -76,6 +82,7 @@ impl Peer {
         Peer {
             authority: authority.to_owned(),
             resolved: Mutex::new(None),
+            lookup: tokio::sync::Mutex::new(()),
             idle: None,
         }
     }
@@ -156,11 +163,17 @@ impl Peer {
         let addrs = match self.resolved() {
             Some(a) => a,
             None => {
-                let a: Arc<[SocketAddr]> = tokio::net::lookup_host(self.authority.as_str())
-                    .await?
-                    .collect();
-                self.keep(Some(Arc::clone(&a)));
-                a
+                let _one_lookup = self.lookup.lock().await;
+                match self.resolved() {
+                    Some(a) => a,
+                    None => {
+                        let a: Arc<[SocketAddr]> = tokio::net::lookup_host(self.authority.as_str())
+                            .await?
+                            .collect();
+                        self.keep(Some(Arc::clone(&a)));
+                        a
+                    }
+                }
             }
         };
         let connected = crate::observe::own_traffic::connect_any(&addrs, &self.authority).await;
